@@ -1,0 +1,36 @@
+"""sdlab: a Jupyter-first research toolkit for text-to-image diffusion on diffusers.
+
+Importing sdlab touches no network, GPU or disk; heavy libraries load when first used.
+"""
+
+from .backends.base import Backend, BackendOutput, Defaults, as_backend
+from .errors import BackendError, MissingDependencyError, ModelLoadError, SdlabError
+from .generate import GenerationResult, generate, regenerate
+from .loading import load_pipeline
+from .metadata import read_params
+from .presets import CONTROLNET_PRESETS, PRESETS
+from .request import GenerationRequest
+from .schedulers import scheduler_names, set_scheduler
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backend",
+    "BackendError",
+    "BackendOutput",
+    "CONTROLNET_PRESETS",
+    "Defaults",
+    "GenerationRequest",
+    "GenerationResult",
+    "MissingDependencyError",
+    "ModelLoadError",
+    "PRESETS",
+    "SdlabError",
+    "as_backend",
+    "generate",
+    "load_pipeline",
+    "read_params",
+    "regenerate",
+    "scheduler_names",
+    "set_scheduler",
+]

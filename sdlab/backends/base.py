@@ -1,0 +1,104 @@
+"""The backend protocol: one way for a request to become images.
+
+A backend turns a `GenerationRequest` into images plus, for each image, the backend's part of
+the record (model identity, scheduler, remote job ids, ...). Local diffusers pipelines, ComfyUI
+servers and Replicate models are all adapted to it, so `generate`, `sweep`, the widgets, the CLI
+and the server drive every one of them the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, runtime_checkable
+
+from PIL import Image
+
+from ..request import GenerationRequest
+
+# Progress callbacks receive a dict so they can grow: {"step": i, "total": n, ...}.
+ProgressCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class BackendOutput:
+    """What a backend returns for one request: the images and, per image, its record fields."""
+
+    images: list[Image.Image]
+    records: list[dict[str, Any]]
+    seconds: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """A model's sensible defaults (from its preset, or the backend's knowledge)."""
+
+    width: int = 512
+    height: int = 512
+    num_inference_steps: int = 25
+    guidance_scale: float = 7.5
+    negative_prompt: str | None = None
+    scheduler: str | None = None
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What `generate` and `sweep` need from any backend."""
+
+    name: str  # "diffusers", "comfyui", "replicate", ...
+
+    @property
+    def model_id(self) -> str:
+        """The identity of the model, recorded with every image and part of every cache key."""
+
+    @property
+    def defaults(self) -> Defaults: ...
+
+    @property
+    def size_multiple(self) -> int:
+        """Width and height must be multiples of this."""
+
+    @property
+    def max_batch_size(self) -> int:
+        """How many images one `run` may carry (1 for backends that make one image a call)."""
+
+    def supports_per_image_guidance(self) -> bool:
+        """True if one `run` may mix guidance scales (sdlab's batched guidance)."""
+
+    def validate(self, request: GenerationRequest) -> None:
+        """Raise ValueError naming the argument if this backend cannot run `request`."""
+
+    def identity(self) -> dict[str, Any]:
+        """What changes pixels besides the request (model, versions, dtype): part of cache keys."""
+
+    def run(self, request: GenerationRequest, *, progress: ProgressCallback | None = None) -> BackendOutput:
+        """Make the images of `request`, in order."""
+
+
+def as_backend(pipe_or_backend: Any) -> Backend:
+    """Adapt a diffusers pipeline to the backend protocol; pass backends through unchanged."""
+    if isinstance(pipe_or_backend, Backend) and not _is_diffusers_pipeline(pipe_or_backend):
+        return pipe_or_backend
+    if _is_diffusers_pipeline(pipe_or_backend):
+        from .diffusers import DiffusersBackend
+
+        backend = getattr(pipe_or_backend, "_sdlab_backend", None)
+        if backend is None:
+            backend = DiffusersBackend(pipe_or_backend)
+            try:
+                pipe_or_backend._sdlab_backend = backend
+            except Exception:  # pragma: no cover - frozen objects
+                pass
+        return backend
+    raise TypeError(
+        f"expected a diffusers pipeline (from sdlab.load_pipeline) or an sdlab backend, "
+        f"got {type(pipe_or_backend).__name__}"
+    )
+
+
+def _is_diffusers_pipeline(obj: Any) -> bool:
+    try:
+        from diffusers import DiffusionPipeline
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(obj, DiffusionPipeline)

@@ -1,0 +1,268 @@
+"""`generate`: one request to one backend, images back with their full records.
+
+This is the one path: sweeps, widgets, the CLI and the server all build a `GenerationRequest`
+and hand it to a backend through `run_request`; nothing else calls a pipeline.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from PIL import Image
+
+from .backends.base import Backend, ProgressCallback, as_backend
+from .request import (
+    GenerationRequest,
+    check_guidance,
+    check_positive_int,
+    check_prompts,
+    resolve_seeds,
+)
+
+
+@functools.lru_cache(maxsize=1)
+def versions() -> dict[str, str]:
+    """The versions that can change pixels, recorded with every image."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("sdlab", "diffusers", "torch", "transformers"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "unknown"
+    return out
+
+
+@dataclass
+class GenerationResult:
+    """Images and, for each, the record that makes it again."""
+
+    images: list[Image.Image]
+    records: list[dict[str, Any]]
+    request: GenerationRequest | None = None
+    paths: list[Path] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def image(self) -> Image.Image:
+        """The first image (for the common one-image case)."""
+        return self.images[0]
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r["seed"] for r in self.records]
+
+    def save(self, directory: str | Path, *, prefix: str = "") -> list[Path]:
+        """Write each image as a PNG carrying its record; returns the paths (never overwrites)."""
+        from .metadata import save_png
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        counter = _next_counter(directory)
+        paths = []
+        for i, (image, record) in enumerate(zip(self.images, self.records)):
+            path = directory / f"{prefix}{counter + i:05d}-{record['seed']}.png"
+            paths.append(save_png(image, path, record))
+        self.paths = paths
+        return paths
+
+    def grid(self, **kwargs) -> Image.Image:
+        """The images side by side, labelled by seed."""
+        from .grid import image_grid
+
+        labels = [f"seed {r['seed']}" for r in self.records]
+        return image_grid(self.images, labels=labels, **kwargs)
+
+    def _repr_png_(self):
+        import io
+
+        buf = io.BytesIO()
+        (self.grid() if len(self.images) > 1 else self.images[0]).save(buf, format="PNG")
+        return buf.getvalue()
+
+
+def _next_counter(directory: Path) -> int:
+    highest = -1
+    for p in directory.glob("*.png"):
+        m = re.match(r"(?:.*?)(\d{5})-", p.name)
+        if m:
+            highest = max(highest, int(m.group(1)))
+    return highest + 1
+
+
+def build_request(
+    backend: Backend,
+    prompt: str | Sequence[str],
+    *,
+    negative_prompt: str | Sequence[str] | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    num_inference_steps: int | None = None,
+    guidance_scale: float | None = None,
+    seed: int | Sequence[int] | None = None,
+    num_images: int = 1,
+    scheduler: str | None = None,
+    pipeline_kwargs: dict[str, Any] | None = None,
+) -> GenerationRequest:
+    """Validate arguments and fill the backend's defaults; no model work happens here."""
+    defaults = backend.defaults
+    prompts = check_prompts(prompt)
+    num_images = check_positive_int(num_images, "num_images")
+    if isinstance(seed, (list, tuple)) and num_images == 1 and len(prompts) == 1 and len(seed) > 1:
+        num_images = len(seed)  # a list of seeds for one prompt: one image per seed
+    if negative_prompt is None:
+        negatives: list[str | None] = [defaults.negative_prompt] * len(prompts)
+    elif isinstance(negative_prompt, str):
+        negatives = [negative_prompt] * len(prompts)
+    else:
+        negatives = check_prompts(negative_prompt, "negative_prompt")
+        if len(negatives) != len(prompts):
+            raise ValueError(f"`negative_prompt` has {len(negatives)} entries for {len(prompts)} prompts")
+    count = len(prompts) * num_images
+    prompts_all = tuple(p for p in prompts for _ in range(num_images))
+    negatives_all = tuple(n for n in negatives for _ in range(num_images))
+    width = defaults.width if width is None else width
+    height = defaults.height if height is None else height
+    steps = check_positive_int(defaults.num_inference_steps if num_inference_steps is None else num_inference_steps, "num_inference_steps")
+    guidance = check_guidance(defaults.guidance_scale if guidance_scale is None else guidance_scale)
+    request = GenerationRequest(
+        prompt=prompts_all,
+        negative_prompt=negatives_all,
+        seed=resolve_seeds(seed, count),
+        guidance_scale=(guidance,) * count,
+        width=width,
+        height=height,
+        num_inference_steps=steps,
+        scheduler=scheduler if scheduler is not None else None,
+        pipeline_kwargs=dict(pipeline_kwargs or {}),
+    )
+    backend.validate(request)
+    return request
+
+
+def run_request(
+    backend: Backend,
+    request: GenerationRequest,
+    *,
+    progress: ProgressCallback | None = None,
+    progress_bar: bool | None = None,
+) -> GenerationResult:
+    """Run one request on one backend and attach the full record to every image."""
+    kwargs = {"progress": progress}
+    if progress_bar is not None and "progress_bar" in _run_params(backend):
+        kwargs["progress_bar"] = progress_bar
+    output = backend.run(request, **kwargs)
+    created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    n = len(request)
+    records = []
+    for i in range(n):
+        record = request.image_params(i)
+        record.update(output.records[i])
+        record["versions"] = versions()
+        record["seconds"] = round(output.seconds / n, 4)
+        record["batch_size"] = n
+        record["batch_index"] = i
+        record["created"] = created
+        records.append(record)
+    return GenerationResult(images=output.images, records=records, request=request)
+
+
+def _run_params(backend) -> set[str]:
+    import inspect
+
+    try:
+        return set(inspect.signature(backend.run).parameters)
+    except (TypeError, ValueError):  # pragma: no cover
+        return set()
+
+
+def generate(
+    pipe: Any,
+    prompt: str | Sequence[str],
+    *,
+    negative_prompt: str | Sequence[str] | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    num_inference_steps: int | None = None,
+    guidance_scale: float | None = None,
+    seed: int | Sequence[int] | None = None,
+    num_images: int = 1,
+    scheduler: str | None = None,
+    progress: ProgressCallback | None = None,
+    **pipeline_kwargs: Any,
+) -> GenerationResult:
+    """Generate images with a pipeline (from `load_pipeline`) or a backend.
+
+    Args:
+        pipe: a diffusers pipeline or an sdlab backend (ComfyUI, Replicate).
+        prompt: a prompt or a list of prompts; `num_images` images are made per prompt.
+        seed: an int (image i gets seed+i), a list with one seed per image, or None for a random
+            seed that is recorded. 0 is a seed. Each image has its own CPU generator, so image i of a
+            batch equals that seed generated alone.
+        width, height, num_inference_steps, guidance_scale, scheduler: default to the model's preset.
+        progress: called with a dict (`step`, `total`, ...) after every denoising step.
+        **pipeline_kwargs: other keywords of the pipeline (e.g. `image` and
+            `controlnet_conditioning_scale` for ControlNet); unknown names are an error.
+
+    Returns:
+        A `GenerationResult` with `.images`, `.records` and `.save(directory)`.
+    """
+    backend = as_backend(pipe)
+    request = build_request(
+        backend,
+        prompt,
+        negative_prompt=negative_prompt,
+        width=width,
+        height=height,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        seed=seed,
+        num_images=num_images,
+        scheduler=scheduler,
+        pipeline_kwargs=pipeline_kwargs,
+    )
+    return run_request(backend, request, progress=progress)
+
+
+def regenerate(path: str | Path, pipe: Any, **overrides: Any) -> GenerationResult:
+    """Make the image at `path` again from the parameters it carries (sdlab's or A1111's).
+
+    Keyword arguments override recorded parameters (e.g. a different `num_inference_steps`).
+    """
+    import warnings
+
+    from .metadata import read_params
+
+    params = read_params(path)
+    backend = as_backend(pipe)
+    recorded_model = params.get("model")
+    if recorded_model and recorded_model != backend.model_id:
+        warnings.warn(
+            f"{Path(path).name} was made with model {recorded_model!r}; regenerating with {backend.model_id!r}",
+            stacklevel=2,
+        )
+    kwargs: dict[str, Any] = {}
+    for key in ("negative_prompt", "width", "height", "num_inference_steps", "guidance_scale", "seed", "scheduler"):
+        if params.get(key) is not None:
+            kwargs[key] = params[key]
+    pipeline_kwargs = {}
+    for key, value in (params.get("pipeline_kwargs") or {}).items():
+        if isinstance(value, dict) and value.get("type") in ("image", "tensor", "array"):
+            if key not in overrides:
+                raise ValueError(
+                    f"{Path(path).name} was made with a `{key}` {value['type']} that PNG metadata cannot hold; "
+                    f"pass it again: regenerate(path, pipe, {key}=...)"
+                )
+            continue
+        pipeline_kwargs[key] = value
+    kwargs.update(pipeline_kwargs)
+    kwargs.update(overrides)
+    return generate(pipe, params["prompt"], **kwargs)

@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny random-weight pipelines of every family, built offline once per session."""
+
+import os
+
+# Tests never reach a model hub: the hub code path runs against pre-filled caches only.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+
+
+def pytest_configure(config):
+    import torch
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory):
+    """Local diffusers folders of tiny pipelines, one per family."""
+    from sdlab import testing
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {family: testing.save_tiny_pipeline(family, root / family) for family in testing.FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def sd1_pipe():
+    from sdlab import load_pipeline
+
+    return load_pipeline("tiny", progress_bar=False)
+
+
+@pytest.fixture(scope="session")
+def sdxl_pipe(tiny_dirs):
+    from sdlab import load_pipeline
+
+    return load_pipeline(tiny_dirs["sdxl"], progress_bar=False)
+
+
+@pytest.fixture(scope="session")
+def flux_pipe(tiny_dirs):
+    from sdlab import load_pipeline
+
+    return load_pipeline(tiny_dirs["flux"], progress_bar=False)
+
+
+@pytest.fixture(params=["sd1", "sdxl"])
+def unet_pipe(request):
+    """Each UNet family in turn (the ones with sdlab's per-image guidance)."""
+    return request.getfixturevalue(f"{request.param}_pipe")
