@@ -11,6 +11,7 @@ from .metadata import read_params
 from .presets import CONTROLNET_PRESETS, PRESETS
 from .request import GenerationRequest
 from .schedulers import scheduler_names, set_scheduler
+from .sweeps import SweepResult, load_sweep, prompt_matrix, prompt_order, prompt_sr, sweep
 
 __version__ = "0.1.0"
 
@@ -26,11 +27,17 @@ __all__ = [
     "ModelLoadError",
     "PRESETS",
     "SdlabError",
+    "SweepResult",
     "as_backend",
     "generate",
     "load_pipeline",
+    "load_sweep",
+    "prompt_matrix",
+    "prompt_order",
+    "prompt_sr",
     "read_params",
     "regenerate",
     "scheduler_names",
     "set_scheduler",
+    "sweep",
 ]

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 # Modules that contribute sub-commands (each has register_cli(subparsers)).
-CLI_MODULES = ["sdlab.cli", "sdlab.sweep", "sdlab.server", "sdlab.backends.cli"]
+CLI_MODULES = ["sdlab.cli", "sdlab.sweeps", "sdlab.server", "sdlab.backends.cli"]
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

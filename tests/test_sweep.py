@@ -1,0 +1,270 @@
+"""sweep(): batching across cells, equality with generate, cache, resume, failures, grids."""
+
+import json
+
+import pytest
+from helpers import max_pixel_diff
+from PIL import Image
+
+import sdlab
+from sdlab.backends.base import as_backend
+from sdlab.sweeps import SweepResult, load_sweep
+
+STEPS = 3
+
+
+class CountingBackend:
+    """The real local backend, counting run() calls and optionally failing on demand."""
+
+    def __init__(self, pipe, fail_seeds=(), oom_above=None, interrupt_after=None):
+        self.inner = as_backend(pipe)
+        self.calls = []
+        self.fail_seeds = set(fail_seeds)
+        self.oom_above = oom_above
+        self.interrupt_after = interrupt_after
+        self.name = self.inner.name
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    @property
+    def model_id(self):
+        return self.inner.model_id
+
+    @property
+    def defaults(self):
+        return self.inner.defaults
+
+    @property
+    def size_multiple(self):
+        return self.inner.size_multiple
+
+    @property
+    def max_batch_size(self):
+        return self.inner.max_batch_size
+
+    def supports_per_image_guidance(self):
+        return self.inner.supports_per_image_guidance()
+
+    def validate(self, request):
+        return self.inner.validate(request)
+
+    def identity(self):
+        return self.inner.identity()
+
+    def run(self, request, **kwargs):
+        if self.interrupt_after is not None and len(self.calls) >= self.interrupt_after:
+            raise KeyboardInterrupt
+        self.calls.append(len(request))
+        if self.oom_above is not None and len(request) > self.oom_above:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if self.fail_seeds.intersection(request.seed):
+            raise sdlab.BackendError(f"backend refused seed {sorted(self.fail_seeds)}")
+        return self.inner.run(request, **kwargs)
+
+
+def grid_sweep(backend, out_dir, **kwargs):
+    kwargs.setdefault("axes", {"seed": "1-4", "guidance_scale": [1.5, 3, 5, 7]})
+    return sdlab.sweep(backend, "a red circle", batch_size=16, out_dir=out_dir, num_inference_steps=STEPS, verbose=False, **kwargs)
+
+
+@pytest.fixture
+def counting(sd1_pipe):
+    return CountingBackend(sd1_pipe)
+
+
+def test_seed_by_guidance_grid_is_one_batched_call(counting, tmp_path, sd1_pipe):
+    result = grid_sweep(counting, tmp_path)
+    assert counting.calls == [16]
+    assert isinstance(result, SweepResult) and len(result) == 16
+    for seed, g in [(1, 1.5), (3, 5), (4, 7)]:
+        alone = sdlab.generate(sd1_pipe, "a red circle", seed=seed, guidance_scale=g, num_inference_steps=STEPS)
+        assert max_pixel_diff(result.image(seed=seed, guidance_scale=g), alone.image) <= 2
+
+
+def test_sdxl_cells_match_generate(sdxl_pipe, tmp_path):
+    result = sdlab.sweep(sdxl_pipe, "a red circle", axes={"seed": [1, 2], "guidance_scale": [1.0, 6.0]},
+                         out_dir=tmp_path, num_inference_steps=STEPS, verbose=False)
+    alone = sdlab.generate(sdxl_pipe, "a red circle", seed=2, guidance_scale=6.0, num_inference_steps=STEPS)
+    assert max_pixel_diff(result.image(seed=2, guidance_scale=6.0), alone.image) <= 2
+
+
+def test_identical_rerun_generates_nothing_and_extension_only_new_cells(counting, tmp_path):
+    grid_sweep(counting, tmp_path)
+    counting.calls.clear()
+    again = grid_sweep(counting, tmp_path)
+    assert counting.calls == [] and all(c.cached for c in again.cells)
+    extended = grid_sweep(counting, tmp_path, axes={"seed": "1-5", "guidance_scale": [1.5, 3, 5, 7]})
+    assert counting.calls == [4]
+    assert sum(not c.cached for c in extended.cells) == 4
+
+
+def test_changing_a_fixed_parameter_misses_the_cache(counting, tmp_path):
+    grid_sweep(counting, tmp_path, axes={"seed": [1, 2]})
+    counting.calls.clear()
+    sdlab.sweep(counting, "a red circle", axes={"seed": [1, 2]}, out_dir=tmp_path, num_inference_steps=STEPS + 1, verbose=False)
+    assert counting.calls == [2]
+
+
+def test_corrupt_and_missing_files_are_regenerated(counting, tmp_path):
+    first = grid_sweep(counting, tmp_path, axes={"seed": [1, 2, 3]})
+    first.cells[0].path.write_bytes(b"garbage")
+    first.cells[1].path.unlink()
+    counting.calls.clear()
+    again = grid_sweep(counting, tmp_path, axes={"seed": [1, 2, 3]})
+    assert counting.calls == [2]
+    assert [c.cached for c in again.cells] == [False, False, True]
+    assert Image.open(again.cells[0].path).size == (64, 64)
+
+
+def test_interrupted_sweep_resumes_where_it_stopped(sd1_pipe, tmp_path):
+    stopping = CountingBackend(sd1_pipe, interrupt_after=2)
+    with pytest.raises(KeyboardInterrupt):
+        sdlab.sweep(stopping, "a red circle", axes={"seed": "1-8"}, batch_size=2, out_dir=tmp_path, num_inference_steps=STEPS, verbose=False)
+    # a crash can also leave half a manifest line behind
+    with open(tmp_path / "manifest.jsonl", "a") as f:
+        f.write('{"key": "abc", "fi')
+    resumed = CountingBackend(sd1_pipe)
+    result = sdlab.sweep(resumed, "a red circle", axes={"seed": "1-8"}, batch_size=2, out_dir=tmp_path, num_inference_steps=STEPS, verbose=False)
+    assert sum(resumed.calls) == 4 and sum(c.cached for c in result.cells) == 4
+    assert all(c.ok for c in result.cells)
+
+
+def test_a_failing_cell_is_recorded_and_the_rest_goes_on(sd1_pipe, tmp_path):
+    failing = CountingBackend(sd1_pipe, fail_seeds={3})
+    result = grid_sweep(failing, tmp_path, axes={"seed": "1-4"})
+    errors = {row["seed"]: row["error"] for row in result.table}
+    assert errors[3] and "refused" in errors[3]
+    assert all(errors[s] is None for s in (1, 2, 4))
+    grid = result.grid()  # failed cells are drawn grey, never an exception
+    assert grid.width > 0
+    # the failure is not cached: a rerun tries that cell again
+    retry = CountingBackend(sd1_pipe)
+    grid_sweep(retry, tmp_path, axes={"seed": "1-4"})
+    assert retry.calls == [1]
+
+
+def test_out_of_memory_splits_the_batch(sd1_pipe, tmp_path):
+    oom = CountingBackend(sd1_pipe, oom_above=2)
+    result = grid_sweep(oom, tmp_path, axes={"seed": "1-8"})
+    assert all(c.ok for c in result.cells)
+    assert oom.calls[0] == 8 and max(oom.calls[1:]) <= 4 and sum(n for n in oom.calls if n <= 2) == 8
+
+
+def test_linked_axes_move_together(counting, tmp_path):
+    result = grid_sweep(counting, tmp_path, axes={"guidance_scale": [2, 4, 6], "num_inference_steps": [1, 2, 3]},
+                        link=[("guidance_scale", "num_inference_steps")])
+    assert len(result) == 3
+    assert [(r["guidance_scale"], r["num_inference_steps"]) for r in result.table] == [(2, 1), (4, 2), (6, 3)]
+    with pytest.raises(ValueError, match="same number"):
+        grid_sweep(counting, tmp_path, axes={"guidance_scale": [2, 4], "num_inference_steps": [1, 2, 3]},
+                   link=[("guidance_scale", "num_inference_steps")])
+
+
+def test_seeds_fixed_random_and_varied(counting, tmp_path):
+    r = grid_sweep(counting, tmp_path, axes={"guidance_scale": [2, 4]}, seed=None)
+    seeds = {row["seed"] for row in r.table}
+    assert len(seeds) == 1 and r.spec["fixed"]["seed"] == seeds.pop()
+    v = grid_sweep(counting, tmp_path, axes={"guidance_scale": [2, 4], "num_inference_steps": [1, 2]}, seed=10, vary_seeds=True)
+    assert [row["seed"] for row in v.table] == [10, 11, 12, 13]
+    s = grid_sweep(counting, tmp_path, axes={"seed": [-1, 5]})
+    assert s.table[0]["seed"] != -1 and s.axis("seed").values[1] == 5
+
+
+def test_prompt_axes_in_one_sweep(counting, tmp_path):
+    result = sdlab.sweep(
+        counting, "a {shape} red circle on a blue background",
+        axes={"shape": ["large", "small"], "sr1": sdlab.prompt_sr("red, blue"), "sr2": sdlab.prompt_sr("blue, red")},
+        out_dir=tmp_path, num_inference_steps=1, verbose=False,
+    )
+    prompts = {(r["shape"], r["sr1"], r["sr2"]): r["prompt"] for r in result.table}
+    assert prompts[("small", "blue", "red")] == "a small blue circle on a red background"
+    assert prompts[("large", "red", "blue")] == "a large red circle on a blue background"
+    with pytest.raises(ValueError, match="not in the prompt"):
+        sdlab.sweep(counting, "a circle", axes={"sr": sdlab.prompt_sr("red, blue")}, out_dir=tmp_path, verbose=False)
+
+
+def test_matrix_and_prompt_axis(counting, tmp_path):
+    m = sdlab.sweep(counting, None, axes={"matrix": sdlab.prompt_matrix("a circle|red|large")}, out_dir=tmp_path,
+                    num_inference_steps=1, verbose=False)
+    assert [r["prompt"] for r in m.table] == ["a circle", "a circle, red", "a circle, large", "a circle, red, large"]
+    assert counting.calls[-1] == 4  # different prompts share one call
+    p = sdlab.sweep(counting, None, axes={"prompt": ["a red circle", "a blue square"]}, out_dir=tmp_path, num_inference_steps=1, verbose=False)
+    assert len(p) == 2
+
+
+def test_scheduler_axis_groups_calls_by_scheduler(counting, tmp_path):
+    r = grid_sweep(counting, tmp_path, axes={"seed": [1, 2], "scheduler": ["Euler a", "DDIM"]})
+    assert sorted(counting.calls) == [2, 2]
+    rec = sdlab.read_params(r.select(scheduler="DDIM")[0].path)
+    assert rec["scheduler"] == "DDIM"
+
+
+def test_pipeline_keyword_axis(counting, tmp_path):
+    r = grid_sweep(counting, tmp_path, axes={"guidance_rescale": [0.0, 0.7]})
+    assert len(r) == 2 and all(c.ok for c in r.cells)
+    assert r.cells[1].params["pipeline_kwargs"]["guidance_rescale"] == 0.7
+
+
+def test_bad_input_fails_before_any_generation(counting, tmp_path):
+    with pytest.raises(ValueError, match="not_an_argument"):
+        grid_sweep(counting, tmp_path, axes={"not_an_argument": [1, 2]})
+    with pytest.raises(ValueError, match="width"):
+        grid_sweep(counting, tmp_path, axes={"size": ["60x64"]})
+    with pytest.raises(ValueError, match="batch_size"):
+        sdlab.sweep(counting, "x", axes={"seed": [1]}, batch_size=0, verbose=False, out_dir=tmp_path)
+    assert counting.calls == []
+
+
+def test_model_axis_loads_each_model_once_and_not_when_cached(tiny_dirs, tmp_path, monkeypatch):
+    import sdlab.sweeps as sweeps
+
+    loads = []
+    real_open = sweeps._open_model
+    monkeypatch.setattr(sweeps, "_open_model", lambda spec: loads.append(spec) or real_open(spec))
+    models = ["tiny", str(tiny_dirs["sd1"])]
+    r = sdlab.sweep(None, "a red circle", axes={"model": models, "seed": [1, 2]}, out_dir=tmp_path, num_inference_steps=1, verbose=False)
+    assert loads == models and all(c.ok for c in r.cells)
+    loads.clear()
+    sdlab.sweep(None, "a red circle", axes={"model": models, "seed": [1, 2]}, out_dir=tmp_path, num_inference_steps=1, verbose=False)
+    assert loads == []
+
+
+def test_table_selection_and_records(counting, tmp_path):
+    r = grid_sweep(counting, tmp_path)
+    row = r.table[0]
+    for key in ("seed", "guidance_scale", "path", "seconds", "peak_memory_mb", "error", "cached"):
+        assert key in row
+    assert len(r.select(seed=2)) == 4 and len(r.select(guidance_scale=[3, 5])) == 8
+    with pytest.raises(ValueError, match="no value"):
+        r.select(seed=99)
+    rec = sdlab.read_params(r.select(seed=2, guidance_scale=3)[0].path)
+    assert rec["seed"] == 2 and rec["guidance_scale"] == 3.0 and rec["sweep"]["coords"]["seed"] == "Seed: 2"
+    manifest = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+    assert len({m["key"] for m in manifest}) == 16
+
+
+def test_grid_layouts_and_rebuild_from_the_grid_png(counting, tmp_path):
+    r = grid_sweep(counting, tmp_path, axes={"seed": [1, 2], "guidance_scale": [2, 4], "num_inference_steps": [1, 2]})
+    g = r.grid()
+    assert g.width > 2 * 2 * 64  # two sub-grids side by side
+    g2 = r.grid(x="guidance_scale", y="seed", filter={"num_inference_steps": 1})
+    assert g2.width < g.width
+    path = r.save_grid(tmp_path / "grid.png")
+    kwargs = load_sweep(path)
+    counting.calls.clear()
+    again = sdlab.sweep(counting, batch_size=16, out_dir=tmp_path, verbose=False, **kwargs)
+    assert counting.calls == [] and len(again) == len(r)
+    fig = r.figure(filter={"num_inference_steps": 1})
+    assert len(fig.axes) == 4
+
+
+def test_cli_sweep(tmp_path, capsys):
+    from sdlab.cli import main
+
+    out = tmp_path / "run"
+    assert main(["sweep", "a red circle", "--model", "tiny", "--axis", "seed=1-2", "--axis", "guidance_scale=1,5",
+                 "--steps", "1", "--out", str(out)]) == 0
+    assert (out / "grid.png").exists() and len(list((out / "cells").glob("*.png"))) == 4
+    assert main(["sweep", "x", "--model", "tiny", "--axis", "seed=1,zz", "--out", str(out)]) == 2
+    assert "zz" in capsys.readouterr().err
