@@ -69,32 +69,29 @@ def _cmd_generate(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    """A labelled seed x guidance grid with the embedded default model, offline."""
-    from .grid import labelled_grid
-    from .metadata import save_png
-    from .generate import generate
+    """A labelled prompt x guidance grid with the embedded default model, offline, through a sweep."""
     from .loading import load_pipeline
+    from .sweeps import sweep
 
     pipe = load_pipeline(args.model, progress_bar=False)
-    prompts = ["a large red circle on a blue background", "a small yellow star on a black background"]
-    guidances = [1.0, 3.0, 5.0, 7.5]
-    seeds = [0, 1]
-    out = Path(args.out)
-    rows, row_labels, records = [], [], []
-    for prompt in prompts:
-        for seed in seeds:
-            row = []
-            for g in guidances:
-                result = generate(pipe, prompt, seed=seed, guidance_scale=g)
-                result.save(out / "images")
-                row.append(result.images[0])
-                records.append(result.records[0])
-            rows.append(row)
-            row_labels.append(f"{prompt} (seed {seed})")
-    grid = labelled_grid(rows, x_labels=[f"CFG {g:g}" for g in guidances], y_labels=row_labels,
-                         title=f"sdlab demo: {pipe._sdlab_info['model']}")
-    path = save_png(grid, out / "grid.png", {**records[0], "grid": {"x": "guidance_scale", "y": "prompt, seed"}})
-    print(f"{len(records)} images in {out / 'images'}; grid: {path}")
+    result = sweep(
+        pipe,
+        None,
+        axes={
+            "guidance_scale": [1.0, 3.0, 5.0, 7.5],
+            "prompt": [
+                "a large red circle on a blue background",
+                "a small yellow star on a black background",
+                "a large green triangle on a white background",
+            ],
+        },
+        seed=args.seed,
+        batch_size=12,
+        out_dir=args.out,
+        title=f"sdlab demo: {pipe._sdlab_info['model']}, seed {args.seed}",
+    )
+    path = result.save_grid(Path(args.out) / "grid.png")
+    print(f"{len(result)} images in {Path(args.out) / 'cells'}; grid: {path}")
     return 0
 
 
@@ -138,8 +135,9 @@ def register_cli(subparsers) -> None:
     p.add_argument("--out", default="outputs", help="output directory (default: outputs/)")
     p.set_defaults(func=_cmd_generate)
 
-    p = subparsers.add_parser("demo", help="a labelled seed x guidance grid with the embedded model, offline")
+    p = subparsers.add_parser("demo", help="a labelled prompt x guidance grid with the embedded model, offline")
     p.add_argument("--model", default=None)
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="outputs/demo")
     p.set_defaults(func=_cmd_demo)
 

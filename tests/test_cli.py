@@ -32,3 +32,10 @@ def test_bad_input_is_an_error_message_not_a_traceback(tmp_path, capsys):
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "sdlab.cli", "presets"], capture_output=True, text=True, check=True).stdout
     assert "sd15" in out and "flux-schnell" in out
+
+
+def test_demo_writes_a_labelled_grid(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", "tiny", "--out", str(out)]) == 0
+    assert (out / "grid.png").exists() and len(list((out / "cells").glob("*.png"))) == 12
+    assert "grid:" in capsys.readouterr().out
