@@ -33,7 +33,9 @@ _VAE_ATTENTION = {
 }
 
 
-def _rename(state_dict: dict[str, torch.Tensor], prefixes: dict[str, tuple[str, dict[str, str]]]) -> dict[str, Any]:
+def _rename(
+    state_dict: dict[str, torch.Tensor], prefixes: dict[str, tuple[str, dict[str, str]]]
+) -> dict[str, torch.Tensor]:
     """Rename every key by its longest matching diffusers prefix, then by the prefix's inner renames."""
     ordered = sorted(prefixes, key=len, reverse=True)
     out: dict[str, torch.Tensor] = {}

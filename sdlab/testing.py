@@ -6,7 +6,7 @@ but with the tokenizers shipped in the package (``sdlab.tokenizer``, ``sdlab.t5_
 
 Each family keeps the traits that matter to code that handles it (text encoders, prediction
 type, scheduler, latent channels, ``text_time`` conditioning) at a size that generates a 64x64
-image in a few hundredths of a second. The VAEs downsample by 8 as the real ones do, so the
+image in about a tenth of a second. The VAEs downsample by 8 as the real ones do, so the
 native size is ``vae_scale_factor * unet.config.sample_size == 8 * 8 == 64``.
 
 >>> pipe = tiny_pipeline("sdxl", seed=0)
@@ -73,7 +73,7 @@ _UNET = dict(
 # The ControlNet hint encoder downsamples by 8 too (four levels), as the real one does.
 _CONTROLNET_HINT_CHANNELS = (8, 8, 16, 16)
 
-# The schedulers the real checkpoints ship (model_index.json of SD 1.5, SD 2.1, SDXL base, FLUX.1-dev).
+# The schedulers the real checkpoints ship (scheduler_config.json of SD 1.5, SD 2.1, SDXL base, FLUX.1-dev).
 _SD_BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
 
 
@@ -197,6 +197,8 @@ def tiny_components(family: str, *, seed: int = 0, controlnet: bool = False) -> 
         with _seeded(seed):
             components["text_encoder"] = _clip_text_encoder(
                 tokenizer, hidden_size=32, hidden_act="quick_gelu", projection_dim=32)
+        # Wider than text_encoder, as in SDXL: diffusers' single-file loader takes any CLIP whose width
+        # matches text_encoder's from `conditioner.embedders.0`.
         with _seeded(seed + 1):
             components["text_encoder_2"] = _clip_text_encoder(
                 tokenizer, hidden_size=64, hidden_act="gelu", projection_dim=64, num_hidden_layers=10,
@@ -475,6 +477,9 @@ def save_single_file(family: str, path: str | os.PathLike, *, seed: int = 0) -> 
     """
     from safetensors.torch import save_file
 
+    if family == "flux":
+        raise ValueError("`family` 'flux' has no tiny single-file checkpoint: diffusers' FLUX converter fixes "
+                         "the transformer width at 3072; use save_tiny_pipeline or fill_hf_cache instead")
     _check_family(family, allowed=SINGLE_FILE_FAMILIES)
     path = Path(path)
     if path.suffix != ".safetensors":
