@@ -270,34 +270,62 @@ def controlnet_family(config: Mapping[str, Any]) -> str:
     return "sd1"
 
 
-def _controlnet_location(spec: str, hub_kwargs) -> tuple[str, Mapping[str, Any]]:
-    """(location, config) of one ControlNet given by preset name, folder or hub id."""
-    if spec in CONTROLNET_PRESETS:
-        spec = CONTROLNET_PRESETS[spec].source
+# ControlNet classes `load_controlnets` loads (others, e.g. ControlNet-XS or union models, need other pipelines).
+CONTROLNET_MODEL_CLASSES = ("ControlNetModel",)
+
+
+def _controlnet_location(spec: str, hub_kwargs) -> tuple[Any, Mapping[str, Any]]:
+    """(location, config) of one ControlNet given by preset name, folder or hub id.
+
+    A builtin preset ("tiny") comes back as the ControlNetModel itself, built in memory.
+    """
+    preset = CONTROLNET_PRESETS.get(spec)
+    if preset is not None:
+        if preset.source.startswith("builtin:"):
+            from . import testing
+
+            model = testing.tiny_components(preset.family, controlnet=True)["controlnet"]
+            return model, dict(model.config)
+        path = Path(preset.source)
+        if path.is_absolute() and not (path / "config.json").exists():
+            raise ModelLoadError(f"the ControlNet preset {spec!r} points at {path}, which holds no ControlNet (yet)")
+        spec = preset.source
     path = Path(spec).expanduser()
     if path.is_dir():
         cfg = path / "config.json"
         if not cfg.exists():
             raise ModelLoadError(f"{path} has no config.json: it is not a ControlNet folder")
         return str(path.resolve()), _read_json(cfg)
-    if "/" not in spec:
+    if "/" not in spec or spec.count("/") > 1 or spec.startswith((".", "~")):
         raise ModelLoadError(
-            f"`controlnet`={spec!r} is not a ControlNet preset, a folder or a hub id; presets: {', '.join(CONTROLNET_PRESETS)}"
+            f"`controlnet`={spec!r} is not a ControlNet preset, an existing folder or a hub id (org/name); "
+            f"presets: {', '.join(CONTROLNET_PRESETS)}"
         )
     from huggingface_hub import hf_hub_download
 
     try:
-        cfg = hf_hub_download(spec, "config.json", **{k: v for k, v in hub_kwargs.items() if v is not None})
+        cfg = hf_hub_download(spec, "config.json", **_controlnet_hub_kwargs(hub_kwargs))
     except Exception as e:
-        raise ModelLoadError(f"could not fetch the config of ControlNet {spec!r}: {type(e).__name__}: {e}") from e
+        raise ModelLoadError(
+            f"could not fetch the config of ControlNet {spec!r} from the Hugging Face hub or its cache: "
+            f"{type(e).__name__}: {e}. Check the id, your network, or HF_HUB_OFFLINE and the cache."
+        ) from e
     return spec, _read_json(Path(cfg))
 
 
+def _controlnet_hub_kwargs(hub_kwargs) -> dict[str, Any]:
+    """The hub options that apply to a ControlNet repo: the cache and token, not the base's `revision`."""
+    return {k: v for k, v in hub_kwargs.items() if v is not None and k != "revision"}
+
+
 def load_controlnets(controlnet: Any, family: str, dtype, hub_kwargs, base_cross_attention_dim=None) -> tuple[Any, list[str]]:
-    """ControlNet model(s) for a base of `family`; refused before loading if of another family."""
+    """ControlNet model(s) for a base of `family`; refused before loading if of another family.
+
+    Every config is read (folder, hub cache) and checked against the base before any weights load.
+    """
     from diffusers import ControlNetModel
 
-    specs = controlnet if isinstance(controlnet, (list, tuple)) else [controlnet]
+    specs = list(controlnet) if isinstance(controlnet, (list, tuple)) else [controlnet]
     if not specs:
         raise ValueError("`controlnet` is an empty list")
     if family not in CONTROLNET_CLASS:
@@ -312,13 +340,21 @@ def load_controlnets(controlnet: Any, family: str, dtype, hub_kwargs, base_cross
         location, config = _controlnet_location(str(spec), hub_kwargs)
         planned.append((location, config, str(spec)))
     for _, config, name in planned:
+        cls_name = config.get("_class_name", "ControlNetModel")
         cn_family = controlnet_family(config)
+        if cls_name not in CONTROLNET_MODEL_CLASSES and cn_family != "flux":
+            raise ModelLoadError(
+                f"`controlnet` {name!r} is a {cls_name}; sdlab loads {', '.join(CONTROLNET_MODEL_CLASSES)} checkpoints "
+                "(SD 1.x/2.x and SDXL ControlNets)"
+            )
         base_kind = "sdxl" if family == "sdxl" else "sd"
         cn_kind = {"sdxl": "sdxl", "flux": "flux"}.get(cn_family, "sd")
         mismatch = cn_kind != base_kind
         dim = config.get("cross_attention_dim")
         if not mismatch and base_cross_attention_dim is not None and dim is not None:
             mismatch = int(dim) != int(base_cross_attention_dim)
+        elif not mismatch and base_cross_attention_dim is None:  # base config unknown: SD1 vs SD2 by the ControlNet's dim
+            mismatch = {cn_family, family} == {"sd1", "sd2"}
         if mismatch:
             raise ValueError(
                 f"`controlnet` {name!r} is a {cn_family} ControlNet (cross-attention dim {dim}) but the base model "
@@ -326,7 +362,13 @@ def load_controlnets(controlnet: Any, family: str, dtype, hub_kwargs, base_cross
             )
     models, names = [], []
     for location, _, name in planned:
-        model = location if isinstance(location, ControlNetModel) else ControlNetModel.from_pretrained(location, torch_dtype=dtype, **{k: v for k, v in hub_kwargs.items() if v is not None})
+        if isinstance(location, ControlNetModel):
+            model = location
+        else:
+            try:
+                model = ControlNetModel.from_pretrained(location, torch_dtype=dtype, **_controlnet_hub_kwargs(hub_kwargs))
+            except OSError as e:
+                raise ModelLoadError(f"could not load the ControlNet {name!r} ({location}): {e}") from e
         models.append(model)
         names.append(name)
     return (models[0] if len(models) == 1 else models), names
@@ -415,14 +457,31 @@ def load_pipeline(
 
     # 2. what is the model, and of which family
     source = resolve_source(model, **hub_kwargs)
+    if source.kind == "single_file" and config is not None and Path(str(config)).is_dir():
+        # Key-based detection cannot tell a tiny SD 2.x file from SD 1.x; the configs can.
+        config_family = family_from_folder(Path(str(config)))
+        if (config_family == "sdxl") != (source.family == "sdxl") or (config_family == "flux") != (source.family == "flux"):
+            raise ValueError(
+                f"`config` {config} is a {config_family} model but the checkpoint {Path(source.location).name} "
+                f"looks like {source.family}; pass the configs of the checkpoint's own family"
+            )
+        source = replace(source, family=config_family)
     family = source.family
     torch_dtype = resolve_dtype(dtype, resolved_device, family)
     if compile and not hasattr(torch, "compile"):
         raise ValueError("`compile`=True needs torch.compile (PyTorch 2)")
 
+    builtin_pipe = None
+    if source.kind == "builtin":  # built in memory (cheap); its UNet config checks a ControlNet
+        from . import testing
+
+        builtin_pipe = testing.tiny_pipeline(family)
     cn_model, cn_names = (None, [])
     if controlnet is not None:
-        base_dim = (_component_config(source, "unet", hub_kwargs) or {}).get("cross_attention_dim")
+        if builtin_pipe is not None:
+            base_dim = builtin_pipe.unet.config.cross_attention_dim
+        else:
+            base_dim = (_component_config(source, "unet", hub_kwargs) or {}).get("cross_attention_dim")
         cn_model, cn_names = load_controlnets(controlnet, family, torch_dtype, hub_kwargs, base_dim)
 
     # 3. load with the class of that family
@@ -435,12 +494,12 @@ def load_pipeline(
         kwargs["controlnet"] = cn_model
     try:
         if source.kind == "builtin":
-            from . import testing
-
-            pipe = testing.tiny_pipeline(family, controlnet=cn_model is not None)
-            if cn_model is not None:
-                pipe.controlnet = cn_model
-            pipe = pipe.to(dtype=torch_dtype)
+            pipe = builtin_pipe
+            if cn_model is not None:  # the same components plus the ControlNet(s); a list becomes a MultiControlNetModel
+                extra = {"requires_safety_checker": False} if family in ("sd1", "sd2") else {}
+                pipe = cls(**pipe.components, controlnet=cn_model, **extra)
+            if torch_dtype != torch.float32:  # built in float32
+                pipe = pipe.to(dtype=torch_dtype)
         elif source.kind == "single_file":
             sf_kwargs = dict(kwargs)
             if config is not None:

@@ -65,7 +65,7 @@ def test_missing_hub_model_offline_is_a_clear_error(tmp_path):
         sdlab.load_pipeline("nobody/no-such-model", cache_dir=str(tmp_path))
 
 
-@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
 def test_single_file_checkpoint_loads_offline(tiny_dirs, tmp_path, family):
     path = testing.save_single_file(family, tmp_path / f"tiny-{family}.safetensors")
     pipe = sdlab.load_pipeline(path, config=str(tiny_dirs[family]), progress_bar=False)
@@ -74,6 +74,12 @@ def test_single_file_checkpoint_loads_offline(tiny_dirs, tmp_path, family):
     a = sdlab.generate(pipe, "a red circle", seed=1, num_inference_steps=2, width=64, height=64)
     b = sdlab.generate(ref, "a red circle", seed=1, num_inference_steps=2, width=64, height=64)
     assert max_pixel_diff(a.image, b.image) <= 1
+
+
+def test_single_file_with_configs_of_another_family_is_refused(tiny_dirs, tmp_path):
+    path = testing.save_single_file("sd1", tmp_path / "tiny-sd1.safetensors")
+    with pytest.raises(ValueError, match="config"):
+        sdlab.load_pipeline(path, config=str(tiny_dirs["sdxl"]))
 
 
 def test_unknown_model_names_the_presets():
