@@ -34,6 +34,10 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_from_args(args):
+    from .backends import is_remote_spec, open_backend
+
+    if is_remote_spec(args.model):  # "replicate:owner/name", "comfyui:http://host:8188"
+        return open_backend(args.model)
     from .loading import load_pipeline
 
     return load_pipeline(

@@ -97,6 +97,10 @@ def as_backend(pipe_or_backend: Any) -> Backend:
 
 
 def _is_diffusers_pipeline(obj: Any) -> bool:
+    import sys
+
+    if "diffusers" not in sys.modules:  # no pipeline can exist yet: don't import diffusers for a remote backend
+        return False
     try:
         from diffusers import DiffusionPipeline
     except ImportError:  # pragma: no cover

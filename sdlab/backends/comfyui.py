@@ -1,0 +1,232 @@
+"""The ComfyUI backend: each image is one prompt of a workflow template (sdlab's txt2img, or any
+API-format workflow) whose prompt, seed, steps, guidance, size, sampler and checkpoint sdlab sets.
+The protocol work (socket before submit, messages, errors, history fallback) is `ComfyUIClient`'s.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..errors import BackendError
+from ..request import GenerationRequest, check_size
+from .base import BackendOutput, Defaults, ProgressCallback
+from .comfyui_client import DEFAULT_SERVER, ComfyUIClient, ComfyUIResult, normalise_server, prompt_error
+from .workflow import Workflow, comfy_sampler
+
+__all__ = ["COMFYUI_KWARGS", "ComfyUIBackend", "ComfyUIClient", "ComfyUIResult", "normalise_server", "prompt_error"]
+
+# Request parameters that become None in a record when the workflow has no place for them.
+_RECORD_KEYS = {"negative_prompt", "seed", "num_inference_steps", "guidance_scale", "width", "height"}
+# Pipeline keywords the ComfyUI backend takes (everything else is an error).
+COMFYUI_KWARGS = ("ckpt_name", "denoise", "image", "workflow_inputs")
+
+
+class ComfyUIBackend:
+    """A ComfyUI server behind sdlab's backend protocol: each image is one prompt of a workflow
+    template whose prompt, seed, steps, guidance, size, sampler and checkpoint sdlab sets.
+
+    Args:
+        server: the server's URL ("http://127.0.0.1:8188").
+        workflow: an API-format workflow (path, dict or `Workflow`); default: sdlab's txt2img.
+        ckpt_name: the checkpoint file to load (default: the workflow's).
+        mapping: explicit places for parameters, e.g. {"seed": "12.value"} (node.input, the node by
+            id, title or class) for workflows the automatic mapping does not understand.
+        timeout: seconds a `run` may take before its prompts are interrupted.
+    """
+
+    name = "comfyui"
+
+    def __init__(
+        self,
+        server: str = DEFAULT_SERVER,
+        *,
+        workflow: str | Path | Mapping | Workflow | None = None,
+        ckpt_name: str | None = None,
+        mapping: Mapping[str, Any] | None = None,
+        timeout: float = 600.0,
+        poll_interval: float = 0.5,
+        max_batch_size: int = 8,
+        client: ComfyUIClient | None = None,
+    ):
+        self.client = client or ComfyUIClient(server, poll_interval=poll_interval)
+        self.server = self.client.server
+        self.workflow = Workflow.load(workflow)
+        self.mapping = dict(mapping or {})
+        if ckpt_name is not None:
+            self.workflow, _ = self.workflow.apply(self.mapping, ckpt_name=ckpt_name)
+        self.timeout = float(timeout)
+        self._max_batch_size = int(max_batch_size)
+        self._values = self.workflow.values(self.mapping)
+        self._comfyui_version: str | None = None
+        if not self.workflow.output_nodes():
+            raise ValueError(f"`workflow` has no output node ({', '.join(('SaveImage', 'PreviewImage', 'SaveImageWebsocket'))})")
+
+    def __repr__(self) -> str:
+        return f"ComfyUIBackend({self.server!r}, model={self.model_id!r})"
+
+    # ------------------------------------------------------------ protocol properties
+
+    @property
+    def model_id(self) -> str:
+        ckpt = self._values.get("ckpt_name")
+        return str(ckpt) if ckpt else f"workflow:{self.workflow.name or self.workflow.sha256()[:12]}"
+
+    @property
+    def defaults(self) -> Defaults:
+        v = self._values
+        negative = v.get("negative_prompt") or None
+        sampler, schedule = v.get("sampler_name"), v.get("scheduler")
+        return Defaults(
+            width=int(v.get("width", 512)),
+            height=int(v.get("height", 512)),
+            num_inference_steps=int(v.get("num_inference_steps", 20)),
+            guidance_scale=float(v.get("guidance_scale", 7.5)),
+            negative_prompt=negative,
+            scheduler=f"{sampler}:{schedule}" if sampler and schedule else None,
+        )
+
+    @property
+    def size_multiple(self) -> int:
+        return 8
+
+    @property
+    def max_batch_size(self) -> int:
+        return self._max_batch_size
+
+    def supports_per_image_guidance(self) -> bool:
+        return False
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "server": self.server,
+            "model": self.model_id,
+            "workflow": self.workflow.name,
+            "workflow_sha256": self.workflow.sha256(),
+            "mapping": {k: self.mapping[k] for k in sorted(self.mapping)},
+        }
+
+    def validate(self, request: GenerationRequest) -> None:
+        check_size(request.width, request.height, self.size_multiple)
+        if request.scheduler is not None:
+            comfy_sampler(request.scheduler)
+        kwargs = dict(request.pipeline_kwargs)
+        unknown = sorted(set(kwargs) - set(COMFYUI_KWARGS))
+        if unknown:
+            raise ValueError(f"unknown argument(s) {unknown} for the ComfyUI backend; it accepts: {', '.join(COMFYUI_KWARGS)}")
+        if "image" in kwargs and not self.workflow.find("LoadImage"):
+            raise ValueError("`image` needs a LoadImage node in the workflow, and this workflow has none")
+        inputs = kwargs.get("workflow_inputs") or {}
+        if not isinstance(inputs, Mapping):
+            raise ValueError("`workflow_inputs` must be a dict {'node.input': value} (node by id, title or class)")
+        for spec in inputs:
+            selector, dot, _ = str(spec).rpartition(".")
+            if not dot or not self.workflow.find(selector):
+                raise ValueError(f"`workflow_inputs` key {spec!r} must read 'node.input' with a node of this workflow; nodes: {self.workflow.describe()}")
+        if len(set(request.guidance_scale)) > 1:
+            raise ValueError("the ComfyUI backend takes one `guidance_scale` per request; split the request by guidance")
+        if not self.workflow.targets("prompt", self.mapping):
+            raise ValueError("the workflow has no text encoder feeding a sampler's positive input; pass mapping={'prompt': 'node.text'}")
+
+    # ------------------------------------------------------------ running
+
+    def workflow_for(self, request: GenerationRequest, i: int, *, image_name: str | None = None) -> tuple[Workflow, list[str]]:
+        """The workflow of image `i` of `request` and the request parameters it had no place for."""
+        sampler = schedule = None
+        if request.scheduler is not None:
+            sampler, schedule = comfy_sampler(request.scheduler)
+        kwargs = request.pipeline_kwargs
+        workflow, unused = self.workflow.apply(
+            self.mapping,
+            prompt=request.prompt[i],
+            negative_prompt=request.negative_prompt[i] if request.negative_prompt[i] is not None else "",
+            seed=int(request.seed[i]),
+            num_inference_steps=request.num_inference_steps,
+            guidance_scale=float(request.guidance_scale[i]),
+            width=request.width,
+            height=request.height,
+            batch_size=1,
+            sampler_name=sampler,
+            scheduler=schedule,
+            denoise=kwargs.get("denoise"),
+            ckpt_name=kwargs.get("ckpt_name"),
+        )
+        # batch_size is ours (always 1); an empty negative prompt needs no place to go
+        unused = [u for u in unused if u != "batch_size" and not (u == "negative_prompt" and not request.negative_prompt[i])]
+        if image_name is not None:
+            for nid in workflow.find("LoadImage"):
+                workflow._set(nid, "image", image_name)
+        for spec, value in (kwargs.get("workflow_inputs") or {}).items():
+            selector, _, input_name = str(spec).rpartition(".")
+            for nid in workflow.find(selector):
+                workflow._set(nid, input_name, value)
+        return workflow, unused
+
+    def run(self, request: GenerationRequest, *, progress: ProgressCallback | None = None) -> BackendOutput:
+        self.validate(request)
+        n = len(request)
+        start = time.perf_counter()
+        image_name = None
+        if "image" in request.pipeline_kwargs:
+            image_name = self.client.upload_image(request.pipeline_kwargs["image"])["name"]
+        built = [self.workflow_for(request, i, image_name=image_name) for i in range(n)]
+
+        def on_progress(event: dict[str, Any]) -> None:
+            if progress is not None:
+                progress({**event, "images": n})
+
+        results = self.client.execute([w for w, _ in built], timeout=self.timeout, progress=on_progress)
+        version = self._server_version()
+        images, records = [], []
+        for result, (workflow, unused) in zip(results, built):
+            if not result.images:
+                raise BackendError(f"ComfyUI prompt {result.prompt_id} produced no image", backend=self.name, job_id=result.prompt_id)
+            images.append(result.images[0].convert("RGB") if result.images[0].mode != "RGB" else result.images[0])
+            values = workflow.values(self.mapping)
+            info = {k: v for k, v in result.files[0].items() if k != "data"}
+            record = {
+                "backend": self.name,
+                "model": self.model_id,
+                "server": self.server,
+                "prompt_id": result.prompt_id,
+                "comfyui_version": version,
+                "workflow": self.workflow.name,
+                "workflow_sha256": self.workflow.sha256(),
+                "scheduler": request.scheduler or self.defaults.scheduler,
+                "sampler_name": values.get("sampler_name"),
+                "comfy_scheduler": values.get("scheduler"),
+                "cached": result.cached,
+                "output": info,
+            }
+            if unused:
+                record["unused_parameters"] = unused
+                for name in set(unused) & _RECORD_KEYS:
+                    record[name] = None  # the workflow had no place for it: the image does not depend on it
+            records.append(record)
+        return BackendOutput(images=images, records=records, seconds=time.perf_counter() - start,
+                             info={"prompt_ids": [r.prompt_id for r in results]})
+
+    def run_workflow(self, workflow: str | Path | Mapping | Workflow, *, timeout: float | None = None,
+                     progress: ProgressCallback | None = None) -> ComfyUIResult:
+        """Run a raw API-format workflow as it is and return its images (no sdlab parameters)."""
+        return self.client.run(Workflow.load(workflow), timeout=self.timeout if timeout is None else timeout, progress=progress)
+
+    def upload_image(self, image, **kwargs) -> dict[str, Any]:
+        return self.client.upload_image(image, **kwargs)
+
+    def interrupt(self, prompt_id: str | None = None) -> None:
+        self.client.interrupt(prompt_id)
+
+    def queue(self) -> dict[str, Any]:
+        return self.client.queue()
+
+    def _server_version(self) -> str | None:
+        if self._comfyui_version is None:
+            try:
+                self._comfyui_version = str(self.client.system_stats().get("system", {}).get("comfyui_version") or "unknown")
+            except BackendError:
+                self._comfyui_version = "unknown"
+        return self._comfyui_version
+
