@@ -1,0 +1,434 @@
+"""The job store: jobs and their results in SQLite, so a restart loses nothing.
+
+Every state change is one conditional `UPDATE` inside a transaction (`queued -> running ->
+done | failed | cancelled`), so a job completes exactly once even when a cancellation races the
+worker, and an append-only `events` table records each transition. One connection guarded by a
+lock serves every thread of the process (SQLite calls take microseconds; WAL lets other
+processes, such as a test or `sqlite3` on the command line, read while the server writes).
+
+Jobs carry their request with seeds already resolved, so a job re-run after a crash makes the
+same images. Image files live under `results_dir/<job id>/<k>.png`; rows hold paths relative to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from ..errors import SdlabError
+from ..request import GenerationRequest
+
+STATES = ("queued", "running", "done", "failed", "cancelled")
+FINAL_STATES = ("done", "failed", "cancelled")
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    id          TEXT NOT NULL UNIQUE,
+    state       TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed', 'cancelled')),
+    params      TEXT NOT NULL,
+    request     TEXT NOT NULL,
+    batch_key   TEXT NOT NULL,
+    num_images  INTEGER NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    run_token   TEXT,
+    error       TEXT,
+    seconds     REAL,
+    created_at  REAL NOT NULL,
+    started_at  REAL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_state_seq ON jobs (state, seq);
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at);
+CREATE TABLE IF NOT EXISTS images (
+    job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    k      INTEGER NOT NULL,
+    path   TEXT NOT NULL,
+    PRIMARY KEY (job_id, k)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id  TEXT NOT NULL,
+    state   TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    at      REAL NOT NULL,
+    detail  TEXT
+);
+CREATE INDEX IF NOT EXISTS events_job ON events (job_id);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class QueueFull(SdlabError):
+    """The queue holds `max_queue` jobs already; try again later."""
+
+
+class StoreLocked(SdlabError):
+    """Another server process owns this database."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One row of `jobs`, decoded."""
+
+    id: str
+    seq: int
+    state: str
+    params: dict[str, Any]
+    request: GenerationRequest
+    batch_key: str
+    num_images: int
+    attempts: int
+    run_token: str | None
+    error: str | None
+    seconds: float | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.request.seed)
+
+
+def request_to_json(request: GenerationRequest) -> str:
+    return json.dumps(
+        {
+            "prompt": list(request.prompt),
+            "negative_prompt": list(request.negative_prompt),
+            "seed": list(request.seed),
+            "guidance_scale": list(request.guidance_scale),
+            "width": request.width,
+            "height": request.height,
+            "num_inference_steps": request.num_inference_steps,
+            "scheduler": request.scheduler,
+            "pipeline_kwargs": dict(request.pipeline_kwargs),
+        }
+    )
+
+
+def request_from_json(text: str) -> GenerationRequest:
+    data = json.loads(text)
+    return GenerationRequest(
+        prompt=tuple(data["prompt"]),
+        negative_prompt=tuple(data["negative_prompt"]),
+        seed=tuple(int(s) for s in data["seed"]),
+        guidance_scale=tuple(float(g) for g in data["guidance_scale"]),
+        width=int(data["width"]),
+        height=int(data["height"]),
+        num_inference_steps=int(data["num_inference_steps"]),
+        scheduler=data["scheduler"],
+        pipeline_kwargs=data["pipeline_kwargs"],
+    )
+
+
+class JobStore:
+    """Jobs and results of one server, in `db_path` and `results_dir`."""
+
+    def __init__(self, db_path: str | Path, results_dir: str | Path):
+        self.db_path = Path(db_path)
+        self.results_dir = Path(results_dir).resolve()
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._lock_file = None
+        self._conn = sqlite3.connect(str(self.db_path), isolation_level=None, check_same_thread=False, timeout=10.0)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        self._conn.executescript(_SCHEMA)
+        with self._transaction() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None:
+                db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif int(row["value"]) != SCHEMA_VERSION:
+                raise SdlabError(
+                    f"{self.db_path} has job schema version {row['value']}, this sdlab writes {SCHEMA_VERSION}; "
+                    f"use a new --data-dir"
+                )
+
+    # ------------------------------------------------------------------ plumbing
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error), one thread at a time."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, args).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self.release_lock()
+            self._conn.close()
+
+    def acquire_lock(self) -> None:
+        """Become the one process that runs this database's queue (released on exit, even on SIGKILL)."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: one server per data folder is up to the operator
+            return
+        if self._lock_file is not None:
+            return
+        f = open(self.db_path.with_name(self.db_path.name + ".lock"), "a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise StoreLocked(
+                f"another sdlab server is running on {self.db_path}; stop it or give this one its own --data-dir"
+            ) from None
+        self._lock_file = f
+
+    def release_lock(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    @staticmethod
+    def _event(db: sqlite3.Connection, job_id: str, state: str, attempt: int, detail: str | None = None) -> None:
+        db.execute(
+            "INSERT INTO events (job_id, state, attempt, at, detail) VALUES (?, ?, ?, ?, ?)",
+            (job_id, state, attempt, time.time(), detail),
+        )
+
+    @staticmethod
+    def _job(row: sqlite3.Row) -> Job:
+        return Job(
+            id=row["id"],
+            seq=row["seq"],
+            state=row["state"],
+            params=json.loads(row["params"]),
+            request=request_from_json(row["request"]),
+            batch_key=row["batch_key"],
+            num_images=row["num_images"],
+            attempts=row["attempts"],
+            run_token=row["run_token"],
+            error=row["error"],
+            seconds=row["seconds"],
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+        )
+
+    # ------------------------------------------------------------------ submitting and reading
+
+    def submit(self, request: GenerationRequest, params: dict[str, Any], *, batch_key: str, max_queue: int) -> tuple[Job, int]:
+        """Queue a job unless `max_queue` jobs wait already (QueueFull). Returns (job, position)."""
+        job_id = str(uuid.uuid4())
+        with self._transaction() as db:
+            queued = db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'queued'").fetchone()[0]
+            if queued >= max_queue:
+                raise QueueFull(f"the queue holds {queued} jobs (max_queue={max_queue})")
+            db.execute(
+                "INSERT INTO jobs (id, state, params, request, batch_key, num_images, created_at) "
+                "VALUES (?, 'queued', ?, ?, ?, ?, ?)",
+                (job_id, json.dumps(params), request_to_json(request), batch_key, len(request), time.time()),
+            )
+            self._event(db, job_id, "queued", 0)
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return self._job(row), queued + 1
+
+    def get(self, job_id: str) -> Job | None:
+        rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return self._job(rows[0]) if rows else None
+
+    def position(self, job: Job) -> int | None:
+        """1 for the next job to run; None unless queued."""
+        if job.state != "queued":
+            return None
+        return self._query("SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND seq <= ?", (job.seq,))[0][0]
+
+    def list(self, *, state: str | None = None, limit: int = 20, offset: int = 0) -> tuple[list[Job], int]:
+        """Newest first; returns (page, total)."""
+        where, args = ("WHERE state = ?", [state]) if state else ("", [])
+        total = self._query(f"SELECT COUNT(*) FROM jobs {where}", args)[0][0]
+        rows = self._query(f"SELECT * FROM jobs {where} ORDER BY seq DESC LIMIT ? OFFSET ?", [*args, limit, offset])
+        return [self._job(r) for r in rows], total
+
+    def image_path(self, job_id: str, k: int) -> Path | None:
+        """The file of image `k` of a done job, never outside `results_dir` (None if absent)."""
+        rows = self._query(
+            "SELECT images.path FROM images JOIN jobs ON jobs.id = images.job_id "
+            "WHERE images.job_id = ? AND images.k = ? AND jobs.state = 'done'",
+            (job_id, k),
+        )
+        if not rows:
+            return None
+        path = (self.results_dir / rows[0]["path"]).resolve()
+        if not path.is_relative_to(self.results_dir) or not path.is_file():
+            return None
+        return path
+
+    def counts(self) -> dict[str, int]:
+        out = {s: 0 for s in STATES}
+        for row in self._query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state"):
+            out[row["state"]] = row["n"]
+        return out
+
+    def events(self, job_id: str) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._query("SELECT state, attempt, at, detail FROM events WHERE job_id = ? ORDER BY id", (job_id,))]
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.results_dir / str(uuid.UUID(job_id))
+
+    # ------------------------------------------------------------------ the worker's transitions
+
+    def claim(self, *, batch_size: int, max_images: int) -> list[Job]:
+        """Mark the oldest queued job, and up to `batch_size - 1` later ones that can share its
+        pipeline call, as running. Returns them (empty if the queue is empty)."""
+        token = uuid.uuid4().hex
+        with self._transaction() as db:
+            first = db.execute("SELECT * FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1").fetchone()
+            if first is None:
+                return []
+            rows = [first]
+            images = first["num_images"]
+            if batch_size > 1:
+                for row in db.execute(
+                    "SELECT * FROM jobs WHERE state = 'queued' AND batch_key = ? AND seq > ? ORDER BY seq LIMIT ?",
+                    (first["batch_key"], first["seq"], 4 * batch_size),
+                ).fetchall():
+                    if len(rows) >= batch_size:
+                        break
+                    if images + row["num_images"] <= max_images:
+                        rows.append(row)
+                        images += row["num_images"]
+            now = time.time()
+            for row in rows:
+                db.execute(
+                    "UPDATE jobs SET state = 'running', run_token = ?, attempts = attempts + 1, started_at = ? "
+                    "WHERE id = ? AND state = 'queued'",
+                    (token, now, row["id"]),
+                )
+                self._event(db, row["id"], "running", row["attempts"] + 1)
+            claimed = db.execute(
+                "SELECT * FROM jobs WHERE run_token = ? AND state = 'running' ORDER BY seq", (token,)
+            ).fetchall()
+        return [self._job(r) for r in claimed]
+
+    def finish(self, job: Job, paths: Sequence[Path], seconds: float) -> bool:
+        """running -> done with its images; False (nothing written) if the job left `running`."""
+        with self._transaction() as db:
+            cur = db.execute(
+                "UPDATE jobs SET state = 'done', seconds = ?, finished_at = ?, error = NULL "
+                "WHERE id = ? AND state = 'running' AND run_token = ?",
+                (seconds, time.time(), job.id, job.run_token),
+            )
+            if cur.rowcount != 1:
+                return False
+            db.executemany(
+                "INSERT OR REPLACE INTO images (job_id, k, path) VALUES (?, ?, ?)",
+                [(job.id, k, str(Path(p).resolve().relative_to(self.results_dir))) for k, p in enumerate(paths)],
+            )
+            self._event(db, job.id, "done", job.attempts)
+        return True
+
+    def fail(self, job: Job, error: str) -> bool:
+        with self._transaction() as db:
+            cur = db.execute(
+                "UPDATE jobs SET state = 'failed', error = ?, finished_at = ? "
+                "WHERE id = ? AND state = 'running' AND run_token = ?",
+                (error, time.time(), job.id, job.run_token),
+            )
+            if cur.rowcount == 1:
+                self._event(db, job.id, "failed", job.attempts, error)
+        return cur.rowcount == 1
+
+    def requeue(self, job: Job, reason: str) -> bool:
+        """running -> queued, keeping its place (an interrupted run does not count as an attempt)."""
+        with self._transaction() as db:
+            cur = db.execute(
+                "UPDATE jobs SET state = 'queued', run_token = NULL, started_at = NULL, attempts = attempts - 1 "
+                "WHERE id = ? AND state = 'running' AND run_token = ?",
+                (job.id, job.run_token),
+            )
+            if cur.rowcount == 1:
+                self._event(db, job.id, "queued", job.attempts - 1, reason)
+        return cur.rowcount == 1
+
+    def cancel(self, job_id: str) -> str | None:
+        """queued or running -> cancelled. Returns the state the job was in (None if unknown)."""
+        with self._transaction() as db:
+            row = db.execute("SELECT state, attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return None
+            if row["state"] in ("queued", "running"):
+                db.execute(
+                    "UPDATE jobs SET state = 'cancelled', finished_at = ? WHERE id = ? AND state = ?",
+                    (time.time(), job_id, row["state"]),
+                )
+                self._event(db, job_id, "cancelled", row["attempts"])
+            return row["state"]
+
+    def recover(self, *, max_attempts: int) -> dict[str, int]:
+        """At start-up: jobs left `running` by a process that died run again, unless they were
+        interrupted `max_attempts` times already (then they fail: they may be what kills it)."""
+        out = {"requeued": 0, "failed": 0}
+        with self._transaction() as db:
+            for row in db.execute("SELECT id, attempts FROM jobs WHERE state = 'running'").fetchall():
+                if row["attempts"] >= max_attempts:
+                    error = f"the server stopped {row['attempts']} times while running this job; not retried"
+                    db.execute(
+                        "UPDATE jobs SET state = 'failed', error = ?, finished_at = ? WHERE id = ?",
+                        (error, time.time(), row["id"]),
+                    )
+                    self._event(db, row["id"], "failed", row["attempts"], error)
+                    out["failed"] += 1
+                else:
+                    db.execute("UPDATE jobs SET state = 'queued', run_token = NULL WHERE id = ?", (row["id"],))
+                    self._event(db, row["id"], "queued", row["attempts"], "recovered after a restart")
+                    out["requeued"] += 1
+        return out
+
+    # ------------------------------------------------------------------ retention
+
+    def expire(self, older_than_seconds: float, *, now: float | None = None) -> int:
+        """Delete finished jobs (rows and files) that finished more than `older_than_seconds` ago."""
+        cutoff = (time.time() if now is None else now) - older_than_seconds
+        rows = self._query(
+            "SELECT id FROM jobs WHERE state IN ('done', 'failed', 'cancelled') AND finished_at < ?", (cutoff,)
+        )
+        for row in rows:
+            # files first: a crash in between leaves a row without files (served as 404, deleted next time)
+            shutil.rmtree(self.job_dir(row["id"]), ignore_errors=True)
+            with self._transaction() as db:
+                db.execute("DELETE FROM images WHERE job_id = ?", (row["id"],))
+                db.execute("DELETE FROM events WHERE job_id = ?", (row["id"],))
+                db.execute("DELETE FROM jobs WHERE id = ?", (row["id"],))
+        return len(rows)
+
+    def remove_orphans(self) -> int:
+        """Delete result folders that belong to no job (left by a crash during `expire`)."""
+        known = {r["id"] for r in self._query("SELECT id FROM jobs")}
+        removed = 0
+        for child in self.results_dir.iterdir():
+            if child.is_dir() and _is_uuid(child.name) and child.name not in known:
+                shutil.rmtree(child, ignore_errors=True)
+                removed += 1
+        return removed
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False

@@ -1,0 +1,245 @@
+"""The worker: one thread that owns the pipeline and runs queued jobs, one batch at a time.
+
+The event loop never touches the model: routes only read and write the job store, and this thread
+claims jobs, generates through the one path (`sdlab.generate.run_request`), writes each image with
+`sdlab.metadata.save_png` and marks the job done in the same transaction that records its images.
+
+Cancellation and shutdown reach a running job through the progress callback, which raises at the
+next denoising step: a cancelled job stays cancelled, the other jobs of its batch go back to the
+queue in their place, and on shutdown the whole batch is re-queued (it runs after a restart).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ..backends.base import Backend, as_backend
+from ..generate import run_request
+from ..metadata import save_png
+from ..request import GenerationRequest
+from .store import Job, JobStore
+
+logger = logging.getLogger("sdlab.server")
+
+
+class _Interrupted(Exception):
+    """Raised from the progress callback to stop a pipeline call between two steps."""
+
+
+def batch_key(backend: Backend, request: GenerationRequest) -> str:
+    """Jobs with equal keys may share one pipeline call."""
+    key = request.shared_key()
+    if not backend.supports_per_image_guidance():
+        key += f"|guidance={sorted(set(request.guidance_scale))}"
+    return key
+
+
+class Worker:
+    """Runs the jobs of `store` on `model` (a pipeline, a backend, or a name loaded on this thread)."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        model: Any,
+        *,
+        load_kwargs: dict[str, Any] | None = None,
+        batch_size: int = 1,
+        retention_seconds: float | None = None,
+        cleanup_interval: float = 60.0,
+        max_attempts: int = 3,
+        metrics=None,
+        on_change: Callable[[list[str]], None] | None = None,
+    ):
+        self.store = store
+        self.batch_size = batch_size
+        self.retention_seconds = retention_seconds
+        self.cleanup_interval = cleanup_interval
+        self.max_attempts = max_attempts
+        self.metrics = metrics
+        self.on_change = on_change  # told the ids of jobs whose state may have changed
+        self.backend: Backend | None = None
+        self.model_name: str | None = None
+        self._model = model
+        self._load_kwargs = dict(load_kwargs or {})
+        self.status = "loading"  # "loading" -> "ok" | "error"
+        self.error: str | None = None
+        self.progress: dict[str, tuple[int, int]] = {}
+        self.mean_job_seconds = 1.0  # running mean of one job's generation time (for Retry-After)
+        self._cancelled: set[str] = set()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        if model is not None and not isinstance(model, (str, Path)):
+            self.backend = as_backend(model)  # a loaded pipeline or backend: ready at once
+            self.model_name = self.backend.model_id
+            self.status = "ok"
+
+    # ------------------------------------------------------------------ control (any thread)
+
+    def start(self) -> None:
+        """Own the database, re-queue what a dead process left running, start the thread."""
+        self.store.acquire_lock()
+        recovered = self.store.recover(max_attempts=self.max_attempts)
+        if any(recovered.values()):
+            logger.warning("recovered jobs after a restart: %s", recovered)
+        self.store.remove_orphans()
+        self._thread = threading.Thread(target=self._main, name="sdlab-server-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop after the current denoising step; a running batch goes back to the queue."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():  # pragma: no cover - a step longer than `timeout`
+                logger.error("the worker did not stop within %.0f s", timeout)
+                return
+        self.store.release_lock()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def cancel(self, job_id: str) -> None:
+        """Stop `job_id` at its next step if it is running (the store says cancelled already)."""
+        self._cancelled.add(job_id)
+
+    def cleanup(self) -> int:
+        """Delete jobs finished more than `retention_seconds` ago, with their files."""
+        if self.retention_seconds is None:
+            return 0
+        return self.store.expire(self.retention_seconds)
+
+    def retry_after(self) -> int:
+        """Seconds until a queue slot is likely free: about one job's generation time."""
+        return max(1, min(600, math.ceil(self.mean_job_seconds)))
+
+    # ------------------------------------------------------------------ the thread
+
+    def _main(self) -> None:
+        if self.backend is None:
+            try:
+                self.backend = self._load()
+            except Exception as e:  # the server keeps answering: /health says why
+                self.status, self.error = "error", f"{type(e).__name__}: {e}"
+                logger.exception("could not load the model")
+                return
+            self.status = "ok"
+        next_cleanup = 0.0
+        while not self._stop.is_set():
+            if self.retention_seconds is not None and time.monotonic() >= next_cleanup:
+                self._safely(self.cleanup)
+                next_cleanup = time.monotonic() + self.cleanup_interval
+            self._wake.clear()
+            self._cancelled.clear()  # before claiming: a cancel of a claimed job lands after this
+            jobs = self.store.claim(batch_size=self.batch_size, max_images=self.backend.max_batch_size)
+            if not jobs:
+                self._wake.wait(timeout=min(1.0, self.cleanup_interval))
+                continue
+            ids = [job.id for job in jobs]
+            self._notify(ids)
+            try:
+                self._run_batch(jobs)
+            except Exception as e:  # not the model's failure (those fail the job inside): the store or the disk
+                logger.exception("the worker could not finish jobs %s", ids)
+                for job in jobs:
+                    with contextlib.suppress(Exception):
+                        self.store.fail(job, f"internal error: {type(e).__name__}: {e}")
+                time.sleep(0.5)
+            self._notify(ids)
+
+    def _notify(self, ids: list[str]) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change(ids)
+            except Exception:  # pragma: no cover - e.g. the event loop closed during shutdown
+                logger.debug("could not notify waiters", exc_info=True)
+
+    def _safely(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception:  # never let a failed clean-up kill the worker
+            logger.exception("sdlab server worker: %s failed", getattr(fn, "__name__", fn))
+            time.sleep(0.5)
+
+    def _load(self) -> Backend:
+        from ..loading import load_pipeline
+        from ..presets import default_model
+
+        name = self._model if self._model is not None else default_model()
+        self.model_name = str(name)
+        pipe = load_pipeline(name, progress_bar=False, **self._load_kwargs)
+        return as_backend(pipe)
+
+    def _run_batch(self, jobs: list[Job]) -> None:
+        # 1. one request for the batch; progress reaches every job of it
+        request = GenerationRequest.concat([job.request for job in jobs])
+        ids = [job.id for job in jobs]
+        for job_id in ids:
+            self.progress[job_id] = (0, request.num_inference_steps)
+
+        def on_step(info: dict[str, Any]) -> None:
+            for job_id in ids:
+                self.progress[job_id] = (int(info["step"]), int(info["total"]))
+            if self._stop.is_set():
+                raise _Interrupted("the server is shutting down")
+            if self._cancelled.intersection(ids):
+                raise _Interrupted("another job of its batch was cancelled")
+
+        # 2. generate through the one path
+        try:
+            result = run_request(self.backend, request, progress=on_step, progress_bar=False)
+        except _Interrupted as e:
+            for job in jobs:
+                if job.id not in self._cancelled:
+                    self.store.requeue(job, str(e))
+            return
+        except Exception as e:
+            if len(jobs) > 1 and not self._stop.is_set():
+                logger.warning("a batch of %d jobs failed (%s); running them one by one", len(jobs), e)
+                for job in jobs:
+                    self._run_batch([job])
+                return
+            logger.exception("job %s failed", ids[0])
+            for job in jobs:
+                if self.store.fail(job, f"{type(e).__name__}: {e}") and self.metrics:
+                    self.metrics.finished.labels("failed").inc()
+            return
+        finally:
+            for job_id in ids:
+                self.progress.pop(job_id, None)
+        seconds = sum(r["seconds"] for r in result.records)
+
+        # 3. write each job's PNGs, then mark it done in the transaction that records them
+        offset = 0
+        for job in jobs:
+            n = job.num_images
+            folder = self.store.job_dir(job.id)
+            try:
+                paths = []
+                for k in range(n):
+                    record = dict(result.records[offset + k], job_id=job.id, job_image=k)
+                    paths.append(save_png(result.images[offset + k], folder / f"{k}.png", record))
+            except OSError as e:
+                if self.store.fail(job, f"could not write the images: {e}") and self.metrics:
+                    self.metrics.finished.labels("failed").inc()
+                offset += n
+                continue
+            job_seconds = seconds * n / len(request)
+            if self.store.finish(job, paths, job_seconds):
+                self.mean_job_seconds = 0.8 * self.mean_job_seconds + 0.2 * job_seconds
+                if self.metrics:
+                    self.metrics.finished.labels("done").inc()
+                    self.metrics.images.inc(n)
+                    self.metrics.latency.observe(max(0.0, time.time() - job.created_at))
+                    self.metrics.run_seconds.observe(job_seconds)
+            else:  # cancelled while its images were written
+                shutil.rmtree(folder, ignore_errors=True)
+            offset += n
