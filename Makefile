@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sdlab-installed
 
-.PHONY: demo test lab setup clean
+.PHONY: demo test lab setup clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,15 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/sdlab demo --out outputs/demo
 
+## Debian's Chromium for tests/test_browser.py (Playwright drives it; never `playwright install`).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium not found: apt-get install chromium (tests/test_browser.py will skip)"; fi; }
+
 ## Run the whole test suite: unit tests and every notebook under nbval.
-test: $(STAMP)
+test: $(STAMP) browser
 	CI=$${CI-1} $(PY) -m pytest -p no:cacheprovider tests notebooks --nbval-lax --sanitize-with tests/nbval_sanitize.cfg -q
 
 ## Open JupyterLab on notebooks/.

@@ -3,6 +3,7 @@
 Importing sdlab touches no network, GPU or disk; heavy libraries load when first used.
 """
 
+from . import bench
 from .backends.base import Backend, BackendOutput, Defaults, as_backend
 from .errors import BackendError, MissingDependencyError, ModelLoadError, SdlabError
 from .generate import GenerationResult, generate, regenerate
@@ -12,6 +13,7 @@ from .presets import CONTROLNET_PRESETS, PRESETS
 from .request import GenerationRequest
 from .schedulers import scheduler_names, set_scheduler
 from .sweeps import SweepResult, load_sweep, prompt_matrix, prompt_order, prompt_sr, sweep
+from . import prompts  # sdlab.prompts: presets, token budget, weighting, wildcards
 
 __version__ = "0.1.0"
 
@@ -29,6 +31,7 @@ __all__ = [
     "SdlabError",
     "SweepResult",
     "as_backend",
+    "bench",
     "generate",
     "load_pipeline",
     "load_sweep",

@@ -1,0 +1,422 @@
+"""PromptLab: write a prompt, press Generate, keep a gallery; reuse settings or sweep around them.
+
+    lab = PromptLab(pipe)
+    lab                               # in a notebook cell
+    lab.prompt.value = "a large red circle on a blue background"
+    lab.generate_button.click()       # or lab.generate(); the images are in lab.last_result
+
+Generation goes through `sdlab.generate` (the one path), synchronously in the button handler.
+Style and negative-prompt presets are applied when Generate is pressed (the final prompt is shown
+under the prompt and recorded with every image); the token counter counts the final prompt.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import ipywidgets as widgets
+
+from ..backends.base import as_backend
+from ._common import DEFAULT, PIXELATED_STYLE, ProgressFeed, error_text, image_widget, or_none, params_html, status_html
+
+NO_PRESET = "(none)"
+
+
+def _prompts_module():
+    """sdlab.prompts if it is importable, else None (its controls are then hidden)."""
+    try:
+        from .. import prompts
+    except Exception:  # noqa: BLE001 - a missing or broken optional module only hides controls
+        return None
+    return prompts
+
+
+def _number_list(text: str, name: str, kind: str) -> list:
+    """Values typed in the sweep form: comma lists or A1111 ranges ("1-4", "3-7 (+2)")."""
+    from ..axes import parse_values
+
+    values = parse_values(text, kind, name=name)
+    if not values:
+        raise ValueError(f"the sweep's `{name}` values are empty")
+    return values
+
+
+class PromptLab(widgets.VBox):
+    """An interactive prompt lab for one pipeline (or backend).
+
+    Controls (public, so code and tests can set them): `prompt`, `negative_prompt`,
+    `style_preset`, `negative_preset`, `seed`, `lock_seed`, `guidance_scale`,
+    `num_inference_steps`, `scheduler`, `width`, `height`, `num_images`, `generate_button`.
+    State: `last_result` (the last `GenerationResult`), `history` (recent images with their
+    records, newest first), `error` (the last error or None), `status` (an HTML label),
+    `progress` (an IntProgress), `sweep_spec` and `last_sweep` (the sweep form's last run).
+    """
+
+    def __init__(
+        self,
+        pipe: Any,
+        *,
+        prompt: str = "",
+        negative_prompt: str = "",
+        seed: int = 0,
+        out_dir: str | None = None,
+        sweep_dir: str | None = None,
+        max_history: int = 8,
+    ):
+        from ..schedulers import scheduler_names
+
+        self.pipe = pipe
+        self.backend = as_backend(pipe)
+        self.out_dir = out_dir
+        self.sweep_dir = sweep_dir
+        self.max_history = max_history
+        self.last_result = None
+        self.history: list[dict[str, Any]] = []
+        self.error: BaseException | None = None
+        self.sweep_spec: dict[str, Any] | None = None
+        self.last_sweep = None
+        self.explorer = None
+        defaults = self.backend.defaults
+        multiple = int(self.backend.size_multiple)
+        wide = widgets.Layout(width="100%")
+
+        # 1. prompt, presets, token budget
+        self.prompt = widgets.Textarea(value=prompt, placeholder="a large red circle on a blue background",
+                                       description="Prompt", layout=widgets.Layout(width="100%", height="4em"))
+        self.negative_prompt = widgets.Textarea(value=negative_prompt or (defaults.negative_prompt or ""),
+                                                placeholder="what the image should not show",
+                                                description="Negative", layout=widgets.Layout(width="100%", height="3em"))
+        self._prompts = _prompts_module()
+        styles, negatives = self._preset_names()
+        self.style_preset = widgets.Dropdown(options=[NO_PRESET] + styles, value=NO_PRESET, description="Style")
+        self.negative_preset = widgets.Dropdown(options=[NO_PRESET] + negatives, value=NO_PRESET, description="Neg. preset")
+        presets_row = widgets.HBox([self.style_preset, self.negative_preset])
+        if not styles and not negatives:
+            presets_row.layout.display = "none"
+        self.final_prompt = widgets.HTML(layout=wide)
+        self.tokens = widgets.HTML(layout=wide)
+        self.tokens.add_class("sdlab-tokens")
+
+        # 2. sampling controls
+        self.seed = widgets.IntText(value=seed, description="Seed", layout=widgets.Layout(width="220px"))
+        self.lock_seed = widgets.ToggleButton(value=True, description="locked", icon="lock",
+                                              tooltip="locked: use this seed; unlocked: a new random seed each time")
+        self.new_seed_button = widgets.Button(description="new seed", icon="random", tooltip="draw a random seed now")
+        self.guidance_scale = widgets.FloatSlider(value=float(defaults.guidance_scale), min=0.0,
+                                                  max=max(20.0, float(defaults.guidance_scale)), step=0.5,
+                                                  description="CFG scale", continuous_update=False)
+        self.num_inference_steps = widgets.IntSlider(value=int(defaults.num_inference_steps), min=1,
+                                                     max=max(100, int(defaults.num_inference_steps)),
+                                                     description="Steps", continuous_update=False)
+        names = scheduler_names(getattr(self.backend, "pipe", None))
+        default_name = defaults.scheduler or "model's own"
+        self.scheduler = widgets.Dropdown(options=[(f"default ({default_name})", DEFAULT)] + [(n, n) for n in names],
+                                          value=DEFAULT, description="Scheduler")
+        self.width = widgets.IntText(value=int(defaults.width), step=multiple, description="Width",
+                                     layout=widgets.Layout(width="180px"))
+        self.height = widgets.IntText(value=int(defaults.height), step=multiple, description="Height",
+                                      layout=widgets.Layout(width="180px"))
+        self.num_images = widgets.IntSlider(value=1, min=1, max=8, description="Images", continuous_update=False)
+
+        # 3. run, progress, status, images, errors, gallery, sweep form
+        self.generate_button = widgets.Button(description="Generate", button_style="primary", icon="play")
+        self.generate_button.add_class("sdlab-generate")
+        self.progress = widgets.IntProgress(value=0, min=0, max=1, description="", layout=widgets.Layout(width="300px"))
+        self._feed = ProgressFeed(self.progress)
+        self.status = widgets.HTML(value=status_html("ready"))
+        self.status.add_class("sdlab-status")
+        self.images = widgets.HBox(layout=widgets.Layout(flex_flow="row wrap"))
+        self.images.add_class("sdlab-images")
+        self.output = widgets.Output()
+        self.gallery = widgets.VBox()
+        self.gallery.add_class("sdlab-gallery")
+        self._build_sweep_form()
+
+        self.new_seed_button.on_click(lambda _: self._draw_seed())
+        self.lock_seed.observe(self._on_lock, names="value")
+        self.generate_button.on_click(lambda _: self.generate())
+        for control in (self.prompt, self.style_preset, self.negative_preset):
+            control.observe(lambda _change: self._update_prompt_info(), names="value")
+        self._update_prompt_info()
+
+        super().__init__(children=[
+            widgets.HTML(PIXELATED_STYLE),
+            self.prompt, self.negative_prompt, presets_row, self.final_prompt, self.tokens,
+            widgets.HBox([self.seed, self.lock_seed, self.new_seed_button]),
+            widgets.HBox([self.guidance_scale, self.num_inference_steps]),
+            widgets.HBox([self.scheduler, self.num_images]),
+            widgets.HBox([self.width, self.height]),
+            widgets.HBox([self.generate_button, self.progress, self.status]),
+            self.images, self.output,
+            widgets.HTML("<b>Recent</b> (newest first)"), self.gallery,
+            self.sweep_form, self.sweep_view,
+        ])
+        self.add_class("sdlab-promptlab")
+
+    # ------------------------------------------------------------ presets and token budget
+
+    def _preset_names(self) -> tuple[list[str], list[str]]:
+        if self._prompts is None or not hasattr(self._prompts, "list_presets"):
+            return [], []
+        try:
+            presets = list(self._prompts.list_presets())
+        except Exception:  # noqa: BLE001 - an unreadable preset file only hides the control
+            return [], []
+        styles = [p.name for p in presets if getattr(p, "style", None) or getattr(p, "quality", None)]
+        negatives = [p.name for p in presets if getattr(p, "negative_prompt", None)]
+        return styles, negatives
+
+    def final_prompts(self) -> tuple[str, str | None]:
+        """The prompt and negative prompt Generate would use (presets applied)."""
+        prompt = self.prompt.value.strip()
+        negative = self.negative_prompt.value.strip() or None
+        if self.style_preset.value != NO_PRESET and prompt:
+            prompt = self._prompts.build_prompt(prompt, preset=self.style_preset.value)
+        if self.negative_preset.value != NO_PRESET:
+            negative = self._prompts.build_negative_prompt(self.negative_preset.value, extra=negative)
+        return prompt, negative
+
+    def _update_prompt_info(self) -> None:
+        try:
+            prompt, negative = self.final_prompts()
+        except Exception as e:  # noqa: BLE001
+            self.final_prompt.value = status_html(error_text(e), "error")
+            return
+        presets = self.style_preset.value != NO_PRESET or self.negative_preset.value != NO_PRESET
+        if presets:
+            import html
+
+            neg = f"<br><i>negative:</i> {html.escape(negative)}" if negative else ""
+            self.final_prompt.value = f"<small><i>final prompt:</i> {html.escape(prompt)}{neg}</small>"
+        else:
+            self.final_prompt.value = ""
+        self._update_tokens(prompt)
+
+    def _update_tokens(self, prompt: str) -> None:
+        budget_fn = getattr(self._prompts, "token_budget", None) if self._prompts is not None else None
+        pipe = getattr(self.backend, "pipe", None)
+        if budget_fn is None or pipe is None:
+            self.tokens.layout.display = "none"
+            self.token_budget = None
+            return
+        try:
+            budget = budget_fn(pipe, prompt or "")
+        except Exception:  # noqa: BLE001 - the counter is a help, never a failure
+            self.tokens.layout.display = "none"
+            self.token_budget = None
+            return
+        import html
+
+        self.token_budget = budget
+        lines = []
+        for count in getattr(budget, "counts", ()):
+            try:
+                text = f"{count.label}: {count.count}/{count.limit} tokens"
+            except AttributeError:
+                text = count.summary() if hasattr(count, "summary") else str(count)
+            line = html.escape(text)
+            if getattr(count, "truncated", False):
+                dropped = getattr(count, "dropped_text", "") or " ".join(getattr(count, "dropped_words", ()))
+                line = f"<span style='color:#b00020'>{line}, dropped: <s>{html.escape(dropped)}</s></span>"
+            lines.append(line)
+        self.tokens.value = "<small>" + "<br>".join(lines) + "</small>"
+        self.tokens.layout.display = None
+
+    # ------------------------------------------------------------ seeds
+
+    def _draw_seed(self) -> int:
+        from ..request import random_seed
+
+        self.seed.value = random_seed()
+        return self.seed.value
+
+    def _on_lock(self, change) -> None:
+        self.lock_seed.description = "locked" if change["new"] else "random"
+        self.lock_seed.icon = "lock" if change["new"] else "unlock"
+
+    # ------------------------------------------------------------ generating
+
+    def current_params(self) -> dict[str, Any]:
+        """The keyword arguments of `sdlab.generate` that the controls describe."""
+        prompt, negative = self.final_prompts()
+        if not prompt:
+            raise ValueError("`prompt` is empty: write what the image should show")
+        return {
+            "prompt": prompt,
+            "negative_prompt": negative,
+            "seed": int(self.seed.value),
+            "guidance_scale": float(self.guidance_scale.value),
+            "num_inference_steps": int(self.num_inference_steps.value),
+            "scheduler": or_none(self.scheduler.value),
+            "width": int(self.width.value),
+            "height": int(self.height.value),
+            "num_images": int(self.num_images.value),
+        }
+
+    def generate(self):
+        """Generate with the current controls; returns the `GenerationResult`, or None on error
+        (the error is shown in the widget and kept in `error`)."""
+        from ..generate import generate
+
+        self.error = None
+        self.output.clear_output()
+        if not self.lock_seed.value:
+            self._draw_seed()
+        self.generate_button.disabled = True
+        self._feed.reset(int(self.num_inference_steps.value))
+        self.status.value = status_html("generating…", "busy")
+        start = time.perf_counter()
+        try:
+            params = self.current_params()
+            result = generate(self.pipe, progress=self._feed, **params)
+            if self.out_dir is not None:
+                result.save(self.out_dir)
+        except Exception as e:  # noqa: BLE001 - shown in the widget; the kernel lives on
+            return self._fail(e)
+        finally:
+            self.generate_button.disabled = False
+        seconds = time.perf_counter() - start
+        self.last_result = result
+        self.progress.value = self.progress.max
+        self.images.children = [image_widget(im, width="256px", css_class="sdlab-result") for im in result.images]
+        for i, (image, record) in enumerate(zip(result.images, result.records)):
+            path = result.paths[i] if i < len(result.paths) else None
+            self.history.insert(0, {"image": image, "params": record, "path": path})
+        del self.history[self.max_history:]
+        self._render_gallery()
+        seeds = ", ".join(str(s) for s in result.seeds)
+        self.status.value = status_html(f"done: {len(result)} image(s) in {seconds:.1f} s (seed {seeds})", "ok")
+        return result
+
+    def _fail(self, error: BaseException):
+        self.error = error
+        self.status.value = status_html(error_text(error), "error")
+        with self.output:
+            print(error_text(error))
+        return None
+
+    # ------------------------------------------------------------ gallery
+
+    def _render_gallery(self) -> None:
+        cards = []
+        for i, entry in enumerate(self.history):
+            reuse = widgets.Button(description="reuse", icon="undo", tooltip="fill the controls with these settings",
+                                   layout=widgets.Layout(width="90px"))
+            to_sweep = widgets.Button(description="sweep", icon="th", tooltip="a seeds x CFG sweep around these settings",
+                                      layout=widgets.Layout(width="90px"))
+            reuse.on_click(lambda _b, i=i: self.reuse(i))
+            to_sweep.on_click(lambda _b, i=i: self.send_to_sweep(i))
+            card = widgets.HBox([
+                image_widget(entry["image"], width="96px", css_class="sdlab-thumb"),
+                widgets.HTML(params_html(entry["params"]), layout=widgets.Layout(width="420px")),
+                widgets.VBox([reuse, to_sweep]),
+            ])
+            card.add_class("sdlab-card")
+            cards.append(card)
+        self.gallery.children = cards
+
+    def _entry_params(self, entry: int | dict) -> dict[str, Any]:
+        if isinstance(entry, int):
+            if not 0 <= entry < len(self.history):
+                raise ValueError(f"no gallery entry {entry}; there are {len(self.history)}")
+            return dict(self.history[entry]["params"])
+        return dict(entry)
+
+    def reuse(self, entry: int | dict = 0) -> dict[str, Any]:
+        """Fill the controls with the parameters of gallery entry `entry` (0 = newest) or a record."""
+        params = self._entry_params(entry)
+        with self.hold_sync():
+            self.style_preset.value = NO_PRESET  # the recorded prompt already carries its preset
+            self.negative_preset.value = NO_PRESET
+            self.prompt.value = params.get("prompt") or ""
+            self.negative_prompt.value = params.get("negative_prompt") or ""
+            self.seed.value = int(params.get("seed", self.seed.value))
+            self.lock_seed.value = True
+            if params.get("guidance_scale") is not None:
+                g = float(params["guidance_scale"])
+                self.guidance_scale.max = max(self.guidance_scale.max, g)
+                self.guidance_scale.value = g
+            if params.get("num_inference_steps") is not None:
+                n = int(params["num_inference_steps"])
+                self.num_inference_steps.max = max(self.num_inference_steps.max, n)
+                self.num_inference_steps.value = n
+            options = [value for _, value in self.scheduler.options]
+            self.scheduler.value = params.get("scheduler") if params.get("scheduler") in options else DEFAULT
+            self.width.value = int(params.get("width", self.width.value))
+            self.height.value = int(params.get("height", self.height.value))
+            self.num_images.value = 1
+        self.status.value = status_html(f"settings of seed {self.seed.value} restored", "info")
+        return params
+
+    # ------------------------------------------------------------ sweeps
+
+    def _build_sweep_form(self) -> None:
+        self.sweep_seeds = widgets.Text(description="Seeds", placeholder="1-4 or 1, 5, 9")
+        self.sweep_guidance = widgets.Text(description="CFG scales", placeholder="3, 5, 7")
+        self.sweep_button = widgets.Button(description="Run sweep", icon="th", button_style="info")
+        self.sweep_button.add_class("sdlab-run-sweep")
+        self.sweep_button.on_click(lambda _: self.run_sweep())
+        self.sweep_form = widgets.VBox([
+            widgets.HTML("<b>Sweep</b> around the chosen settings (seeds x CFG scale)"),
+            widgets.HBox([self.sweep_seeds, self.sweep_guidance, self.sweep_button]),
+        ])
+        self.sweep_form.layout.display = "none"
+        self.sweep_view = widgets.VBox()
+
+    def send_to_sweep(self, entry: int | dict = 0, *, seeds: int = 3) -> dict[str, Any]:
+        """A seeds x guidance sweep spec around gallery entry `entry` (or a record): stored in
+        `sweep_spec` (keyword arguments of `sdlab.sweep`) and shown in the sweep form."""
+        params = self._entry_params(entry)
+        seed = int(params["seed"])
+        g = float(params["guidance_scale"])
+        guidance = sorted({max(0.0, g - 2.0), g, g + 2.0})
+        self.sweep_spec = {
+            "prompt": params["prompt"],
+            "negative_prompt": params.get("negative_prompt"),
+            "axes": {"seed": [seed + i for i in range(seeds)], "guidance_scale": guidance},
+            "num_inference_steps": params.get("num_inference_steps"),
+            "scheduler": params.get("scheduler"),
+            "width": params.get("width"),
+            "height": params.get("height"),
+        }
+        self.sweep_seeds.value = ", ".join(str(s) for s in self.sweep_spec["axes"]["seed"])
+        self.sweep_guidance.value = ", ".join(f"{v:g}" for v in guidance)
+        self.sweep_form.layout.display = None
+        self.status.value = status_html("sweep form filled: edit the values and press Run sweep", "info")
+        return dict(self.sweep_spec)
+
+    def run_sweep(self):
+        """Run the sweep of the form (`sweep_spec` with the form's seeds and CFG scales) with
+        `sdlab.sweep`, and show it in a `SweepExplorer`. Returns the `SweepResult` or None."""
+        from ..sweeps import sweep
+        from .sweep_explorer import SweepExplorer
+
+        self.error = None
+        self.output.clear_output()
+        self.sweep_button.disabled = True
+        self._feed.reset()
+        self.status.value = status_html("sweeping…", "busy")
+        start = time.perf_counter()
+        try:
+            if self.sweep_spec is None:
+                raise ValueError("no sweep yet: press `sweep` on a gallery image first")
+            spec = dict(self.sweep_spec)
+            spec["axes"] = {
+                "seed": _number_list(self.sweep_seeds.value, "seed", "int"),
+                "guidance_scale": _number_list(self.sweep_guidance.value, "guidance_scale", "float"),
+            }
+            self.sweep_spec = spec
+            result = sweep(self.pipe, out_dir=self.sweep_dir, verbose=False, progress=self._feed, **spec)
+            explorer = SweepExplorer(result)
+        except Exception as e:  # noqa: BLE001
+            return self._fail(e)
+        finally:
+            self.sweep_button.disabled = False
+        self.last_sweep, self.explorer = result, explorer
+        self.sweep_view.children = [explorer]
+        failed = len(result.failed)
+        cached = sum(1 for c in result.cells if c.cached)
+        text = f"sweep: {len(result)} cells ({cached} cached) in {time.perf_counter() - start:.1f} s"
+        self.status.value = status_html(text + (f", {failed} failed" if failed else ""), "error" if failed else "ok")
+        return result

@@ -1,0 +1,174 @@
+"""SweepExplorer: look through a sweep's grid by any axes, filter values, open one cell large.
+
+    explorer = SweepExplorer(sdlab.sweep(pipe, prompt, axes={...}))
+    explorer.x.value, explorer.y.value = "guidance_scale", "seed"
+    explorer.filters["seed"].value = ("Seed: 1", "Seed: 2")
+    explorer.pick["seed"].value = 1          # index of the value: the cell shown large
+    explorer.cell_params                      # what `sdlab.read_params` reads from its PNG
+
+Nothing is generated here: the grid is redrawn from the images on disk when a choice changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import ipywidgets as widgets
+
+from ..axes import Axis
+from ._common import PIXELATED_STYLE, error_text, image_widget, params_html, png_bytes, status_html
+
+NONE = "(none)"
+
+
+class SweepExplorer(widgets.VBox):
+    """Browse a `SweepResult`.
+
+    Controls: `x`, `y`, `z` (axis dropdowns), `filters` (axis name -> SelectMultiple of value
+    labels; all selected at first), `pick` (axis name -> Dropdown of value indices: the cell
+    shown large). State: `grid_image` (the PIL grid on show), `cell` (the picked `SweepCell`),
+    `cell_params` (its parameters read from the PNG), `error`, `status`.
+    """
+
+    def __init__(self, result, *, cell_width: str = "320px"):
+        self.result = result
+        self.error: BaseException | None = None
+        self.grid_image = None
+        self.cell = None
+        self.cell_params: dict[str, Any] | None = None
+        names = list(result.axis_names)
+        self.x = widgets.Dropdown(options=names or [NONE], value=names[0] if names else NONE, description="x (across)")
+        self.y = widgets.Dropdown(options=[NONE] + names, value=names[1] if len(names) > 1 else NONE, description="y (down)")
+        self.z = widgets.Dropdown(options=[NONE] + names, value=names[2] if len(names) > 2 else NONE, description="z (grids)")
+        self.filters: dict[str, widgets.SelectMultiple] = {}
+        self.pick: dict[str, widgets.Dropdown] = {}
+        for axis in result.axes:
+            labels = list(axis.labels)
+            self.filters[axis.name] = widgets.SelectMultiple(
+                options=labels, value=tuple(labels), rows=min(6, len(labels)), description=axis.name,
+                layout=widgets.Layout(width="260px"))
+            self.pick[axis.name] = widgets.Dropdown(
+                options=[(label, i) for i, label in enumerate(labels)], value=0, description=axis.name,
+                layout=widgets.Layout(width="260px"))
+        self.status = widgets.HTML(value=status_html("ready"))
+        self.status.add_class("sdlab-status")
+        self.grid = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
+        self.grid.add_class("sdlab-grid")
+        self.cell_image = widgets.Box()
+        self.cell_info = widgets.HTML()
+        self._cell_width = cell_width
+
+        for control in [self.x, self.y, self.z, *self.filters.values()]:
+            control.observe(lambda _change: self.refresh(), names="value")
+        for control in self.pick.values():
+            control.observe(lambda _change: self.show_cell(), names="value")
+
+        title = result.title or f"sweep of {len(result)} cells in {result.out_dir}"
+        super().__init__(children=[
+            widgets.HTML(PIXELATED_STYLE),
+            widgets.HTML(f"<b>{_escape(title)}</b>"),
+            widgets.HBox([self.x, self.y, self.z]),
+            widgets.HTML("<small>values shown (ctrl/shift-click to choose several)</small>"),
+            widgets.HBox(list(self.filters.values()), layout=widgets.Layout(flex_flow="row wrap")),
+            self.status,
+            self.grid,
+            widgets.HTML("<b>Cell</b>"),
+            widgets.HBox(list(self.pick.values()), layout=widgets.Layout(flex_flow="row wrap")),
+            widgets.HBox([self.cell_image, self.cell_info]),
+        ])
+        self.add_class("sdlab-sweep-explorer")
+        self.refresh()
+        self.show_cell()
+
+    # ------------------------------------------------------------ the grid
+
+    def _subset(self):
+        """A view of the result holding only the selected values of each axis."""
+        axes, keep = [], {}
+        for axis in self.result.axes:
+            chosen = set(self.filters[axis.name].value)
+            indices = [i for i, label in enumerate(axis.labels) if label in chosen]
+            if not indices:
+                raise ValueError(f"no value of `{axis.name}` is selected; select at least one")
+            keep[axis.name] = {old: new for new, old in enumerate(indices)}
+            axes.append(Axis(axis.name, tuple(axis.values[i] for i in indices), tuple(axis.labels[i] for i in indices),
+                             axis.kind, axis.search, axis.parts))
+        cells = []
+        for cell in self.result.cells:
+            if all(cell.coords[n] in keep[n] for n in keep):
+                coords = {n: keep[n][cell.coords[n]] for n in keep}
+                cells.append(dataclasses.replace(cell, coords=coords))
+        return dataclasses.replace(self.result, axes=axes, cells=cells), axes
+
+    def grid_arguments(self) -> dict[str, Any]:
+        """The `x`, `y`, `z` and `filter` given to `SweepResult.grid` for the current choices."""
+        subset, axes = self._subset()
+        x = None if self.x.value == NONE else self.x.value
+        y = None if self.y.value == NONE else self.y.value
+        z = None if self.z.value == NONE else self.z.value
+        chosen = [n for n in (x, y, z) if n is not None]
+        if len(set(chosen)) != len(chosen):
+            raise ValueError("x, y and z must be different axes")
+        z_names = [z] if z else []
+        pinned = {}
+        for axis in axes:
+            if axis.name in chosen:
+                continue
+            if len(axis) == 1:
+                pinned[axis.name] = axis.values[0] if axis.kind != "size" else axis.labels[0]
+            else:  # several values of an axis not on x/y/z: one sub-grid each
+                z_names.append(axis.name)
+        return {"subset": subset, "x": x, "y": y, "z": z_names or None, "filter": pinned or None}
+
+    def refresh(self) -> None:
+        """Redraw the grid for the current axes and filters (no generation)."""
+        self.error = None
+        try:
+            args = self.grid_arguments()
+            subset = args.pop("subset")
+            image = subset.grid(max_pixels=4_000_000, **args)
+        except Exception as e:  # noqa: BLE001 - shown in the widget
+            self.error = e
+            self.status.value = status_html(error_text(e), "error")
+            return
+        self.grid_image = image
+        self.grid.value = png_bytes(image)
+        self.grid.layout.width = f"{min(image.width * 2, 1200)}px" if image.width < 600 else None
+        failed = sum(1 for c in self.result.cells if c.error)
+        text = f"{image.width}x{image.height} grid of {len(subset.cells)} cells"
+        self.status.value = status_html(text + (f"; {failed} failed cells in the sweep" if failed else ""),
+                                        "error" if failed else "ok")
+
+    # ------------------------------------------------------------ one cell
+
+    def show_cell(self) -> None:
+        """Show the cell picked in `pick` large, with the parameters its PNG carries."""
+        from ..metadata import read_params
+
+        wanted = {name: dropdown.value for name, dropdown in self.pick.items()}
+        cell = next((c for c in self.result.cells if c.coords == wanted), None)
+        self.cell, self.cell_params = cell, None
+        if cell is None:
+            self.cell_image.children = []
+            self.cell_info.value = status_html("no such cell", "error")
+            return
+        if cell.error or cell.path is None:
+            self.cell_image.children = []
+            self.cell_info.value = status_html(f"failed: {cell.error or 'no image'}", "error")
+            return
+        try:
+            self.cell_params = read_params(cell.path)
+            image = self.result._image(cell)
+        except Exception as e:  # noqa: BLE001
+            self.cell_image.children = []
+            self.cell_info.value = status_html(error_text(e), "error")
+            return
+        self.cell_image.children = [image_widget(image, width=self._cell_width, css_class="sdlab-cell")]
+        self.cell_info.value = params_html(self.cell_params) + f"<small>{_escape(str(cell.path))}</small>"
+
+
+def _escape(text: str) -> str:
+    import html
+
+    return html.escape(text)

@@ -1,0 +1,160 @@
+"""The widgets driven headlessly: set `.value`, `.click()`, assert on state (never on Output)."""
+
+import pytest
+
+pytest.importorskip("ipywidgets")
+
+from helpers import max_pixel_diff  # noqa: E402
+
+from sdlab.widgets import PromptLab, SchedulerBench, SweepExplorer  # noqa: E402
+
+PROMPT = "a large red circle on a blue background"
+
+
+@pytest.fixture
+def lab(sd1_pipe, tmp_path):
+    lab = PromptLab(sd1_pipe, out_dir=str(tmp_path / "images"), sweep_dir=str(tmp_path / "sweeps"))
+    lab.prompt.value = PROMPT
+    lab.num_inference_steps.value = 2
+    return lab
+
+
+def test_generate_fills_state_gallery_and_progress(lab, tmp_path):
+    lab.seed.value = 3
+    lab.generate_button.click()
+    assert lab.error is None, lab.status.value
+    assert "done" in lab.status.value
+    result = lab.last_result
+    assert len(result) == 1 and result.records[0]["seed"] == 3
+    assert result.records[0]["num_inference_steps"] == 2
+    assert (lab.progress.value, lab.progress.max) == (2, 2)
+    assert len(lab.history) == 1 and len(lab.gallery.children) == 1
+    assert len(lab.images.children) == 1
+    assert result.paths and result.paths[0].exists()
+    assert not lab.generate_button.disabled
+
+    first = result.image
+    lab.generate_button.click()  # the seed is locked: the same image again
+    assert max_pixel_diff(first, lab.last_result.image) == 0
+    assert len(lab.history) == 2
+
+
+def test_random_seed_and_several_images(lab):
+    lab.lock_seed.value = False
+    lab.seed.value = 0
+    lab.num_images.value = 2
+    lab.generate_button.click()
+    seeds = lab.last_result.seeds
+    assert lab.seed.value == seeds[0] and seeds[1] == seeds[0] + 1
+    assert len(lab.history) == 2  # one gallery entry per image, each with its own seed
+    assert lab.lock_seed.description == "random"
+
+
+def test_errors_are_shown_not_raised(lab):
+    lab.width.value = 70
+    lab.generate_button.click()
+    assert isinstance(lab.error, ValueError)
+    assert "`width`=70" in lab.status.value and "multiple of 8" in lab.status.value
+    assert lab.last_result is None and not lab.generate_button.disabled
+
+    lab.width.value = 64
+    lab.prompt.value = "   "
+    lab.generate_button.click()
+    assert "`prompt` is empty" in lab.status.value
+
+    lab.run_sweep()  # nothing sent to the sweep form yet
+    assert "no sweep yet" in lab.status.value
+
+
+def test_reuse_restores_controls_and_image(lab):
+    lab.seed.value, lab.guidance_scale.value = 5, 3.0
+    lab.generate_button.click()
+    image = lab.last_result.image
+    lab.prompt.value, lab.seed.value, lab.guidance_scale.value, lab.num_inference_steps.value = "a blue square", 9, 7.0, 4
+    lab.reuse(0)
+    assert (lab.prompt.value, lab.seed.value, lab.guidance_scale.value) == (PROMPT, 5, 3.0)
+    assert lab.num_inference_steps.value == 2 and lab.lock_seed.value
+    lab.generate_button.click()
+    assert max_pixel_diff(image, lab.last_result.image) == 0
+
+
+def test_presets_and_token_counter(lab):
+    if len(lab.style_preset.options) == 1:
+        pytest.skip("sdlab.prompts presets are not available")
+    lab.style_preset.value = lab.style_preset.options[1]
+    prompt, _ = lab.final_prompts()
+    assert prompt.startswith(PROMPT + ", ") and "final prompt" in lab.final_prompt.value
+    if lab.token_budget is not None:
+        assert "CLIP" in lab.tokens.value
+        lab.style_preset.value = "(none)"
+        lab.prompt.value = ", ".join(["a large red circle on a blue background"] * 12)
+        assert lab.token_budget.truncated and "dropped" in lab.tokens.value
+        lab.prompt.value = PROMPT
+        lab.style_preset.value = lab.style_preset.options[1]
+    lab.generate_button.click()
+    assert lab.last_result.records[0]["prompt"] == prompt
+
+
+def test_send_to_sweep_runs_and_explores(lab):
+    lab.seed.value, lab.guidance_scale.value = 4, 5.0
+    lab.generate_button.click()
+    spec = lab.send_to_sweep(0)
+    assert spec["axes"] == {"seed": [4, 5, 6], "guidance_scale": [3.0, 5.0, 7.0]}
+    assert spec["prompt"] == PROMPT and spec["num_inference_steps"] == 2
+    lab.sweep_seeds.value, lab.sweep_guidance.value = "4-5", "2, 5"
+    lab.sweep_button.click()
+    assert lab.error is None, lab.status.value
+    result = lab.last_sweep
+    assert len(result) == 4 and not result.failed
+    assert isinstance(lab.explorer, SweepExplorer) and lab.sweep_view.children == (lab.explorer,)
+    # the sweep's seed 4 / CFG 5 cell is the gallery image (made in a batch of 4: float rounding)
+    assert max_pixel_diff(result.image(seed=4, guidance_scale=5.0), lab.history[0]["image"]) <= 2
+
+    lab.sweep_button.click()  # the same sweep again: every cell from the cache
+    assert all(c.cached for c in lab.last_sweep.cells) and "4 cached" in lab.status.value
+
+
+def test_sweep_explorer_axes_filters_and_cells(lab):
+    import sdlab
+
+    result = sdlab.sweep(lab.pipe, PROMPT, axes={"seed": [1, 2, 3], "guidance_scale": [2, 5], "num_inference_steps": [1, 2]},
+                         out_dir=lab.sweep_dir, verbose=False)
+    explorer = SweepExplorer(result)
+    assert (explorer.x.value, explorer.y.value, explorer.z.value) == ("seed", "guidance_scale", "num_inference_steps")
+    full = explorer.grid_image.size
+    explorer.z.value = "(none)"  # the steps axis still has 2 values: it becomes sub-grids
+    assert explorer.grid_arguments()["z"] == ["num_inference_steps"] and explorer.error is None
+    explorer.filters["num_inference_steps"].value = ("Steps: 2",)
+    assert explorer.grid_arguments()["filter"] == {"num_inference_steps": 2}
+    assert explorer.grid_image.width < full[0]
+    explorer.filters["seed"].value = ("Seed: 1", "Seed: 3")
+    assert len(explorer.grid_arguments()["subset"].cells) == 4
+    explorer.x.value = "guidance_scale"  # momentarily x == y: an error in the status, then fixed
+    explorer.y.value = "seed"
+    assert explorer.error is None
+    explorer.filters["seed"].value = ()
+    assert isinstance(explorer.error, ValueError) and "select at least one" in explorer.status.value
+
+    explorer.pick["seed"].value = 2
+    explorer.pick["guidance_scale"].value = 1
+    assert explorer.cell_params["seed"] == 3 and explorer.cell_params["guidance_scale"] == 5.0
+    assert explorer.cell_params["num_inference_steps"] == 1 and explorer.cell.path.exists()
+
+
+def test_scheduler_bench_widget(sd1_pipe):
+    bench = SchedulerBench(sd1_pipe)
+    assert set(bench.schedulers.value) <= set(bench.schedulers.options)
+    bench.schedulers.value = ("Euler", "DDIM")
+    bench.steps.value = "1, 2"
+    bench.seeds.value, bench.repeats.value, bench.warmup.value, bench.reference_steps.value = 1, 1, 0, 3
+    bench.run_button.click()
+    assert bench.error is None, bench.status.value
+    rows = bench.last_result.table
+    assert [(r["scheduler"], r["num_inference_steps"]) for r in rows] == [("Euler", 1), ("Euler", 2), ("DDIM", 1), ("DDIM", 2)]
+    assert "Euler" in bench.table.value and len(bench.plots.children) == 2
+    assert bench.progress.value == bench.progress.max
+
+    bench.steps.value = "0"
+    bench.run_button.click()
+    assert isinstance(bench.error, ValueError) and "steps" in bench.status.value
+    assert bench.last_result.table == rows  # the last good result is kept
