@@ -1,0 +1,160 @@
+"""Read a ``shapes`` image back into words, by image analysis alone.
+
+``judge(image)`` finds the background colour (the median of the image's border), separates the
+shape from it (distance in CIELAB from the background colour, Otsu threshold, largest connected
+component, holes filled), names both colours (nearest named colour in CIELAB), classifies the
+outline (solidity for stars; for the rest, how well the shape fills its minimum enclosing circle,
+rectangle and triangle), and reports position (centroid, in thirds of the image) and size (the
+enclosing circle's diameter against the image side). It never looks at how an image was made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .world import COLOURS, HORIZONTAL, SHAPES, VERTICAL
+
+WORK_SIZE = 128  # images are resized to this before analysis
+LARGE_DIAMETER = 0.42  # enclosing-circle diameter / image side above which a shape is "large"
+STAR_SOLIDITY = 0.82  # area / convex-hull area below which a shape is a star
+
+
+@dataclass
+class Judgement:
+    shape: str | None  # one of SHAPES, or None when no shape stands out from the background
+    colour: str | None
+    background: str
+    position: str | None  # "center", "top left", "center right", ... as in world.POSITIONS
+    size: str | None  # "large" or "small"
+    mask: np.ndarray = field(repr=False)  # the shape's filled mask at the input image's size
+    features: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"shape": self.shape, "colour": self.colour, "background": self.background,
+                "position": self.position, "size": self.size, **self.features}
+
+
+def _lab(rgb: np.ndarray) -> np.ndarray:
+    import cv2
+
+    arr = np.asarray(rgb, dtype=np.float32).reshape(-1, 1, 3) / 255.0
+    return cv2.cvtColor(arr, cv2.COLOR_RGB2Lab).reshape(np.shape(rgb))
+
+
+_NAMES = list(COLOURS)
+_NAMED_LAB = _lab(np.array([COLOURS[n] for n in _NAMES], dtype=np.float32))
+
+
+def nearest_colour(rgb) -> str:
+    """The named colour of ``COLOURS`` nearest to an RGB triple, in CIELAB."""
+    d = np.linalg.norm(_NAMED_LAB - _lab(np.asarray(rgb, dtype=np.float32)[None])[0], axis=1)
+    return _NAMES[int(np.argmin(d))]
+
+
+def _position(cx: float, cy: float) -> str:
+    h = HORIZONTAL[min(2, int(cx * 3))]
+    v = VERTICAL[min(2, int(cy * 3))]
+    return "center" if (v, h) == ("center", "center") else f"{v} {h}"
+
+
+def classify_outline(contour) -> tuple[str, dict]:
+    """The shape class of one outline (an OpenCV contour) and the features behind it."""
+    import cv2
+
+    area = cv2.contourArea(contour)
+    hull = cv2.convexHull(contour)
+    solidity = area / max(cv2.contourArea(hull), 1e-6)
+    (_, _), radius = cv2.minEnclosingCircle(contour)
+    circle_fill = area / (np.pi * radius**2 + 1e-6)
+    (_, _), (w, h), _ = cv2.minAreaRect(contour)
+    rect_fill = area / (w * h + 1e-6)
+    tri_area, _ = cv2.minEnclosingTriangle(hull)
+    tri_fill = area / (tri_area + 1e-6)
+    feats = {"solidity": round(solidity, 3), "circle_fill": round(circle_fill, 3),
+             "rect_fill": round(rect_fill, 3), "triangle_fill": round(tri_fill, 3)}
+    if solidity < STAR_SOLIDITY:
+        return "star", feats
+    # A circle fills its enclosing circle (1.0) and its rectangle at pi/4; a square its rectangle
+    # (1.0) and its circle at 2/pi; a triangle its triangle (1.0) and its rectangle at 1/2.
+    scores = {"circle": circle_fill / 1.0, "square": rect_fill / 1.0, "triangle": tri_fill / 1.0}
+    scores["circle"] += 0.04  # blurred squares and triangles round off; circles never get corners
+    return max(scores, key=scores.get), feats
+
+
+def judge(image) -> Judgement:
+    """Analyse a PIL image (or an RGB uint8 array) of one shape on a background."""
+    import cv2
+
+    # 1. a working copy, and the background colour from the border
+    rgb = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.uint8)
+    in_h, in_w = rgb.shape[:2]
+    work = cv2.resize(rgb, (WORK_SIZE, WORK_SIZE), interpolation=cv2.INTER_AREA if in_w > WORK_SIZE
+                      else cv2.INTER_LINEAR)
+    b = max(2, WORK_SIZE // 32)
+    border = np.concatenate([work[:b].reshape(-1, 3), work[-b:].reshape(-1, 3),
+                             work[:, :b].reshape(-1, 3), work[:, -b:].reshape(-1, 3)])
+    bg_rgb = np.median(border, axis=0)
+    background = nearest_colour(bg_rgb)
+
+    # 2. the shape: pixels far from the background colour, largest component, holes filled
+    lab = _lab(work.astype(np.float32))
+    dist = np.linalg.norm(lab - _lab(bg_rgb.astype(np.float32)[None])[0], axis=2)
+    d8 = np.clip(dist * (255.0 / max(dist.max(), 1e-6)), 0, 255).astype(np.uint8)
+    otsu, _ = cv2.threshold(d8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    thr = max(otsu * dist.max() / 255.0, 15.0)  # at least 15 Lab units from the background
+    fg = (dist > thr).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
+    empty = np.zeros((in_h, in_w), dtype=bool)
+    if n <= 1 or stats[1:, cv2.CC_STAT_AREA].max() < (WORK_SIZE / 64) ** 2 * 6:
+        return Judgement(None, None, background, None, None, empty, {"found": False})
+    biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    mask = (labels == biggest).astype(np.uint8)
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    contour = max(contours, key=cv2.contourArea)
+    mask = np.zeros_like(mask)
+    cv2.drawContours(mask, [contour], -1, 1, thickness=cv2.FILLED)
+
+    # 3. the shape's colour: the median of its interior
+    inner = cv2.erode(mask, np.ones((3, 3), np.uint8), iterations=max(1, WORK_SIZE // 64))
+    pixels = work[inner.astype(bool)] if inner.sum() >= 4 else work[mask.astype(bool)]
+    colour = nearest_colour(np.median(pixels, axis=0))
+
+    # 4. outline, size and position
+    shape, feats = classify_outline(contour)
+    (_, _), radius = cv2.minEnclosingCircle(contour)
+    diameter = 2 * radius / WORK_SIZE
+    m = cv2.moments(mask, binaryImage=True)
+    cx, cy = m["m10"] / m["m00"] / WORK_SIZE, m["m01"] / m["m00"] / WORK_SIZE
+    feats.update(found=True, diameter=round(diameter, 3), cx=round(cx, 3), cy=round(cy, 3),
+                 area=round(float(mask.mean()), 4))
+    full = cv2.resize(mask, (in_w, in_h), interpolation=cv2.INTER_NEAREST).astype(bool)
+    return Judgement(shape, colour, background, _position(cx, cy),
+                     "large" if diameter > LARGE_DIAMETER else "small", full, feats)
+
+
+def filled_mask(edges) -> np.ndarray:
+    """The filled region enclosed by a line drawing or edge map (white lines on black, or a
+    PIL image of black lines on white: pass ``invert`` first) as a boolean array: lines closed by
+    a small dilation, everything the outside flood fill cannot reach."""
+    import cv2
+
+    e = (np.asarray(edges) > 127).astype(np.uint8)
+    if e.ndim == 3:
+        e = e.max(axis=2)
+    e = cv2.dilate(e, np.ones((3, 3), np.uint8))
+    h, w = e.shape
+    flood = np.pad(e, 1).copy()
+    ff_mask = np.zeros((h + 4, w + 4), np.uint8)
+    cv2.floodFill(flood, ff_mask, (0, 0), 2)
+    return flood[1:-1, 1:-1] != 2
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+__all__ = ["Judgement", "SHAPES", "filled_mask", "iou", "judge", "nearest_colour"]

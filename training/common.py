@@ -1,0 +1,169 @@
+"""Shared pieces of the ``shapes`` training scripts: paths, data, model configs, checkpoints, EMA.
+
+Every stage is seeded, checkpoints to ``.cache/shapes-train/<stage>/`` every few minutes and
+resumes from there when started again with the same arguments.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sdlab.shapes import world  # noqa: E402
+from sdlab.tokenizer import CLIP_TOKENIZER_DIR, load_clip_tokenizer  # noqa: E402
+
+CACHE = ROOT / ".cache" / "shapes-train"
+MODEL_DIR = ROOT / "sdlab" / "models" / "shapes"
+CONTROLNET_DIR = ROOT / "sdlab" / "models" / "shapes-controlnet"
+
+IMAGE_SIZE = 64
+N_SCENES = 32_000  # training scenes (seeds 0.. skipping held-out combinations)
+
+VAE_CONFIG = dict(
+    in_channels=3, out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+    block_out_channels=(8, 16, 32), layers_per_block=1, latent_channels=4,
+    norm_num_groups=2, sample_size=IMAGE_SIZE,  # few groups: a group per channel would erase flat colours
+)
+UNET_CONFIG = dict(
+    sample_size=IMAGE_SIZE // 4, in_channels=4, out_channels=4,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    block_out_channels=(32, 64, 64), layers_per_block=1, cross_attention_dim=64,
+    attention_head_dim=4, norm_num_groups=8,
+)
+TEXT_CONFIG = dict(
+    hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
+    max_position_embeddings=77, projection_dim=64,
+)
+SCHEDULER_TRAIN_CONFIG = dict(
+    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+    prediction_type="epsilon", clip_sample=False, steps_offset=1,
+)
+
+
+def setup(seed: int) -> None:
+    # 2 threads on an idle machine; when other jobs share the 2 cores one thread is 2x faster
+    # (measured: a UNet step 5 s with 1 thread, 12 s with 2), so SHAPES_TRAIN_THREADS can say 1.
+    torch.set_num_threads(int(os.environ.get("SHAPES_TRAIN_THREADS", "2")))
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+def log(stage: str, msg: str) -> None:
+    line = f"{time.strftime('%H:%M:%S')} [{stage}] {msg}"
+    print(line, flush=True)
+
+
+def scenes(n: int = N_SCENES) -> tuple[list[int], np.ndarray]:
+    """The training seeds and their 64x64 renders (uint8, N x 64 x 64 x 3), cached on disk."""
+    path = CACHE / f"scenes-{n}.npz"
+    if path.exists():
+        data = np.load(path)
+        return data["seeds"].tolist(), data["images"]
+    seeds = world.training_seeds(n)
+    images = np.stack([np.asarray(world.render(world.sample_scene(s), IMAGE_SIZE)) for s in seeds])
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, seeds=np.array(seeds), images=images)
+    os.replace(tmp, path)
+    return seeds, images
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 NHWC -> float NCHW in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def canny(image: np.ndarray) -> np.ndarray:
+    """The ControlNet condition of a uint8 RGB render, as uint8 (see ``world.canny_edges``)."""
+    return np.asarray(world.canny_edges(image))
+
+
+class EMA:
+    """Exponential moving average of a module's parameters."""
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = copy.deepcopy(module).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))  # warm up
+        for s, p in zip(self.shadow.parameters(), module.parameters()):
+            s.lerp_(p.detach(), 1 - decay)
+        for s, b in zip(self.shadow.buffers(), module.buffers()):
+            s.copy_(b)
+
+    def state_dict(self):
+        return self.shadow.state_dict()
+
+    def load_state_dict(self, state):
+        self.shadow.load_state_dict(state)
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict | None:
+    if path.exists():
+        return torch.load(path, map_location="cpu", weights_only=False)
+    return None
+
+
+def lr_at(step: int, progress: float, base: float, warmup: int = 100) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 10% of ``base`` as ``progress``
+    (the fraction of the stage's budget spent, 0..1) goes to 1."""
+    import math
+
+    warm = min(1.0, (step + 1) / warmup)
+    t = min(1.0, max(0.0, progress))
+    return base * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+class Budget:
+    """A stage's budget in steps and/or minutes of wall time, whichever runs out first.
+    The elapsed time is saved in checkpoints, so a resumed stage keeps its budget."""
+
+    def __init__(self, steps: int, minutes: float, elapsed: float = 0.0):
+        self.steps, self.minutes, self.elapsed = steps, minutes, elapsed
+        self._t = time.time()
+
+    def tick(self) -> None:
+        now = time.time()
+        self.elapsed += now - self._t
+        self._t = now
+
+    def progress(self, step: int) -> float:
+        return max(step / self.steps, self.elapsed / (self.minutes * 60))
+
+    def done(self, step: int) -> bool:
+        return self.progress(step) >= 1.0
+
+
+def batch_indices(seed: int, step: int, n: int, batch: int) -> torch.Tensor:
+    """The dataset indices of one step: a function of (seed, step) only, so a resumed run is identical."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return torch.randint(0, n, (batch,), generator=g)
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def tokenizer():
+    return load_clip_tokenizer(CLIP_TOKENIZER_DIR)

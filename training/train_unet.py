@@ -1,0 +1,173 @@
+"""Stage 2: the UNet and the CLIP text encoder, trained jointly from scratch on pre-encoded latents.
+
+    python training/train_unet.py [--minutes 45] [--batch 32] [--scenes 12000]
+
+Needs stage 1 (sdlab/models/shapes/vae). Encodes the training scenes once (posterior means,
+times the VAE's scaling factor) into .cache/shapes-train/latents-*.pt, then trains with
+epsilon prediction, min-SNR-5 loss weighting, 10% caption dropout, gradient clipping and an EMA
+of the weights. Every checkpoint also exports the EMA weights as a complete diffusers folder at
+sdlab/models/shapes/, so a usable model exists as soon as the first checkpoint is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+
+import common
+import torch
+import torch.nn.functional as F
+from common import world
+
+
+def encode_latents(vae, seeds, images) -> torch.Tensor:
+    path = common.CACHE / f"latents-{len(seeds)}.pt"
+    if path.exists():
+        return torch.load(path)
+    vae.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(seeds), 128):
+            out.append(vae.encode(common.to_tensor(images[i:i + 128])).latent_dist.mean)
+            if i % 2048 == 0:
+                common.log("unet", f"encoded {i}/{len(seeds)}")
+    latents = torch.cat(out) * vae.config.scaling_factor
+    common.save_checkpoint(path, latents)
+    return latents
+
+
+def build_models(tokenizer):
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    text_config = CLIPTextConfig(
+        vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **common.TEXT_CONFIG)
+    return UNet2DConditionModel(**common.UNET_CONFIG), CLIPTextModel(text_config)
+
+
+def export(unet, text_encoder, vae, tokenizer, out_dir) -> None:
+    """Write a complete StableDiffusionPipeline folder (fp16 UNet and VAE, DPM++ 2M scheduler)."""
+    from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    finetuned = common.CACHE / "vae-decoder" / "export"
+    if finetuned.exists():  # stage 1b's sharper decoder (same encoder, so the same latents)
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(finetuned, torch_dtype=torch.float32)
+    train_sched = DDPMScheduler(**common.SCHEDULER_TRAIN_CONFIG)
+    scheduler = DPMSolverMultistepScheduler.from_config(
+        train_sched.config, algorithm_type="dpmsolver++", solver_order=2)
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    # diffusers loads fp16 weights into float32 models; transformers 5 would keep the text encoder
+    # in fp16 (dtype "auto"), so it stays float32 (it is small).
+    unet.to(torch.float16)
+    vae.to(torch.float16)
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    unet.to(torch.float32)
+    vae.to(torch.float32)
+
+
+def main():
+    from diffusers import AutoencoderKL, DDPMScheduler
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=20_000)
+    p.add_argument("--minutes", type=float, default=45.0)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--scenes", type=int, default=12_000)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--ema", type=float, default=0.995)
+    p.add_argument("--caption-dropout", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-minutes", type=float, default=4.0)
+    args = p.parse_args()
+
+    # 1. data: scenes, their latents, their scenes' attributes for captions
+    common.setup(args.seed)
+    seeds, images = common.scenes()
+    seeds, images = seeds[:args.scenes], images[:args.scenes]
+    vae = AutoencoderKL.from_pretrained(common.MODEL_DIR / "vae", torch_dtype=torch.float32)
+    latents = encode_latents(vae, seeds, images)
+    scenes = [world.sample_scene(s) for s in seeds]
+    tokenizer = common.tokenizer()
+    common.log("unet", f"latents {tuple(latents.shape)} std {latents.std():.3f}")
+
+    # 2. models, optimiser, EMA, resume
+    unet, text_encoder = build_models(tokenizer)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2)
+    ema_unet, ema_text = common.EMA(unet, args.ema), common.EMA(text_encoder, args.ema)
+    noise_sched = DDPMScheduler(**common.SCHEDULER_TRAIN_CONFIG)
+    alphas = noise_sched.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    ckpt_path = common.CACHE / "unet" / "checkpoint.pt"
+    step, elapsed = 0, 0.0
+    if (ckpt := common.load_checkpoint(ckpt_path)) is not None:
+        unet.load_state_dict(ckpt["unet"])
+        text_encoder.load_state_dict(ckpt["text"])
+        opt.load_state_dict(ckpt["opt"])
+        ema_unet.load_state_dict(ckpt["ema_unet"])
+        ema_text.load_state_dict(ckpt["ema_text"])
+        step, elapsed = ckpt["step"], ckpt["elapsed"]
+        common.log("unet", f"resumed at step {step} ({elapsed / 60:.1f} min)")
+    n_unet = sum(p.numel() for p in unet.parameters())
+    n_text = sum(p.numel() for p in text_encoder.parameters())
+    common.log("unet", f"UNet {n_unet / 1e6:.2f} M, text encoder {n_text / 1e6:.2f} M parameters; "
+                       f"budget {args.steps} steps or {args.minutes} min, batch {args.batch}")
+
+    # 3. train
+    unet.train()
+    text_encoder.train()
+    budget = common.Budget(args.steps, args.minutes, elapsed)
+    t0 = last_save = time.time()
+    losses = []
+    while not budget.done(step):
+        for g in opt.param_groups:
+            g["lr"] = common.lr_at(step, budget.progress(step), args.lr, warmup=100)
+        idx = common.batch_indices(args.seed, step, len(seeds), args.batch).tolist()
+        rng = random.Random(f"unet-step-{args.seed}-{step}")
+        texts = ["" if rng.random() < args.caption_dropout
+                 else world.training_caption(scenes[i], seeds[i] * 7919 + step) for i in idx]
+        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length,
+                        truncation=True, return_tensors="pt").input_ids
+        x0 = latents[idx]
+        g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(idx),), generator=g)
+        xt = noise_sched.add_noise(x0, noise, t)
+        cond = text_encoder(ids)[0]
+        pred = unet(xt, t, cond).sample
+        weight = torch.clamp(snr[t], max=5.0) / snr[t]  # min-SNR-5 for epsilon prediction
+        loss = (F.mse_loss(pred, noise, reduction="none").mean((1, 2, 3)) * weight).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema_unet.update(unet, step)
+        ema_text.update(text_encoder, step)
+        step += 1
+        budget.tick()
+        losses.append(loss.item())
+        if step % 20 == 0:
+            rate = (time.time() - t0) / 20
+            t0 = time.time()
+            common.log("unet", f"step {step} loss {sum(losses) / len(losses):.4f} {rate:.2f} s/step "
+                               f"{budget.elapsed / 60:.1f} min lr {opt.param_groups[0]['lr']:.2e}")
+            losses = []
+        if time.time() - last_save > args.checkpoint_minutes * 60 or budget.done(step):
+            common.save_checkpoint(ckpt_path, {
+                "unet": unet.state_dict(), "text": text_encoder.state_dict(), "opt": opt.state_dict(),
+                "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(),
+                "step": step, "elapsed": budget.elapsed})
+            export(ema_unet.shadow, ema_text.shadow, vae, tokenizer, common.MODEL_DIR)
+            common.log("unet", f"checkpoint + export at step {step}")
+            last_save = time.time()
+    common.log("unet", f"done at step {step}, {budget.elapsed / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
