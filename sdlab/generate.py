@@ -21,6 +21,7 @@ from .request import (
     check_guidance,
     check_positive_int,
     check_prompts,
+    is_prompt_object,
     resolve_seeds,
 )
 
@@ -120,7 +121,7 @@ def build_request(
         num_images = len(seed)  # a list of seeds for one prompt: one image per seed
     if negative_prompt is None:
         negatives: list[str | None] = [defaults.negative_prompt] * len(prompts)
-    elif isinstance(negative_prompt, str):
+    elif isinstance(negative_prompt, str) or is_prompt_object(negative_prompt):
         negatives = [negative_prompt] * len(prompts)
     else:
         negatives = check_prompts(negative_prompt, "negative_prompt")
@@ -253,6 +254,14 @@ def regenerate(path: str | Path, pipe: Any, **overrides: Any) -> GenerationResul
     for key in ("negative_prompt", "width", "height", "num_inference_steps", "guidance_scale", "seed", "scheduler"):
         if params.get(key) is not None:
             kwargs[key] = params[key]
+    prompt = params["prompt"]
+    if params.get("prompt_weighting") or params.get("negative_prompt_weighting"):  # sdlab.prompts.weighted
+        from .prompts import weighted
+
+        if params.get("prompt_weighting"):
+            prompt = weighted(prompt)
+        if params.get("negative_prompt_weighting") and kwargs.get("negative_prompt") is not None:
+            kwargs["negative_prompt"] = weighted(kwargs["negative_prompt"])
     pipeline_kwargs = {}
     for key, value in (params.get("pipeline_kwargs") or {}).items():
         if isinstance(value, dict) and value.get("type") in ("image", "tensor", "array"):
@@ -265,4 +274,4 @@ def regenerate(path: str | Path, pipe: Any, **overrides: Any) -> GenerationResul
         pipeline_kwargs[key] = value
     kwargs.update(pipeline_kwargs)
     kwargs.update(overrides)
-    return generate(pipe, params["prompt"], **kwargs)
+    return generate(pipe, prompt, **kwargs)

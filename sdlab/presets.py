@@ -77,8 +77,14 @@ CONTROLNET_PRESETS: dict[str, ControlNetPreset] = {
         ControlNetPreset("scribble-sd15", "lllyasviel/sd-controlnet-scribble", "sd1", "scribble", "Scribbles for SD 1.5"),
         ControlNetPreset("depth-sd15", "lllyasviel/sd-controlnet-depth", "sd1", "depth", "MiDaS depth for SD 1.5"),
         ControlNetPreset("openpose-sd15", "lllyasviel/sd-controlnet-openpose", "sd1", "openpose", "OpenPose for SD 1.5"),
+        ControlNetPreset("softedge-sd15", "lllyasviel/control_v11p_sd15_softedge", "sd1", "hed", "Soft edges (HED/PiDiNet) for SD 1.5"),
+        ControlNetPreset("lineart-sd15", "lllyasviel/control_v11p_sd15_lineart", "sd1", "lineart", "Line art for SD 1.5"),
+        ControlNetPreset("shuffle-sd15", "lllyasviel/control_v11e_sd15_shuffle", "sd1", "shuffle", "Content shuffle for SD 1.5"),
         ControlNetPreset("canny-sdxl", "diffusers/controlnet-canny-sdxl-1.0", "sdxl", "canny", "Canny edges for SDXL"),
+        ControlNetPreset("depth-sdxl", "diffusers/controlnet-depth-sdxl-1.0", "sdxl", "depth", "MiDaS depth for SDXL"),
+        ControlNetPreset("scribble-sdxl", "xinsir/controlnet-scribble-sdxl-1.0", "sdxl", "scribble", "Scribbles for SDXL"),
         ControlNetPreset("canny-shapes", str(SHAPES_CONTROLNET_DIR), "sd1", "canny", "Canny edges for the bundled shapes model"),
+        ControlNetPreset("tiny", "builtin:tiny", "sd1", "canny", "random weights for the `tiny` model: tests and smoke runs"),
     ]
 }
 

@@ -54,16 +54,30 @@ def resolve_seeds(seed: int | Sequence[int] | None, count: int) -> tuple[int, ..
     return tuple((base + i) % (MAX_SEED + 1) for i in range(count))
 
 
+def is_prompt_object(value: Any) -> bool:
+    """A prompt that encodes itself (e.g. sdlab.prompts.WeightedPrompt): a str `.text` and `.encode(pipe)`."""
+    return (
+        not isinstance(value, str)
+        and isinstance(getattr(value, "text", None), str)
+        and callable(getattr(value, "encode", None))
+    )
+
+
+def prompt_text(value: Any) -> str | None:
+    """A prompt's text: the string itself, or a prompt object's `.text`."""
+    return value.text if is_prompt_object(value) else value
+
+
 def check_prompts(prompt: str | Sequence[str], name: str = "prompt") -> list[str]:
-    if isinstance(prompt, str):
+    if isinstance(prompt, str) or is_prompt_object(prompt):
         return [prompt]
     if not isinstance(prompt, (list, tuple)):
         raise ValueError(f"`{name}` must be a string or a list of strings, got {type(prompt).__name__}")
     if len(prompt) == 0:
         raise ValueError(f"`{name}` is an empty list; give at least one prompt")
     for p in prompt:
-        if not isinstance(p, str):
-            raise ValueError(f"`{name}` must contain only strings, got {p!r}")
+        if not (isinstance(p, str) or is_prompt_object(p)):
+            raise ValueError(f"`{name}` must contain only strings (or prompts from sdlab.prompts.weighted), got {p!r}")
     return list(prompt)
 
 
@@ -126,8 +140,8 @@ class GenerationRequest:
     def image_params(self, i: int) -> dict[str, Any]:
         """The parameters of image `i` alone, as plain JSON-able values."""
         params = {
-            "prompt": self.prompt[i],
-            "negative_prompt": self.negative_prompt[i],
+            "prompt": prompt_text(self.prompt[i]),
+            "negative_prompt": prompt_text(self.negative_prompt[i]),
             "seed": self.seed[i],
             "guidance_scale": self.guidance_scale[i],
             "width": self.width,
@@ -135,6 +149,10 @@ class GenerationRequest:
             "num_inference_steps": self.num_inference_steps,
             "scheduler": self.scheduler,
         }
+        for name in ("prompt", "negative_prompt"):  # prompt objects: text above, weighting here
+            value = getattr(self, name)[i]
+            if is_prompt_object(value):
+                params[f"{name}_weighting"] = getattr(value, "weighting", type(value).__name__)
         if self.pipeline_kwargs:
             params["pipeline_kwargs"] = {k: describe_value(v) for k, v in self.pipeline_kwargs.items()}
         return params
@@ -183,6 +201,9 @@ def describe_value(value: Any) -> Any:
     """A JSON-able description of a pipeline keyword value (images and tensors by shape and hash)."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
+    if is_prompt_object(value):  # sdlab.prompts.WeightedPrompt: text, weighting and weights
+        describe = getattr(value, "describe", None)
+        return describe() if callable(describe) else value.text
     if isinstance(value, (list, tuple)):
         return [describe_value(v) for v in value]
     if isinstance(value, Mapping):

@@ -44,6 +44,7 @@ from .axes import (
     prompt_sr,
 )
 from .backends.base import as_backend
+from .executors import get_executor
 from .request import GenerationRequest, check_positive_int, describe_value, random_seed
 
 SPEC_KEY = "sdlab_sweep"
@@ -343,24 +344,6 @@ def _release(backend) -> None:
 # ------------------------------------------------------------------ execution
 
 
-def _is_oom(error: BaseException) -> bool:
-    name = type(error).__name__
-    return "OutOfMemory" in name or "out of memory" in str(error).lower()
-
-
-def _peak_memory_mb() -> float:
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return torch.cuda.max_memory_allocated() / 2**20
-    except ImportError:  # pragma: no cover
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
 def _request_for(cell: SweepCell, backend) -> GenerationRequest:
     p = cell.params
     return GenerationRequest(
@@ -396,41 +379,36 @@ def _batches(cells: list[SweepCell], backend, batch_size: int) -> list[list[Swee
     return out
 
 
-def _run_batch(backend, batch: list[SweepCell], run: RunDirectory, axes, on_done, progress_cb) -> None:
-    """Run one batch; on failure split it and retry the halves, so one bad cell fails alone."""
-    from .generate import run_request
+def _validate(backend, requests: list[GenerationRequest]) -> None:
+    """Bad input is an error before any model work (a remote backend checks all in one round trip)."""
+    many = getattr(backend, "validate_many", None)
+    if many is not None:
+        many(requests)
+        return
+    for request in requests:
+        backend.validate(request)
+
+
+def _record(outcome, batch: list[SweepCell], run: RunDirectory, axes, on_done) -> None:
+    """Write what an executor returned for (part of) a batch: each image with its record, and a
+    manifest row per cell; a failed cell gets a row with its error."""
     from .metadata import save_png
 
-    try:
-        request = GenerationRequest.concat([_request_for(c, backend) for c in batch])
-        result = run_request(backend, request, progress=progress_cb, progress_bar=False)
-    except KeyboardInterrupt:
-        raise
-    except Exception as error:  # noqa: BLE001 - recorded per cell, the sweep goes on
-        if _is_oom(error):
-            try:
-                import torch
-
-                torch.cuda.empty_cache()
-            except Exception:  # pragma: no cover
-                pass
-        if len(batch) > 1:
-            half = len(batch) // 2
-            _run_batch(backend, batch[:half], run, axes, on_done, progress_cb)
-            _run_batch(backend, batch[half:], run, axes, on_done, progress_cb)
-            return
-        cell = batch[0]
-        cell.error = f"{type(error).__name__}: {error}"
-        run.append({"key": cell.key, "error": cell.error, "params": _jsonable_params(cell.params), "index": cell.index})
-        on_done(cell)
+    cells = [batch[i] for i in outcome.indices]
+    if outcome.error is not None:
+        for cell in cells:
+            cell.error = outcome.error
+            run.append({"key": cell.key, "error": cell.error, "params": _jsonable_params(cell.params), "index": cell.index})
+            on_done(cell)
         return
-    peak = _peak_memory_mb()
-    for cell, image, record in zip(batch, result.images, result.records):
+    peak = outcome.peak_memory_mb
+    for cell, image, record in zip(cells, outcome.result.images, outcome.result.records):
         record = dict(record)
         record["sweep"] = {"key": cell.key, "coords": {a.name: a.labels[cell.coords[a.name]] for a in axes}}
         path = run.cells_dir / f"{_slug(cell, axes)}__{cell.key[:12]}.png"
         save_png(image, path, record)
-        cell.path, cell.seconds, cell.peak_memory_mb, cell.error = path, record.get("seconds"), round(peak, 1), None
+        cell.path, cell.seconds, cell.error = path, record.get("seconds"), None
+        cell.peak_memory_mb = round(peak, 1) if peak is not None else None
         run.append({
             "key": cell.key,
             "file": str(path.relative_to(run.root)),
@@ -465,6 +443,7 @@ def sweep(
     title: str | None = None,
     verbose: bool = True,
     progress: Callable[[dict], None] | None = None,
+    executor: Any = None,
     **pipeline_kwargs: Any,
 ) -> "SweepResult":
     """Generate a grid of images over any parameters, batched, cached and resumable.
@@ -488,6 +467,13 @@ def sweep(
         vary_seeds: add the cell's position to its seed (A1111's "vary seeds").
         seed: the seed of every cell without a seed axis; None or -1 draws one random seed,
             resolved once and recorded.
+        progress: called with a dict (`step`, `total`, ...) after every denoising step; on Ray
+            also with `worker` (its number), `pid` and `batch`.
+        executor: where the batches run: "local" (default: this process), "ray" (Ray actors that
+            each load the model, given by name/path/id), or an executor object such as
+            `sdlab.executors.RayExecutor(num_workers=8, num_gpus_per_worker=1)`. The run
+            directory, cache and manifest are the same either way: a sweep started on one
+            resumes on the other.
         **pipeline_kwargs: fixed pipeline keywords for every cell.
     """
     from .generate import versions
@@ -506,6 +492,11 @@ def sweep(
     model_axis = next((a for a in axes_list if a.kind == "model"), None)
     if pipe is None and model_axis is None:
         raise ValueError("`pipe` is None: pass a pipeline, a backend or a model name, or sweep a `model` axis")
+    executor, own_executor = get_executor(executor)
+    check_model = getattr(executor, "check_model", None)
+    if check_model is not None:  # e.g. Ray workers load models by name: a loaded pipeline cannot go there
+        for value in (model_axis.values if model_axis else [pipe]):
+            check_model(value)
     if seed is None or seed == -1:
         seed = random_seed()
     resolved_axes = []
@@ -520,8 +511,12 @@ def sweep(
     model_values = list(model_axis.values) if model_axis else [pipe]
     primary = None
     if model_axis is None:
-        primary = pipe if not isinstance(pipe, str) else _open_model(pipe)
-        primary = as_backend(primary)
+        try:
+            primary = executor.open(pipe)
+        except BaseException:
+            if own_executor:
+                executor.close()
+            raise
     identities = []
     for value in model_values:
         if model_axis is None:
@@ -569,8 +564,12 @@ def sweep(
             todo.append(cell)
     total_steps = sum(int(c.params["num_inference_steps"]) for c in todo)
     if primary is not None:  # bad input is an error before any model work, not a failed cell
-        for cell in todo:
-            primary.validate(_request_for(cell, primary))
+        try:
+            _validate(primary, [_request_for(cell, primary) for cell in todo])
+        except BaseException:
+            if own_executor:
+                executor.close()
+            raise
     spec = _spec(prompt, negative_prompt, axes_list, link, vary_seeds, base, title, model_values)
     (run.root / "sweeps").mkdir(exist_ok=True)
     spec_text = json.dumps(spec, sort_keys=True, default=str)
@@ -580,7 +579,7 @@ def sweep(
         print(
             f"sweep: {len(cells)} cells ({' x '.join(str(len(a)) for a in axes_list) or '1'}), "
             f"{len(cells) - len(todo)} cached, {len(todo)} to generate, {total_steps} denoising steps; "
-            f"run directory {run.root}"
+            f"run directory {run.root}" + (f"; {executor.label}" if getattr(executor, "label", None) else "")
         )
 
     # 4. generate, model by model (each loaded once, expensive axes outermost)
@@ -593,20 +592,24 @@ def sweep(
     try:
         for m in sorted({c.model_index for c in todo}):
             model_cells = [c for c in todo if c.model_index == m]
-            backend = primary if model_axis is None else _open_model(model_values[m])
+            backend = primary if model_axis is None else executor.open(model_values[m])
             for c in model_cells:  # a model's own defaults may only be known once it is loaded
                 _fill_from_backend(c, backend)
-                backend.validate(_request_for(c, backend))
-            for batch in _batches(model_cells, backend, batch_size):
-                _run_batch(backend, batch, run, axes_list, on_done, progress)
+            _validate(backend, [_request_for(c, backend) for c in model_cells])
+            batches = _batches(model_cells, backend, batch_size)
+            requests = [GenerationRequest.concat([_request_for(c, backend) for c in batch]) for batch in batches]
+            for outcome in executor.run(backend, requests, progress=progress):
+                _record(outcome, batches[outcome.batch], run, axes_list, on_done)
             if model_axis is not None and isinstance(model_values[m], str):
-                _release(backend)
+                executor.release(backend)
     except KeyboardInterrupt:
         done = sum(1 for c in cells if c.ok or c.error)
         print(f"sweep interrupted: {done} of {len(cells)} cells are saved in {run.root}; run the same sweep again to resume")
         raise
     finally:
         bar.close()
+        if own_executor:
+            executor.close()
     seconds = time.perf_counter() - start
     result = SweepResult(axes=axes_list, cells=cells, out_dir=run.root, spec=spec, seconds=seconds, title=title)
     if verbose and todo:
@@ -948,8 +951,33 @@ def _cmd_sweep(args) -> int:
         axes["matrix"] = prompt_matrix(args.matrix)
     link = [tuple(n.strip() for n in group.split(",")) for group in (args.link or [])]
     model_axis = "model" in axes
-    pipe = None if model_axis else load_from_args(args)
-    result = sweep(
+    executor = None
+    if args.executor == "ray":  # each worker loads the model itself, with these options
+        from .executors import RayExecutor
+        from .presets import default_model
+
+        controlnet = args.controlnet[0] if args.controlnet and len(args.controlnet) == 1 else args.controlnet
+        load_kwargs = {"device": args.device, "dtype": args.dtype, "offload": args.offload, "attention": args.attention}
+        if controlnet:
+            load_kwargs["controlnet"] = controlnet
+        executor = RayExecutor(args.ray_address, num_workers=args.workers, num_gpus_per_worker=args.gpus_per_worker,
+                               load_kwargs=load_kwargs)
+        pipe = None if model_axis else (args.model or default_model())
+    else:
+        pipe = None if model_axis else load_from_args(args)
+    try:
+        result = _sweep_from_args(args, pipe, axes, link, executor)
+    finally:
+        if executor is not None:
+            executor.close()
+    path = result.save_grid(Path(args.out) / "grid.png" if args.out else None, x=args.x, y=args.y, z=args.z)
+    failed = len(result.failed)
+    print(f"grid: {path}" + (f" ({failed} failed cells)" if failed else ""))
+    return 1 if failed == len(result) else 0
+
+
+def _sweep_from_args(args, pipe, axes, link, executor) -> "SweepResult":
+    return sweep(
         pipe,
         args.prompt,
         axes=axes,
@@ -965,11 +993,8 @@ def _cmd_sweep(args) -> int:
         guidance_scale=args.guidance_scale,
         scheduler=args.scheduler,
         title=args.title,
+        executor=executor,
     )
-    path = result.save_grid(Path(args.out) / "grid.png" if args.out else None, x=args.x, y=args.y, z=args.z)
-    failed = len(result.failed)
-    print(f"grid: {path}" + (f" ({failed} failed cells)" if failed else ""))
-    return 1 if failed == len(result) else 0
 
 
 def register_cli(subparsers) -> None:
@@ -996,4 +1021,9 @@ def register_cli(subparsers) -> None:
     p.add_argument("-x", default=None, help="axis across the grid")
     p.add_argument("-y", default=None, help="axis down the grid")
     p.add_argument("-z", default=None, help="axis of sub-grids")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="ray: spread the batches over Ray workers, each loading --model itself (pip install 'sdlab[ray]')")
+    p.add_argument("--workers", type=int, default=2, help="Ray workers (model copies), with --executor ray")
+    p.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per Ray worker (default: 1 if the cluster has GPUs)")
+    p.add_argument("--ray-address", default=None, help="Ray cluster address, e.g. ray://head:10001 (default: RAY_ADDRESS, else a local one)")
     p.set_defaults(func=_cmd_sweep)

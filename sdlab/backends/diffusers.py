@@ -7,6 +7,8 @@ What it adds to a plain pipeline call:
   pipelines take one float, so the pipeline's own classifier-free guidance is switched off for the
   call and the UNet is wrapped: it runs the unconditional rows of the images that need guidance
   together with all conditional rows, then combines them per image, exactly as the pipeline would.
+  On ControlNet pipelines the ControlNet is wrapped too (`_GuidedControlNetForward`): it computes the
+  residuals of those unconditional rows, which the guided UNet puts in front of the conditional ones.
 """
 
 from __future__ import annotations
@@ -36,6 +38,28 @@ class _GuidanceState:
     negative_embeds: torch.Tensor  # [k, seq, dim]
     negative_pooled: torch.Tensor | None  # SDXL: [k, dim]
     guidance_rescale: float = 0.0
+    # ControlNet pipelines: the unconditional rows' residuals (down list, mid) of the current step,
+    # left by the guided ControlNet for the guided UNet, which takes them
+    residuals: tuple | None = None
+
+
+def _expand_rows(state: _GuidanceState, sample, timestep, encoder_hidden_states, kwargs: dict):
+    """Inputs for [unconditional rows of the guided images; all rows], batched as the pipeline's own
+    CFG would: same latents, timesteps and SDXL time ids, negative embeddings in the first k rows."""
+    rows = state.rows
+    x = torch.cat([sample[rows], sample])
+    hidden = torch.cat([state.negative_embeds.to(encoder_hidden_states), encoder_hidden_states])
+    if torch.is_tensor(timestep) and timestep.ndim > 0 and timestep.shape[0] == sample.shape[0]:
+        timestep = torch.cat([timestep[rows], timestep])
+    added = kwargs.get("added_cond_kwargs")
+    if added:
+        added = dict(added)
+        if "text_embeds" in added:
+            added["text_embeds"] = torch.cat([state.negative_pooled.to(added["text_embeds"]), added["text_embeds"]])
+        if "time_ids" in added:
+            added["time_ids"] = torch.cat([added["time_ids"][rows], added["time_ids"]])
+        kwargs = {**kwargs, "added_cond_kwargs": added}
+    return x, timestep, hidden, kwargs
 
 
 class _GuidedUNetForward:
@@ -54,18 +78,8 @@ class _GuidedUNetForward:
 
         rows, k = state.rows, len(state.rows)
         return_dict = kwargs.pop("return_dict", True)
-        x = torch.cat([sample[rows], sample])
-        hidden = torch.cat([state.negative_embeds.to(encoder_hidden_states), encoder_hidden_states])
-        if torch.is_tensor(timestep) and timestep.ndim > 0 and timestep.shape[0] == sample.shape[0]:
-            timestep = torch.cat([timestep[rows], timestep])
-        added = kwargs.get("added_cond_kwargs")
-        if added:
-            added = dict(added)
-            if "text_embeds" in added:
-                added["text_embeds"] = torch.cat([state.negative_pooled.to(added["text_embeds"]), added["text_embeds"]])
-            if "time_ids" in added:
-                added["time_ids"] = torch.cat([added["time_ids"][rows], added["time_ids"]])
-            kwargs["added_cond_kwargs"] = added
+        x, timestep, hidden, kwargs = _expand_rows(state, sample, timestep, encoder_hidden_states, kwargs)
+        kwargs = _with_unconditional_residuals(state, kwargs)
         out = self.original(x, timestep, hidden, *args, return_dict=False, **kwargs)[0]
         uncond, cond = out[:k], out[k:]
         guided = cond.clone()
@@ -77,6 +91,64 @@ class _GuidedUNetForward:
             mixed = rescale_noise_cfg(mixed, cond[rows], guidance_rescale=state.guidance_rescale)
         guided[rows] = mixed
         return UNet2DConditionOutput(sample=guided) if return_dict else (guided,)
+
+
+def _with_unconditional_residuals(state: _GuidanceState, kwargs: dict) -> dict:
+    """ControlNet pipelines: the residuals the pipeline passes are for the conditional rows; put the
+    unconditional rows' residuals (left by the guided ControlNet) in front, matching the batch."""
+    down = kwargs.get("down_block_additional_residuals")
+    mid = kwargs.get("mid_block_additional_residual")
+    if down is None and mid is None:
+        return kwargs
+    if state.residuals is None:
+        raise BackendError(
+            "the UNet got ControlNet residuals without those of its unconditional rows: the ControlNet was not "
+            "wrapped by sdlab (was pipe.controlnet replaced during a call?)",
+            backend="diffusers",
+        )
+    down_uncond, mid_uncond = state.residuals
+    state.residuals = None
+    kwargs = dict(kwargs)
+    kwargs["down_block_additional_residuals"] = [torch.cat([u, c]) for u, c in zip(down_uncond, down)]
+    kwargs["mid_block_additional_residual"] = torch.cat([mid_uncond, mid])
+    return kwargs
+
+
+class _GuidedControlNetForward:
+    """Replaces `controlnet.forward` (ControlNetModel or MultiControlNetModel) while sdlab runs a call
+    with per-image guidance; a plain pass-through otherwise.
+
+    With its CFG off, the pipeline runs the ControlNet on the conditional rows only. The guided UNet
+    also needs the residuals of the unconditional rows, computed as the pipeline's own CFG computes
+    them (negative prompt; same latents, control image and conditioning scale). So the ControlNet
+    runs once on [unconditional rows of the guided images; all rows]: the pipeline gets the
+    conditional part, the unconditional part waits in the shared state for the guided UNet.
+    """
+
+    def __init__(self, controlnet, guided_unet: _GuidedUNetForward):
+        self.controlnet = controlnet
+        self.original = controlnet.forward
+        self.guided_unet = guided_unet  # its `state` is this call's state
+
+    def __call__(self, sample, timestep, encoder_hidden_states, controlnet_cond, *args, **kwargs):
+        state = self.guided_unet.state
+        if state is None or len(state.rows) == 0:
+            return self.original(sample, timestep, encoder_hidden_states, controlnet_cond, *args, **kwargs)
+        rows, k = state.rows, len(state.rows)
+        return_dict = kwargs.pop("return_dict", True)
+        x, timestep, hidden, kwargs = _expand_rows(state, sample, timestep, encoder_hidden_states, kwargs)
+        if isinstance(controlnet_cond, (list, tuple)):  # MultiControlNetModel: one image batch per ControlNet
+            cond = [torch.cat([c[rows], c]) for c in controlnet_cond]
+        else:
+            cond = torch.cat([controlnet_cond[rows], controlnet_cond])
+        down, mid = self.original(x, timestep, hidden, cond, *args, return_dict=False, **kwargs)
+        state.residuals = ([d[:k] for d in down], mid[:k])
+        down, mid = [d[k:] for d in down], mid[k:]
+        if return_dict:
+            from diffusers.models.controlnets.controlnet import ControlNetOutput
+
+            return ControlNetOutput(down_block_res_samples=tuple(down), mid_block_res_sample=mid)
+        return down, mid
 
 
 class DiffusersBackend:
@@ -119,14 +191,34 @@ class DiffusersBackend:
     def is_controlnet(self) -> bool:
         return getattr(self.pipe, "controlnet", None) is not None
 
+    @property
+    def num_controlnets(self) -> int:
+        controlnet = getattr(self.pipe, "controlnet", None)
+        return 0 if controlnet is None else len(getattr(controlnet, "nets", [controlnet]))
+
+    def _controlnets(self) -> list:
+        controlnet = getattr(self.pipe, "controlnet", None)
+        return [] if controlnet is None else list(getattr(controlnet, "nets", [controlnet]))
+
     def supports_per_image_guidance(self) -> bool:
+        from diffusers import ControlNetModel
+
         unet = getattr(self.pipe, "unet", None)
         return (
             self.family in ("sd1", "sd2", "sdxl")
             and unet is not None
             and unet.config.get("time_cond_proj_dim") is None
-            and not self.is_controlnet
+            # ControlNet pipelines too, when their ControlNets are plain ControlNetModels (_GuidedControlNetForward)
+            and all(type(net) is ControlNetModel for net in self._controlnets())
         )
+
+    def _needs_native_guidance(self, pipeline_kwargs) -> bool:
+        """ControlNet `guess_mode` (implied by ControlNets with global pooling) keeps the pipeline's own
+        CFG: it gives the unconditional rows no ControlNet residuals, and one guidance per call."""
+        if not self.is_controlnet:
+            return False
+        nets = self._controlnets()
+        return bool(pipeline_kwargs.get("guess_mode")) or any(n.config.get("global_pool_conditions") for n in nets)
 
     def identity(self) -> dict[str, Any]:
         import diffusers
@@ -158,12 +250,19 @@ class DiffusersBackend:
                 f"unknown argument(s) {unknown} for {type(self.pipe).__name__}; "
                 f"it accepts: {', '.join(sorted(self._call_params - _SET_BY_SDLAB))}"
             )
-        if self.is_controlnet and "image" not in request.pipeline_kwargs:
-            raise ValueError("this is a ControlNet pipeline: pass the control image as `image=`")
+        if self.is_controlnet:  # control image(s) and ControlNet keywords, checked before any model work
+            from ..controlnet.images import check_control_kwargs
+
+            check_control_kwargs(request.pipeline_kwargs, width=request.width, height=request.height,
+                                 num_controlnets=self.num_controlnets)
         if not self.supports_per_image_guidance() and len(set(request.guidance_scale)) > 1:
             raise ValueError(
                 f"{type(self.pipe).__name__} takes one `guidance_scale` per call; split the request by guidance"
             )
+        # prompt objects (sdlab.prompts.WeightedPrompt) say whether this model can encode them
+        for p in (*request.prompt, *request.negative_prompt):
+            if p is not None and not isinstance(p, str) and hasattr(p, "validate"):
+                p.validate(self.pipe)
 
     # ------------------------------------------------------------ running
 
@@ -175,6 +274,14 @@ class DiffusersBackend:
         progress_bar: bool | None = None,
     ) -> BackendOutput:
         self.validate(request)
+        groups = self._length_groups(request)
+        if len(groups) > 1:  # long weighted prompts (sdlab.prompts): one call per embedding length
+            return self._run_groups(request, groups, progress=progress, progress_bar=progress_bar)
+        if len(set(request.guidance_scale)) > 1 and self._needs_native_guidance(request.pipeline_kwargs):
+            by_guidance: dict[float, list[int]] = {}  # guess_mode: one call per guidance scale
+            for i, g in enumerate(request.guidance_scale):
+                by_guidance.setdefault(g, []).append(i)
+            return self._run_groups(request, list(by_guidance.values()), progress=progress, progress_bar=progress_bar)
         pipe = self.pipe
         n = len(request)
         start = time.perf_counter()
@@ -191,7 +298,7 @@ class DiffusersBackend:
         with self._scheduler(request.scheduler) as scheduler_name, self._progress_bar(progress_bar):
             scheduler_class = type(pipe.scheduler).__name__
             # 2. prompt embeddings (cached per distinct prompt) and the call
-            if self.supports_per_image_guidance():
+            if self.supports_per_image_guidance() and not self._needs_native_guidance(kwargs):
                 call = self._call_per_image_guidance(request, kwargs)
             else:
                 call = self._call_native(request, kwargs)
@@ -226,7 +333,40 @@ class DiffusersBackend:
         }
         if self.info.get("controlnet"):
             record["controlnet"] = self.info["controlnet"]
-        return BackendOutput(images=images, records=[dict(record) for _ in range(n)], seconds=seconds)
+        records = [dict(record) for _ in range(n)]
+        # what the text encoders were given (sdlab.prompts): weights, the text sent, dropped words
+        from ..prompts.tokens import record_fields
+
+        for i, r in enumerate(records):
+            r.update(record_fields(pipe, request.prompt[i], request.negative_prompt[i]))
+        return BackendOutput(images=images, records=records, seconds=seconds)
+
+    def _length_groups(self, request: GenerationRequest) -> list[list[int]]:
+        """Image indices grouped by the token length of their embeddings. Only prompt objects
+        (sdlab.prompts.weighted) encode past 77 tokens; each group runs as its own call, so an image
+        is padded only to its own negative prompt's length and equals the same seed made alone."""
+        everything = list(range(len(request)))
+        if all(p is None or isinstance(p, str) for p in (*request.prompt, *request.negative_prompt)):
+            return [everything]
+        per_image = self.supports_per_image_guidance() and not self._needs_native_guidance(request.pipeline_kwargs)
+        groups: dict[int, list[int]] = {}
+        for i in everything:
+            length = self._encode(request.prompt[i], negative=False)[0].shape[1]
+            if not per_image or request.guidance_scale[i] > 1.0:
+                length = max(length, self._encode(request.negative_prompt[i], negative=True)[0].shape[1])
+            groups.setdefault(length, []).append(i)
+        return list(groups.values())
+
+    def _run_groups(self, request: GenerationRequest, groups: list[list[int]], **kwargs) -> BackendOutput:
+        images: list[Any] = [None] * len(request)
+        records: list[Any] = [None] * len(request)
+        seconds = 0.0
+        for group in groups:
+            out = self.run(request.select(group), **kwargs)
+            seconds += out.seconds
+            for j, i in enumerate(group):
+                images[i], records[i] = out.images[j], out.records[j]
+        return BackendOutput(images=images, records=records, seconds=seconds)
 
     def _call_per_image_guidance(self, request: GenerationRequest, kwargs: dict) -> dict[str, Any]:
         """Pipeline CFG off; the guided UNet does per-image guidance in the same batch."""
@@ -234,17 +374,20 @@ class DiffusersBackend:
         positive = [self._encode(p, negative=False) for p in request.prompt]
         scales = torch.tensor(request.guidance_scale, dtype=torch.float32)
         rows = torch.nonzero(scales > 1.0).flatten()
+        negatives = [self._encode(request.negative_prompt[i], negative=True) for i in rows.tolist()]
+        length = max(e[0].shape[1] for e in positive + negatives)
         call: dict[str, Any] = {"guidance_scale": 1.0}
-        call["prompt_embeds"] = torch.cat([p[0] for p in positive]).to(device)
+        call["prompt_embeds"] = self._cat_embeds([p[0] for p in positive], length).to(device)
         negative_embeds = negative_pooled = None
         if len(rows):
-            negatives = [self._encode(request.negative_prompt[i], negative=True) for i in rows.tolist()]
-            negative_embeds = torch.cat([e[0] for e in negatives]).to(device)
+            negative_embeds = self._cat_embeds([e[0] for e in negatives], length).to(device)
             if self.family == "sdxl":
                 negative_pooled = torch.cat([e[1] for e in negatives]).to(device)
         if self.family == "sdxl":
             call["pooled_prompt_embeds"] = torch.cat([p[1] for p in positive]).to(device)
         guided = self._install_guided_unet()
+        if self.is_controlnet:
+            self._install_guided_controlnet(guided)
         guided.state = _GuidanceState(
             rows=rows.to(device),
             scales=scales[rows].to(device),
@@ -268,11 +411,12 @@ class DiffusersBackend:
                 call["negative_prompt_embeds"] = torch.cat([e[0] for e in negatives]).to(device)
                 call["negative_pooled_prompt_embeds"] = torch.cat([e[1] for e in negatives]).to(device)
             return call
-        call["prompt_embeds"] = torch.cat([p[0] for p in positive]).to(device)
+        negatives = [self._encode(neg, negative=True) for neg in request.negative_prompt]
+        length = max(e[0].shape[1] for e in positive + negatives)
+        call["prompt_embeds"] = self._cat_embeds([p[0] for p in positive], length).to(device)
         if self.family == "sdxl":
             call["pooled_prompt_embeds"] = torch.cat([p[1] for p in positive]).to(device)
-        negatives = [self._encode(neg, negative=True) for neg in request.negative_prompt]
-        call["negative_prompt_embeds"] = torch.cat([e[0] for e in negatives]).to(device)
+        call["negative_prompt_embeds"] = self._cat_embeds([e[0] for e in negatives], length).to(device)
         if self.family == "sdxl":
             call["negative_pooled_prompt_embeds"] = torch.cat([e[1] for e in negatives]).to(device)
         return call
@@ -282,18 +426,36 @@ class DiffusersBackend:
     def _device(self):
         return getattr(self.pipe, "_execution_device", None) or self.pipe.device
 
+    def _cat_embeds(self, embeds: list[torch.Tensor], length: int) -> torch.Tensor:
+        """Embeddings concatenated along the batch, each padded with empty-prompt chunks to `length`
+        tokens (only long weighted prompts from sdlab.prompts make them longer than 77)."""
+        if all(e.shape[1] == length for e in embeds):
+            return torch.cat(embeds)
+        from ..prompts.weighting import pad_embeddings
+
+        empty = self._encode("", negative=False)[0]
+        return torch.cat([pad_embeddings(e, length, empty) for e in embeds])
+
     def _encode(self, text: str | None, *, negative: bool):
         """(embeds, pooled-or-None) for one text, cached. A missing negative prompt is encoded as the
-        pipeline would: "" for SD, zeros for SDXL models with `force_zeros_for_empty_prompt`."""
-        key = (self.family, text, negative and text is None)
+        pipeline would: "" for SD, zeros for SDXL models with `force_zeros_for_empty_prompt`.
+        A prompt object (sdlab.prompts.WeightedPrompt: `.text`, `.encode(pipe)`) encodes itself."""
+        is_object = text is not None and not isinstance(text, str)
+        key = (self.family, type(text).__name__, text.text) if is_object else (self.family, text, negative and text is None)
         cached = self._embeddings.get(key)
         if cached is not None:
             self._embeddings.move_to_end(key)
             return cached
         pipe = self.pipe
         device = self._device()
+        if isinstance(text, str):  # once per distinct prompt: a TokenLimitWarning naming dropped words
+            from ..prompts.tokens import warn_if_truncated
+
+            warn_if_truncated(pipe, text)
         with torch.inference_mode():
-            if self.family in ("sd1", "sd2"):
+            if is_object:
+                value = text.encode(pipe)
+            elif self.family in ("sd1", "sd2"):
                 embeds, _ = pipe.encode_prompt(text or "", device, 1, False)
                 value = (embeds, None)
             elif self.family == "sdxl":
@@ -327,6 +489,16 @@ class DiffusersBackend:
         unet.forward = guided
         self._guided = guided
         return guided
+
+    def _install_guided_controlnet(self, guided_unet: _GuidedUNetForward) -> _GuidedControlNetForward:
+        controlnet = self.pipe.controlnet
+        current = controlnet.__dict__.get("forward")
+        if isinstance(current, _GuidedControlNetForward):
+            current.guided_unet = guided_unet
+            return current
+        wrapper = _GuidedControlNetForward(controlnet, guided_unet)
+        controlnet.forward = wrapper
+        return wrapper
 
     @contextlib.contextmanager
     def _scheduler(self, name: str | None):

@@ -151,11 +151,17 @@ def _cmd_serve(args) -> int:
         load_kwargs["controlnet"] = args.controlnet[0] if len(args.controlnet) == 1 else args.controlnet
     from .app import create_app
 
+    executor = None
+    if args.executor == "ray":  # each Ray worker loads --model with these options
+        from ..executors import RayJobPool
+
+        executor = RayJobPool(args.model, address=args.ray_address, num_workers=args.workers,
+                              num_gpus_per_worker=args.gpus_per_worker, load_kwargs=load_kwargs)
     data_dir = Path(args.data_dir)
     app = create_app(
         args.model, db_path=data_dir / "jobs.db", results_dir=data_dir / "results", max_queue=args.max_queue,
         limits=limits, token=token, retention_seconds=args.retention_hours * 3600 if args.retention_hours > 0 else None,
-        batch_size=args.batch_size, load_kwargs=load_kwargs,
+        batch_size=args.batch_size, load_kwargs=load_kwargs, executor=executor,
     )
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                                                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS))
@@ -195,4 +201,9 @@ def register_cli(subparsers) -> None:
     p.add_argument("--extra-keys", default=",".join(defaults.extra_keys),
                    help=f"pipeline keywords jobs may set, comma-separated, among {','.join(EXTRA_KEYS)} ('' for none)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="ray: run jobs on a pool of Ray workers, each loading --model (pip install 'sdlab[ray]')")
+    p.add_argument("--workers", type=int, default=2, help="Ray workers, with --executor ray (one batch each at once)")
+    p.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per Ray worker (default: 1 if the cluster has GPUs)")
+    p.add_argument("--ray-address", default=None, help="Ray cluster address, e.g. ray://head:10001 (default: RAY_ADDRESS, else a local one)")
     p.set_defaults(func=_cmd_serve)

@@ -136,6 +136,7 @@ def create_app(
     cleanup_interval: float = 60.0,
     max_attempts: int = 3,
     load_kwargs: Optional[dict] = None,
+    executor: Any = None,
 ) -> FastAPI:
     """The generation server as an ASGI app (see `sdlab.server` for the endpoints).
 
@@ -152,6 +153,9 @@ def create_app(
             pipeline call.
         max_attempts: a job the server died while running this many times fails instead of
             running again.
+        executor: None/"local": the worker thread generates; "ray": a pool of 2 Ray workers that
+            each load `model` (a name/path); or a `sdlab.executors.RayJobPool` (e.g. more workers
+            or GPUs). Up to one batch per Ray worker runs at once.
     """
     limits = limits if limits is not None else Limits()
     if not isinstance(limits, Limits):
@@ -166,12 +170,24 @@ def create_app(
     if token is not None and (not isinstance(token, str) or len(token) < 8):
         raise ValueError("`token` must be a string of at least 8 characters (or None for no authentication)")
 
+    pool = None
+    if executor not in (None, "local"):
+        from ..executors import RayJobPool
+
+        if executor == "ray":
+            if model is not None and not isinstance(model, (str, Path)):
+                raise ValueError("`executor`='ray' needs `model` as a name or path (each Ray worker loads it), not a loaded pipeline")
+            executor = RayJobPool(model, load_kwargs=load_kwargs)
+        if not isinstance(executor, RayJobPool):
+            raise ValueError(f"`executor` must be 'local', 'ray' or a sdlab.executors.RayJobPool, got {executor!r}")
+        pool, model = executor, (executor.model if executor.model is not None else model)
     store = JobStore(db_path, results_dir)
     metrics = ServerMetrics(store.counts, lambda: worker.backend is not None)
     waiters = _Waiters()
     worker = Worker(
         store, model, load_kwargs=load_kwargs, batch_size=batch_size, retention_seconds=retention_seconds,
         cleanup_interval=cleanup_interval, max_attempts=max_attempts, metrics=metrics, on_change=waiters.notify,
+        pool=pool,
     )
     GenerateRequest = generate_model(limits)
 

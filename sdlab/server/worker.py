@@ -56,6 +56,7 @@ class Worker:
         max_attempts: int = 3,
         metrics=None,
         on_change: Callable[[list[str]], None] | None = None,
+        pool=None,
     ):
         self.store = store
         self.batch_size = batch_size
@@ -76,6 +77,8 @@ class Worker:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self.pool = pool  # a sdlab.executors.RayJobPool: batches run on its Ray workers, one per worker at once
+        self._threads: list[threading.Thread] = []  # the extra claim loops (one per further Ray worker)
         if model is not None and not isinstance(model, (str, Path)):
             self.backend = as_backend(model)  # a loaded pipeline or backend: ready at once
             self.model_name = self.backend.model_id
@@ -97,11 +100,14 @@ class Worker:
         """Stop after the current denoising step; a running batch goes back to the queue."""
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():  # pragma: no cover - a step longer than `timeout`
-                logger.error("the worker did not stop within %.0f s", timeout)
-                return
+        for thread in [self._thread, *self._threads]:
+            if thread is not None:
+                thread.join(timeout)
+                if thread.is_alive():  # pragma: no cover - a step longer than `timeout`
+                    logger.error("the worker did not stop within %.0f s", timeout)
+                    return
+        if self.pool is not None:
+            self.pool.close()
         self.store.release_lock()
 
     def wake(self) -> None:
@@ -132,13 +138,22 @@ class Worker:
                 logger.exception("could not load the model")
                 return
             self.status = "ok"
+        if self.pool is not None:  # one claim loop per Ray worker, so that many batches run at once
+            for i in range(1, self.pool.executor.num_workers):
+                thread = threading.Thread(target=self._loop, args=(False,), name=f"sdlab-server-worker-{i}", daemon=True)
+                thread.start()
+                self._threads.append(thread)
+        self._loop(True)
+
+    def _loop(self, first: bool) -> None:
         next_cleanup = 0.0
         while not self._stop.is_set():
-            if self.retention_seconds is not None and time.monotonic() >= next_cleanup:
+            if first and self.retention_seconds is not None and time.monotonic() >= next_cleanup:
                 self._safely(self.cleanup)
                 next_cleanup = time.monotonic() + self.cleanup_interval
             self._wake.clear()
-            self._cancelled.clear()  # before claiming: a cancel of a claimed job lands after this
+            if not self._threads:
+                self._cancelled.clear()  # before claiming: a cancel of a claimed job lands after this
             jobs = self.store.claim(batch_size=self.batch_size, max_images=self.backend.max_batch_size)
             if not jobs:
                 self._wake.wait(timeout=min(1.0, self.cleanup_interval))
@@ -175,8 +190,22 @@ class Worker:
 
         name = self._model if self._model is not None else default_model()
         self.model_name = str(name)
+        if self.pool is not None:  # the Ray workers load the model; this is their description
+            return self.pool.open()
         pipe = load_pipeline(name, progress_bar=False, **self._load_kwargs)
         return as_backend(pipe)
+
+    def _generate(self, request: GenerationRequest, on_step, ids: list[str]):
+        if self.pool is None:
+            return run_request(self.backend, request, progress=on_step, progress_bar=False)
+        future = self.pool.submit(request, progress=on_step)  # run_request runs in the Ray worker
+        while True:
+            try:
+                return future.result(timeout=0.5)
+            except TimeoutError:  # still queued or running: shutdown and cancels reach it here too
+                if self._stop.is_set() or self._cancelled.intersection(ids):
+                    future.cancel()
+                    raise _Interrupted("the server is shutting down" if self._stop.is_set() else "a job of the batch was cancelled")
 
     def _run_batch(self, jobs: list[Job]) -> None:
         # 1. one request for the batch; progress reaches every job of it
@@ -193,9 +222,9 @@ class Worker:
             if self._cancelled.intersection(ids):
                 raise _Interrupted("another job of its batch was cancelled")
 
-        # 2. generate through the one path
+        # 2. generate through the one path (here, or in a Ray worker)
         try:
-            result = run_request(self.backend, request, progress=on_step, progress_bar=False)
+            result = self._generate(request, on_step, ids)
         except _Interrupted as e:
             for job in jobs:
                 if job.id not in self._cancelled:
@@ -215,6 +244,8 @@ class Worker:
         finally:
             for job_id in ids:
                 self.progress.pop(job_id, None)
+            if self._threads:  # several claim loops: each forgets the cancels of its own batch
+                self._cancelled.difference_update(ids)
         seconds = sum(r["seconds"] for r in result.records)
 
         # 3. write each job's PNGs, then mark it done in the transaction that records them
