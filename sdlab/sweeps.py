@@ -562,7 +562,7 @@ def sweep(
             cell.seconds, cell.peak_memory_mb, cell.cached = row.get("seconds"), row.get("peak_memory_mb"), True
         else:
             todo.append(cell)
-    total_steps = sum(int(c.params["num_inference_steps"]) for c in todo)
+    total_steps = sum(int(c.params["num_inference_steps"] or 0) for c in todo)  # 0: known once loaded
     if primary is not None:  # bad input is an error before any model work, not a failed cell
         try:
             _validate(primary, [_request_for(cell, primary) for cell in todo])
@@ -629,6 +629,10 @@ def _defaults_for_value(value, primary):
         preset = PRESETS.get(value)
         if preset is not None:
             return preset.defaults
+        if value.startswith(("replicate:", "comfyui:")):  # remote specs: defaults need no network
+            from . import backends
+
+            return backends.open_backend(value).defaults
         return Defaults(None, None, None, None)  # filled once the model is loaded
     return as_backend(value).defaults
 
