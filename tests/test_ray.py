@@ -173,11 +173,29 @@ def test_failed_cells_are_recorded_with_their_error_as_locally(executor, sd1_pip
     assert len(manifest_keys(tmp_path / "ray")) == 4
 
 
-def test_job_pool_returns_images_and_records(ray_cluster, sd1_pipe):
-    from sdlab.generate import build_request, generate
+class Cancelled(Exception):
+    pass
 
-    with RayJobPool("tiny", num_workers=1, num_gpus_per_worker=0, num_cpus_per_worker=0.5, start_timeout=600) as pool:
-        backend = pool.backend
+
+def cancel(info):  # as the server's worker does when a job is cancelled
+    raise Cancelled("cancelled")
+
+
+def test_job_pool_and_the_server_on_ray_workers(ray_cluster, sd1_pipe, tmp_path):
+    """One pool of two workers: its own API first, then a server that runs its jobs on it."""
+    import time
+    from io import BytesIO
+
+    import httpx
+    from PIL import Image
+
+    from sdlab.generate import build_request, generate
+    from sdlab.server import serve_in_thread
+
+    pool = RayJobPool("tiny", num_workers=2, num_gpus_per_worker=0, num_cpus_per_worker=0.5, start_timeout=600)
+    try:
+        # 1. submit -> future -> images and records, made by run_request in a worker
+        backend = pool.open()
         request = build_request(backend, PROMPT, seed=[7, 8], num_inference_steps=STEPS)
         steps = []
         result = pool.submit(request, progress=steps.append).result(timeout=600)
@@ -186,17 +204,35 @@ def test_job_pool_returns_images_and_records(ray_cluster, sd1_pipe):
         assert steps and steps[-1]["images"] == 2 and all("pid" in s for s in steps)
         for a, b in zip(result.images, expected.images):
             assert max_pixel_diff(a, b) <= 2
-
-        class Cancelled(Exception):
-            pass
-
-        def cancel(info):  # as the server's worker does when a job is cancelled
-            raise Cancelled("cancelled")
-
-        with pytest.raises(Cancelled):
+        with pytest.raises(Cancelled):  # a progress callback that raises ends the future
             pool.submit(request, progress=cancel).result(timeout=600)
-        with pytest.raises(ValueError, match="unknown argument"):
+        with pytest.raises(ValueError, match="unknown argument"):  # validated by a worker
             build_request(backend, PROMPT, pipeline_kwargs={"no_such_argument": 1})
+
+        # 2. the server hands its jobs to the pool (and closes it when it stops)
+        handle = serve_in_thread("tiny", executor=pool, data_dir=tmp_path)
+        try:
+            with httpx.Client(base_url=handle.url, timeout=120) as client:
+                deadline = time.monotonic() + 600
+                while client.get("/health").json()["status"] == "loading":
+                    assert time.monotonic() < deadline
+                    time.sleep(0.2)
+                seeds = [1, 2, 3]
+                ids = [client.post("/generate", json={"prompt": PROMPT, "seed": s, "num_inference_steps": STEPS}).json()["id"]
+                       for s in seeds]
+                for job_id, seed in zip(ids, seeds):
+                    body = client.get(f"/jobs/{job_id}", params={"wait": 30}).json()
+                    while body["status"] in ("queued", "running"):
+                        assert time.monotonic() < deadline, body
+                        body = client.get(f"/jobs/{job_id}", params={"wait": 30}).json()
+                    assert body["status"] == "done", body
+                    image = Image.open(BytesIO(client.get(f"/jobs/{job_id}/images/0").content))
+                    expected = generate(sd1_pipe, PROMPT, seed=seed, num_inference_steps=STEPS).image
+                    assert max_pixel_diff(image, expected) <= 2
+        finally:
+            handle.stop()
+    finally:
+        pool.close()
 
 
 def test_cli_sweep_on_ray(ray_cluster, tmp_path):
@@ -207,40 +243,3 @@ def test_cli_sweep_on_ray(ray_cluster, tmp_path):
                  "--executor", "ray", "--workers", "1"]) == 0
     assert (out / "grid.png").exists() and len(manifest_keys(out)) == 2
     assert main(["sweep", PROMPT, "--axis", "seed=1-2", "--executor", "ray", "--workers", "0"]) == 2
-
-
-def test_server_runs_jobs_on_ray_workers(ray_cluster, sd1_pipe, tmp_path):
-    import time
-
-    httpx = pytest.importorskip("httpx")
-    from sdlab.generate import generate
-    from sdlab.server import serve_in_thread
-
-    pool = RayJobPool("tiny", num_workers=2, num_gpus_per_worker=0, num_cpus_per_worker=0.5, start_timeout=600)
-    handle = serve_in_thread("tiny", executor=pool, data_dir=tmp_path)
-    try:
-        with httpx.Client(base_url=handle.url, timeout=120) as client:
-            deadline = time.monotonic() + 600
-            while client.get("/health").json()["status"] == "loading":  # the Ray workers load the model
-                assert time.monotonic() < deadline
-                time.sleep(0.5)
-            assert client.get("/health").json()["status"] == "ok"
-            seeds = [1, 2, 3]
-            ids = [client.post("/generate", json={"prompt": PROMPT, "seed": s, "num_inference_steps": STEPS}).json()["id"]
-                   for s in seeds]
-            for job_id, seed in zip(ids, seeds):
-                body = client.get(f"/jobs/{job_id}", params={"wait": 60}).json()
-                while body["status"] in ("queued", "running"):
-                    assert time.monotonic() < deadline, body
-                    body = client.get(f"/jobs/{job_id}", params={"wait": 60}).json()
-                assert body["status"] == "done", body
-                png = client.get(f"/jobs/{job_id}/images/0")
-                from io import BytesIO
-
-                from PIL import Image
-
-                image = Image.open(BytesIO(png.content))
-                expected = generate(sd1_pipe, PROMPT, seed=seed, num_inference_steps=STEPS).image
-                assert max_pixel_diff(image, expected) <= 2
-    finally:
-        handle.stop()
