@@ -3,7 +3,7 @@
 Importing sdlab touches no network, GPU or disk; heavy libraries load when first used.
 """
 
-from . import bench
+from . import bench, controlnet
 from .backends.base import Backend, BackendOutput, Defaults, as_backend
 from .errors import BackendError, MissingDependencyError, ModelLoadError, SdlabError
 from .generate import GenerationResult, generate, regenerate
@@ -32,6 +32,7 @@ __all__ = [
     "SweepResult",
     "as_backend",
     "bench",
+    "controlnet",
     "generate",
     "load_pipeline",
     "load_sweep",

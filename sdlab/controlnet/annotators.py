@@ -31,6 +31,7 @@ LABEL_KEY = "sdlab_label"
 PARAMS_KEY = "sdlab_params"
 ANNOTATOR_WEIGHTS = "lllyasviel/Annotators"
 DETECTOR_CACHE_SIZE = 4
+INTEGER_PARAMS = {"seed", "detect_resolution"}
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ def _check_param(annotator: Annotator, name: str, value: Any) -> Any:
     if isinstance(default, numbers.Real):
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
             raise ValueError(f"{where} must be a number >= 0, got {value!r}")
-        if isinstance(default, int) and not isinstance(value, numbers.Integral):
+        if name in INTEGER_PARAMS and not isinstance(value, numbers.Integral):
             raise ValueError(f"{where} must be an integer, got {value!r}")
         return value
     return value
