@@ -382,3 +382,16 @@ def test_concurrent_runs_on_one_backend_do_not_steal_each_others_frames(backend)
         t.join(20)
     assert sorted(out) == [0, 1, 2] and time.monotonic() - start < 4  # no waiting on the 5 s silence check
     assert all(out[k].records[0]["prompt"] == f"thread {k}" for k in out)
+
+
+def test_weighted_prompt_reaches_comfyui_in_its_own_syntax(backend):
+    from sdlab.prompts import weighted
+    from sdlab.request import GenerationRequest
+
+    prompt = weighted(r"a ((red)) circle++ on a [blue] \(flat\) background")
+    assert prompt.as_a1111() == r"a (red:1.21) (circle:1.21) on a (blue:0.9091) \(flat\) background"
+    request = GenerationRequest(prompt=(prompt,), negative_prompt=(weighted("(blurry:1.4)"),), seed=(1,),
+                                guidance_scale=(5.0,), width=64, height=64, num_inference_steps=3)
+    workflow, _ = backend.workflow_for(request, 0)
+    assert workflow.graph["6"]["inputs"]["text"] == prompt.as_a1111()
+    assert workflow.graph["7"]["inputs"]["text"] == "(blurry:1.4)"

@@ -248,3 +248,13 @@ def test_import_does_not_load_the_client():
     code = "import sys, sdlab.backends; sdlab.backends.ReplicateBackend; print('replicate' in sys.modules, 'httpx' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False False"
+
+
+def test_prompt_objects_are_sent_as_plain_text_or_refused_if_weighted(fake):
+    from sdlab.prompts import weighted
+
+    backend = make(fake)
+    result = sdlab.generate(backend, weighted("a red fox"), seed=4, width=512, height=512)
+    assert fake.predictions[result.records[0]["prediction_id"]].input["prompt"] == "a red fox"
+    with pytest.raises(ValueError, match=r"`prompt` 'a \(red:1.3\) fox' has weights.*'a red fox'"):
+        sdlab.generate(backend, weighted("a (red:1.3) fox"), seed=4, width=512, height=512)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import BackendError
-from ..request import GenerationRequest, check_size
+from ..request import GenerationRequest, check_size, is_prompt_object, prompt_text
 from .base import BackendOutput, Defaults, ProgressCallback
 from .comfyui_client import DEFAULT_SERVER, ComfyUIClient, ComfyUIResult, normalise_server, prompt_error
 from .workflow import Workflow, comfy_sampler
@@ -140,8 +140,8 @@ class ComfyUIBackend:
         kwargs = request.pipeline_kwargs
         workflow, unused = self.workflow.apply(
             self.mapping,
-            prompt=request.prompt[i],
-            negative_prompt=request.negative_prompt[i] if request.negative_prompt[i] is not None else "",
+            prompt=comfy_prompt(request.prompt[i]),
+            negative_prompt=comfy_prompt(request.negative_prompt[i]) or "",
             seed=int(request.seed[i]),
             num_inference_steps=request.num_inference_steps,
             guidance_scale=float(request.guidance_scale[i]),
@@ -230,3 +230,10 @@ class ComfyUIBackend:
                 self._comfyui_version = "unknown"
         return self._comfyui_version
 
+
+def comfy_prompt(value: Any) -> str | None:
+    """A prompt as ComfyUI's CLIPTextEncode reads it: a string as it is; a prompt object
+    (sdlab.prompts.weighted) in A1111 syntax, ``(text:1.2)``, which ComfyUI weights the same way."""
+    if is_prompt_object(value):
+        return value.as_a1111() if hasattr(value, "as_a1111") else prompt_text(value)
+    return value

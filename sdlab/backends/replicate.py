@@ -28,7 +28,7 @@ from typing import Any, Mapping
 from PIL import Image
 
 from ..errors import BackendError, MissingDependencyError
-from ..request import GenerationRequest, check_size
+from ..request import GenerationRequest, check_size, is_prompt_object, prompt_text
 from .base import BackendOutput, Defaults, ProgressCallback
 
 TERMINAL = ("succeeded", "failed", "canceled")
@@ -245,7 +245,8 @@ class ReplicateBackend:
             unknown = sorted(set(kwargs) - allowed)
             if unknown:
                 raise ValueError(f"unknown argument(s) {unknown} for {self.model}; it takes: {', '.join(sorted(allowed))}")
-        data: dict[str, Any] = {"prompt": request.prompt[i], "seed": int(request.seed[i])}
+        data: dict[str, Any] = {"prompt": plain_prompt(request.prompt[i], "prompt", self.model),
+                                "seed": int(request.seed[i])}
         if data["seed"] >= 2**63:
             raise ValueError(f"`seed`={data['seed']} is too large for Replicate's integer inputs (use < 2**63)")
         unused: list[str] = []
@@ -261,7 +262,7 @@ class ReplicateBackend:
             if rng is not None and not rng[0] <= value <= rng[1]:
                 raise ValueError(f"`{name}`={value:g} is outside {rng[0]:g}..{rng[1]:g}, what {self.model} takes")
             data[input_name] = value
-        negative = request.negative_prompt[i]
+        negative = plain_prompt(request.negative_prompt[i], "negative_prompt", self.model)
         if negative:
             if spec.negative_prompt is None:
                 unused.append("negative_prompt")
@@ -645,3 +646,16 @@ def _describe_input(value: Any) -> Any:
     if isinstance(value, str) and value.startswith("data:") and len(value) > 100:
         return value[:40] + f"... ({len(value)} chars)"
     return value
+
+
+def plain_prompt(value: Any, name: str, model: str) -> str | None:
+    """The text of a prompt for a model that reads plain text: a string as it is, a prompt object
+    (sdlab.prompts.weighted) as the text its encoder would see, refused if it carries weights."""
+    if not is_prompt_object(value):
+        return value
+    if getattr(value, "is_weighted", False):
+        raise ValueError(
+            f"`{name}` {value.text!r} has weights, but {model} on Replicate reads plain text and "
+            f"cannot weight it; pass the plain text {value.prompt_sent!r}, or use a local or ComfyUI backend"
+        )
+    return getattr(value, "prompt_sent", prompt_text(value))

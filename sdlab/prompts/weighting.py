@@ -148,6 +148,16 @@ class WeightedPrompt:
     def is_weighted(self) -> bool:
         return any(w != 1.0 for _, w in self.fragments)
 
+    def as_a1111(self) -> str:
+        """The prompt in A1111's (and ComfyUI's) syntax, each weighted fragment as ``(text:w)`` with
+        nesting and compel's forms multiplied out, literal brackets escaped; e.g.
+        "a ((red)) circle+" -> "a (red:1.21) (circle:1.1)"."""
+        out = []
+        for text, weight in self.fragments:
+            text = re.sub(r"([\\()\[\]])", r"\\\1", text)
+            out.append(text if weight == 1.0 else f"({text}:{weight:.4g})")
+        return "".join(out)
+
     def describe(self) -> dict[str, Any]:
         """A JSON-able description (cache keys, records)."""
         return {
