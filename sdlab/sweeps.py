@@ -806,7 +806,13 @@ class SweepResult:
         xa = self.axis(x) if x else None
         ya = self.axis(y) if y else None
         z_axes = [self.axis(n) for n in z_names]
-        z_combos = list(itertools.product(*[range(len(a)) for a in z_axes])) or [()]
+
+        def shown(axis) -> list[int]:  # an axis's value indices, only the filtered ones if filtered
+            return sorted(pinned[axis.name]) if axis.name in pinned else list(range(len(axis)))
+
+        x_shown = shown(xa) if xa else [0]
+        y_shown = shown(ya) if ya else [0]
+        z_combos = list(itertools.product(*[shown(a) for a in z_axes])) or [()]
         index = {}
         for cell in self.cells:
             if any(cell.coords[n] not in idx for n, idx in pinned.items()):
@@ -816,22 +822,19 @@ class SweepResult:
         subgrids = []
         for combo in z_combos:
             rows, y_labels = [], []
-            for yi in range(len(ya) if ya else 1):
+            for yi in y_shown:
                 row = []
-                failed_row = False
-                for xi in range(len(xa) if xa else 1):
+                for xi in x_shown:
                     cell = index.get((xi, yi, combo))
-                    image = self._image(cell) if cell else None
-                    failed_row |= cell is not None and cell.error is not None
-                    row.append(image)
+                    row.append(self._image(cell) if cell else None)
                 rows.append(row)
                 if ya:
                     y_labels.append(Label(ya.labels[yi]))
             x_labels = None
             if xa:
                 x_labels = []
-                for xi in range(len(xa)):
-                    col_failed = any((index.get((xi, yi, combo)) or SweepCell(0, {}, {})).error for yi in range(len(ya) if ya else 1))
+                for xi in x_shown:
+                    col_failed = any((index.get((xi, yi, combo)) or SweepCell(0, {}, {})).error for yi in y_shown)
                     x_labels.append(Label(xa.labels[xi], active=not col_failed))
             z_title = ", ".join(a.labels[i] for a, i in zip(z_axes, combo)) or None
             subgrids.append(labelled_grid(rows, x_labels=x_labels, y_labels=y_labels if ya else None, title=z_title, margin=margin))

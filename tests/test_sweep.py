@@ -250,6 +250,12 @@ def test_grid_layouts_and_rebuild_from_the_grid_png(counting, tmp_path):
     assert g.width > 2 * 2 * 64  # two sub-grids side by side
     g2 = r.grid(x="guidance_scale", y="seed", filter={"num_inference_steps": 1})
     assert g2.width < g.width
+    # filtering the x or y axis itself drops its other columns and rows, no blank cells
+    one_column = r.grid(x="guidance_scale", y="seed", z="num_inference_steps", filter={"guidance_scale": 4})
+    full = r.grid(x="guidance_scale", y="seed", z="num_inference_steps")
+    assert one_column.height == full.height and one_column.width < full.width * 0.75
+    one_each = r.grid(x="guidance_scale", y="seed", filter={"guidance_scale": 2, "seed": 1, "num_inference_steps": 2})
+    assert one_each.width < g2.width and one_each.height < g2.height
     path = r.save_grid(tmp_path / "grid.png")
     kwargs = load_sweep(path)
     counting.calls.clear()
