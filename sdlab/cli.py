@@ -33,6 +33,28 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scheduler", "--sampler", dest="scheduler", default=None, help='A1111 name ("DPM++ 2M Karras", "Euler a") or diffusers class')
 
 
+def load_kwargs(args) -> dict:
+    """The `load_pipeline` options of the model arguments (`add_model_arguments`)."""
+    kwargs = {"device": args.device, "dtype": args.dtype, "offload": args.offload, "attention": args.attention}
+    controlnet = args.controlnet[0] if args.controlnet and len(args.controlnet) == 1 else args.controlnet
+    if controlnet:
+        kwargs["controlnet"] = controlnet
+    return kwargs
+
+
+def generation_kwargs(args) -> dict:
+    """The generation parameters of the shared arguments (`add_generation_arguments`), as the
+    keyword arguments `generate` and `sweep` both take."""
+    return {
+        "negative_prompt": args.negative_prompt,
+        "width": args.width,
+        "height": args.height,
+        "num_inference_steps": args.num_inference_steps,
+        "guidance_scale": args.guidance_scale,
+        "scheduler": args.scheduler,
+    }
+
+
 def load_from_args(args):
     from .backends import is_remote_spec, open_backend
 
@@ -40,14 +62,7 @@ def load_from_args(args):
         return open_backend(args.model)
     from .loading import load_pipeline
 
-    return load_pipeline(
-        args.model,
-        device=args.device,
-        dtype=args.dtype,
-        offload=args.offload,
-        attention=args.attention,
-        controlnet=args.controlnet[0] if args.controlnet and len(args.controlnet) == 1 else args.controlnet,
-    )
+    return load_pipeline(args.model, **load_kwargs(args))
 
 
 def _cmd_generate(args) -> int:
@@ -55,18 +70,7 @@ def _cmd_generate(args) -> int:
 
     pipe = load_from_args(args)
     seeds = args.seed if args.seed is None or len(args.seed) > 1 else args.seed[0]
-    result = generate(
-        pipe,
-        args.prompt,
-        negative_prompt=args.negative_prompt,
-        width=args.width,
-        height=args.height,
-        num_inference_steps=args.num_inference_steps,
-        guidance_scale=args.guidance_scale,
-        seed=seeds,
-        num_images=args.num_images,
-        scheduler=args.scheduler,
-    )
+    result = generate(pipe, args.prompt, seed=seeds, num_images=args.num_images, **generation_kwargs(args))
     for path, record in zip(result.save(args.out), result.records):
         print(f"{path}  seed={record['seed']}  {record['seconds']:.2f}s")
     return 0

@@ -945,7 +945,7 @@ def _parse_axis_arg(text: str) -> tuple[str, str]:
 
 
 def _cmd_sweep(args) -> int:
-    from .cli import load_from_args
+    from .cli import load_from_args, load_kwargs
 
     axes: dict[str, Any] = {}
     for text in args.axis or []:
@@ -963,12 +963,8 @@ def _cmd_sweep(args) -> int:
         from .executors import RayExecutor
         from .presets import default_model
 
-        controlnet = args.controlnet[0] if args.controlnet and len(args.controlnet) == 1 else args.controlnet
-        load_kwargs = {"device": args.device, "dtype": args.dtype, "offload": args.offload, "attention": args.attention}
-        if controlnet:
-            load_kwargs["controlnet"] = controlnet
         executor = RayExecutor(args.ray_address, num_workers=args.workers, num_gpus_per_worker=args.gpus_per_worker,
-                               load_kwargs=load_kwargs)
+                               load_kwargs=load_kwargs(args))
         pipe = None if model_axis else (args.model or default_model())
     else:
         pipe = None if model_axis else load_from_args(args)
@@ -984,24 +980,11 @@ def _cmd_sweep(args) -> int:
 
 
 def _sweep_from_args(args, pipe, axes, link, executor) -> "SweepResult":
-    return sweep(
-        pipe,
-        args.prompt,
-        axes=axes,
-        batch_size=args.batch_size,
-        out_dir=args.out,
-        link=link or None,
-        vary_seeds=args.vary_seeds,
-        negative_prompt=args.negative_prompt,
-        seed=args.seed,
-        width=args.width,
-        height=args.height,
-        num_inference_steps=args.num_inference_steps,
-        guidance_scale=args.guidance_scale,
-        scheduler=args.scheduler,
-        title=args.title,
-        executor=executor,
-    )
+    from .cli import generation_kwargs
+
+    return sweep(pipe, args.prompt, axes=axes, batch_size=args.batch_size, out_dir=args.out, link=link or None,
+                 vary_seeds=args.vary_seeds, seed=args.seed, title=args.title, executor=executor,
+                 **generation_kwargs(args))
 
 
 def register_cli(subparsers) -> None:
