@@ -390,6 +390,24 @@ def _component_config(source: ModelSource, sub: str, hub_kwargs) -> dict | None:
     return None
 
 
+def _saved_controlnet(source: ModelSource, hub_kwargs) -> bool:
+    """True if a pipeline folder or hub repo was saved with a ControlNet (a `controlnet` entry of
+    class ControlNetModel in its model_index.json), which then loads with it."""
+    index = None
+    try:
+        if source.kind == "folder":
+            index = _read_json(Path(source.location) / "model_index.json")
+        elif source.kind == "hub":
+            from huggingface_hub import hf_hub_download
+
+            kw = {k: v for k, v in hub_kwargs.items() if v is not None}
+            index = _read_json(Path(hf_hub_download(source.location, "model_index.json", **kw)))
+    except Exception:
+        return False
+    entry = (index or {}).get("controlnet")
+    return isinstance(entry, list) and len(entry) == 2 and entry[1] in CONTROLNET_MODEL_CLASSES
+
+
 # ---------------------------------------------------------------- load_pipeline
 
 
@@ -484,8 +502,13 @@ def load_pipeline(
             base_dim = (_component_config(source, "unet", hub_kwargs) or {}).get("cross_attention_dim")
         cn_model, cn_names = load_controlnets(controlnet, family, torch_dtype, hub_kwargs, base_dim)
 
+    # a pipeline saved with its ControlNet loads with it (unless another is given)
+    saved_controlnet = controlnet is None and family in CONTROLNET_CLASS and _saved_controlnet(source, hub_kwargs)
+    if saved_controlnet:
+        cn_names = [f"{source.name if source.kind == 'hub' else source.location}/controlnet"]
+
     # 3. load with the class of that family
-    cls_name = CONTROLNET_CLASS[family] if cn_model is not None else TEXT2IMAGE_CLASS[family]
+    cls_name = CONTROLNET_CLASS[family] if cn_model is not None or saved_controlnet else TEXT2IMAGE_CLASS[family]
     cls = getattr(diffusers, cls_name)
     kwargs: dict[str, Any] = {"torch_dtype": torch_dtype}
     if family in ("sd1", "sd2"):

@@ -501,3 +501,19 @@ def test_shapes_controlnet_follows_a_sample_sketch(mode):
     target = filled_mask(result.request.pipeline_kwargs["image"])
     assert target.sum() > 50  # the prepared control image encloses the drawn circle
     assert np.mean([_iou(_foreground(image), target) for image in result.images]) > 0.4
+
+
+def test_a_pipeline_folder_saved_with_its_controlnet_loads_with_it(tmp_path):
+    folder = testing.save_tiny_pipeline("sd1", tmp_path / "with-cn", controlnet=True)
+    pipe = sdlab.load_pipeline(str(folder))
+    assert type(pipe).__name__ == "StableDiffusionControlNetPipeline"
+    assert pipe._sdlab_info["controlnet"] == [f"{folder}/controlnet"]
+    edges = Image.new("RGB", (64, 64))
+    ImageDraw.Draw(edges).ellipse([16, 16, 48, 48], outline="white")
+    result = sdlab.generate(pipe, "a circle", seed=0, image=edges, num_inference_steps=2)
+    assert result.records[0]["controlnet"] == [f"{folder}/controlnet"]
+    # another ControlNet given explicitly replaces the saved one
+    other = testing.save_tiny_controlnet("sd1", tmp_path / "other-cn", seed=3)
+    assert sdlab.load_pipeline(str(folder), controlnet=str(other))._sdlab_info["controlnet"] != [f"{folder}/controlnet"]
+    plain = testing.save_tiny_pipeline("sd1", tmp_path / "plain")
+    assert type(sdlab.load_pipeline(str(plain))).__name__ == "StableDiffusionPipeline"
