@@ -52,19 +52,20 @@ def test_seeds_are_deterministic_and_vary(pipe):
     assert not np.array_equal(np.asarray(a), np.asarray(c))
 
 
-def test_held_out_prompts_get_their_shape(pipe):
-    # The shipped weights are undertrained (see the model card): on held-out prompts the shape is
-    # right 84% of the time, the colour 41%, the background 13%. The bars follow those figures.
-    seeds = world.held_out_seeds(8)
+def test_held_out_prompts_get_their_colour_and_shape(pipe):
+    # A fast subset of benchmarks/eval_shapes.py: 16 held-out prompt/seed pairs (combinations never
+    # seen in training). The shipped weights get 14/16 colour+shape here (95% over 64 pairs; the
+    # misses are small stars drawn rounded); the bars leave room for other CPUs' rounding.
+    seeds = world.held_out_seeds(16)
     scenes = [world.sample_scene(s) for s in seeds]
     images = _run(pipe, [world.caption(sc, s) for sc, s in zip(scenes, seeds)], seeds)
     judged = [judge(img) for img in images]
-    shape = sum(j.shape == sc.shape for j, sc in zip(judged, scenes))
-    size = sum(j.size == sc.size for j, sc in zip(judged, scenes))
+    both = sum(j.shape == sc.shape and j.colour == sc.colour for j, sc in zip(judged, scenes))
     colour = sum(j.colour == sc.colour for j, sc in zip(judged, scenes))
-    assert shape >= 5, [j.as_dict() for j in judged]
-    assert size >= 6
-    assert colour >= 2
+    background = sum(j.background == sc.background for j, sc in zip(judged, scenes))
+    size = sum(j.size == sc.size for j, sc in zip(judged, scenes))
+    assert both >= 12, [j.as_dict() for j in judged]
+    assert colour >= 14 and background >= 14 and size >= 14
 
 
 @pytest.mark.skipif(not (CONTROLNET_DIR / "config.json").exists(), reason=f"no ControlNet at {CONTROLNET_DIR}")
@@ -79,4 +80,4 @@ def test_controlnet_follows_a_sketch(pipe):
     edges = world.sketch_edges(Image.open(SKETCH), 64)
     img = cn(prompt="a large red circle on a white background", image=edges, height=64, width=64,
              num_inference_steps=20, guidance_scale=5.0, generator=torch.Generator().manual_seed(0)).images[0]
-    assert iou(judge(img).mask, filled_mask(edges)) >= 0.6
+    assert iou(judge(img).mask, filled_mask(edges)) >= 0.7  # 0.79 with the shipped weights

@@ -6,15 +6,18 @@ resumes from there when started again with the same arguments.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import os
+import random
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -32,7 +35,7 @@ N_SCENES = 32_000  # training scenes (seeds 0.. skipping held-out combinations)
 VAE_CONFIG = dict(
     in_channels=3, out_channels=3,
     down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-    block_out_channels=(8, 16, 32), layers_per_block=1, latent_channels=4,
+    block_out_channels=(16, 32, 64), layers_per_block=1, latent_channels=4,
     norm_num_groups=2, sample_size=IMAGE_SIZE,  # few groups: a group per channel would erase flat colours
 )
 UNET_CONFIG = dict(
@@ -159,6 +162,66 @@ def batch_indices(seed: int, step: int, n: int, batch: int) -> torch.Tensor:
     """The dataset indices of one step: a function of (seed, step) only, so a resumed run is identical."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + step)
     return torch.randint(0, n, (batch,), generator=g)
+
+
+def stage_arguments(doc: str, **defaults) -> argparse.ArgumentParser:
+    """The options every stage shares (budget, batch, data, optimiser, EMA, seed, checkpoints),
+    with the stage's own defaults; a stage adds its own options to the parser it gets back."""
+    p = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
+    options = {  # name: (type, help)
+        "steps": (int, "step budget"),
+        "minutes": (float, "wall-time budget in minutes (kept across resumes)"),
+        "batch": (int, "batch size"),
+        "scenes": (int, "training scenes used (the first N training seeds)"),
+        "lr": (float, "peak learning rate (warm-up, then cosine to 10%%)"),
+        "ema": (float, "EMA decay of the exported weights"),
+        "caption_dropout": (float, "fraction of empty captions (classifier-free guidance)"),
+        "seed": (int, "seed of the batches, noise and captions"),
+        "checkpoint_minutes": (float, "minutes between checkpoints"),
+    }
+    unknown = set(defaults) - set(options)
+    if unknown:
+        raise ValueError(f"unknown stage options {sorted(unknown)}; expected some of {sorted(options)}")
+    for name, default in defaults.items():
+        kind, help_text = options[name]
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=default,
+                       help=f"{help_text} (default {default})")
+    return p
+
+
+def training_data(n_scenes: int) -> tuple[list[int], np.ndarray, list]:
+    """The first ``n_scenes`` training seeds, their renders and their scenes."""
+    seeds, images = scenes()
+    if n_scenes > len(seeds):
+        raise ValueError(f"`--scenes` is {n_scenes}, but only {len(seeds)} training scenes are rendered")
+    seeds, images = seeds[:n_scenes], images[:n_scenes]
+    return seeds, images, [world.sample_scene(s) for s in seeds]
+
+
+def caption_ids(tokenizer, stage: str, seed: int, step: int, dropout: float,
+                scenes_: list, seeds: list[int], idx: list[int]) -> torch.Tensor:
+    """Token ids of one step's captions: varied training captions, ``dropout`` of them empty.
+    A function of (stage, seed, step) only, so a resumed run is identical."""
+    rng = random.Random(f"{stage}-step-{seed}-{step}")
+    texts = ["" if rng.random() < dropout
+             else world.training_caption(scenes_[i], seeds[i] * 7919 + step) for i in idx]
+    return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length,
+                     truncation=True, return_tensors="pt").input_ids
+
+
+def noised(noise_sched, x0: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_t, noise, t) for a batch of clean latents: uniform timesteps, seeded noise."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(x0.shape, generator=g)
+    t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(x0),), generator=g)
+    return noise_sched.add_noise(x0, noise, t), noise, t
+
+
+def min_snr_loss(pred: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, snr: torch.Tensor,
+                 gamma: float = 5.0) -> torch.Tensor:
+    """Epsilon-prediction MSE with min-SNR-gamma weighting (Hang et al. 2023)."""
+    weight = torch.clamp(snr[t], max=gamma) / snr[t]
+    return (F.mse_loss(pred, noise, reduction="none").mean((1, 2, 3)) * weight).mean()
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -1,6 +1,6 @@
 """Stage 3: a ControlNet on Canny edge maps, for the frozen base model of stage 2.
 
-    python training/train_controlnet.py [--minutes 25] [--batch 32]
+    python training/train_controlnet.py [--minutes 20] [--batch 32]
 
 Needs stage 2 (the complete sdlab/models/shapes folder) and its cached latents. The ControlNet
 starts as a copy of the UNet's encoder (``ControlNetModel.from_unet``) with a conditioning
@@ -12,39 +12,25 @@ Every checkpoint exports the EMA weights to sdlab/models/shapes-controlnet/.
 
 from __future__ import annotations
 
-import argparse
-import random
 import time
 
 import common
 import numpy as np
 import torch
-import torch.nn.functional as F
-from common import world
 
 
 def main():
     from diffusers import ControlNetModel, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    p = argparse.ArgumentParser()
-    p.add_argument("--steps", type=int, default=20_000)
-    p.add_argument("--minutes", type=float, default=25.0)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--scenes", type=int, default=12_000)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--ema", type=float, default=0.99)
-    p.add_argument("--caption-dropout", type=float, default=0.3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-minutes", type=float, default=4.0)
-    args = p.parse_args()
+    args = common.stage_arguments(
+        __doc__, steps=20_000, minutes=20.0, batch=32, scenes=24_000, lr=1e-3, ema=0.99,
+        caption_dropout=0.3, seed=0, checkpoint_minutes=4.0).parse_args()
 
     # 1. data: the cached latents of stage 2, the renders for the edge maps, captions
     common.setup(args.seed)
-    seeds, images = common.scenes()
-    seeds, images = seeds[:args.scenes], images[:args.scenes]
+    seeds, images, scenes = common.training_data(args.scenes)
     latents = torch.load(common.CACHE / f"latents-{len(seeds)}.pt")
-    scenes = [world.sample_scene(s) for s in seeds]
     tokenizer = common.tokenizer()
 
     # 2. the frozen base model, the ControlNet, resume
@@ -78,23 +64,15 @@ def main():
         for g in opt.param_groups:
             g["lr"] = common.lr_at(step, budget.progress(step), args.lr, warmup=50)
         idx = common.batch_indices(args.seed + 1, step, len(seeds), args.batch).tolist()
-        rng = random.Random(f"controlnet-step-{args.seed}-{step}")
-        texts = ["" if rng.random() < args.caption_dropout
-                 else world.training_caption(scenes[i], seeds[i] * 7919 + step) for i in idx]
-        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length,
-                        truncation=True, return_tensors="pt").input_ids
+        ids = common.caption_ids(tokenizer, "controlnet", args.seed, step, args.caption_dropout,
+                                 scenes, seeds, idx)
         cond = torch.from_numpy(np.stack([common.canny(images[i]) for i in idx])).permute(0, 3, 1, 2).float() / 255
-        x0 = latents[idx]
-        g = torch.Generator().manual_seed(args.seed * 1_000_003 + step + 17)
-        noise = torch.randn(x0.shape, generator=g)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(idx),), generator=g)
-        xt = noise_sched.add_noise(x0, noise, t)
+        xt, noise, t = common.noised(noise_sched, latents[idx], args.seed * 1_000_003 + step + 17)
         with torch.no_grad():
             text = text_encoder(ids)[0]
         down, mid = controlnet(xt, t, text, controlnet_cond=cond, return_dict=False)
         pred = unet(xt, t, text, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
-        weight = torch.clamp(snr[t], max=5.0) / snr[t]
-        loss = (F.mse_loss(pred, noise, reduction="none").mean((1, 2, 3)) * weight).mean()
+        loss = common.min_snr_loss(pred, noise, t, snr)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(controlnet.parameters(), 1.0)

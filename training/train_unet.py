@@ -1,6 +1,6 @@
 """Stage 2: the UNet and the CLIP text encoder, trained jointly from scratch on pre-encoded latents.
 
-    python training/train_unet.py [--minutes 45] [--batch 32] [--scenes 12000]
+    python training/train_unet.py [--minutes 65] [--batch 64] [--scenes 24000]
 
 Needs stage 1 (sdlab/models/shapes/vae). Encodes the training scenes once (posterior means,
 times the VAE's scaling factor) into .cache/shapes-train/latents-*.pt, then trains with
@@ -11,14 +11,10 @@ sdlab/models/shapes/, so a usable model exists as soon as the first checkpoint i
 
 from __future__ import annotations
 
-import argparse
-import random
 import time
 
 import common
 import torch
-import torch.nn.functional as F
-from common import world
 
 
 def encode_latents(vae, seeds, images) -> torch.Tensor:
@@ -51,11 +47,6 @@ def export(unet, text_encoder, vae, tokenizer, out_dir) -> None:
     """Write a complete StableDiffusionPipeline folder (fp16 UNet and VAE, DPM++ 2M scheduler)."""
     from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, StableDiffusionPipeline
 
-    finetuned = common.CACHE / "vae-decoder" / "export"
-    if finetuned.exists():  # stage 1b's sharper decoder (same encoder, so the same latents)
-        from diffusers import AutoencoderKL
-
-        vae = AutoencoderKL.from_pretrained(finetuned, torch_dtype=torch.float32)
     train_sched = DDPMScheduler(**common.SCHEDULER_TRAIN_CONFIG)
     scheduler = DPMSolverMultistepScheduler.from_config(
         train_sched.config, algorithm_type="dpmsolver++", solver_order=2)
@@ -74,25 +65,15 @@ def export(unet, text_encoder, vae, tokenizer, out_dir) -> None:
 def main():
     from diffusers import AutoencoderKL, DDPMScheduler
 
-    p = argparse.ArgumentParser()
-    p.add_argument("--steps", type=int, default=20_000)
-    p.add_argument("--minutes", type=float, default=45.0)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--scenes", type=int, default=12_000)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--ema", type=float, default=0.995)
-    p.add_argument("--caption-dropout", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-minutes", type=float, default=4.0)
-    args = p.parse_args()
+    args = common.stage_arguments(
+        __doc__, steps=20_000, minutes=65.0, batch=64, scenes=24_000, lr=1e-3, ema=0.999,
+        caption_dropout=0.1, seed=0, checkpoint_minutes=4.0).parse_args()
 
     # 1. data: scenes, their latents, their scenes' attributes for captions
     common.setup(args.seed)
-    seeds, images = common.scenes()
-    seeds, images = seeds[:args.scenes], images[:args.scenes]
+    seeds, images, scenes = common.training_data(args.scenes)
     vae = AutoencoderKL.from_pretrained(common.MODEL_DIR / "vae", torch_dtype=torch.float32)
     latents = encode_latents(vae, seeds, images)
-    scenes = [world.sample_scene(s) for s in seeds]
     tokenizer = common.tokenizer()
     common.log("unet", f"latents {tuple(latents.shape)} std {latents.std():.3f}")
 
@@ -129,20 +110,10 @@ def main():
         for g in opt.param_groups:
             g["lr"] = common.lr_at(step, budget.progress(step), args.lr, warmup=100)
         idx = common.batch_indices(args.seed, step, len(seeds), args.batch).tolist()
-        rng = random.Random(f"unet-step-{args.seed}-{step}")
-        texts = ["" if rng.random() < args.caption_dropout
-                 else world.training_caption(scenes[i], seeds[i] * 7919 + step) for i in idx]
-        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length,
-                        truncation=True, return_tensors="pt").input_ids
-        x0 = latents[idx]
-        g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        noise = torch.randn(x0.shape, generator=g)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(idx),), generator=g)
-        xt = noise_sched.add_noise(x0, noise, t)
-        cond = text_encoder(ids)[0]
-        pred = unet(xt, t, cond).sample
-        weight = torch.clamp(snr[t], max=5.0) / snr[t]  # min-SNR-5 for epsilon prediction
-        loss = (F.mse_loss(pred, noise, reduction="none").mean((1, 2, 3)) * weight).mean()
+        ids = common.caption_ids(tokenizer, "unet", args.seed, step, args.caption_dropout, scenes, seeds, idx)
+        xt, noise, t = common.noised(noise_sched, latents[idx], args.seed * 1_000_003 + step)
+        pred = unet(xt, t, text_encoder(ids)[0]).sample
+        loss = common.min_snr_loss(pred, noise, t, snr)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -1,6 +1,6 @@
 """Stage 1: the autoencoder (AutoencoderKL, 64x64x3 <-> 16x16x4).
 
-    python training/train_vae.py [--steps 3000] [--minutes 12] [--batch 12]
+    python training/train_vae.py [--minutes 24] [--batch 16]
 
 Loss: L1 + MSE, weighted 4x more near the shape's edges (so small shapes stay crisp), plus a tiny
 KL term. Resumes from .cache/shapes-train/vae/checkpoint.pt. At the end it measures the latent
@@ -10,7 +10,6 @@ into sdlab/models/shapes/vae/.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import common
@@ -43,31 +42,18 @@ def export(vae, images, out_dir) -> float:
 def main():
     from diffusers import AutoencoderKL
 
-    p = argparse.ArgumentParser()
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--minutes", type=float, default=12.0)
-    p.add_argument("--batch", type=int, default=12)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-minutes", type=float, default=3.0)
-    p.add_argument("--decoder-only", action="store_true",
-                   help="stage 1b: fine-tune the decoder of the exported VAE, encoder frozen (the "
-                        "latents of stage 2 stay valid, so it may run alongside stage 2)")
-    args = p.parse_args()
-    stage = "vae-decoder" if args.decoder_only else "vae"
+    args = common.stage_arguments(
+        __doc__, steps=3000, minutes=24.0, batch=16, lr=2e-3, ema=0.99, seed=0,
+        checkpoint_minutes=3.0).parse_args()
+    stage = "vae"
 
     # 1. data and model
     common.setup(args.seed)
     _, images = common.scenes()
-    if args.decoder_only:
-        vae = AutoencoderKL.from_pretrained(common.MODEL_DIR / "vae", torch_dtype=torch.float32)
-        vae.encoder.requires_grad_(False)
-        vae.quant_conv.requires_grad_(False)
-    else:
-        vae = AutoencoderKL(**common.VAE_CONFIG)
-    trainable = [p for p in vae.parameters() if p.requires_grad]
+    vae = AutoencoderKL(**common.VAE_CONFIG)
+    trainable = list(vae.parameters())
     opt = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.0)
-    ema = common.EMA(vae, 0.99)
+    ema = common.EMA(vae, args.ema)
     ckpt_path = common.CACHE / stage / "checkpoint.pt"
     step, elapsed = 0, 0.0
     if (ckpt := common.load_checkpoint(ckpt_path)) is not None:
@@ -91,8 +77,7 @@ def main():
         x = common.to_tensor(images[idx.numpy()])
         if step % 2:  # flips are fine for an autoencoder
             x = x.flip(-1)
-        with torch.set_grad_enabled(not args.decoder_only):
-            post = vae.encode(x).latent_dist
+        post = vae.encode(x).latent_dist
         # decode the mean plus a little noise: a sampled posterior (std 1 at the start) blurs
         # everything for hundreds of steps, and the small noise keeps the decoder robust
         z = post.mean + 0.05 * torch.randn_like(post.mean)
@@ -118,12 +103,7 @@ def main():
                                                "elapsed": budget.elapsed})
             last_save = time.time()
 
-    # 3. export the EMA weights (the decoder fine-tune keeps the scaling factor: same encoder)
-    if args.decoder_only:
-        ema.shadow.to(torch.float16).save_pretrained(common.CACHE / "vae-decoder" / "export", safe_serialization=True)
-        ema.shadow.to(torch.float16).save_pretrained(common.MODEL_DIR / "vae", safe_serialization=True)
-        common.log(stage, f"done: exported to {common.MODEL_DIR / 'vae'}")
-        return
+    # 3. export the EMA weights
     std = export(ema.shadow, images, common.MODEL_DIR / "vae")
     common.log(stage, f"done: latent std {std:.3f}, exported to {common.MODEL_DIR / 'vae'}")
 

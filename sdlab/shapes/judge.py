@@ -17,7 +17,7 @@ import numpy as np
 from .world import COLOURS, HORIZONTAL, SHAPES, VERTICAL
 
 WORK_SIZE = 128  # images are resized to this before analysis
-LARGE_DIAMETER = 0.42  # enclosing-circle diameter / image side above which a shape is "large"
+LARGE_DIAMETER = 0.45  # enclosing-circle diameter / image side above which a shape is "large"
 STAR_SOLIDITY = 0.82  # area / convex-hull area below which a shape is a star
 
 

@@ -35,10 +35,10 @@ VERTICAL = ("top", "center", "bottom")
 HORIZONTAL = ("left", "center", "right")
 POSITIONS = tuple(f"{v} {h}" if (v, h) != ("center", "center") else "center"
                   for v in VERTICAL for h in HORIZONTAL)
-_GRID = (0.22, 0.5, 0.78)  # centres of the grid cells, as a fraction of the image side
+_GRID = (0.25, 0.5, 0.75)  # centres of the grid cells, as a fraction of the image side
 
 # Shape size as a fraction of the image side (the diameter of the circumscribed circle).
-SIZE_RANGE = {"large": (0.52, 0.64), "small": (0.26, 0.31)}
+SIZE_RANGE = {"large": (0.52, 0.64), "small": (0.32, 0.38)}
 
 HELD_OUT_BUCKETS = 16  # 1 combination in 16 is held out
 COLOUR_JITTER = 12  # per-channel jitter of the rendered colours, so a name covers a small range
@@ -129,7 +129,7 @@ def shape_polygon(scene: Scene, side: float) -> list[tuple[float, float]] | None
     elif scene.shape == "star":
         pts = []
         for k in range(10):
-            rr = r if k % 2 == 0 else 0.45 * r
+            rr = r if k % 2 == 0 else 0.4 * r
             a = a0 - math.pi / 2 + k * math.pi / 5
             pts.append((rr * math.cos(a), rr * math.sin(a) + 0.05 * r))
     else:
