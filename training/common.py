@@ -158,6 +158,64 @@ class Budget:
         return self.progress(step) >= 1.0
 
 
+class StageLoop:
+    """The bookkeeping of a stage's training loop, the same in every stage: resuming from
+    ``.cache/shapes-train/<stage>/checkpoint.pt``, the budget, the learning-rate schedule, a log
+    line every ``log_every`` steps and a checkpoint every ``args.checkpoint_minutes`` and at the end.
+
+    ``parts`` names what the checkpoint holds (modules, optimiser, EMAs: anything with
+    ``state_dict``/``load_state_dict``)::
+
+        loop = StageLoop("unet", args, opt, {"unet": unet, "opt": opt}, warmup=100)
+        for step in loop:          # sets the learning rate of this step
+            ...
+            if loop.end_step(loss.item()):   # True when a checkpoint is due
+                loop.save()
+    """
+
+    def __init__(self, stage: str, args, opt, parts: dict, *, warmup: int, log_every: int = 20):
+        self.stage, self.args, self.opt, self.parts = stage, args, opt, parts
+        self.warmup, self.log_every = warmup, log_every
+        self.path = CACHE / stage / "checkpoint.pt"
+        self.step, elapsed = 0, 0.0
+        if (ckpt := load_checkpoint(self.path)) is not None:
+            for name, part in parts.items():
+                part.load_state_dict(ckpt[name])
+            self.step, elapsed = ckpt["step"], ckpt["elapsed"]
+            log(stage, f"resumed at step {self.step} ({elapsed / 60:.1f} min)")
+        self.budget = Budget(args.steps, args.minutes, elapsed)
+        self._t0 = self._last_save = time.time()
+        self._losses: list[float] = []
+
+    def __iter__(self):
+        while not self.budget.done(self.step):
+            for g in self.opt.param_groups:
+                g["lr"] = lr_at(self.step, self.budget.progress(self.step), self.args.lr, warmup=self.warmup)
+            yield self.step
+
+    def end_step(self, loss: float) -> bool:
+        """Count the step just taken (its loss for the log); True when a checkpoint is due."""
+        self.step += 1
+        self.budget.tick()
+        self._losses.append(loss)
+        if self.step % self.log_every == 0:
+            rate = (time.time() - self._t0) / self.log_every
+            self._t0 = time.time()
+            log(self.stage, f"step {self.step} loss {sum(self._losses) / len(self._losses):.4f} "
+                            f"{rate:.2f} s/step {self.budget.elapsed / 60:.1f} min "
+                            f"lr {self.opt.param_groups[0]['lr']:.2e}")
+            self._losses = []
+        return time.time() - self._last_save > self.args.checkpoint_minutes * 60 or self.budget.done(self.step)
+
+    def save(self) -> None:
+        save_checkpoint(self.path, {**{name: part.state_dict() for name, part in self.parts.items()},
+                                    "step": self.step, "elapsed": self.budget.elapsed})
+        self._last_save = time.time()
+
+    def finished(self) -> None:
+        log(self.stage, f"done at step {self.step}, {self.budget.elapsed / 60:.1f} min")
+
+
 def batch_indices(seed: int, step: int, n: int, batch: int) -> torch.Tensor:
     """The dataset indices of one step: a function of (seed, step) only, so a resumed run is identical."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + step)

@@ -12,7 +12,6 @@ Every checkpoint exports the EMA weights to sdlab/models/shapes-controlnet/.
 
 from __future__ import annotations
 
-import time
 
 import common
 import numpy as np
@@ -43,26 +42,14 @@ def main():
     ema = common.EMA(controlnet, args.ema)
     noise_sched = DDPMScheduler(**common.SCHEDULER_TRAIN_CONFIG)
     snr = noise_sched.alphas_cumprod / (1 - noise_sched.alphas_cumprod)
-    ckpt_path = common.CACHE / "controlnet" / "checkpoint.pt"
-    step, elapsed = 0, 0.0
-    if (ckpt := common.load_checkpoint(ckpt_path)) is not None:
-        controlnet.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["opt"])
-        ema.load_state_dict(ckpt["ema"])
-        step, elapsed = ckpt["step"], ckpt["elapsed"]
-        common.log("controlnet", f"resumed at step {step} ({elapsed / 60:.1f} min)")
+    loop = common.StageLoop("controlnet", args, opt, {"model": controlnet, "opt": opt, "ema": ema}, warmup=50)
     n_params = sum(p.numel() for p in controlnet.parameters())
     common.log("controlnet", f"{n_params / 1e6:.2f} M parameters; budget {args.steps} steps or "
                              f"{args.minutes} min, batch {args.batch}")
 
     # 3. train
     controlnet.train()
-    budget = common.Budget(args.steps, args.minutes, elapsed)
-    t0 = last_save = time.time()
-    losses = []
-    while not budget.done(step):
-        for g in opt.param_groups:
-            g["lr"] = common.lr_at(step, budget.progress(step), args.lr, warmup=50)
+    for step in loop:
         idx = common.batch_indices(args.seed + 1, step, len(seeds), args.batch).tolist()
         ids = common.caption_ids(tokenizer, "controlnet", args.seed, step, args.caption_dropout,
                                  scenes, seeds, idx)
@@ -78,23 +65,12 @@ def main():
         torch.nn.utils.clip_grad_norm_(controlnet.parameters(), 1.0)
         opt.step()
         ema.update(controlnet, step)
-        step += 1
-        budget.tick()
-        losses.append(loss.item())
-        if step % 20 == 0:
-            rate = (time.time() - t0) / 20
-            t0 = time.time()
-            common.log("controlnet", f"step {step} loss {sum(losses) / len(losses):.4f} {rate:.2f} s/step "
-                                     f"{budget.elapsed / 60:.1f} min")
-            losses = []
-        if time.time() - last_save > args.checkpoint_minutes * 60 or budget.done(step):
-            common.save_checkpoint(ckpt_path, {"model": controlnet.state_dict(), "opt": opt.state_dict(),
-                                               "ema": ema.state_dict(), "step": step, "elapsed": budget.elapsed})
+        if loop.end_step(loss.item()):
+            loop.save()
             ema.shadow.to(torch.float16).save_pretrained(common.CONTROLNET_DIR, safe_serialization=True)
             ema.shadow.to(torch.float32)
-            common.log("controlnet", f"checkpoint + export at step {step}")
-            last_save = time.time()
-    common.log("controlnet", f"done at step {step}, {budget.elapsed / 60:.1f} min")
+            common.log("controlnet", f"checkpoint + export at step {loop.step}")
+    loop.finished()
 
 
 if __name__ == "__main__":

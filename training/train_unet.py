@@ -1,6 +1,6 @@
 """Stage 2: the UNet and the CLIP text encoder, trained jointly from scratch on pre-encoded latents.
 
-    python training/train_unet.py [--minutes 65] [--batch 64] [--scenes 24000]
+    python training/train_unet.py [--minutes 72] [--batch 64] [--scenes 24000]
 
 Needs stage 1 (sdlab/models/shapes/vae). Encodes the training scenes once (posterior means,
 times the VAE's scaling factor) into .cache/shapes-train/latents-*.pt, then trains with
@@ -11,7 +11,6 @@ sdlab/models/shapes/, so a usable model exists as soon as the first checkpoint i
 
 from __future__ import annotations
 
-import time
 
 import common
 import torch
@@ -66,7 +65,7 @@ def main():
     from diffusers import AutoencoderKL, DDPMScheduler
 
     args = common.stage_arguments(
-        __doc__, steps=20_000, minutes=65.0, batch=64, scenes=24_000, lr=1e-3, ema=0.999,
+        __doc__, steps=20_000, minutes=72.0, batch=64, scenes=24_000, lr=1e-3, ema=0.999,
         caption_dropout=0.1, seed=0, checkpoint_minutes=4.0).parse_args()
 
     # 1. data: scenes, their latents, their scenes' attributes for captions
@@ -85,16 +84,8 @@ def main():
     noise_sched = DDPMScheduler(**common.SCHEDULER_TRAIN_CONFIG)
     alphas = noise_sched.alphas_cumprod
     snr = alphas / (1 - alphas)
-    ckpt_path = common.CACHE / "unet" / "checkpoint.pt"
-    step, elapsed = 0, 0.0
-    if (ckpt := common.load_checkpoint(ckpt_path)) is not None:
-        unet.load_state_dict(ckpt["unet"])
-        text_encoder.load_state_dict(ckpt["text"])
-        opt.load_state_dict(ckpt["opt"])
-        ema_unet.load_state_dict(ckpt["ema_unet"])
-        ema_text.load_state_dict(ckpt["ema_text"])
-        step, elapsed = ckpt["step"], ckpt["elapsed"]
-        common.log("unet", f"resumed at step {step} ({elapsed / 60:.1f} min)")
+    loop = common.StageLoop("unet", args, opt, {
+        "unet": unet, "text": text_encoder, "opt": opt, "ema_unet": ema_unet, "ema_text": ema_text}, warmup=100)
     n_unet = sum(p.numel() for p in unet.parameters())
     n_text = sum(p.numel() for p in text_encoder.parameters())
     common.log("unet", f"UNet {n_unet / 1e6:.2f} M, text encoder {n_text / 1e6:.2f} M parameters; "
@@ -103,12 +94,7 @@ def main():
     # 3. train
     unet.train()
     text_encoder.train()
-    budget = common.Budget(args.steps, args.minutes, elapsed)
-    t0 = last_save = time.time()
-    losses = []
-    while not budget.done(step):
-        for g in opt.param_groups:
-            g["lr"] = common.lr_at(step, budget.progress(step), args.lr, warmup=100)
+    for step in loop:
         idx = common.batch_indices(args.seed, step, len(seeds), args.batch).tolist()
         ids = common.caption_ids(tokenizer, "unet", args.seed, step, args.caption_dropout, scenes, seeds, idx)
         xt, noise, t = common.noised(noise_sched, latents[idx], args.seed * 1_000_003 + step)
@@ -120,24 +106,11 @@ def main():
         opt.step()
         ema_unet.update(unet, step)
         ema_text.update(text_encoder, step)
-        step += 1
-        budget.tick()
-        losses.append(loss.item())
-        if step % 20 == 0:
-            rate = (time.time() - t0) / 20
-            t0 = time.time()
-            common.log("unet", f"step {step} loss {sum(losses) / len(losses):.4f} {rate:.2f} s/step "
-                               f"{budget.elapsed / 60:.1f} min lr {opt.param_groups[0]['lr']:.2e}")
-            losses = []
-        if time.time() - last_save > args.checkpoint_minutes * 60 or budget.done(step):
-            common.save_checkpoint(ckpt_path, {
-                "unet": unet.state_dict(), "text": text_encoder.state_dict(), "opt": opt.state_dict(),
-                "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(),
-                "step": step, "elapsed": budget.elapsed})
+        if loop.end_step(loss.item()):
+            loop.save()
             export(ema_unet.shadow, ema_text.shadow, vae, tokenizer, common.MODEL_DIR)
-            common.log("unet", f"checkpoint + export at step {step}")
-            last_save = time.time()
-    common.log("unet", f"done at step {step}, {budget.elapsed / 60:.1f} min")
+            common.log("unet", f"checkpoint + export at step {loop.step}")
+    loop.finished()
 
 
 if __name__ == "__main__":

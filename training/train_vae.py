@@ -10,7 +10,6 @@ into sdlab/models/shapes/vae/.
 
 from __future__ import annotations
 
-import time
 
 import common
 import torch
@@ -54,25 +53,14 @@ def main():
     trainable = list(vae.parameters())
     opt = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.0)
     ema = common.EMA(vae, args.ema)
-    ckpt_path = common.CACHE / stage / "checkpoint.pt"
-    step, elapsed = 0, 0.0
-    if (ckpt := common.load_checkpoint(ckpt_path)) is not None:
-        vae.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["opt"])
-        ema.load_state_dict(ckpt["ema"])
-        step, elapsed = ckpt["step"], ckpt["elapsed"]
-        common.log(stage, f"resumed at step {step} ({elapsed / 60:.1f} min)")
+    loop = common.StageLoop(stage, args, opt, {"model": vae, "opt": opt, "ema": ema}, warmup=50, log_every=10)
     n_params = sum(p.numel() for p in vae.parameters())
     common.log(stage, f"{n_params / 1e6:.2f} M parameters, {len(images)} scenes, "
                f"budget {args.steps} steps or {args.minutes} min")
 
     # 2. train
     vae.train()
-    budget = common.Budget(args.steps, args.minutes, elapsed)
-    t0 = last_save = time.time()
-    while not budget.done(step):
-        for g in opt.param_groups:
-            g["lr"] = common.lr_at(step, budget.progress(step), args.lr, warmup=50)
+    for step in loop:
         idx = common.batch_indices(args.seed, step, len(images), args.batch)
         x = common.to_tensor(images[idx.numpy()])
         if step % 2:  # flips are fine for an autoencoder
@@ -90,18 +78,8 @@ def main():
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         ema.update(vae, step)
-        step += 1
-        budget.tick()
-        if step % 10 == 0:
-            rate = (time.time() - t0) / 10
-            t0 = time.time()
-            common.log(stage, f"step {step} loss {loss_rec.item():.4f} {rate:.2f} s/step "
-                              f"{budget.elapsed / 60:.1f} min")
-        if time.time() - last_save > args.checkpoint_minutes * 60 or budget.done(step):
-            common.save_checkpoint(ckpt_path, {"model": vae.state_dict(), "opt": opt.state_dict(),
-                                               "ema": ema.state_dict(), "step": step,
-                                               "elapsed": budget.elapsed})
-            last_save = time.time()
+        if loop.end_step(loss_rec.item()):
+            loop.save()
 
     # 3. export the EMA weights
     std = export(ema.shadow, images, common.MODEL_DIR / "vae")
