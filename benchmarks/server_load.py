@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx  # noqa: E402
 
 import sdlab  # noqa: E402
+from sdlab.loading import pipeline_info  # noqa: E402
 from sdlab.server import serve_in_thread  # noqa: E402
 
 PROMPTS = ["a large red circle on a blue background", "a small yellow star on a black background"]
@@ -124,12 +125,12 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     pipe = sdlab.load_pipeline(args.model, progress_bar=False)
-    info = pipe._sdlab_info
+    info = pipeline_info(pipe)
     bodies = job_bodies(args.jobs, args.num_inference_steps)
     sdlab.generate(pipe, **bodies[0])  # warm-up: first-call costs are not what is measured
 
-    d = info["defaults"]
-    print(f"model {info['model']} ({d.width}x{d.height}), {args.jobs} one-image jobs x {args.num_inference_steps} steps, "
+    d = info.defaults
+    print(f"model {info.model} ({d.width}x{d.height}), {args.jobs} one-image jobs x {args.num_inference_steps} steps, "
           f"{args.clients} clients, torch threads {torch.get_num_threads()}")
     direct_seconds, direct_latencies = run_direct(pipe, bodies)
     direct = row("direct: sdlab.generate in a loop", direct_seconds, direct_latencies)

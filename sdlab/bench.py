@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from .backends.base import as_backend
-from .generate import build_request, run_request
+from .generation import build_request, run_request
+from .loading import pipeline_info
 
 # Published FLOPs of one denoiser forward for one image, the pixel area they were counted at, and
 # the denoiser's parameter count (shared/reference/performance-figures.md; 1 MAC = 2 FLOP).
@@ -63,7 +64,7 @@ def _denoiser(pipe) -> Any:
 def model_flops(pipe, *, width: int, height: int, guidance_scale: float) -> tuple[float | None, float | None, str | None]:
     """(FLOPs of one denoising evaluation for one image incl. guidance, FLOPs of one VAE decode,
     reason if unknown). Known only for denoisers of the published SD1.5, SDXL and FLUX sizes."""
-    family = getattr(pipe, "_sdlab_info", {}).get("family") if pipe is not None else None
+    family = pipeline_info(pipe).family if pipe is not None else None
     denoiser = _denoiser(pipe) if pipe is not None else None
     if family not in KNOWN_DENOISER_FLOPS or denoiser is None:
         return None, None, f"FLOPs per step are published only for SD1.5, SDXL and FLUX (this is {family or 'unknown'})"
@@ -540,9 +541,9 @@ def _scheduler_label(backend, request) -> str | None:
     pipe = getattr(backend, "pipe", None)
     if pipe is None:
         return backend.defaults.scheduler
-    from .schedulers import describe_scheduler
+    from .schedulers import scheduler_name
 
-    return getattr(pipe, "_sdlab_scheduler_name", None) or describe_scheduler(pipe.scheduler)
+    return scheduler_name(pipe.scheduler)
 
 
 def _row(scheduler, n, calls, error, references, n_images, flops, vae_flops, peak_tflops, cuda) -> dict[str, Any]:

@@ -1,7 +1,7 @@
-"""The `sdlab` command line: a thin client of the library (generate, demo, sweep, serve, ...).
+"""The `sdlab` command line: a thin client of the library (generate, sweep, demo, params, ...).
 
-Feature modules register their own sub-commands with a `register_cli(subparsers)` function that
-adds a parser and sets `func`; this module only lists them.
+`sdlab serve` and `sdlab comfyui` register themselves (their packages have optional dependencies)
+through a `register_cli(subparsers)` function that adds a parser and sets `func`.
 """
 
 from __future__ import annotations
@@ -10,9 +10,16 @@ import argparse
 import importlib
 import sys
 from pathlib import Path
+from typing import Any
+
+from .axes import prompt_matrix, prompt_sr
+from .backends import open_model
+from .generation import generate
+from .presets import default_model
+from .sweeps import SweepResult, sweep
 
 # Modules that contribute sub-commands (each has register_cli(subparsers)).
-CLI_MODULES = ["sdlab.cli", "sdlab.sweeps", "sdlab.server", "sdlab.backends.cli"]
+CLI_MODULES = ["sdlab.cli", "sdlab.server", "sdlab.backends.cli"]
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +38,8 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-inference-steps", "--steps", dest="num_inference_steps", type=int, default=None)
     parser.add_argument("--guidance-scale", "--cfg", dest="guidance_scale", type=float, default=None)
     parser.add_argument("--scheduler", "--sampler", dest="scheduler", default=None, help='A1111 name ("DPM++ 2M Karras", "Euler a") or diffusers class')
+    parser.add_argument("--clip-skip", dest="clip_skip", type=int, default=None,
+                        help="CLIP layers to skip, diffusers' convention (A1111's 'Clip skip: 2' is --clip-skip 1)")
 
 
 def load_kwargs(args) -> dict:
@@ -52,22 +61,19 @@ def generation_kwargs(args) -> dict:
         "num_inference_steps": args.num_inference_steps,
         "guidance_scale": args.guidance_scale,
         "scheduler": args.scheduler,
+        "clip_skip": args.clip_skip,
     }
 
 
 def load_from_args(args):
-    from .backends import is_remote_spec, open_backend
+    """The backend of the model arguments: "replicate:owner/name", "comfyui:http://host:8188", or
+    a local model loaded with the load options."""
+    from .backends import is_remote_spec
 
-    if is_remote_spec(args.model):  # "replicate:owner/name", "comfyui:http://host:8188"
-        return open_backend(args.model)
-    from .loading import load_pipeline
-
-    return load_pipeline(args.model, **load_kwargs(args))
+    return open_model(args.model) if is_remote_spec(args.model) else open_model(args.model, **load_kwargs(args))
 
 
 def _cmd_generate(args) -> int:
-    from .generate import generate
-
     pipe = load_from_args(args)
     seeds = args.seed if args.seed is None or len(args.seed) > 1 else args.seed[0]
     result = generate(pipe, args.prompt, seed=seeds, num_images=args.num_images, **generation_kwargs(args))
@@ -78,10 +84,7 @@ def _cmd_generate(args) -> int:
 
 def _cmd_demo(args) -> int:
     """A labelled prompt x guidance grid with the embedded default model, offline, through a sweep."""
-    from .loading import load_pipeline
-    from .sweeps import sweep
-
-    pipe = load_pipeline(args.model, progress_bar=False)
+    pipe = open_model(args.model)
     result = sweep(
         pipe,
         None,
@@ -96,7 +99,7 @@ def _cmd_demo(args) -> int:
         seed=args.seed,
         batch_size=12,
         out_dir=args.out,
-        title=f"sdlab demo: {pipe._sdlab_info['model']}, seed {args.seed}",
+        title=f"sdlab demo: {pipe.model_id}, seed {args.seed}",
     )
     path = result.save_grid(Path(args.out) / "grid.png")
     print(f"{len(result)} images in {Path(args.out) / 'cells'}; grid: {path}")
@@ -133,6 +136,81 @@ def _cmd_params(args) -> int:
     return 0
 
 
+def _parse_axis_arg(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise ValueError(f"`--axis` takes NAME=VALUES, e.g. seed=1-4 or 'guidance_scale=1,3,5', got {text!r}")
+    name, values = text.split("=", 1)
+    return name.strip(), values
+
+
+def _cmd_sweep(args) -> int:
+    axes: dict[str, Any] = {}
+    for text in args.axis or []:
+        name, values = _parse_axis_arg(text)
+        axes[name] = values
+    for text in args.sr or []:
+        a = prompt_sr(text)
+        axes[a.name] = a
+    if args.matrix:
+        axes["matrix"] = prompt_matrix(args.matrix)
+    link = [tuple(n.strip() for n in group.split(",")) for group in (args.link or [])]
+    model_axis = "model" in axes
+    executor = None
+    if args.executor == "ray":  # each worker loads the model itself, with these options
+        from .executors import RayExecutor  # imports nothing of Ray until used
+
+        executor = RayExecutor(args.ray_address, num_workers=args.workers, num_gpus_per_worker=args.gpus_per_worker,
+                               load_kwargs=load_kwargs(args))
+        pipe = None if model_axis else (args.model or default_model())
+    else:
+        pipe = None if model_axis else load_from_args(args)
+    try:
+        result = _sweep_from_args(args, pipe, axes, link, executor)
+    finally:
+        if executor is not None:
+            executor.close()
+    path = result.save_grid(Path(args.out) / "grid.png" if args.out else None, x=args.x, y=args.y, z=args.z)
+    failed = len(result.failed)
+    print(f"grid: {path}" + (f" ({failed} failed cells)" if failed else ""))
+    return 1 if failed == len(result) else 0
+
+
+def _sweep_from_args(args, pipe, axes, link, executor) -> SweepResult:
+    return sweep(pipe, args.prompt, axes=axes, batch_size=args.batch_size, out_dir=args.out, link=link or None,
+                 vary_seeds=args.vary_seeds, seed=args.seed, title=args.title, executor=executor,
+                 **generation_kwargs(args))
+
+
+def _register_sweep(subparsers) -> None:
+    p = subparsers.add_parser(
+        "sweep",
+        help="a labelled grid over seeds, guidance, steps, schedulers, prompts ...",
+        description="Sweep generation parameters into a labelled grid; cells are batched, cached and resumable.",
+        epilog='example: sdlab sweep "a red circle" --axis seed=1-4 --axis "guidance_scale=1.5,3,5,7" --out runs/demo',
+    )
+    p.add_argument("prompt", nargs="?", default=None)
+    add_model_arguments(p)
+    add_generation_arguments(p)
+    p.add_argument("--axis", action="append", metavar="NAME=VALUES", help="an axis, e.g. seed=1-4, 'guidance_scale=0-10 [5]', 'scheduler=Euler a,DDIM' (repeatable; order = x, y, z)")
+    p.add_argument("--sr", action="append", metavar="SEARCH,REPLACE,...", help="a prompt search/replace axis (repeatable)")
+    p.add_argument("--matrix", default=None, metavar="'base|a|b'", help="a prompt matrix axis")
+    p.add_argument("--link", action="append", metavar="A,B", help="axes that move together (zip), e.g. model,size")
+    p.add_argument("--vary-seeds", action="store_true", help="add each cell's position to its seed")
+    p.add_argument("--seed", type=int, default=0, help="seed of cells without a seed axis (-1: random, recorded)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--out", default=None, help="run directory (default runs/sweeps); cached cells are reused")
+    p.add_argument("--title", default=None)
+    p.add_argument("-x", default=None, help="axis across the grid")
+    p.add_argument("-y", default=None, help="axis down the grid")
+    p.add_argument("-z", default=None, help="axis of sub-grids")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="ray: spread the batches over Ray workers, each loading --model itself (pip install 'sdlab[ray]')")
+    p.add_argument("--workers", type=int, default=2, help="Ray workers (model copies), with --executor ray")
+    p.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per Ray worker (default: 1 if the cluster has GPUs)")
+    p.add_argument("--ray-address", default=None, help="Ray cluster address, e.g. ray://head:10001 (default: RAY_ADDRESS, else a local one)")
+    p.set_defaults(func=_cmd_sweep)
+
+
 def register_cli(subparsers) -> None:
     p = subparsers.add_parser("generate", help="generate images from a prompt", description="Generate images; every PNG carries its parameters.")
     p.add_argument("prompt", help="the prompt")
@@ -142,6 +220,8 @@ def register_cli(subparsers) -> None:
     p.add_argument("--num-images", type=int, default=1)
     p.add_argument("--out", default="outputs", help="output directory (default: outputs/)")
     p.set_defaults(func=_cmd_generate)
+
+    _register_sweep(subparsers)
 
     p = subparsers.add_parser("demo", help="a labelled prompt x guidance grid with the embedded model, offline")
     p.add_argument("--model", default=None)

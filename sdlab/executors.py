@@ -7,7 +7,7 @@
 
 An executor opens a model (`open(model) -> backend`), runs a list of `GenerationRequest`s on it
 (`run(backend, requests) -> BatchOutcome`s, in the order they finish) and releases it. Every image
-is made by `sdlab.generate.run_request` (the one path), in this process (`LocalExecutor`, the
+is made by `sdlab.generation.run_request` (the one path), in this process (`LocalExecutor`, the
 default) or in Ray actors that each load the model once (`RayExecutor`). A request that fails is
 split in halves and retried, so one bad image fails alone (and an out-of-memory batch is retried
 smaller). The caller writes the images: a Ray worker returns PNG bytes and records, never files.
@@ -19,6 +19,7 @@ smaller). The caller writes the images: a Ray worker returns PNG bytes and recor
 from __future__ import annotations
 
 import collections
+import gc
 import io
 import logging
 import os
@@ -31,9 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from .backends.base import Defaults, as_backend
+from .backends import open_model
+from .backends.base import as_backend
 from .errors import BackendError, MissingDependencyError, ModelLoadError
-from .request import GenerationRequest
+from .generation import GenerationResult, run_request
+from .request import Defaults, GenerationRequest
 
 __all__ = ["BatchOutcome", "LocalExecutor", "RayExecutor", "RayJobPool", "get_executor", "run_split"]
 
@@ -100,8 +103,6 @@ def run_split(
 
 
 def _run_part(backend, request, indices, progress, split):
-    from .generate import run_request
-
     try:
         result = run_request(backend, request, progress=progress, progress_bar=False)
     except KeyboardInterrupt:
@@ -132,16 +133,20 @@ def _empty_cuda_cache() -> None:
 
 
 class LocalExecutor:
-    """Runs every batch in this process, one after another (the default)."""
+    """Runs every batch in this process, one after another (the default).
+
+    `open_model` opens a model reference (default `sdlab.backends.open_model`); pass another to
+    count or wrap loads."""
 
     name = "local"
     label = None  # nothing to add to a sweep's summary line
 
+    def __init__(self, open_model: Callable[[Any], Any] = open_model):
+        self._open_model = open_model
+
     def open(self, model: Any):
         """A backend for `model`: a pipeline or backend as it is, a name/path/id loaded here."""
-        from . import sweeps  # looked up at call time: tests count loads through sweeps._open_model
-
-        return as_backend(sweeps._open_model(model))
+        return as_backend(self._open_model(model))
 
     def run(self, backend, requests: Sequence[GenerationRequest], *, progress: ProgressCallback | None = None) -> Iterator[BatchOutcome]:
         for b, request in enumerate(requests):
@@ -152,9 +157,10 @@ class LocalExecutor:
                     yield BatchOutcome(b, indices, result=result, peak_memory_mb=peak_memory_mb())
 
     def release(self, backend) -> None:
-        from .sweeps import _release
-
-        _release(backend)
+        """Free a model before the next one loads (sweeps over many checkpoints must not pile up)."""
+        del backend
+        gc.collect()
+        _empty_cuda_cache()
 
     def close(self) -> None:
         pass
@@ -219,18 +225,7 @@ class _RayWorker:
     """A Ray actor holding one model, loaded once; runs requests through `run_split` (the one path)."""
 
     def __init__(self, model: Any, load_kwargs: dict[str, Any]):
-        from .backends import is_remote_spec, open_backend
-
-        if model is None:
-            from .presets import default_model
-
-            model = default_model()
-        if isinstance(model, str) and is_remote_spec(model):
-            self.backend = open_backend(model)
-        else:
-            from .loading import load_pipeline
-
-            self.backend = as_backend(load_pipeline(model, progress_bar=False, **load_kwargs))
+        self.backend = open_model(model, **load_kwargs)
         self.pid = os.getpid()
 
     def ready(self) -> int:
@@ -465,8 +460,6 @@ def _short(error: BaseException, limit: int = 500) -> str:
 
 
 def _outcome_result(message: tuple, request: GenerationRequest | None = None):
-    from .generate import GenerationResult
-
     _, _, pngs, records, _, _, _ = message
     return GenerationResult(images=[_decode_png(p) for p in pngs], records=list(records), request=request)
 

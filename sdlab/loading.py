@@ -9,13 +9,14 @@ from __future__ import annotations
 import importlib.util
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .backends.base import Defaults
+from . import identity
 from .errors import MissingDependencyError, ModelLoadError
 from .presets import CONTROLNET_PRESETS, PRESETS, Preset, default_model, family_defaults
+from .request import Defaults
 
 OFFLOAD_MODES = (None, "model", "sequential")
 ATTENTION_BACKENDS = ("sdpa", "xformers")
@@ -318,8 +319,9 @@ def _controlnet_hub_kwargs(hub_kwargs) -> dict[str, Any]:
     return {k: v for k, v in hub_kwargs.items() if v is not None and k != "revision"}
 
 
-def load_controlnets(controlnet: Any, family: str, dtype, hub_kwargs, base_cross_attention_dim=None) -> tuple[Any, list[str]]:
-    """ControlNet model(s) for a base of `family`; refused before loading if of another family.
+def load_controlnets(controlnet: Any, family: str, dtype, hub_kwargs, base_cross_attention_dim=None) -> tuple[Any, list[str], list[dict]]:
+    """ControlNet model(s) for a base of `family`, their names and content identities; refused
+    before loading if of another family.
 
     Every config is read (folder, hub cache) and checked against the base before any weights load.
     """
@@ -360,18 +362,25 @@ def load_controlnets(controlnet: Any, family: str, dtype, hub_kwargs, base_cross
                 f"`controlnet` {name!r} is a {cn_family} ControlNet (cross-attention dim {dim}) but the base model "
                 f"is {family} (cross-attention dim {base_cross_attention_dim}); they cannot be combined"
             )
-    models, names = [], []
+    models, names, identities = [], [], []
     for location, _, name in planned:
         if isinstance(location, ControlNetModel):
             model = location
+            identities.append({"tensors_sha256": identity.modules_sha256({"controlnet": model})})
         else:
             try:
                 model = ControlNetModel.from_pretrained(location, torch_dtype=dtype, **_controlnet_hub_kwargs(hub_kwargs))
             except OSError as e:
                 raise ModelLoadError(f"could not load the ControlNet {name!r} ({location}): {e}") from e
+            if Path(location).is_dir():
+                identities.append(identity.path_identity(location))
+            else:
+                commit = identity.hub_commit(location, cache_dir=hub_kwargs.get("cache_dir"))
+                identities.append({"hub": location, "commit": commit} if commit else
+                                  {"tensors_sha256": identity.modules_sha256({"controlnet": model})})
         models.append(model)
         names.append(name)
-    return (models[0] if len(models) == 1 else models), names
+    return (models[0] if len(models) == 1 else models), names, identities
 
 
 def _component_config(source: ModelSource, sub: str, hub_kwargs) -> dict | None:
@@ -494,13 +503,13 @@ def load_pipeline(
         from . import testing
 
         builtin_pipe = testing.tiny_pipeline(family)
-    cn_model, cn_names = (None, [])
+    cn_model, cn_names, cn_identities = (None, [], [])
     if controlnet is not None:
         if builtin_pipe is not None:
             base_dim = builtin_pipe.unet.config.cross_attention_dim
         else:
             base_dim = (_component_config(source, "unet", hub_kwargs) or {}).get("cross_attention_dim")
-        cn_model, cn_names = load_controlnets(controlnet, family, torch_dtype, hub_kwargs, base_dim)
+        cn_model, cn_names, cn_identities = load_controlnets(controlnet, family, torch_dtype, hub_kwargs, base_dim)
 
     # a pipeline saved with its ControlNet loads with it (unless another is given)
     saved_controlnet = controlnet is None and family in CONTROLNET_CLASS and _saved_controlnet(source, hub_kwargs)
@@ -566,21 +575,24 @@ def load_pipeline(
     chosen = scheduler or defaults.scheduler
     if chosen is not None:
         set_scheduler(pipe, chosen)
-    pipe._sdlab_info = {
-        "model": source.name if source.kind in ("builtin", "hub") or source.preset else source.location,
-        "model_source": source.kind,
-        "model_location": source.location,
-        "family": family,
-        "preset": source.preset.name if source.preset else None,
-        "controlnet": cn_names or None,
-        "device": resolved_device,
-        "dtype": str(torch_dtype).replace("torch.", ""),
-        "offload": offload,
-        "attention": attention,
-        "compile": bool(compile),
-        "defaults": replace(defaults, scheduler=chosen or describe_scheduler(pipe.scheduler)),
-        "load_kwargs": dict(source.preset.load_kwargs) if source.preset else {},
-    }
+    pipe._sdlab_info = PipelineInfo(
+        model=source.name if source.kind in ("builtin", "hub") or source.preset else source.location,
+        source=source.kind,
+        location=source.location,
+        family=family,
+        preset=source.preset.name if source.preset else None,
+        controlnet=cn_names or None,
+        device=resolved_device,
+        dtype=str(torch_dtype).replace("torch.", ""),
+        offload=offload,
+        attention=attention,
+        compile=bool(compile),
+        defaults=replace(defaults, scheduler=chosen or describe_scheduler(pipe.scheduler)),
+        load_kwargs=dict(source.preset.load_kwargs) if source.preset else {},
+        weights=_source_identity(source, hub_kwargs, pipe),
+        controlnet_weights=cn_identities or None,
+    )
+    pipe._sdlab_info.mark_loaded(pipe)
     return pipe
 
 
@@ -596,10 +608,11 @@ def _defaults_for(pipe, family: str) -> Defaults:
     return family_defaults(family, native, guidance_distilled=distilled)
 
 
-def pipeline_info(pipe) -> dict[str, Any]:
-    """What sdlab knows of a pipeline: model, family, defaults (for pipelines it did not load, a guess)."""
+def pipeline_info(pipe) -> PipelineInfo:
+    """What sdlab knows of a pipeline: model, family, defaults, weights (for pipelines it did not
+    load, a guess from the pipeline's class and `name_or_path`)."""
     info = getattr(pipe, "_sdlab_info", None)
-    if info is not None:
+    if isinstance(info, PipelineInfo):
         return info
     cls = type(pipe).__name__
     family = PIPELINE_CLASS_FAMILY.get(cls, "sd")
@@ -608,24 +621,121 @@ def pipeline_info(pipe) -> dict[str, Any]:
         family = "sd2" if te is not None and getattr(te, "hidden_act", "") == "gelu" else "sd1"
     from .schedulers import describe_scheduler
 
-    name = getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path") or cls
-    info = {
-        "model": str(name),
-        "model_source": "object",
-        "model_location": str(name),
-        "family": family,
-        "preset": None,
-        "controlnet": None,
-        "device": str(getattr(pipe, "device", "cpu")),
-        "dtype": str(getattr(pipe, "dtype", "float32")).replace("torch.", ""),
-        "offload": None,
-        "attention": "sdpa",
-        "compile": False,
-        "defaults": replace(_defaults_for(pipe, family), scheduler=describe_scheduler(pipe.scheduler)),
-        "load_kwargs": {},
-    }
-    try:
-        pipe._sdlab_info = info
-    except Exception:  # pragma: no cover
-        pass
+    name = str(getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path") or cls)
+    weights: dict[str, Any] | None = None
+    if Path(name).exists():
+        weights = identity.path_identity(name)
+    elif "/" in name and (commit := identity.hub_commit(name)) is not None:
+        weights = {"hub": name, "commit": commit}
+    info = PipelineInfo(
+        model=name,
+        source="object",
+        location=name,
+        family=family,
+        device=str(getattr(pipe, "device", "cpu")),
+        dtype=str(getattr(pipe, "dtype", "float32")).replace("torch.", ""),
+        defaults=replace(_defaults_for(pipe, family), scheduler=describe_scheduler(pipe.scheduler)),
+        weights=weights,  # None: unknown files, so the tensors themselves are hashed when first needed
+    )
+    info.mark_loaded(pipe)
+    pipe._sdlab_info = info
     return info
+
+
+@dataclass
+class PipelineInfo:
+    """sdlab's facts about one pipeline (one typed object on the pipeline, set by `load_pipeline`)."""
+
+    model: str  # the name the user gave (preset, hub id) or the path
+    source: str  # "builtin", "folder", "hub", "single_file" or "object" (not loaded by sdlab)
+    location: str
+    family: str
+    defaults: Defaults
+    preset: str | None = None
+    controlnet: list[str] | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+    offload: str | None = None
+    attention: str = "sdpa"
+    compile: bool = False
+    load_kwargs: dict[str, Any] = field(default_factory=dict)
+    weights: dict[str, Any] | None = None  # content identity at load time (identity.py)
+    controlnet_weights: list[dict[str, Any]] | None = None
+    scheduler_name: str | None = None  # the A1111 name last set by sdlab.set_scheduler
+    _stamp: tuple = field(default=(), repr=False)
+    _memory_identity: tuple[tuple, dict[str, Any]] | None = field(default=None, repr=False)
+
+    def mark_loaded(self, pipe) -> None:
+        """Remember the weights' version stamp: later in-place changes are then noticed."""
+        self._stamp = identity.modules_version(_modules(pipe))
+        self._memory_identity = None
+
+    def weights_identity(self, pipe) -> dict[str, Any]:
+        """The content identity of the weights `pipe` holds now: the load-time identity while no
+        tensor changed since loading, else a hash of the tensors (computed once per change)."""
+        modules = _modules(pipe)
+        stamp = identity.modules_version(modules)
+        if stamp == self._stamp and self.weights is not None:
+            return {**self.weights, **({"controlnet": self.controlnet_weights} if self.controlnet_weights else {})}
+        if self._memory_identity is None or self._memory_identity[0] != stamp:
+            changed = {"tensors_sha256": identity.modules_sha256(modules)}
+            if stamp != self._stamp:
+                changed["changed_in_memory"] = True
+            self._memory_identity = (stamp, changed)
+        return self._memory_identity[1]
+
+    @property
+    def model_hash(self) -> str | None:
+        """A1111's short model hash, for a single-file checkpoint (None otherwise)."""
+        sha = (self.weights or {}).get("sha256")
+        return identity.short_hash(sha) if sha else None
+
+
+def _modules(pipe) -> dict[str, Any]:
+    import torch
+
+    return {name: m for name, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
+
+
+def _source_identity(source: ModelSource, hub_kwargs, pipe) -> dict[str, Any]:
+    """A loaded model's weights by content (see identity.py)."""
+    if source.kind in ("folder", "single_file"):
+        return identity.path_identity(source.location)
+    if source.kind == "hub":
+        commit = identity.hub_commit(source.location, revision=hub_kwargs.get("revision"), cache_dir=hub_kwargs.get("cache_dir"))
+        if commit is not None:
+            return {"hub": source.location, "commit": commit}
+    return {"tensors_sha256": identity.modules_sha256(_modules(pipe))}  # built in memory (builtin)
+
+
+def model_defaults(model: str | Path | None, **hub_kwargs) -> Defaults:
+    """The defaults `load_pipeline(model)` will use, read from the preset or the configs (no weights load)."""
+    source = resolve_source(model, **hub_kwargs)
+    if source.preset is not None:
+        return source.preset.defaults
+    native = None
+    unet = _component_config(source, "unet", hub_kwargs)
+    vae = _component_config(source, "vae", hub_kwargs)
+    if unet is not None and unet.get("sample_size"):
+        scale = 2 ** (len((vae or {}).get("block_out_channels", [0, 0, 0, 0])) - 1)
+        sample = unet["sample_size"]
+        native = int(sample[0] if isinstance(sample, (list, tuple)) else sample) * scale
+    distilled = False
+    if source.family == "flux":  # FluxPipeline's default_sample_size (128) times the VAE's scale
+        transformer = _component_config(source, "transformer", hub_kwargs) or {}
+        distilled = not transformer.get("guidance_embeds", True)
+        if vae is not None:
+            native = 128 * 2 ** (len(vae.get("block_out_channels", [0, 0, 0, 0])) - 1)
+    return family_defaults(source.family, native, guidance_distilled=distilled)
+
+
+def source_identity(model: str, **hub_kwargs) -> dict[str, Any] | None:
+    """The content identity of a model spec without loading it (None where only loading tells:
+    builtin models, or a hub model not in the cache)."""
+    source = resolve_source(model, **hub_kwargs)
+    if source.kind in ("folder", "single_file"):
+        return identity.path_identity(source.location)
+    if source.kind == "hub":
+        commit = identity.hub_commit(source.location, revision=hub_kwargs.get("revision"), cache_dir=hub_kwargs.get("cache_dir"))
+        return {"hub": source.location, "commit": commit} if commit else None
+    return None

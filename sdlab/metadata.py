@@ -30,6 +30,7 @@ _INFOTEXT_FIELDS = [
     ("guidance_scale", "CFG scale"),
     ("seed", "Seed"),
     ("size", "Size"),
+    ("model_hash", "Model hash"),
     ("model", "Model"),
 ]
 
@@ -70,6 +71,8 @@ def infotext(record: dict[str, Any]) -> str:
         if value is None:
             continue
         params.append((label, _format_number(value)))
+    if record.get("clip_skip"):  # sdlab records diffusers' convention (layers skipped); A1111 counts from 1
+        params.append(("Clip skip", str(int(record["clip_skip"]) + 1)))
     for key, value in (record.get("pipeline_kwargs") or {}).items():
         if isinstance(value, (int, float, str, bool)) and value is not None:
             params.append((key.replace("_", " ").capitalize(), _format_number(value)))
@@ -122,6 +125,10 @@ def params_from_infotext(text: str) -> dict[str, Any]:
         params["scheduler"] = sampler
     if "Model" in raw:
         params["model"] = raw.pop("Model")
+    if "Model hash" in raw:
+        params["model_hash"] = raw.pop("Model hash")
+    if "Clip skip" in raw:  # A1111's "Clip skip: 2" skips one layer: diffusers' clip_skip=1
+        params["clip_skip"] = int(raw.pop("Clip skip")) - 1 or None
     params["extra"] = raw
     return params
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .backends.base import Defaults
+from .request import Defaults
 
 MODELS_DIR = Path(__file__).parent / "models"
 SHAPES_DIR = MODELS_DIR / "shapes"

@@ -13,15 +13,40 @@ import math
 import numbers
 import secrets
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 MAX_SEED = 2**64 - 1
-# Keywords that sdlab itself sets; a caller passing them through **pipeline_kwargs is an error.
+# ComfyUI's KSampler stops at 100 too; far above it guidance overflows into NaN (a black image).
+MAX_GUIDANCE = 100.0
+MAX_CLIP_SKIP = 12
+# The one set of pipeline keywords sdlab owns: it sets them itself, or its own prompt encoding would
+# make the pipeline ignore them. Passing one through **pipeline_kwargs is an error naming it.
 RESERVED_KWARGS = {
-    "prompt", "negative_prompt", "width", "height", "num_inference_steps", "guidance_scale",
-    "generator", "num_images_per_prompt", "output_type", "return_dict", "callback_on_step_end",
-    "callback_on_step_end_tensor_inputs", "latents",
+    "prompt", "prompt_2", "prompt_3", "negative_prompt", "negative_prompt_2", "negative_prompt_3",
+    "prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds",
+    "width", "height", "num_inference_steps", "guidance_scale", "generator", "num_images_per_prompt",
+    "output_type", "return_dict", "callback", "callback_steps", "callback_on_step_end",
+    "callback_on_step_end_tensor_inputs", "latents", "clip_skip", "max_sequence_length",
 }
+_RESERVED_HINTS = {
+    "clip_skip": "pass it as `clip_skip=` (an sdlab argument, applied in sdlab's own prompt encoding)",
+    "prompt_2": "sdlab sends `prompt` to both SDXL text encoders; prompt_2 would be ignored",
+    "negative_prompt_2": "sdlab sends `negative_prompt` to both SDXL text encoders; negative_prompt_2 would be ignored",
+    "max_sequence_length": "it is a load option of FLUX presets (sdlab encodes prompts itself)",
+    "num_images_per_prompt": "use `num_images`",
+}
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """A model's sensible defaults (from its preset, or the backend's knowledge)."""
+
+    width: int = 512
+    height: int = 512
+    num_inference_steps: int = 25
+    guidance_scale: float = 7.5
+    negative_prompt: str | None = None
+    scheduler: str | None = None
 
 
 def random_seed() -> int:
@@ -92,9 +117,25 @@ def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
 def check_guidance(value: Any, name: str = "guidance_scale") -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"`{name}` must be a finite number, got {value!r}")
-    if value < 0:
-        raise ValueError(f"`{name}` must be >= 0 (0 or 1 switch classifier-free guidance off), got {value}")
+    if not 0 <= value <= MAX_GUIDANCE:
+        raise ValueError(
+            f"`{name}` must be between 0 and {MAX_GUIDANCE:g} (0 or 1 switch classifier-free guidance off; "
+            f"far above the range the image overflows to black), got {value!r}"
+        )
     return float(value)
+
+
+def check_clip_skip(value: Any, name: str = "clip_skip") -> int | None:
+    """diffusers' convention: the number of final CLIP layers skipped (None or 0: none). A1111's
+    "Clip skip: 2" is clip_skip=1 here."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value <= MAX_CLIP_SKIP:
+        raise ValueError(
+            f"`{name}` must be an int from 0 to {MAX_CLIP_SKIP} (diffusers' convention: layers skipped; "
+            f"A1111's 'Clip skip: 2' is clip_skip=1) or None, got {value!r}"
+        )
+    return int(value) or None
 
 
 def check_size(width: Any, height: Any, multiple: int) -> tuple[int, int]:
@@ -109,9 +150,34 @@ def check_size(width: Any, height: Any, multiple: int) -> tuple[int, int]:
     return int(width), int(height)
 
 
+def check_pipeline_kwargs(kwargs: Any) -> dict[str, Any]:
+    if not isinstance(kwargs, Mapping):
+        raise ValueError(f"`pipeline_kwargs` must be a mapping of keyword to value, got {type(kwargs).__name__}")
+    for key in kwargs:
+        if not isinstance(key, str):
+            raise ValueError(f"pipeline keyword names must be strings, got {key!r}")
+        if key in RESERVED_KWARGS:
+            hint = _RESERVED_HINTS.get(key, "it is set by sdlab; pass it as an sdlab argument")
+            raise ValueError(f"pipeline keyword `{key}` is not accepted: {hint}")
+    return dict(kwargs)
+
+
+def _check_prompt_value(value: Any, name: str, *, optional: bool) -> Any:
+    if value is None and optional:
+        return None
+    if isinstance(value, str) or is_prompt_object(value):
+        return value
+    raise ValueError(f"`{name}` must contain only strings (or prompts from sdlab.prompts.weighted), got {value!r}")
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
-    """Everything needed to make a batch of images again. One entry per image in the tuples."""
+    """Everything needed to make a batch of images again. One entry per image in the tuples.
+
+    The constructor checks every value (before any model work), so no client can build a request
+    that `generate` would refuse; `GenerationRequest.create` also fills a model's defaults and
+    resolves seeds. `clip_skip` uses diffusers' convention (A1111's "Clip skip: 2" is 1 here).
+    """
 
     prompt: tuple[str, ...]
     negative_prompt: tuple[str | None, ...]
@@ -122,17 +188,129 @@ class GenerationRequest:
     num_inference_steps: int
     scheduler: str | None = None
     pipeline_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    clip_skip: int | None = None
 
     def __post_init__(self):
+        for name in ("prompt", "negative_prompt", "seed", "guidance_scale"):
+            if not isinstance(getattr(self, name), tuple):
+                raise ValueError(f"`{name}` of a GenerationRequest is a tuple with one entry per image")
         n = len(self.prompt)
+        if n == 0:
+            raise ValueError("a request needs at least one image")
         for name in ("negative_prompt", "seed", "guidance_scale"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"`{name}` has {len(getattr(self, name))} entries for {n} prompts")
-        if n == 0:
-            raise ValueError("a request needs at least one image")
-        bad = RESERVED_KWARGS.intersection(self.pipeline_kwargs)
-        if bad:
-            raise ValueError(f"pipeline keyword(s) {sorted(bad)} are set by sdlab; pass them as sdlab arguments")
+        for p in self.prompt:
+            _check_prompt_value(p, "prompt", optional=False)
+        for p in self.negative_prompt:
+            _check_prompt_value(p, "negative_prompt", optional=True)
+        for s in self.seed:
+            check_seed(s)
+            if s == -1:
+                raise ValueError("a request holds resolved seeds; -1 (random) is resolved by GenerationRequest.create")
+        set_ = object.__setattr__
+        set_(self, "seed", tuple(int(s) for s in self.seed))
+        set_(self, "guidance_scale", tuple(check_guidance(g) for g in self.guidance_scale))
+        set_(self, "width", check_positive_int(self.width, "width"))
+        set_(self, "height", check_positive_int(self.height, "height"))
+        set_(self, "num_inference_steps", check_positive_int(self.num_inference_steps, "num_inference_steps"))
+        if self.scheduler is not None and (not isinstance(self.scheduler, str) or not self.scheduler.strip()):
+            raise ValueError(f"`scheduler` must be a scheduler name or None, got {self.scheduler!r}")
+        set_(self, "clip_skip", check_clip_skip(self.clip_skip))
+        set_(self, "pipeline_kwargs", check_pipeline_kwargs(self.pipeline_kwargs))
+
+    @classmethod
+    def create(
+        cls,
+        prompt: Any,
+        *,
+        defaults: Defaults | None = None,
+        negative_prompt: Any = None,
+        width: int | None = None,
+        height: int | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        seed: int | Sequence[int] | None = None,
+        num_images: int = 1,
+        scheduler: str | None = None,
+        clip_skip: int | None = None,
+        pipeline_kwargs: Mapping[str, Any] | None = None,
+    ) -> "GenerationRequest":
+        """The request `generate` makes: `num_images` images per prompt, the model's `defaults`
+        where a value is None, seeds resolved (None or -1: one random seed, recorded)."""
+        defaults = defaults or Defaults()
+        prompts = check_prompts(prompt)
+        num_images = check_positive_int(num_images, "num_images")
+        if isinstance(seed, (list, tuple)) and num_images == 1 and len(prompts) == 1 and len(seed) > 1:
+            num_images = len(seed)  # a list of seeds for one prompt: one image per seed
+        if negative_prompt is None:
+            negatives: list[Any] = [defaults.negative_prompt] * len(prompts)
+        elif isinstance(negative_prompt, str) or is_prompt_object(negative_prompt):
+            negatives = [negative_prompt] * len(prompts)
+        else:
+            negatives = check_prompts(negative_prompt, "negative_prompt")
+            if len(negatives) != len(prompts):
+                raise ValueError(f"`negative_prompt` has {len(negatives)} entries for {len(prompts)} prompts")
+        count = len(prompts) * num_images
+        guidance = check_guidance(defaults.guidance_scale if guidance_scale is None else guidance_scale)
+        return cls(
+            prompt=tuple(p for p in prompts for _ in range(num_images)),
+            negative_prompt=tuple(n for n in negatives for _ in range(num_images)),
+            seed=resolve_seeds(seed, count),
+            guidance_scale=(guidance,) * count,
+            width=defaults.width if width is None else width,
+            height=defaults.height if height is None else height,
+            num_inference_steps=defaults.num_inference_steps if num_inference_steps is None else num_inference_steps,
+            scheduler=scheduler,
+            pipeline_kwargs=dict(pipeline_kwargs or {}),
+            clip_skip=clip_skip,
+        )
+
+    # ------------------------------------------------------------ the JSON form
+
+    def to_dict(self) -> dict[str, Any]:
+        """The request as JSON-able values; `from_dict` rebuilds it. Prompt objects are described
+        (text and weighting); images and tensors in pipeline keywords by shape and content hash."""
+        return {
+            "prompt": [describe_value(p) for p in self.prompt],
+            "negative_prompt": [describe_value(p) for p in self.negative_prompt],
+            "seed": list(self.seed),
+            "guidance_scale": list(self.guidance_scale),
+            "width": self.width,
+            "height": self.height,
+            "num_inference_steps": self.num_inference_steps,
+            "scheduler": self.scheduler,
+            "clip_skip": self.clip_skip,
+            "pipeline_kwargs": {k: describe_value(v) for k, v in sorted(self.pipeline_kwargs.items())},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "GenerationRequest":
+        """The request `to_dict` described (validated again). Images and tensors cannot be rebuilt
+        from their description: such a request raises, naming the keyword."""
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown request field(s) {sorted(unknown)}")
+        kwargs = dict(data.get("pipeline_kwargs") or {})
+        for key, value in kwargs.items():
+            if isinstance(value, dict) and value.get("type") in ("image", "tensor", "array"):
+                raise ValueError(f"the request's `{key}` is a {value['type']} described by its hash; pass it again")
+        return cls(
+            prompt=tuple(_prompt_from_json(p) for p in data["prompt"]),
+            negative_prompt=tuple(_prompt_from_json(p) for p in data["negative_prompt"]),
+            seed=tuple(data["seed"]),
+            guidance_scale=tuple(data["guidance_scale"]),
+            width=data["width"],
+            height=data["height"],
+            num_inference_steps=data["num_inference_steps"],
+            scheduler=data.get("scheduler"),
+            pipeline_kwargs=kwargs,
+            clip_skip=data.get("clip_skip"),
+        )
+
+    def key(self) -> str:
+        """A content hash of the whole request (what a cache keys on, with the model's identity)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
 
     def __len__(self) -> int:
         return len(self.prompt)
@@ -149,6 +327,8 @@ class GenerationRequest:
             "num_inference_steps": self.num_inference_steps,
             "scheduler": self.scheduler,
         }
+        if self.clip_skip:
+            params["clip_skip"] = self.clip_skip
         for name in ("prompt", "negative_prompt"):  # prompt objects: text above, weighting here
             value = getattr(self, name)[i]
             if is_prompt_object(value):
@@ -174,6 +354,7 @@ class GenerationRequest:
             "height": self.height,
             "num_inference_steps": self.num_inference_steps,
             "scheduler": self.scheduler,
+            "clip_skip": self.clip_skip,
             "pipeline_kwargs": {k: describe_value(v) for k, v in sorted(self.pipeline_kwargs.items())},
         }
         return json.dumps(shared, sort_keys=True, default=str)
@@ -195,6 +376,21 @@ class GenerationRequest:
             seed=sum((r.seed for r in requests), ()),
             guidance_scale=sum((r.guidance_scale for r in requests), ()),
         )
+
+
+# Prompt objects rebuilt from their JSON description, by weighting name (sdlab.prompts registers "compel").
+PROMPT_TYPES: dict[str, Callable[[str], Any]] = {}
+
+
+def _prompt_from_json(value: Any) -> Any:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, Mapping) and value.get("type") == "weighted_prompt":
+        factory = PROMPT_TYPES.get(value.get("weighting"))
+        if factory is None:
+            raise ValueError(f"prompt weighting {value.get('weighting')!r} is unknown (import sdlab.prompts)")
+        return factory(value["text"])
+    raise ValueError(f"`prompt` must be a string or a weighted prompt's description, got {value!r}")
 
 
 def describe_value(value: Any) -> Any:

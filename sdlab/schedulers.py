@@ -7,6 +7,8 @@ sampling method changes.
 
 from __future__ import annotations
 
+import weakref
+
 from typing import Any
 
 # A1111 sampler name -> (diffusers class name, config overrides).
@@ -111,8 +113,17 @@ def set_scheduler(pipe: Any, name: str):
     """Replace `pipe.scheduler` by scheduler `name`, built from the pipeline's own config. Returns it."""
     scheduler = make_scheduler(name, pipe.scheduler.config)
     pipe.scheduler = scheduler
-    pipe._sdlab_scheduler_name = canonical_name(name, flow_matching=is_flow_matching(scheduler))
+    _NAMES[scheduler] = canonical_name(name, flow_matching=is_flow_matching(scheduler))
     return scheduler
+
+
+# The name a scheduler was asked for by (an A1111 name where it has one), per scheduler object.
+_NAMES: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
+
+
+def scheduler_name(scheduler: Any) -> str:
+    """The name a scheduler object was made by (`set_scheduler`), else `describe_scheduler`'s."""
+    return _NAMES.get(scheduler) or describe_scheduler(scheduler)
 
 
 def canonical_name(name: str, *, flow_matching: bool = False) -> str:

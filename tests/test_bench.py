@@ -4,7 +4,9 @@ import math
 
 import pytest
 
+import sdlab
 from sdlab import bench
+from sdlab.loading import PipelineInfo
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +61,7 @@ def test_published_flops_scale_with_area_and_guidance():
             return [torch.empty(859_500_000, device="meta")]
 
     class FakePipe:
-        _sdlab_info = {"family": "sd1"}
+        _sdlab_info = PipelineInfo(model="fake", source="object", location="fake", family="sd1", defaults=sdlab.Defaults())
         unet = FakeUNet()
 
     flops, vae, reason = bench.model_flops(FakePipe(), width=512, height=512, guidance_scale=7.5)

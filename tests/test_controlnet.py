@@ -7,10 +7,11 @@ from helpers import max_pixel_diff
 from PIL import Image, ImageDraw
 
 import sdlab
+from sdlab.loading import pipeline_info
 from sdlab import controlnet, testing
 from sdlab.backends.base import as_backend
 from sdlab.errors import ModelLoadError
-from sdlab.generate import run_request
+from sdlab.generation import run_request
 from sdlab.presets import SHAPES_CONTROLNET_DIR, SHAPES_DIR
 from sdlab.request import GenerationRequest
 
@@ -268,9 +269,9 @@ def test_side_by_side_one_result_and_a_row(control):
 def test_controlnet_folder_preset_and_classes(sd1_cn, sdxl_cn, cn_dirs):
     assert type(sd1_cn).__name__ == "StableDiffusionControlNetPipeline"
     assert type(sdxl_cn).__name__ == "StableDiffusionXLControlNetPipeline"
-    assert sd1_cn._sdlab_info["controlnet"] == [str(cn_dirs["sd1"])]
+    assert pipeline_info(sd1_cn).controlnet == [str(cn_dirs["sd1"])]
     tiny = sdlab.load_pipeline("tiny", controlnet="tiny", progress_bar=False)
-    assert tiny._sdlab_info["controlnet"] == ["tiny"]
+    assert pipeline_info(tiny).controlnet == ["tiny"]
     for a, b in zip(tiny.controlnet.parameters(), sd1_cn.controlnet.parameters()):
         assert torch.equal(a, b)  # the preset is the same tiny ControlNet as the saved one
 
@@ -507,13 +508,13 @@ def test_a_pipeline_folder_saved_with_its_controlnet_loads_with_it(tmp_path):
     folder = testing.save_tiny_pipeline("sd1", tmp_path / "with-cn", controlnet=True)
     pipe = sdlab.load_pipeline(str(folder))
     assert type(pipe).__name__ == "StableDiffusionControlNetPipeline"
-    assert pipe._sdlab_info["controlnet"] == [f"{folder}/controlnet"]
+    assert pipeline_info(pipe).controlnet == [f"{folder}/controlnet"]
     edges = Image.new("RGB", (64, 64))
     ImageDraw.Draw(edges).ellipse([16, 16, 48, 48], outline="white")
     result = sdlab.generate(pipe, "a circle", seed=0, image=edges, num_inference_steps=2)
     assert result.records[0]["controlnet"] == [f"{folder}/controlnet"]
     # another ControlNet given explicitly replaces the saved one
     other = testing.save_tiny_controlnet("sd1", tmp_path / "other-cn", seed=3)
-    assert sdlab.load_pipeline(str(folder), controlnet=str(other))._sdlab_info["controlnet"] != [f"{folder}/controlnet"]
+    assert pipeline_info(sdlab.load_pipeline(str(folder), controlnet=str(other))).controlnet != [f"{folder}/controlnet"]
     plain = testing.save_tiny_pipeline("sd1", tmp_path / "plain")
     assert type(sdlab.load_pipeline(str(plain))).__name__ == "StableDiffusionPipeline"

@@ -6,7 +6,7 @@ from helpers import max_pixel_diff
 
 import sdlab
 from sdlab.backends.base import as_backend
-from sdlab.generate import run_request
+from sdlab.generation import run_request
 from sdlab.request import GenerationRequest
 
 STEPS = 3
@@ -79,9 +79,9 @@ def test_prompt_embeddings_are_cached_per_distinct_prompt(sd1_pipe):
     backend = as_backend(sd1_pipe)
     backend._embeddings.clear()
     sdlab.generate(sd1_pipe, ["one prompt", "one prompt", "two prompt"], seed=[1, 2, 3], num_inference_steps=1)
-    texts = {key[1] for key in backend._embeddings}
+    texts = {key[2] for key in backend._embeddings}  # (family, clip_skip, text, ...)
     assert {"one prompt", "two prompt"} <= texts
-    assert len([k for k in backend._embeddings if k[1] == "one prompt"]) == 1
+    assert len([k for k in backend._embeddings if k[2] == "one prompt"]) == 1
 
 
 def test_scheduler_per_call_is_recorded_and_restored(sd1_pipe):

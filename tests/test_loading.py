@@ -7,7 +7,7 @@ from helpers import max_pixel_diff
 import sdlab
 from sdlab import testing
 from sdlab.errors import MissingDependencyError, ModelLoadError
-from sdlab.loading import family_from_folder, resolve_device, resolve_dtype
+from sdlab.loading import family_from_folder, resolve_device, resolve_dtype, pipeline_info
 
 EXPECTED_CLASS = {
     "sd1": "StableDiffusionPipeline",
@@ -22,8 +22,8 @@ def test_family_is_detected_from_a_folder(tiny_dirs, family):
     assert family_from_folder(tiny_dirs[family]) == family
     pipe = sdlab.load_pipeline(tiny_dirs[family], progress_bar=False)
     assert type(pipe).__name__ == EXPECTED_CLASS[family]
-    assert pipe._sdlab_info["family"] == family
-    assert pipe._sdlab_info["model_source"] == "folder"
+    assert pipeline_info(pipe).family == family
+    assert pipeline_info(pipe).source == "folder"
 
 
 def test_sdxl_folder_is_never_loaded_with_the_sd1_class(tiny_dirs):
@@ -33,7 +33,7 @@ def test_sdxl_folder_is_never_loaded_with_the_sd1_class(tiny_dirs):
 
 def test_tiny_preset_is_built_offline_with_its_defaults():
     pipe = sdlab.load_pipeline("tiny", progress_bar=False)
-    d = pipe._sdlab_info["defaults"]
+    d = pipeline_info(pipe).defaults
     assert (d.width, d.height) == (64, 64)
     r = sdlab.generate(pipe, "a red circle", seed=0, num_inference_steps=2)
     assert r.image.size == (64, 64)
@@ -41,7 +41,7 @@ def test_tiny_preset_is_built_offline_with_its_defaults():
 
 def test_defaults_of_a_non_preset_model_come_from_its_native_size(tiny_dirs):
     pipe = sdlab.load_pipeline(tiny_dirs["sd1"], progress_bar=False)
-    d = pipe._sdlab_info["defaults"]
+    d = pipeline_info(pipe).defaults
     native = pipe.unet.config.sample_size * pipe.vae_scale_factor
     assert (d.width, d.height) == (native, native)
     assert d.guidance_scale == 7.5
@@ -52,7 +52,7 @@ def test_hub_id_resolves_through_a_prefilled_cache_offline(tiny_dirs, tmp_path, 
     testing.fill_hf_cache(tiny_dirs["sd1"], "sdlab-test/tiny-sd1", cache)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     pipe = sdlab.load_pipeline("sdlab-test/tiny-sd1", cache_dir=str(cache), progress_bar=False)
-    assert pipe._sdlab_info["model_source"] == "hub" and pipe._sdlab_info["family"] == "sd1"
+    assert pipeline_info(pipe).source == "hub" and pipeline_info(pipe).family == "sd1"
     ref = sdlab.load_pipeline(tiny_dirs["sd1"], progress_bar=False)
     a = sdlab.generate(pipe, "a red circle", seed=1, num_inference_steps=2)
     b = sdlab.generate(ref, "a red circle", seed=1, num_inference_steps=2)
@@ -69,7 +69,7 @@ def test_missing_hub_model_offline_is_a_clear_error(tmp_path):
 def test_single_file_checkpoint_loads_offline(tiny_dirs, tmp_path, family):
     path = testing.save_single_file(family, tmp_path / f"tiny-{family}.safetensors")
     pipe = sdlab.load_pipeline(path, config=str(tiny_dirs[family]), progress_bar=False)
-    assert pipe._sdlab_info["family"] == family and pipe._sdlab_info["model_source"] == "single_file"
+    assert pipeline_info(pipe).family == family and pipeline_info(pipe).source == "single_file"
     ref = sdlab.load_pipeline(tiny_dirs[family], progress_bar=False)
     a = sdlab.generate(pipe, "a red circle", seed=1, num_inference_steps=2, width=64, height=64)
     b = sdlab.generate(ref, "a red circle", seed=1, num_inference_steps=2, width=64, height=64)
@@ -163,7 +163,7 @@ def test_model_offload_on_gpu():  # pragma: no cover - CPU-only CI
 def test_scheduler_at_load_time(tiny_dirs):
     pipe = sdlab.load_pipeline(tiny_dirs["sd1"], scheduler="Euler a", progress_bar=False)
     assert type(pipe.scheduler).__name__ == "EulerAncestralDiscreteScheduler"
-    assert pipe._sdlab_info["defaults"].scheduler == "Euler a"
+    assert pipeline_info(pipe).defaults.scheduler == "Euler a"
 
 
 def test_presets_cover_the_families():

@@ -189,7 +189,7 @@ def test_job_pool_and_the_server_on_ray_workers(ray_cluster, sd1_pipe, tmp_path)
     import httpx
     from PIL import Image
 
-    from sdlab.generate import build_request, generate
+    from sdlab.generation import build_request, generate
     from sdlab.server import serve_in_thread
 
     pool = RayJobPool("tiny", num_workers=2, num_gpus_per_worker=0, num_cpus_per_worker=0.5, start_timeout=600)

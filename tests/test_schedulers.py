@@ -36,7 +36,6 @@ def test_set_scheduler_replaces_the_pipeline_scheduler(sd1_pipe):
         assert r.records[0]["scheduler"] == "UniPC"
     finally:
         sd1_pipe.scheduler = old
-        sd1_pipe._sdlab_scheduler_name = None
 
 
 def test_unknown_name_lists_valid_ones(sd1_pipe):

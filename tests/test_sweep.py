@@ -216,17 +216,19 @@ def test_bad_input_fails_before_any_generation(counting, tmp_path):
     assert counting.calls == []
 
 
-def test_model_axis_loads_each_model_once_and_not_when_cached(tiny_dirs, tmp_path, monkeypatch):
-    import sdlab.sweeps as sweeps
+def test_model_axis_loads_each_model_once_and_not_when_cached(tiny_dirs, tmp_path):
+    from sdlab.backends import open_model
+    from sdlab.executors import LocalExecutor
 
     loads = []
-    real_open = sweeps._open_model
-    monkeypatch.setattr(sweeps, "_open_model", lambda spec: loads.append(spec) or real_open(spec))
+    counting = LocalExecutor(open_model=lambda spec: loads.append(spec) or open_model(spec))
     models = ["tiny", str(tiny_dirs["sd1"])]
-    r = sdlab.sweep(None, "a red circle", axes={"model": models, "seed": [1, 2]}, out_dir=tmp_path, num_inference_steps=1, verbose=False)
+    r = sdlab.sweep(None, "a red circle", axes={"model": models, "seed": [1, 2]}, out_dir=tmp_path, num_inference_steps=1,
+                    verbose=False, executor=counting)
     assert loads == models and all(c.ok for c in r.cells)
     loads.clear()
-    sdlab.sweep(None, "a red circle", axes={"model": models, "seed": [1, 2]}, out_dir=tmp_path, num_inference_steps=1, verbose=False)
+    sdlab.sweep(None, "a red circle", axes={"model": models, "seed": [1, 2]}, out_dir=tmp_path, num_inference_steps=1,
+                verbose=False, executor=counting)
     assert loads == []
 
 

@@ -6,12 +6,18 @@ touches no network and imports no HTTP or model library.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-from .base import Backend, BackendOutput, Defaults, as_backend
+from .. import loading
+from ..request import Defaults
+from .base import Backend, BackendOutput, as_backend
 
-__all__ = ["Backend", "BackendOutput", "ComfyUIBackend", "ComfyUIClient", "Defaults", "ReplicateBackend", "Workflow", "as_backend", "open_backend"]
+__all__ = [
+    "Backend", "BackendOutput", "ComfyUIBackend", "ComfyUIClient", "Defaults", "ReplicateBackend", "Workflow",
+    "as_backend", "model_facts", "open_backend", "open_model",
+]
 
 _LAZY = {
     "ComfyUIBackend": ("comfyui", "ComfyUIBackend"),
@@ -73,3 +79,33 @@ def _options(query: str, allowed: set[str], spec: str) -> dict[str, Any]:
         else:
             options[key] = value
     return options
+
+
+def open_model(model: Any = None, **load_kwargs: Any) -> Backend:
+    """A backend for any model reference (sweeps, the CLI, the server and Ray workers all open
+    models here): a pipeline or backend as it is, a "replicate:"/"comfyui:" spec, or a preset, hub
+    id or path loaded by `load_pipeline(model, **load_kwargs)` (None: the embedded default)."""
+    if model is not None and not isinstance(model, (str, Path)):
+        if load_kwargs:
+            raise ValueError(f"load options {sorted(load_kwargs)} apply to a model given by name, not to a loaded pipeline")
+        return as_backend(model)
+    if is_remote_spec(model):
+        if load_kwargs:
+            raise ValueError(f"load options {sorted(load_kwargs)} apply to local models, not to {model!r}")
+        return open_backend(model)
+    return as_backend(loading.load_pipeline(model, **{"progress_bar": False, **load_kwargs}))
+
+
+def model_facts(model: Any) -> tuple[Defaults, dict[str, Any]]:
+    """(defaults, identity) of a model without loading it, so a sweep can plan, validate and find its
+    cached cells before any weights load. The identity includes the weights' content."""
+    if model is not None and not isinstance(model, (str, Path)):
+        backend = as_backend(model)
+        return backend.defaults, backend.identity()
+    if is_remote_spec(model):  # no network: the adapter's own table
+        return open_backend(model).defaults, {"model_spec": model}
+    return loading.model_defaults(model), {
+        "model_spec": str(model),
+        "weights": loading.source_identity(model),
+        "device_type": loading.resolve_device("auto").split(":")[0],
+    }

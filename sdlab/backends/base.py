@@ -8,12 +8,15 @@ and the server drive every one of them the same way.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, runtime_checkable
 
 from PIL import Image
 
-from ..request import GenerationRequest
+from ..request import Defaults, GenerationRequest
+
+__all__ = ["Backend", "BackendOutput", "Defaults", "ProgressCallback", "as_backend"]
 
 # Progress callbacks receive a dict so they can grow: {"step": i, "total": n, ...}.
 ProgressCallback = Callable[[dict[str, Any]], None]
@@ -27,18 +30,6 @@ class BackendOutput:
     records: list[dict[str, Any]]
     seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Defaults:
-    """A model's sensible defaults (from its preset, or the backend's knowledge)."""
-
-    width: int = 512
-    height: int = 512
-    num_inference_steps: int = 25
-    guidance_scale: float = 7.5
-    negative_prompt: str | None = None
-    scheduler: str | None = None
 
 
 @runtime_checkable
@@ -75,6 +66,9 @@ class Backend(Protocol):
         """Make the images of `request`, in order."""
 
 
+_BACKENDS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+
+
 def as_backend(pipe_or_backend: Any) -> Backend:
     """Adapt a diffusers pipeline to the backend protocol; pass backends through unchanged."""
     if isinstance(pipe_or_backend, Backend) and not _is_diffusers_pipeline(pipe_or_backend):
@@ -82,13 +76,9 @@ def as_backend(pipe_or_backend: Any) -> Backend:
     if _is_diffusers_pipeline(pipe_or_backend):
         from .diffusers import DiffusersBackend
 
-        backend = getattr(pipe_or_backend, "_sdlab_backend", None)
-        if backend is None:
-            backend = DiffusersBackend(pipe_or_backend)
-            try:
-                pipe_or_backend._sdlab_backend = backend
-            except Exception:  # pragma: no cover - frozen objects
-                pass
+        backend = _BACKENDS.get(pipe_or_backend)
+        if backend is None:  # one backend a pipeline: its embedding cache lives as long as the pipeline
+            backend = _BACKENDS[pipe_or_backend] = DiffusersBackend(pipe_or_backend)
         return backend
     raise TypeError(
         f"expected a diffusers pipeline (from sdlab.load_pipeline) or an sdlab backend, "

@@ -22,11 +22,13 @@ from typing import Any
 
 import torch
 
+from .. import identity
 from ..errors import BackendError
-from ..request import GenerationRequest, describe_value
+from ..request import RESERVED_KWARGS, GenerationRequest
 from .base import BackendOutput, Defaults, ProgressCallback
 
 EMBEDDING_CACHE_SIZE = 256
+_MISSING = object()
 
 
 @dataclass
@@ -161,20 +163,20 @@ class DiffusersBackend:
 
         self.pipe = pipe
         self.info = pipeline_info(pipe)
-        self.family: str = self.info["family"]
+        self.family: str = self.info.family
         self._embeddings: OrderedDict[tuple, Any] = OrderedDict()
-        self._guided: _GuidedUNetForward | None = None
+        self._encoders_stamp: tuple = ()
         self._call_params = set(inspect.signature(type(pipe).__call__).parameters) - {"self"}
 
     # ------------------------------------------------------------ protocol properties
 
     @property
     def model_id(self) -> str:
-        return str(self.info["model"])
+        return str(self.info.model)
 
     @property
     def defaults(self) -> Defaults:
-        return self.info["defaults"]
+        return self.info.defaults
 
     @property
     def size_multiple(self) -> int:
@@ -227,11 +229,11 @@ class DiffusersBackend:
         return {
             "backend": self.name,
             "model": self.model_id,
-            "model_location": self.info.get("model_location"),
+            "weights": self.info.weights_identity(self.pipe),  # content: file hashes, hub commit, or tensors
             "family": self.family,
-            "controlnet": self.info.get("controlnet"),
-            "dtype": self.info.get("dtype"),
-            "device_type": str(self.info.get("device", "cpu")).split(":")[0],
+            "controlnet": self.info.controlnet,
+            "dtype": self.info.dtype,
+            "device_type": str(self.info.device).split(":")[0],
             "diffusers": diffusers.__version__,
             "transformers": transformers.__version__,
             "torch": torch.__version__,
@@ -248,7 +250,16 @@ class DiffusersBackend:
         if unknown:
             raise ValueError(
                 f"unknown argument(s) {unknown} for {type(self.pipe).__name__}; "
-                f"it accepts: {', '.join(sorted(self._call_params - _SET_BY_SDLAB))}"
+                f"it accepts: {', '.join(sorted(self._call_params - RESERVED_KWARGS))}"
+            )
+        if request.clip_skip and self.family not in ("sd1", "sd2", "sdxl"):
+            raise ValueError(
+                f"`clip_skip` applies to CLIP-encoded SD 1.x/2.x and SDXL models; this one is {self.family!r}"
+            )
+        if request.num_inference_steps > int(self.pipe.scheduler.config.get("num_train_timesteps", 1000)):
+            raise ValueError(
+                f"`num_inference_steps`={request.num_inference_steps} is more than the scheduler's "
+                f"{self.pipe.scheduler.config.get('num_train_timesteps')} training timesteps"
             )
         if self.is_controlnet:  # control image(s) and ControlNet keywords, checked before any model work
             from ..controlnet.images import check_control_kwargs
@@ -262,7 +273,7 @@ class DiffusersBackend:
         # prompt objects (sdlab.prompts.WeightedPrompt) say whether this model can encode them
         for p in (*request.prompt, *request.negative_prompt):
             if p is not None and not isinstance(p, str) and hasattr(p, "validate"):
-                p.validate(self.pipe)
+                p.validate(self.pipe, clip_skip=request.clip_skip)
 
     # ------------------------------------------------------------ running
 
@@ -291,32 +302,39 @@ class DiffusersBackend:
         steps = request.num_inference_steps
 
         def on_step_end(_pipe, step, timestep, callback_kwargs):
+            latents = callback_kwargs.get("latents")
+            if latents is not None and not torch.isfinite(latents).all():  # never a black image without a word
+                raise BackendError(
+                    f"the latents became NaN/inf at step {step + 1} of {steps} (guidance_scale "
+                    f"{sorted(set(request.guidance_scale))}, dtype {self.info.dtype}): no image was made; "
+                    f"lower the guidance or use float32",
+                    backend=self.name,
+                )
             if progress is not None:
                 progress({"step": step + 1, "total": steps, "timestep": float(timestep), "images": n})
             return callback_kwargs
 
+        self._check_encoders()
         with self._scheduler(request.scheduler) as scheduler_name, self._progress_bar(progress_bar):
             scheduler_class = type(pipe.scheduler).__name__
             # 2. prompt embeddings (cached per distinct prompt) and the call
+            state = None
             if self.supports_per_image_guidance() and not self._needs_native_guidance(kwargs):
-                call = self._call_per_image_guidance(request, kwargs)
+                call, state = self._call_per_image_guidance(request, kwargs)
             else:
                 call = self._call_native(request, kwargs)
-            try:
-                with torch.inference_mode():
-                    output = pipe(
-                        **call,
-                        width=request.width,
-                        height=request.height,
-                        num_inference_steps=steps,
-                        generator=generators,
-                        output_type="pil",
-                        callback_on_step_end=on_step_end,
-                        **kwargs,
-                    )
-            finally:
-                if self._guided is not None:
-                    self._guided.state = None
+            # 3. the call; sdlab's guided UNet/ControlNet only for its duration
+            with self._guided_forward(state), torch.inference_mode():
+                output = pipe(
+                    **call,
+                    width=request.width,
+                    height=request.height,
+                    num_inference_steps=steps,
+                    generator=generators,
+                    output_type="pil",
+                    callback_on_step_end=on_step_end,
+                    **kwargs,
+                )
         seconds = time.perf_counter() - start
         images = list(output.images)
         if len(images) != n:
@@ -328,17 +346,22 @@ class DiffusersBackend:
             "pipeline": type(pipe).__name__,
             "scheduler": scheduler_name,
             "scheduler_class": scheduler_class,
-            "device": self.info.get("device"),
-            "dtype": self.info.get("dtype"),
+            "model_weights": self.info.weights_identity(pipe),
+            "device": self.info.device,
+            "dtype": self.info.dtype,
         }
-        if self.info.get("controlnet"):
-            record["controlnet"] = self.info["controlnet"]
+        if self.info.model_hash:
+            record["model_hash"] = self.info.model_hash
+        if self.info.controlnet:
+            record["controlnet"] = self.info.controlnet
         records = [dict(record) for _ in range(n)]
         # what the text encoders were given (sdlab.prompts): weights, the text sent, dropped words
         from ..prompts.tokens import record_fields
 
         for i, r in enumerate(records):
             r.update(record_fields(pipe, request.prompt[i], request.negative_prompt[i]))
+            if request.clip_skip:
+                r["clip_skip_convention"] = "diffusers (layers skipped; A1111 Clip skip = clip_skip + 1)"
         return BackendOutput(images=images, records=records, seconds=seconds)
 
     def _length_groups(self, request: GenerationRequest) -> list[list[int]]:
@@ -351,9 +374,10 @@ class DiffusersBackend:
         per_image = self.supports_per_image_guidance() and not self._needs_native_guidance(request.pipeline_kwargs)
         groups: dict[int, list[int]] = {}
         for i in everything:
-            length = self._encode(request.prompt[i], negative=False)[0].shape[1]
+            length = self._encode(request.prompt[i], negative=False, clip_skip=request.clip_skip)[0].shape[1]
             if not per_image or request.guidance_scale[i] > 1.0:
-                length = max(length, self._encode(request.negative_prompt[i], negative=True)[0].shape[1])
+                negative = self._encode(request.negative_prompt[i], negative=True, clip_skip=request.clip_skip)
+                length = max(length, negative[0].shape[1])
             groups.setdefault(length, []).append(i)
         return list(groups.values())
 
@@ -368,41 +392,40 @@ class DiffusersBackend:
                 images[i], records[i] = out.images[j], out.records[j]
         return BackendOutput(images=images, records=records, seconds=seconds)
 
-    def _call_per_image_guidance(self, request: GenerationRequest, kwargs: dict) -> dict[str, Any]:
+    def _call_per_image_guidance(self, request: GenerationRequest, kwargs: dict) -> tuple[dict[str, Any], _GuidanceState]:
         """Pipeline CFG off; the guided UNet does per-image guidance in the same batch."""
         device = self._device()
-        positive = [self._encode(p, negative=False) for p in request.prompt]
+        skip = request.clip_skip
+        positive = [self._encode(p, negative=False, clip_skip=skip) for p in request.prompt]
         scales = torch.tensor(request.guidance_scale, dtype=torch.float32)
         rows = torch.nonzero(scales > 1.0).flatten()
-        negatives = [self._encode(request.negative_prompt[i], negative=True) for i in rows.tolist()]
+        negatives = [self._encode(request.negative_prompt[i], negative=True, clip_skip=skip) for i in rows.tolist()]
         length = max(e[0].shape[1] for e in positive + negatives)
         call: dict[str, Any] = {"guidance_scale": 1.0}
-        call["prompt_embeds"] = self._cat_embeds([p[0] for p in positive], length).to(device)
+        call["prompt_embeds"] = self._cat_embeds([p[0] for p in positive], length, skip).to(device)
         negative_embeds = negative_pooled = None
         if len(rows):
-            negative_embeds = self._cat_embeds([e[0] for e in negatives], length).to(device)
+            negative_embeds = self._cat_embeds([e[0] for e in negatives], length, skip).to(device)
             if self.family == "sdxl":
                 negative_pooled = torch.cat([e[1] for e in negatives]).to(device)
         if self.family == "sdxl":
             call["pooled_prompt_embeds"] = torch.cat([p[1] for p in positive]).to(device)
-        guided = self._install_guided_unet()
-        if self.is_controlnet:
-            self._install_guided_controlnet(guided)
-        guided.state = _GuidanceState(
+        state = _GuidanceState(
             rows=rows.to(device),
             scales=scales[rows].to(device),
             negative_embeds=negative_embeds,
             negative_pooled=negative_pooled,
             guidance_rescale=float(kwargs.pop("guidance_rescale", 0.0) or 0.0),
         )
-        return call
+        return call, state
 
     def _call_native(self, request: GenerationRequest, kwargs: dict) -> dict[str, Any]:
         """The pipeline's own guidance (one scale for the call), embeddings from the cache."""
         device = self._device()
         guidance = request.guidance_scale[0]
         call: dict[str, Any] = {"guidance_scale": guidance}
-        positive = [self._encode(p, negative=False) for p in request.prompt]
+        skip = request.clip_skip
+        positive = [self._encode(p, negative=False, clip_skip=skip) for p in request.prompt]
         if self.family == "flux":
             call["prompt_embeds"] = torch.cat([p[0] for p in positive]).to(device)
             call["pooled_prompt_embeds"] = torch.cat([p[1] for p in positive]).to(device)
@@ -411,12 +434,12 @@ class DiffusersBackend:
                 call["negative_prompt_embeds"] = torch.cat([e[0] for e in negatives]).to(device)
                 call["negative_pooled_prompt_embeds"] = torch.cat([e[1] for e in negatives]).to(device)
             return call
-        negatives = [self._encode(neg, negative=True) for neg in request.negative_prompt]
+        negatives = [self._encode(neg, negative=True, clip_skip=skip) for neg in request.negative_prompt]
         length = max(e[0].shape[1] for e in positive + negatives)
-        call["prompt_embeds"] = self._cat_embeds([p[0] for p in positive], length).to(device)
+        call["prompt_embeds"] = self._cat_embeds([p[0] for p in positive], length, skip).to(device)
         if self.family == "sdxl":
             call["pooled_prompt_embeds"] = torch.cat([p[1] for p in positive]).to(device)
-        call["negative_prompt_embeds"] = self._cat_embeds([e[0] for e in negatives], length).to(device)
+        call["negative_prompt_embeds"] = self._cat_embeds([e[0] for e in negatives], length, skip).to(device)
         if self.family == "sdxl":
             call["negative_pooled_prompt_embeds"] = torch.cat([e[1] for e in negatives]).to(device)
         return call
@@ -426,22 +449,32 @@ class DiffusersBackend:
     def _device(self):
         return getattr(self.pipe, "_execution_device", None) or self.pipe.device
 
-    def _cat_embeds(self, embeds: list[torch.Tensor], length: int) -> torch.Tensor:
+    def _cat_embeds(self, embeds: list[torch.Tensor], length: int, clip_skip: int | None = None) -> torch.Tensor:
         """Embeddings concatenated along the batch, each padded with empty-prompt chunks to `length`
         tokens (only long weighted prompts from sdlab.prompts make them longer than 77)."""
         if all(e.shape[1] == length for e in embeds):
             return torch.cat(embeds)
         from ..prompts.weighting import pad_embeddings
 
-        empty = self._encode("", negative=False)[0]
+        empty = self._encode("", negative=False, clip_skip=clip_skip)[0]
         return torch.cat([pad_embeddings(e, length, empty) for e in embeds])
 
-    def _encode(self, text: str | None, *, negative: bool):
+    def _check_encoders(self) -> None:
+        """Forget cached embeddings when the text encoders changed since they were computed (weights
+        written in place, e.g. by training in a notebook, or an encoder replaced)."""
+        encoders = {n: m for n, m in self.pipe.components.items() if n.startswith("text_encoder") and m is not None}
+        stamp = identity.modules_version(encoders)
+        if stamp != self._encoders_stamp:
+            self._embeddings.clear()
+            self._encoders_stamp = stamp
+
+    def _encode(self, text: str | None, *, negative: bool, clip_skip: int | None = None):
         """(embeds, pooled-or-None) for one text, cached. A missing negative prompt is encoded as the
         pipeline would: "" for SD, zeros for SDXL models with `force_zeros_for_empty_prompt`.
-        A prompt object (sdlab.prompts.WeightedPrompt: `.text`, `.encode(pipe)`) encodes itself."""
+        A prompt object (sdlab.prompts.WeightedPrompt: `.text`, `.encode(pipe)`) encodes itself.
+        `clip_skip` (diffusers' convention) is applied here, as the pipeline's encode_prompt does."""
         is_object = text is not None and not isinstance(text, str)
-        key = (self.family, type(text).__name__, text.text) if is_object else (self.family, text, negative and text is None)
+        key = (self.family, clip_skip, type(text).__name__, text.text) if is_object else (self.family, clip_skip, text, negative and text is None)
         cached = self._embeddings.get(key)
         if cached is not None:
             self._embeddings.move_to_end(key)
@@ -454,9 +487,9 @@ class DiffusersBackend:
             warn_if_truncated(pipe, text)
         with torch.inference_mode():
             if is_object:
-                value = text.encode(pipe)
+                value = text.encode(pipe, clip_skip=clip_skip)
             elif self.family in ("sd1", "sd2"):
-                embeds, _ = pipe.encode_prompt(text or "", device, 1, False)
+                embeds, _ = pipe.encode_prompt(text or "", device, 1, False, clip_skip=clip_skip)
                 value = (embeds, None)
             elif self.family == "sdxl":
                 if text is None and negative and pipe.config.get("force_zeros_for_empty_prompt", False):
@@ -464,11 +497,12 @@ class DiffusersBackend:
                     value = (torch.zeros_like(pos), torch.zeros_like(pooled))
                 else:
                     embeds, _, pooled, _ = pipe.encode_prompt(
-                        text or "", device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
+                        text or "", device=device, num_images_per_prompt=1, do_classifier_free_guidance=False,
+                        clip_skip=clip_skip,
                     )
                     value = (embeds, pooled)
             elif self.family == "flux":
-                max_len = int(self.info.get("load_kwargs", {}).get("max_sequence_length", 512))
+                max_len = int(self.info.load_kwargs.get("max_sequence_length", 512))
                 embeds, pooled, _ = pipe.encode_prompt(text or "", None, device=device, num_images_per_prompt=1, max_sequence_length=max_len)
                 value = (embeds, pooled)
             else:  # pragma: no cover
@@ -479,35 +513,39 @@ class DiffusersBackend:
             self._embeddings.popitem(last=False)
         return value
 
-    def _install_guided_unet(self) -> _GuidedUNetForward:
+    @contextlib.contextmanager
+    def _guided_forward(self, state: _GuidanceState | None):
+        """sdlab's guided UNet (and ControlNet) forward for one call, removed afterwards: the user's
+        pipeline is the same object, with the same forward methods, after the call."""
+        if state is None:
+            yield
+            return
         unet = self.pipe.unet
-        current = unet.__dict__.get("forward")
-        if isinstance(current, _GuidedUNetForward):
-            self._guided = current
-            return current
         guided = _GuidedUNetForward(unet)
-        unet.forward = guided
-        self._guided = guided
-        return guided
-
-    def _install_guided_controlnet(self, guided_unet: _GuidedUNetForward) -> _GuidedControlNetForward:
-        controlnet = self.pipe.controlnet
-        current = controlnet.__dict__.get("forward")
-        if isinstance(current, _GuidedControlNetForward):
-            current.guided_unet = guided_unet
-            return current
-        wrapper = _GuidedControlNetForward(controlnet, guided_unet)
-        controlnet.forward = wrapper
-        return wrapper
+        guided.state = state
+        patched = [(unet, guided)]
+        if self.is_controlnet:
+            patched.append((self.pipe.controlnet, _GuidedControlNetForward(self.pipe.controlnet, guided)))
+        saved = [(module, module.__dict__.get("forward", _MISSING)) for module, _ in patched]
+        for module, wrapper in patched:
+            module.forward = wrapper
+        try:
+            yield
+        finally:
+            for module, previous in saved:
+                if previous is _MISSING:
+                    del module.forward
+                else:
+                    module.forward = previous
 
     @contextlib.contextmanager
     def _scheduler(self, name: str | None):
         """Use scheduler `name` for one call (built from the pipeline's config), then restore."""
-        from ..schedulers import canonical_name, describe_scheduler, is_flow_matching, make_scheduler
+        from ..schedulers import canonical_name, is_flow_matching, make_scheduler, scheduler_name
 
         pipe = self.pipe
         if name is None:
-            yield getattr(pipe, "_sdlab_scheduler_name", None) or describe_scheduler(pipe.scheduler)
+            yield scheduler_name(pipe.scheduler)
             return
         previous = pipe.scheduler
         pipe.scheduler = make_scheduler(name, previous.config)
@@ -528,15 +566,3 @@ class DiffusersBackend:
             yield
         finally:
             pipe._progress_bar_config = old
-
-
-_SET_BY_SDLAB = {
-    "prompt", "prompt_2", "negative_prompt", "negative_prompt_2", "prompt_embeds", "negative_prompt_embeds",
-    "pooled_prompt_embeds", "negative_pooled_prompt_embeds", "width", "height", "num_inference_steps",
-    "guidance_scale", "generator", "num_images_per_prompt", "output_type", "return_dict",
-    "callback_on_step_end", "callback_on_step_end_tensor_inputs", "callback", "callback_steps", "latents",
-}
-
-
-def describe_kwargs(kwargs: dict) -> dict:
-    return {k: describe_value(v) for k, v in kwargs.items()}

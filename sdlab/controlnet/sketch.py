@@ -96,9 +96,10 @@ def prepare_sketch(
 
 
 def _controlnet_kinds(pipe: Any) -> list[str]:
-    info = getattr(pipe, "_sdlab_info", None) or {}
+    from ..loading import pipeline_info
+
     kinds = []
-    for name in info.get("controlnet") or []:
+    for name in pipeline_info(pipe).controlnet or []:
         preset = CONTROLNET_PRESETS.get(str(name))
         if preset is not None:
             kinds.append(preset.kind)
@@ -126,7 +127,7 @@ def generate_from_sketch(
     `result.request.pipeline_kwargs["image"]`.
     """
     from ..backends.base import as_backend
-    from ..generate import generate
+    from ..generation import generate
 
     if "image" in generate_kwargs:
         raise ValueError("`image` is made from `sketch` here; to pass a control image yourself, use sdlab.generate")

@@ -164,7 +164,7 @@ def _encoders(pipe, family: str) -> list[tuple[str, str, int, str]]:
     elif family == "flux":
         from ..loading import pipeline_info
 
-        t5 = int(pipeline_info(pipe).get("load_kwargs", {}).get("max_sequence_length", 512))
+        t5 = int(pipeline_info(pipe).load_kwargs.get("max_sequence_length", 512))
         out = [("tokenizer", "CLIP", None, "pooled"), ("tokenizer_2", "T5", t5, "sequence")]
     else:
         out = [(a, a, None, "sequence") for a in ("tokenizer", "tokenizer_2", "tokenizer_3")]
@@ -265,4 +265,4 @@ def _pipeline(pipe):
 def _family(pipe) -> str:
     from ..loading import pipeline_info
 
-    return pipeline_info(pipe)["family"]
+    return pipeline_info(pipe).family

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..errors import MissingDependencyError
+from ..request import PROMPT_TYPES
 
 WEIGHTING_FAMILIES = ("sd1", "sd2", "sdxl")
 UP = 1.1  # (text) and word+
@@ -168,8 +169,8 @@ class WeightedPrompt:
             "weights": [[text, weight] for text, weight in self.fragments],
         }
 
-    def validate(self, pipe) -> None:
-        """Raise before any model work if `pipe` cannot encode this prompt."""
+    def validate(self, pipe, *, clip_skip: int | None = None) -> None:
+        """Raise before any model work if `pipe` cannot encode this prompt (with `clip_skip`)."""
         family = _family(pipe)
         if family not in WEIGHTING_FAMILIES:
             raise ValueError(
@@ -177,20 +178,29 @@ class WeightedPrompt:
                 f"{family!r}. FLUX reads prompts of up to 512 tokens with T5: pass the plain text "
                 f"{self.prompt_sent!r}"
             )
+        if clip_skip and (family not in ("sd1", "sd2") or clip_skip != 1):
+            raise ValueError(
+                f"`clip_skip`={clip_skip} with a weighted prompt: compel can skip exactly one CLIP layer on "
+                f"SD 1.x/2.x (A1111's 'Clip skip: 2'); this is {family!r}. Pass the plain text or clip_skip=None"
+            )
         require_compel()
 
-    def encode(self, pipe):
+    def encode(self, pipe, *, clip_skip: int | None = None):
         """(prompt_embeds, pooled_prompt_embeds or None), as the pipeline's `encode_prompt` gives them
         (SDXL: both CLIP encoders' penultimate states side by side; pooled from the second), but
         weighted and, past 77 tokens, in several 77-token chunks."""
         import torch
 
-        self.validate(pipe)
+        self.validate(pipe, clip_skip=clip_skip)
         compel = require_compel()
         family = _family(pipe)
         with torch.no_grad(), quiet_long_sequence_log():
             if family in ("sd1", "sd2"):
-                encoder = compel.Compel(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, truncate_long_prompts=False)
+                # clip_skip=1: the penultimate layer through the final layer norm, as diffusers' encode_prompt
+                states = (compel.ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NORMALIZED if clip_skip
+                          else compel.ReturnedEmbeddingsType.LAST_HIDDEN_STATES_NORMALIZED)
+                encoder = compel.Compel(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder,
+                                        returned_embeddings_type=states, truncate_long_prompts=False)
                 return self._embeds(encoder), None
             if pipe.text_encoder is None or pipe.tokenizer is None:
                 raise ValueError("weighted prompts for SDXL need both text encoders (a refiner has only one)")
@@ -212,6 +222,9 @@ class WeightedPrompt:
         prompt = FlattenedPrompt([(text, float(weight)) for text, weight in self.fragments])
         (embeds, _tokens), _options = encoder.build_conditioning_tensor_for_prompt_object(prompt)
         return embeds if embeds.ndim == 3 else embeds.unsqueeze(0)
+
+
+PROMPT_TYPES["compel"] = WeightedPrompt  # GenerationRequest.from_dict rebuilds weighted prompts
 
 
 def weighted(prompt: str | WeightedPrompt | Sequence[str]) -> WeightedPrompt | list[WeightedPrompt]:
@@ -275,4 +288,4 @@ def quiet_long_sequence_log():
 def _family(pipe) -> str:
     from ..loading import pipeline_info
 
-    return pipeline_info(getattr(pipe, "pipe", pipe))["family"]
+    return pipeline_info(getattr(pipe, "pipe", pipe)).family

@@ -11,7 +11,7 @@ Endpoints:
     GET    /health, GET /metrics   readiness; Prometheus text
 
 Jobs and results live in SQLite and a results folder, so a restart (or a crash) loses nothing;
-one worker thread owns the pipeline and generates through `sdlab.generate.run_request`.
+one worker thread owns the pipeline and generates through `sdlab.generation.run_request`.
 Importing this module loads neither FastAPI nor a model.
 """
 

@@ -22,7 +22,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
-from ..generate import build_request
+from ..generation import build_request
 from .limits import Limits
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .schemas import Health, JobList, JobState, JobStatus, Submitted, generate_model

@@ -31,7 +31,7 @@ class _GenerateBase(BaseModel):
         return self
 
     def generate_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for `sdlab.generate.build_request` (extra keys as pipeline kwargs)."""
+        """Keyword arguments for `sdlab.generation.build_request` (extra keys as pipeline kwargs)."""
         data = self.model_dump()
         extra = {k: data.pop(k) for k in EXTRA_KEYS if k in data}
         data["pipeline_kwargs"] = {k: v for k, v in extra.items() if v is not None}

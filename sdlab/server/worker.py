@@ -1,7 +1,7 @@
 """The worker: one thread that owns the pipeline and runs queued jobs, one batch at a time.
 
 The event loop never touches the model: routes only read and write the job store, and this thread
-claims jobs, generates through the one path (`sdlab.generate.run_request`), writes each image with
+claims jobs, generates through the one path (`sdlab.generation.run_request`), writes each image with
 `sdlab.metadata.save_png` and marks the job done in the same transaction that records its images.
 
 Cancellation and shutdown reach a running job through the progress callback, which raises at the
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..backends.base import Backend, as_backend
-from ..generate import run_request
+from ..generation import run_request
 from ..metadata import save_png
 from ..request import GenerationRequest
 from .store import Job, JobStore

@@ -257,7 +257,7 @@ class PromptLab(widgets.VBox):
     def generate(self):
         """Generate with the current controls; returns the `GenerationResult`, or None on error
         (the error is shown in the widget and kept in `error`)."""
-        from ..generate import generate
+        from ..generation import generate
 
         self.error = None
         self.output.clear_output()

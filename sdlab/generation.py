@@ -16,14 +16,7 @@ from typing import Any, Sequence
 from PIL import Image
 
 from .backends.base import Backend, ProgressCallback, as_backend
-from .request import (
-    GenerationRequest,
-    check_guidance,
-    check_positive_int,
-    check_prompts,
-    is_prompt_object,
-    resolve_seeds,
-)
+from .request import GenerationRequest
 
 
 @functools.lru_cache(maxsize=1)
@@ -99,52 +92,10 @@ def _next_counter(directory: Path) -> int:
     return highest + 1
 
 
-def build_request(
-    backend: Backend,
-    prompt: str | Sequence[str],
-    *,
-    negative_prompt: str | Sequence[str] | None = None,
-    width: int | None = None,
-    height: int | None = None,
-    num_inference_steps: int | None = None,
-    guidance_scale: float | None = None,
-    seed: int | Sequence[int] | None = None,
-    num_images: int = 1,
-    scheduler: str | None = None,
-    pipeline_kwargs: dict[str, Any] | None = None,
-) -> GenerationRequest:
-    """Validate arguments and fill the backend's defaults; no model work happens here."""
-    defaults = backend.defaults
-    prompts = check_prompts(prompt)
-    num_images = check_positive_int(num_images, "num_images")
-    if isinstance(seed, (list, tuple)) and num_images == 1 and len(prompts) == 1 and len(seed) > 1:
-        num_images = len(seed)  # a list of seeds for one prompt: one image per seed
-    if negative_prompt is None:
-        negatives: list[str | None] = [defaults.negative_prompt] * len(prompts)
-    elif isinstance(negative_prompt, str) or is_prompt_object(negative_prompt):
-        negatives = [negative_prompt] * len(prompts)
-    else:
-        negatives = check_prompts(negative_prompt, "negative_prompt")
-        if len(negatives) != len(prompts):
-            raise ValueError(f"`negative_prompt` has {len(negatives)} entries for {len(prompts)} prompts")
-    count = len(prompts) * num_images
-    prompts_all = tuple(p for p in prompts for _ in range(num_images))
-    negatives_all = tuple(n for n in negatives for _ in range(num_images))
-    width = defaults.width if width is None else width
-    height = defaults.height if height is None else height
-    steps = check_positive_int(defaults.num_inference_steps if num_inference_steps is None else num_inference_steps, "num_inference_steps")
-    guidance = check_guidance(defaults.guidance_scale if guidance_scale is None else guidance_scale)
-    request = GenerationRequest(
-        prompt=prompts_all,
-        negative_prompt=negatives_all,
-        seed=resolve_seeds(seed, count),
-        guidance_scale=(guidance,) * count,
-        width=width,
-        height=height,
-        num_inference_steps=steps,
-        scheduler=scheduler if scheduler is not None else None,
-        pipeline_kwargs=dict(pipeline_kwargs or {}),
-    )
+def build_request(backend: Backend, prompt: Any, **kwargs: Any) -> GenerationRequest:
+    """The request `generate` makes for `backend`: its defaults filled, every value checked by the
+    request itself and then by the backend; no model work happens here."""
+    request = GenerationRequest.create(prompt, defaults=backend.defaults, **kwargs)
     backend.validate(request)
     return request
 
@@ -197,6 +148,7 @@ def generate(
     seed: int | Sequence[int] | None = None,
     num_images: int = 1,
     scheduler: str | None = None,
+    clip_skip: int | None = None,
     progress: ProgressCallback | None = None,
     **pipeline_kwargs: Any,
 ) -> GenerationResult:
@@ -209,6 +161,8 @@ def generate(
             seed that is recorded. 0 is a seed. Each image has its own CPU generator, so image i of a
             batch equals that seed generated alone.
         width, height, num_inference_steps, guidance_scale, scheduler: default to the model's preset.
+        clip_skip: final CLIP layers to skip, in diffusers' convention (A1111's "Clip skip: 2" is
+            `clip_skip=1`); applied in sdlab's own prompt encoding (SD 1.x/2.x, SDXL).
         progress: called with a dict (`step`, `total`, ...) after every denoising step.
         **pipeline_kwargs: other keywords of the pipeline (e.g. `image` and
             `controlnet_conditioning_scale` for ControlNet); unknown names are an error.
@@ -228,6 +182,7 @@ def generate(
         seed=seed,
         num_images=num_images,
         scheduler=scheduler,
+        clip_skip=clip_skip,
         pipeline_kwargs=pipeline_kwargs,
     )
     return run_request(backend, request, progress=progress)
@@ -251,7 +206,7 @@ def regenerate(path: str | Path, pipe: Any, **overrides: Any) -> GenerationResul
             stacklevel=2,
         )
     kwargs: dict[str, Any] = {}
-    for key in ("negative_prompt", "width", "height", "num_inference_steps", "guidance_scale", "seed", "scheduler"):
+    for key in ("negative_prompt", "width", "height", "num_inference_steps", "guidance_scale", "seed", "scheduler", "clip_skip"):
         if params.get(key) is not None:
             kwargs[key] = params[key]
     prompt = params["prompt"]

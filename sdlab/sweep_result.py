@@ -1,0 +1,319 @@
+"""Sweep results: the cells of a finished sweep, its table, labelled grids and figures, and
+`load_sweep` (a sweep's definition back from its grid PNG or spec JSON)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from PIL import Image
+
+from .axes import Axis, prompt_sr
+from .grid import Label, fit_pixels, join_horizontally, labelled_grid
+from .metadata import read_text_chunks, save_png
+
+if TYPE_CHECKING:
+    from .sweeps import SweepCell
+
+SPEC_KEY = "sdlab_sweep"
+CORE_PARAMS = ("prompt", "negative_prompt", "seed", "guidance_scale", "num_inference_steps", "scheduler", "width", "height", "clip_skip")
+
+
+@dataclass
+class SweepResult:
+    """The cells of a sweep, their images and a labelled grid."""
+
+    axes: list[Axis]
+    cells: list["SweepCell"]
+    out_dir: Path
+    spec: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    title: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.cells)
+
+    @property
+    def axis_names(self) -> list[str]:
+        return [a.name for a in self.axes]
+
+    def axis(self, name: str) -> Axis:
+        for a in self.axes:
+            if a.name == name:
+                return a
+        raise ValueError(f"no axis {name!r}; axes: {', '.join(self.axis_names)}")
+
+    @property
+    def table(self) -> list[dict[str, Any]]:
+        """One row a cell: axis values, seed, path, seconds, peak memory, error, cached."""
+        rows = []
+        for cell in self.cells:
+            row: dict[str, Any] = {"index": cell.index}
+            for a in self.axes:
+                value = a.values[cell.coords[a.name]]
+                row[a.name] = value if isinstance(value, (str, int, float)) else a.labels[cell.coords[a.name]]
+            r = cell.request
+            row.update({
+                "prompt": r.image_params(0)["prompt"],
+                "seed": r.seed[0],
+                "guidance_scale": r.guidance_scale[0],
+                "num_inference_steps": r.num_inference_steps,
+                "path": str(cell.path) if cell.path else None,
+                "seconds": cell.seconds,
+                "peak_memory_mb": cell.peak_memory_mb,
+                "error": cell.error,
+                "cached": cell.cached,
+            })
+            rows.append(row)
+        return rows
+
+    def to_pandas(self):
+        """The table as a pandas DataFrame (needs pandas)."""
+        try:
+            import pandas as pd
+        except ImportError as e:
+            from .errors import MissingDependencyError
+
+            raise MissingDependencyError("pandas", "SweepResult.to_pandas()") from e
+        return pd.DataFrame(self.table)
+
+    @property
+    def images(self) -> list[Image.Image | None]:
+        return [self._image(c) for c in self.cells]
+
+    @property
+    def failed(self) -> list["SweepCell"]:
+        return [c for c in self.cells if c.error]
+
+    def _image(self, cell: "SweepCell") -> Image.Image | None:
+        if cell.path is None or not Path(cell.path).exists():
+            return None
+        with Image.open(cell.path) as im:
+            im.load()
+            return im.copy()
+
+    def _value_index(self, axis: Axis, value: Any) -> int:
+        for i, (v, label) in enumerate(zip(axis.values, axis.labels)):
+            if v == value or label == value or (isinstance(v, float) and isinstance(value, (int, float)) and math.isclose(v, value)):
+                return i
+        raise ValueError(f"axis {axis.name!r} has no value {value!r}; values: {list(axis.labels)}")
+
+    def select(self, **values: Any) -> list["SweepCell"]:
+        """The cells with the given axis values (by value or label), e.g. select(seed=1)."""
+        wanted = {}
+        for name, value in values.items():
+            axis = self.axis(name)
+            options = value if isinstance(value, (list, tuple, set)) and axis.kind != "size" else [value]
+            wanted[name] = {self._value_index(axis, v) for v in options}
+        return [c for c in self.cells if all(c.coords[n] in idx for n, idx in wanted.items())]
+
+    def image(self, **values: Any) -> Image.Image:
+        """The image of the one cell with these axis values."""
+        cells = self.select(**values)
+        if len(cells) != 1:
+            raise ValueError(f"{len(cells)} cells match {values}; name a value on every axis")
+        image = self._image(cells[0])
+        if image is None:
+            raise ValueError(f"the cell {values} has no image: {cells[0].error or 'missing'}")
+        return image
+
+    def grid(
+        self,
+        x: str | None = None,
+        y: str | None = None,
+        z: str | Sequence[str] | None = None,
+        *,
+        title: str | None = None,
+        margin: int = 4,
+        max_pixels: int | None = 64_000_000,
+        filter: dict[str, Any] | None = None,
+    ) -> Image.Image:
+        """A labelled grid: `x` across, `y` down, one sub-grid per `z` value (default: the first
+        three axes; further axes become sub-grids too unless pinned with `filter`)."""
+        names = self.axis_names
+        filter = dict(filter or {})
+        for name in filter:
+            self.axis(name)
+        free = [n for n in names if n not in filter]
+        x = x if x is not None else (free[0] if free else None)
+        y = y if y is not None else next((n for n in free if n != x), None)
+        for name in (x, y):
+            if name is not None:
+                self.axis(name)
+        if z is None:
+            z_names = [n for n in free if n not in (x, y)]
+        else:
+            z_names = [z] if isinstance(z, str) else list(z)
+            for n in z_names:
+                self.axis(n)
+        pinned = {n: {self._value_index(self.axis(n), v) for v in (filter[n] if isinstance(filter[n], (list, tuple)) else [filter[n]])} for n in filter}
+        rest = [n for n in free if n not in (x, y) and n not in z_names]
+        if rest:
+            raise ValueError(f"axes {rest} are neither x, y, z nor filtered")
+        xa = self.axis(x) if x else None
+        ya = self.axis(y) if y else None
+        z_axes = [self.axis(n) for n in z_names]
+
+        def shown(axis) -> list[int]:  # an axis's value indices, only the filtered ones if filtered
+            return sorted(pinned[axis.name]) if axis.name in pinned else list(range(len(axis)))
+
+        x_shown = shown(xa) if xa else [0]
+        y_shown = shown(ya) if ya else [0]
+        z_combos = list(itertools.product(*[shown(a) for a in z_axes])) or [()]
+        index = {}
+        for cell in self.cells:
+            if any(cell.coords[n] not in idx for n, idx in pinned.items()):
+                continue
+            k = (cell.coords[x] if x else 0, cell.coords[y] if y else 0, tuple(cell.coords[a.name] for a in z_axes))
+            index[k] = cell
+        subgrids = []
+        for combo in z_combos:
+            rows, y_labels = [], []
+            for yi in y_shown:
+                row = []
+                for xi in x_shown:
+                    cell = index.get((xi, yi, combo))
+                    row.append(self._image(cell) if cell else None)
+                rows.append(row)
+                if ya:
+                    y_labels.append(Label(ya.labels[yi]))
+            x_labels = None
+            if xa:
+                x_labels = []
+                for xi in x_shown:
+                    col_failed = any(index[k].error for yi in y_shown if (k := (xi, yi, combo)) in index)
+                    x_labels.append(Label(xa.labels[xi], active=not col_failed))
+            z_title = ", ".join(a.labels[i] for a, i in zip(z_axes, combo)) or None
+            subgrids.append(labelled_grid(rows, x_labels=x_labels, y_labels=y_labels if ya else None, title=z_title, margin=margin))
+        image = subgrids[0] if len(subgrids) == 1 else join_horizontally(subgrids, gap=margin * 4)
+        title = title if title is not None else self.title
+        if title:
+            image = labelled_grid([[image]], title=title, margin=0)
+        return fit_pixels(image, max_pixels)
+
+    def save_grid(self, path: str | Path | None = None, **grid_kwargs) -> Path:
+        """Write the grid as a PNG carrying the sweep's definition (`load_sweep` reads it back)."""
+        path = Path(path) if path is not None else self.out_dir / "grid.png"
+        image = self.grid(**grid_kwargs)
+        first = next((c for c in self.cells if c.ok), None)
+        record = first.request.image_params(0) if first else {}
+        record["sweep"] = self.spec
+        return save_png(image, path, record, extra_text={SPEC_KEY: json.dumps(self.spec, default=str)})
+
+    def figure(self, x: str | None = None, y: str | None = None, *, filter: dict[str, Any] | None = None, size: float = 2.0):
+        """A matplotlib figure of the grid (x across, y down) for notebooks."""
+        import matplotlib.pyplot as plt
+
+        names = [n for n in self.axis_names if n not in (filter or {})]
+        x = x or (names[0] if names else None)
+        y = y or next((n for n in names if n != x), None)
+        xa, ya = (self.axis(x) if x else None), (self.axis(y) if y else None)
+        cols, rows = (len(xa) if xa else 1), (len(ya) if ya else 1)
+        fig, axs = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
+        for yi in range(rows):
+            for xi in range(cols):
+                ax = axs[yi][xi]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                sel = dict(filter or {})
+                if xa:
+                    sel[x] = xa.values[xi] if xa.kind != "size" else xa.labels[xi]
+                if ya:
+                    sel[y] = ya.values[yi] if ya.kind != "size" else ya.labels[yi]
+                cells = self.select(**sel)
+                image = self._image(cells[0]) if cells else None
+                if image is not None:
+                    ax.imshow(image)
+                elif cells and cells[0].error:
+                    ax.text(0.5, 0.5, "failed", ha="center", va="center", color="grey")
+                if yi == 0 and xa:
+                    ax.set_title(xa.labels[xi], fontsize=9)
+                if xi == 0 and ya:
+                    ax.set_ylabel(ya.labels[yi], fontsize=9)
+        fig.tight_layout()
+        return fig
+
+    def _repr_png_(self):
+        import io
+
+        buf = io.BytesIO()
+        self.grid(max_pixels=4_000_000).save(buf, format="PNG")
+        return buf.getvalue()
+
+
+def load_sweep(path: str | Path) -> dict[str, Any]:
+    """The keyword arguments that rebuild a sweep from its grid PNG or spec JSON:
+    `sdlab.sweep(pipe, **load_sweep("grid.png"))`."""
+    from .metadata import read_text_chunks
+
+    path = Path(path)
+    if path.suffix.lower() == ".png":
+        chunks = read_text_chunks(path)
+        if SPEC_KEY not in chunks:
+            raise ValueError(f"{path} carries no sweep definition (no '{SPEC_KEY}' text chunk)")
+        spec = json.loads(chunks[SPEC_KEY])
+    else:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    axes: dict[str, Any] = {}
+    for a in spec["axes"]:
+        values = a["values"]
+        if any(isinstance(v, dict) and v.get("type") in ("image", "tensor", "array") for v in values):
+            raise ValueError(f"axis {a['name']!r} holds images or tensors, which a PNG cannot carry; pass them again")
+        if a["kind"] == "sr":
+            axes[a["name"]] = prompt_sr(values, name=a["name"])
+        elif a["kind"] == "matrix":
+            axes[a["name"]] = Axis(a["name"], tuple(values), tuple(a["labels"]), "matrix", None, tuple(a["parts"]))
+        elif a["kind"] == "order":
+            axes[a["name"]] = Axis(a["name"], tuple(tuple(v) for v in values), tuple(a["labels"]), "order", None, tuple(a["parts"]))
+        elif a["kind"] == "size":
+            axes[a["name"]] = [tuple(v) for v in values]
+        else:
+            axes[a["name"]] = list(values)
+    kwargs: dict[str, Any] = {"prompt": spec.get("prompt"), "negative_prompt": spec.get("negative_prompt"), "axes": axes,
+                              "link": spec.get("link") or None, "vary_seeds": spec.get("vary_seeds", False), "title": spec.get("title")}
+    fixed = dict(spec.get("fixed") or {})
+    extra = fixed.pop("pipeline_kwargs", {}) or {}
+    kwargs.update({k: v for k, v in fixed.items() if k in CORE_PARAMS})
+    kwargs.update(extra)
+    return kwargs
+
+
+def load_sweep(path: str | Path) -> dict[str, Any]:
+    """The keyword arguments that rebuild a sweep from its grid PNG or spec JSON:
+    `sdlab.sweep(pipe, **load_sweep("grid.png"))`."""
+    path = Path(path)
+    if path.suffix.lower() == ".png":
+        chunks = read_text_chunks(path)
+        if SPEC_KEY not in chunks:
+            raise ValueError(f"{path} carries no sweep definition (no '{SPEC_KEY}' text chunk)")
+        spec = json.loads(chunks[SPEC_KEY])
+    else:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    axes: dict[str, Any] = {}
+    for a in spec["axes"]:
+        values = a["values"]
+        if any(isinstance(v, dict) and v.get("type") in ("image", "tensor", "array") for v in values):
+            raise ValueError(f"axis {a['name']!r} holds images or tensors, which a PNG cannot carry; pass them again")
+        if a["kind"] == "sr":
+            axes[a["name"]] = prompt_sr(values, name=a["name"])
+        elif a["kind"] == "matrix":
+            axes[a["name"]] = Axis(a["name"], tuple(values), tuple(a["labels"]), "matrix", None, tuple(a["parts"]))
+        elif a["kind"] == "order":
+            axes[a["name"]] = Axis(a["name"], tuple(tuple(v) for v in values), tuple(a["labels"]), "order", None, tuple(a["parts"]))
+        elif a["kind"] == "size":
+            axes[a["name"]] = [tuple(v) for v in values]
+        else:
+            axes[a["name"]] = list(values)
+    kwargs: dict[str, Any] = {"prompt": spec.get("prompt"), "negative_prompt": spec.get("negative_prompt"), "axes": axes,
+                              "link": spec.get("link") or None, "vary_seeds": spec.get("vary_seeds", False), "title": spec.get("title")}
+    fixed = dict(spec.get("fixed") or {})
+    extra = fixed.pop("pipeline_kwargs", {}) or {}
+    kwargs.update({k: v for k, v in fixed.items() if k in CORE_PARAMS})
+    kwargs.update(extra)
+    return kwargs
+
+
