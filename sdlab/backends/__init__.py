@@ -48,7 +48,8 @@ def open_backend(spec: str):
 
     - "replicate:black-forest-labs/flux-schnell" (or "owner/name:version"), optionally with
       "?output_format=webp&timeout=120"; the token comes from REPLICATE_API_TOKEN.
-    - "comfyui:http://127.0.0.1:8188", optionally with "?workflow=path.json&ckpt_name=x.safetensors&timeout=600".
+    - "comfyui:http://127.0.0.1:8188", optionally with "?workflow=path.json&ckpt_name=x.safetensors&timeout=600"
+      (and "&allow_size_mismatch=true" to accept images of another size than requested).
     """
     if not is_remote_spec(spec):
         raise ValueError(f"`spec` must start with 'replicate:' or 'comfyui:', got {spec!r}")
@@ -60,7 +61,7 @@ def open_backend(spec: str):
 
         return ReplicateBackend(model, **options)
     parts = urlsplit(rest if "://" in rest else "http://" + rest)
-    options = _options(parts.query, {"workflow", "ckpt_name", "timeout"}, spec)
+    options = _options(parts.query, {"workflow", "ckpt_name", "timeout", "allow_size_mismatch"}, spec)
     from .comfyui import ComfyUIBackend
 
     server = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
@@ -76,6 +77,10 @@ def _options(query: str, allowed: set[str], spec: str) -> dict[str, Any]:
             options[key] = float(value)
         elif key == "max_concurrency":
             options[key] = int(value)
+        elif key == "allow_size_mismatch":
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(f"`spec` {spec!r}: {key} must be true or false, got {value!r}")
+            options[key] = value.lower() in ("true", "1", "yes")
         else:
             options[key] = value
     return options

@@ -1,6 +1,11 @@
 """The ComfyUI backend: each image is one prompt of a workflow template (sdlab's txt2img, or any
 API-format workflow) whose prompt, seed, steps, guidance, size, sampler and checkpoint sdlab sets.
 The protocol work (socket before submit, messages, errors, history fallback) is `ComfyUIClient`'s.
+
+What comes back is checked, not trusted: the image's size is recorded and must be the requested
+one (unless `allow_size_mismatch=True`); every output file (videos and animated images too) is
+listed in the record with its digest, and for a workflow whose output is a video the image is
+its first frame, recorded as such. A prompt ComfyUI only partly accepts is cancelled, not run.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from ..errors import BackendError
 from ..request import GenerationRequest, check_size, is_prompt_object, prompt_text
 from .base import BackendOutput, Defaults, ProgressCallback
 from .comfyui_client import DEFAULT_SERVER, ComfyUIClient, ComfyUIResult, normalise_server, prompt_error
-from .workflow import Workflow, comfy_sampler
+from .comfyui_media import file_record, first_frame
+from .workflow import OUTPUT_CLASSES, Workflow, comfy_sampler
 
 __all__ = ["COMFYUI_KWARGS", "ComfyUIBackend", "ComfyUIClient", "ComfyUIResult", "normalise_server", "prompt_error"]
 
@@ -34,6 +40,9 @@ class ComfyUIBackend:
         mapping: explicit places for parameters, e.g. {"seed": "12.value"} (node.input, the node by
             id, title or class) for workflows the automatic mapping does not understand.
         timeout: seconds a `run` may take before its prompts are interrupted.
+        allow_size_mismatch: accept images whose size is not the requested one (the record then
+            has the returned width/height and the requested ones as requested_width/height);
+            by default such an image is an error.
     """
 
     name = "comfyui"
@@ -48,20 +57,28 @@ class ComfyUIBackend:
         timeout: float = 600.0,
         poll_interval: float = 0.5,
         max_batch_size: int = 8,
+        allow_size_mismatch: bool = False,
         client: ComfyUIClient | None = None,
     ):
+        if not isinstance(allow_size_mismatch, bool):
+            raise ValueError(f"`allow_size_mismatch` must be True or False, got {allow_size_mismatch!r}")
         self.client = client or ComfyUIClient(server, poll_interval=poll_interval)
         self.server = self.client.server
         self.workflow = Workflow.load(workflow)
         self.mapping = dict(mapping or {})
         if ckpt_name is not None:
-            self.workflow, _ = self.workflow.apply(self.mapping, ckpt_name=ckpt_name)
+            self.workflow, unused = self.workflow.apply(self.mapping, ckpt_name=ckpt_name)
+            if unused:
+                raise ValueError(f"`ckpt_name`: the workflow has no checkpoint loader feeding a base sampler's model; "
+                                 f"pass mapping={{'ckpt_name': 'node.ckpt_name'}} (nodes: {self.workflow.describe()})")
+        self.allow_size_mismatch = allow_size_mismatch
         self.timeout = float(timeout)
         self._max_batch_size = int(max_batch_size)
         self._values = self.workflow.values(self.mapping)
         self._comfyui_version: str | None = None
         if not self.workflow.output_nodes():
-            raise ValueError(f"`workflow` has no output node ({', '.join(('SaveImage', 'PreviewImage', 'SaveImageWebsocket'))})")
+            raise ValueError(f"`workflow` has no output node the ComfyUI backend takes ({', '.join(OUTPUT_CLASSES)}); "
+                             f"its nodes: {self.workflow.describe()}")
 
     def __repr__(self) -> str:
         return f"ComfyUIBackend({self.server!r}, model={self.model_id!r})"
@@ -129,6 +146,14 @@ class ComfyUIBackend:
             raise ValueError("the ComfyUI backend takes one `guidance_scale` per request; split the request by guidance")
         if not self.workflow.targets("prompt", self.mapping):
             raise ValueError("the workflow has no text encoder feeding a sampler's positive input; pass mapping={'prompt': 'node.text'}")
+        steps_places = self.workflow.targets("num_inference_steps", self.mapping)
+        for m in self.workflow.sampler_maps():
+            start = self.workflow.graph[m.node]["inputs"].get("start_at_step")
+            if (m.node, "steps") in steps_places and isinstance(start, int) and start > 0 and start >= request.num_inference_steps:
+                raise ValueError(
+                    f"`num_inference_steps`={request.num_inference_steps}: the {m.label} ({m.class_type}) starts at step "
+                    f"{start} of the workflow, so it would run no step; ask for more than {start} steps or change its start_at_step"
+                )
 
     # ------------------------------------------------------------ running
 
@@ -177,15 +202,12 @@ class ComfyUIBackend:
             if progress is not None:
                 progress({**event, "images": n})
 
-        results = self.client.execute([w for w, _ in built], timeout=self.timeout, progress=on_progress)
+        results = self.client.execute([w for w, _ in built], timeout=self.timeout, progress=on_progress, partial="cancel")
         version = self._server_version()
-        images, records = [], []
+        images, records, files = [], [], []
         for result, (workflow, unused) in zip(results, built):
-            if not result.images:
-                raise BackendError(f"ComfyUI prompt {result.prompt_id} produced no image", backend=self.name, job_id=result.prompt_id)
-            images.append(result.images[0].convert("RGB") if result.images[0].mode != "RGB" else result.images[0])
+            image, source, from_frame = _image_of(result)
             values = workflow.values(self.mapping)
-            info = {k: v for k, v in result.files[0].items() if k != "data"}
             record = {
                 "backend": self.name,
                 "model": self.model_id,
@@ -198,20 +220,45 @@ class ComfyUIBackend:
                 "sampler_name": values.get("sampler_name"),
                 "comfy_scheduler": values.get("scheduler"),
                 "cached": result.cached,
-                "output": info,
+                "output": file_record(source),
+                "files": [file_record(f) for f in result.files],
             }
+            if from_frame:
+                record["image_from"] = f"first frame of {source['filename']} (node {source['node_id']})"
             if unused:
                 record["unused_parameters"] = unused
                 for name in set(unused) & _RECORD_KEYS:
                     record[name] = None  # the workflow had no place for it: the image does not depend on it
+            record.update(self._checked_size(image, request, result, workflow))
+            images.append(image.convert("RGB") if image.mode != "RGB" else image)
             records.append(record)
+            files.append(result.files)
         return BackendOutput(images=images, records=records, seconds=time.perf_counter() - start,
-                             info={"prompt_ids": [r.prompt_id for r in results]})
+                             info={"prompt_ids": [r.prompt_id for r in results], "files": files})
+
+    def _checked_size(self, image, request: GenerationRequest, result: ComfyUIResult, workflow: Workflow) -> dict[str, Any]:
+        """The record's width/height: the returned image's. A size other than the request's is an
+        error unless `allow_size_mismatch` (then the requested size is recorded beside it)."""
+        width, height = image.size
+        if (width, height) == (request.width, request.height):
+            return {"width": width, "height": height}
+        if not self.allow_size_mismatch:
+            places = ", ".join(f"{nid}.{inp}" for nid, inp in workflow.targets("width", self.mapping)) or "no node sdlab sets"
+            raise BackendError(
+                f"ComfyUI prompt {result.prompt_id} returned a {width}x{height} image for a {request.width}x{request.height} "
+                f"request: the workflow does not make the requested size (sdlab set the size in: {places}). Ask for "
+                f"{width}x{height}, fix the workflow, or pass ComfyUIBackend(..., allow_size_mismatch=True) to keep "
+                f"and record the returned size.",
+                backend=self.name, job_id=result.prompt_id,
+            )
+        return {"width": width, "height": height, "requested_width": request.width, "requested_height": request.height}
 
     def run_workflow(self, workflow: str | Path | Mapping | Workflow, *, timeout: float | None = None,
-                     progress: ProgressCallback | None = None) -> ComfyUIResult:
-        """Run a raw API-format workflow as it is and return its images (no sdlab parameters)."""
-        return self.client.run(Workflow.load(workflow), timeout=self.timeout if timeout is None else timeout, progress=progress)
+                     progress: ProgressCallback | None = None, partial: str = "cancel") -> ComfyUIResult:
+        """Run a raw API-format workflow as it is and return its files and images (no sdlab parameters).
+        `partial`: "cancel" or "collect" a prompt ComfyUI only partly accepts (see ComfyUIClient.execute)."""
+        return self.client.run(Workflow.load(workflow), timeout=self.timeout if timeout is None else timeout,
+                               progress=progress, partial=partial)
 
     def upload_image(self, image, **kwargs) -> dict[str, Any]:
         return self.client.upload_image(image, **kwargs)
@@ -229,6 +276,19 @@ class ComfyUIBackend:
             except BackendError:
                 self._comfyui_version = "unknown"
         return self._comfyui_version
+
+
+def _image_of(result: ComfyUIResult):
+    """(image, the file it comes from, True if it is the first frame of a video/animation)."""
+    stills = [f for f in result.files if f["kind"] == "image"]
+    if stills:
+        return result.images[0], stills[0], False
+    moving = [f for f in result.files if f["kind"] in ("video", "animated")]
+    if moving:
+        return first_frame(moving[0]["data"], moving[0]["filename"]), moving[0], True
+    kinds = ", ".join(f"{f['filename']} ({f['kind']})" for f in result.files) or "nothing"
+    raise BackendError(f"ComfyUI prompt {result.prompt_id} produced no image or video (it returned {kinds})",
+                       backend="comfyui", job_id=result.prompt_id)
 
 
 def comfy_prompt(value: Any) -> str | None:

@@ -8,7 +8,13 @@ What a ComfyUI run needs, and the production guide's client gets wrong (see comf
   frames interleave anywhere, binary frames are previews unless a `SaveImageWebsocket` node runs;
 - `execution_error` / `execution_interrupted` end a prompt without `execution_success`;
 - HTTP 400 bodies carry `node_errors` (node, class, input) that become readable messages;
-- images come from `/history/{id}` and `/view`; a lost socket falls back to polling `/history`.
+- a 200 answer can carry `node_errors` too: ComfyUI queued the valid outputs and refused the
+  others. sdlab either cancels that prompt (`partial="cancel"`, the default: delete + interrupt,
+  and an error saying so) or collects the valid outputs (`partial="collect"`, the refused ones
+  named in the result);
+- output files come from `/history/{id}` and `/view`: still images are decoded, videos and
+  animated images (listed under "images" too) are returned as files; a lost socket falls back to
+  polling `/history`.
 No Origin header is sent (a non-matching Origin gets 403).
 """
 
@@ -28,9 +34,11 @@ from PIL import Image
 
 from ..errors import BackendError, MissingDependencyError
 from .base import ProgressCallback
-from .workflow import Workflow
+from .comfyui_media import file_kind, media_type
+from .workflow import OUTPUT_CLASSES, Workflow
 
 DEFAULT_SERVER = "http://127.0.0.1:8188"
+PARTIAL_MODES = ("cancel", "collect")
 
 
 def _httpx():
@@ -64,17 +72,21 @@ def normalise_server(server: str) -> str:
 
 @dataclass
 class ComfyUIResult:
-    """One executed prompt: its images (decoded) and what ComfyUI said about it."""
+    """One executed prompt: its still images (decoded), every output file, and what ComfyUI said."""
 
     prompt_id: str
-    images: list[Image.Image] = field(default_factory=list)
-    files: list[dict[str, Any]] = field(default_factory=list)  # {node_id, filename, subfolder, type, data}
+    images: list[Image.Image] = field(default_factory=list)  # the files of kind "image", in order
+    # every output file: {node_id, filename, subfolder, type, key, kind, media_type, data}; kind is
+    # "image", "animated", "video", "audio" or "file"
+    files: list[dict[str, Any]] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)  # /history outputs by node id
     cached_nodes: list[str] = field(default_factory=list)
     ran_nodes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     via: str = "websocket"  # or "history" when the socket was lost or never connected
     cached: bool = False  # True when ComfyUI ran nothing: every node came from its cache
+    node_errors: dict[str, Any] = field(default_factory=dict)  # a partly valid prompt: what ComfyUI refused
+    refused_outputs: list[str] = field(default_factory=list)  # output nodes that did not run for that
 
 
 @dataclass
@@ -90,6 +102,7 @@ class _PromptState:
     interrupted: dict[str, Any] | None = None
     ws_images: list[dict[str, Any]] = field(default_factory=list)
     via: str = "websocket"
+    node_errors: dict[str, Any] = field(default_factory=dict)
 
 
 class _SocketLost(Exception):
@@ -154,7 +167,16 @@ class ComfyUIClient:
                client_id: str | None = None) -> tuple[str, int | None]:
         """POST /prompt with `client_id` (default: this client's); returns (prompt_id, queue number).
 
-        A 400 (validation) becomes a BackendError naming each failing node, class and input."""
+        A 400 (validation) becomes a BackendError naming each failing node, class and input. A 200
+        with `node_errors` (ComfyUI queued only the valid outputs) is cancelled and raised the same way."""
+        pid, number, node_errors = self._post_prompt(workflow, prompt_id=prompt_id, front=front, client_id=client_id)
+        if node_errors:
+            raise self._cancel_partial(pid, node_errors, workflow)
+        return pid, number
+
+    def _post_prompt(self, workflow: Mapping | Workflow, *, prompt_id: str | None = None, front: bool = False,
+                     client_id: str | None = None) -> tuple[str, int | None, dict[str, Any]]:
+        """POST /prompt: (prompt_id, number, node_errors of outputs ComfyUI refused while queueing the rest)."""
         graph = workflow.to_dict() if isinstance(workflow, Workflow) else dict(workflow)
         body: dict[str, Any] = {"prompt": graph, "client_id": client_id or self.client_id,
                                 "prompt_id": prompt_id or str(uuid.uuid4())}
@@ -166,9 +188,17 @@ class ComfyUIClient:
         if response.status_code >= 400:
             raise BackendError(f"ComfyUI POST /prompt failed ({response.status_code}): {response.text[:500]}", backend="comfyui")
         data = response.json()
-        if data.get("node_errors"):
+        if data.get("node_errors") and not data.get("prompt_id"):
             raise prompt_error(response)
-        return str(data["prompt_id"]), data.get("number")
+        return str(data["prompt_id"]), data.get("number"), dict(data.get("node_errors") or {})
+
+    def _cancel_partial(self, prompt_id: str, node_errors: Mapping[str, Any], workflow) -> BackendError:
+        """Cancel a prompt ComfyUI queued with some outputs refused; the error that says so."""
+        self.delete([prompt_id])
+        self.interrupt(prompt_id)
+        return partial_prompt_error(prompt_id, node_errors, workflow, action=(
+            "sdlab cancelled it: deleted it from ComfyUI's queue and sent an interrupt for it "
+            "(a running prompt stops at its next node)"))
 
     def history(self, prompt_id: str | None = None, *, max_items: int | None = None) -> dict[str, Any]:
         if prompt_id is None:
@@ -243,17 +273,23 @@ class ComfyUIClient:
     # ------------------------------------------------------------ running prompts
 
     def run(self, workflow: Mapping | Workflow, *, timeout: float = 600.0,
-            progress: ProgressCallback | None = None) -> ComfyUIResult:
-        """Run one workflow and return its images."""
-        return self.execute([workflow], timeout=timeout, progress=progress)[0]
+            progress: ProgressCallback | None = None, partial: str = "cancel") -> ComfyUIResult:
+        """Run one workflow and return its output files (and decoded still images)."""
+        return self.execute([workflow], timeout=timeout, progress=progress, partial=partial)[0]
 
     def execute(self, workflows: Sequence[Mapping | Workflow], *, timeout: float = 600.0,
-                progress: ProgressCallback | None = None) -> list[ComfyUIResult]:
+                progress: ProgressCallback | None = None, partial: str = "cancel") -> list[ComfyUIResult]:
         """Queue `workflows` (in order) and wait for all of them; results in the same order.
 
         The socket is connected before anything is posted. If it cannot be connected or is lost,
         the run goes on by polling /history. On an error, an interrupt or the timeout, prompts of
-        this call still queued are deleted (and a running one interrupted) before raising."""
+        this call still queued are deleted (and a running one interrupted) before raising.
+
+        `partial`: what to do when ComfyUI refuses some outputs of a prompt and queues the rest
+        (200 with `node_errors`): "cancel" it and raise, saying so, or "collect" the outputs that
+        ran (the result's `node_errors` / `refused_outputs` name what was refused)."""
+        if partial not in PARTIAL_MODES:
+            raise ValueError(f"`partial` must be one of {', '.join(PARTIAL_MODES)}, got {partial!r}")
         if not workflows:
             return []
         start = time.monotonic()
@@ -270,8 +306,11 @@ class ComfyUIClient:
         states: dict[str, _PromptState] = {}
         try:
             for workflow in workflows:
-                pid, number = self.submit(workflow, client_id=client_id)
-                states[pid] = _PromptState(pid, number, via="websocket" if ws is not None else "history")
+                pid, number, node_errors = self._post_prompt(workflow, client_id=client_id)
+                if node_errors and partial == "cancel":
+                    raise self._cancel_partial(pid, node_errors, workflow)
+                states[pid] = _PromptState(pid, number, via="websocket" if ws is not None else "history",
+                                           node_errors=node_errors)
             if ws is not None:
                 try:
                     self._follow(ws, states, deadline, progress, workflows)
@@ -403,15 +442,29 @@ class ComfyUIClient:
         result = ComfyUIResult(prompt_id=st.prompt_id, outputs=outputs, cached_nodes=st.cached_nodes,
                                ran_nodes=st.ran_nodes, via=st.via)
         result.cached = bool(st.cached_nodes) and not st.ran_nodes and set(graph) <= set(st.cached_nodes)
+        if st.node_errors:
+            result.node_errors = st.node_errors
+            result.refused_outputs = _refused_outputs(st.node_errors)
         for nid in order:
-            for info in outputs[nid].get("images", []) or []:
-                data = self.view(info["filename"], subfolder=info.get("subfolder", ""), type=info.get("type", "output"))
-                image = _open_image(data, f"{info['filename']} (node {nid}, prompt {st.prompt_id})")
-                result.files.append({"node_id": nid, **info, "data": data})
-                result.images.append(image)
+            node_output = outputs[nid] or {}
+            animated = node_output.get("animated") or []
+            for key, items in node_output.items():
+                if key == "animated" or not isinstance(items, list):
+                    continue
+                for i, info in enumerate(items):
+                    if not isinstance(info, dict) or not info.get("filename"):
+                        continue  # text and other non-file outputs
+                    flag = bool(animated[i] if i < len(animated) else any(animated))
+                    kind = file_kind(info["filename"], animated=flag)
+                    data = self.view(info["filename"], subfolder=info.get("subfolder", ""), type=info.get("type", "output"))
+                    if kind == "image":
+                        result.images.append(_open_image(data, f"{info['filename']} (node {nid}, prompt {st.prompt_id})"))
+                    result.files.append({"node_id": nid, **info, "key": key, "kind": kind,
+                                         "media_type": media_type(info["filename"]), "data": data})
         for item in st.ws_images:
             image = _open_image(item["data"], f"SaveImageWebsocket node {item['node_id']}")
-            result.files.append({"node_id": item["node_id"], "filename": None, "subfolder": "", "type": "websocket", "data": item["data"]})
+            result.files.append({"node_id": item["node_id"], "filename": None, "subfolder": "", "type": "websocket",
+                                 "key": "websocket", "kind": "image", "media_type": "image/png", "data": item["data"]})
             result.images.append(image)
         return result
 
@@ -434,10 +487,22 @@ def prompt_error(response) -> BackendError:
     if isinstance(error, str):
         error = {"message": error}
     node_errors = body.get("node_errors") or {}
-    lines = []
     head = error.get("message") or error.get("type") or "invalid prompt"
     if error.get("details"):
         head += f" ({error['details']})"
+    lines = node_error_lines(node_errors)
+    message = f"ComfyUI rejected the workflow: {head}"
+    if lines:
+        message += "\n  " + "\n  ".join(lines)
+    err = BackendError(message, backend="comfyui")
+    err.node_errors = node_errors
+    err.error = error
+    return err
+
+
+def node_error_lines(node_errors: Mapping[str, Any]) -> list[str]:
+    """One readable line per error: node, class, input, message."""
+    lines = []
     for nid, info in node_errors.items():
         cls = info.get("class_type", "?")
         for e in info.get("errors", []) or []:
@@ -450,13 +515,37 @@ def prompt_error(response) -> BackendError:
             if details and details != input_name:
                 line += f": {details}"
             lines.append(line)
-    message = f"ComfyUI rejected the workflow: {head}"
-    if lines:
-        message += "\n  " + "\n  ".join(lines)
-    err = BackendError(message, backend="comfyui")
-    err.node_errors = node_errors
-    err.error = error
+    return lines
+
+
+def _refused_outputs(node_errors: Mapping[str, Any]) -> list[str]:
+    return sorted({str(o) for info in node_errors.values() for o in (info.get("dependent_outputs") or [])}, key=_node_order)
+
+
+def _node_order(nid: str):
+    return (0, int(nid), "") if nid.isdigit() else (1, 0, nid)
+
+
+def partial_prompt_error(prompt_id: str, node_errors: Mapping[str, Any], workflow, *, action: str) -> BackendError:
+    """The error for a prompt ComfyUI queued with some of its outputs refused, saying what sdlab did."""
+    graph = workflow.graph if isinstance(workflow, Workflow) else workflow
+    refused = _refused_outputs(node_errors)
+    valid = [nid for nid, node in graph.items()
+             if nid not in refused and nid not in node_errors and _is_output(node)]
+
+    def named(ids):
+        return ", ".join(f"{nid} ({graph[nid]['class_type']})" if nid in graph else nid for nid in ids) or "-"
+
+    message = (f"ComfyUI refused output node(s) {named(refused)} of the workflow and queued the rest "
+               f"({named(valid)}) as prompt {prompt_id}; {action}.\n  " + "\n  ".join(node_error_lines(node_errors)))
+    err = BackendError(message, backend="comfyui", job_id=prompt_id)
+    err.node_errors = dict(node_errors)
+    err.refused_outputs = refused
     return err
+
+
+def _is_output(node: Mapping[str, Any]) -> bool:
+    return node.get("class_type") in OUTPUT_CLASSES or node.get("class_type") in ("SaveAudio", "PreviewAudio")
 
 
 def _raise_for_state(st: _PromptState, server: str) -> None:

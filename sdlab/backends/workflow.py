@@ -5,13 +5,14 @@ A workflow exported with ComfyUI's "Save (API Format)" is a dict `{node_id: {"cl
 Nodes are addressed by id ("3"), by title ("Positive prompt") or by class ("KSampler").
 
 `Workflow.apply(prompt=..., seed=..., ...)` maps sdlab's parameters onto any such graph:
-- the sampler: `KSampler` / `KSamplerAdvanced` (seed or noise_seed, steps, cfg, sampler_name,
+- each sampler: `KSampler` / `KSamplerAdvanced` (seed or noise_seed, steps, cfg, sampler_name,
   scheduler, denoise), or the custom-sampling nodes (`RandomNoise`, `BasicScheduler`,
-  `KSamplerSelect`, `CFGGuider`, `FluxGuidance`);
-- the prompts: the text encoders (`CLIPTextEncode` and friends) found by following the sampler's
-  `positive` / `negative` links upstream;
-- the size: the empty latent (`EmptyLatentImage`, `EmptySD3LatentImage`, ...) feeding the sampler;
-- the model: `CheckpointLoaderSimple.ckpt_name` (or `UNETLoader.unet_name`).
+  `KSamplerSelect`, `CFGGuider`, `FluxGuidance`) linked to it;
+- the prompts: the text encoders (`CLIPTextEncode` and friends) found by following each sampler's
+  `positive` / `negative` links upstream output slot by output slot (workflow_map.py);
+- the size: the empty latent (`EmptyLatentImage`, `EmptySD3LatentImage`, ...) feeding a base sampler;
+- the model: the `CheckpointLoaderSimple.ckpt_name` (or `UNETLoader.unet_name`) feeding a base
+  sampler's model (an SDXL refiner keeps its own loader).
 An explicit `mapping={"seed": "12.value"}` overrides the automatic choice for a parameter.
 """
 
@@ -20,24 +21,21 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections import deque
 from pathlib import Path
 from typing import Any, Iterable, Mapping
+
+from .workflow_map import (CHECKPOINT_INPUTS, PARAMETERS, SAMPLER_CLASSES, TEXT_INPUTS, SamplerMap,  # noqa: F401
+                           is_link as _is_link, map_samplers)
 
 WORKFLOWS_DIR = Path(__file__).parent / "workflows"
 DEFAULT_WORKFLOW = WORKFLOWS_DIR / "txt2img_api.json"
 
-SAMPLER_CLASSES = ("KSampler", "KSamplerAdvanced")
-OUTPUT_CLASSES = ("SaveImage", "PreviewImage", "SaveImageWebsocket", "SaveAnimatedWEBP", "SaveAnimatedPNG")
-TEXT_INPUTS = ("text", "text_g", "text_l", "clip_l", "t5xxl")
-CHECKPOINT_INPUTS = {"CheckpointLoaderSimple": "ckpt_name", "CheckpointLoader": "ckpt_name",
-                     "UNETLoader": "unet_name", "ImageOnlyCheckpointLoader": "ckpt_name"}
-
-# sdlab parameter names a workflow can take (the keys of `mapping` and of `apply`).
-PARAMETERS = (
-    "prompt", "negative_prompt", "seed", "num_inference_steps", "guidance_scale", "width", "height",
-    "batch_size", "sampler_name", "scheduler", "denoise", "ckpt_name",
-)
+# Output nodes the ComfyUI backend takes: still images, animated images and videos (for a video,
+# the backend's image is its first frame and the file comes back with the record).
+IMAGE_OUTPUT_CLASSES = ("SaveImage", "PreviewImage", "SaveImageWebsocket")
+ANIMATED_OUTPUT_CLASSES = ("SaveAnimatedWEBP", "SaveAnimatedPNG")
+VIDEO_OUTPUT_CLASSES = ("SaveWEBM", "SaveVideo", "VHS_VideoCombine")
+OUTPUT_CLASSES = IMAGE_OUTPUT_CLASSES + ANIMATED_OUTPUT_CLASSES + VIDEO_OUTPUT_CLASSES
 
 # A1111 sampler names (sdlab's `scheduler`) as ComfyUI (sampler_name, scheduler) pairs.
 _COMFY_SAMPLERS = {
@@ -83,10 +81,6 @@ def comfy_sampler(name: str) -> tuple[str, str]:
         f"({', '.join(sorted(k.title() for k in _COMFY_SAMPLERS))}, optionally + ' Karras') "
         f"or a ComfyUI pair such as 'dpmpp_2m:karras'"
     )
-
-
-def _is_link(value: Any) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
 
 
 class Workflow:
@@ -184,70 +178,34 @@ class Workflow:
 
     # ------------------------------------------------------------ structure
 
-    def upstream(self, node_id: str, input_name: str, accept) -> list[str]:
-        """Nodes satisfying `accept(node)` reached by following input `input_name` of `node_id`
-        upstream (breadth first; the walk stops at accepted nodes)."""
-        start = self.graph[node_id]["inputs"].get(input_name)
-        if not _is_link(start):
-            return []
-        found, seen, queue = [], set(), deque([start[0]])
-        while queue:
-            nid = queue.popleft()
-            if nid in seen or nid not in self.graph:
-                continue
-            seen.add(nid)
-            node = self.graph[nid]
-            if accept(node):
-                found.append(nid)
-                continue
-            queue.extend(v[0] for v in node["inputs"].values() if _is_link(v))
-        return found
-
     def samplers(self) -> list[str]:
         return [nid for nid, n in self.graph.items() if n["class_type"] in SAMPLER_CLASSES]
 
     def output_nodes(self) -> list[str]:
         return [nid for nid, n in self.graph.items() if n["class_type"] in OUTPUT_CLASSES]
 
-    def _by_class(self, *classes: str) -> list[str]:
-        return [nid for nid, n in self.graph.items() if n["class_type"] in classes]
-
-    def _conditioning_roots(self, which: str) -> list[tuple[str, str]]:
-        """(node, input) pairs where the positive or negative conditioning enters sampling."""
-        roots = [(nid, which) for nid in self.samplers()]
-        for nid in self._by_class("CFGGuider", "DualCFGGuider"):
-            roots.append((nid, which))
-        if which == "positive":
-            roots += [(nid, "conditioning") for nid in self._by_class("BasicGuider")]
-        return roots
+    def sampler_maps(self) -> list[SamplerMap]:
+        """Each sampler's parameter places, traced by output slot (see workflow_map)."""
+        return map_samplers(self.graph)[0]
 
     def text_nodes(self, which: str) -> list[str]:
-        """The text encoders feeding the sampler's `which` ("positive" or "negative") conditioning."""
-        found: list[str] = []
-        for nid, input_name in self._conditioning_roots(which):
-            for t in self.upstream(nid, input_name, lambda n: any(isinstance(n["inputs"].get(k), str) for k in TEXT_INPUTS)):
-                if t not in found:
-                    found.append(t)
-        return found
-
-    def latent_nodes(self) -> list[str]:
-        """The empty latents (with width/height inputs) feeding the samplers."""
-        accept = lambda n: "width" in n["inputs"] and "height" in n["inputs"]  # noqa: E731
-        found: list[str] = []
-        starts = [(nid, "latent_image") for nid in self.samplers() + self._by_class("SamplerCustomAdvanced", "SamplerCustom")]
-        for nid, input_name in starts:
-            for t in self.upstream(nid, input_name, accept):
-                if t not in found:
-                    found.append(t)
-        return found
+        """The text encoders feeding the samplers' `which` ("positive" or "negative") conditioning."""
+        parameter = {"positive": "prompt", "negative": "negative_prompt"}[which]
+        return list(dict.fromkeys(nid for nid, _ in self.targets(parameter)))
 
     def checkpoint_nodes(self) -> list[str]:
-        return self._by_class(*CHECKPOINT_INPUTS)
+        return [nid for nid, n in self.graph.items() if n["class_type"] in CHECKPOINT_INPUTS]
 
     # ------------------------------------------------------------ sdlab parameters
 
     def targets(self, parameter: str, mapping: Mapping[str, Any] | None = None) -> list[tuple[str, str]]:
-        """(node id, input name) pairs that parameter `parameter` sets in this workflow."""
+        """(node id, input name) pairs that parameter `parameter` sets in this workflow.
+
+        ValueError, naming the nodes, when the prompts' places are uncertain (give them in `mapping`)."""
+        return [(nid, input_name) for nid, input_name, _ in self.places(parameter, mapping)]
+
+    def places(self, parameter: str, mapping: Mapping[str, Any] | None = None) -> list[tuple[str, str, list[str]]]:
+        """(node id, input name, [the samplers it is for]) for each place `parameter` sets."""
         if parameter not in PARAMETERS:
             raise ValueError(f"unknown workflow parameter {parameter!r}; known: {', '.join(PARAMETERS)}")
         if mapping and parameter in mapping:
@@ -258,33 +216,22 @@ class Workflow:
                 selector, dot, input_name = str(spec).rpartition(".")
                 if not dot or not selector:
                     raise ValueError(f"`mapping[{parameter!r}]`={spec!r} must read 'node.input' (node by id, title or class)")
-                out += [(nid, input_name) for nid in self._find_required(selector, f"mapping[{parameter!r}]")]
+                out += [(nid, input_name, ["mapping"]) for nid in self._find_required(selector, f"mapping[{parameter!r}]")]
             return out
-        g = self.graph
-        samplers = self.samplers()
-        if parameter == "prompt":
-            return [(nid, _text_input(g[nid])) for nid in self.text_nodes("positive")]
-        if parameter == "negative_prompt":
-            return [(nid, _text_input(g[nid])) for nid in self.text_nodes("negative")]
-        if parameter == "seed":
-            return [(nid, "noise_seed" if "noise_seed" in g[nid]["inputs"] else "seed") for nid in samplers] + \
-                [(nid, "noise_seed") for nid in self._by_class("RandomNoise")]
-        if parameter == "num_inference_steps":
-            return [(nid, "steps") for nid in samplers + self._by_class("BasicScheduler")]
-        if parameter == "guidance_scale":
-            return [(nid, "cfg") for nid in samplers + self._by_class("CFGGuider")] + \
-                [(nid, "guidance") for nid in self._by_class("FluxGuidance")]
-        if parameter in ("width", "height", "batch_size"):
-            return [(nid, parameter) for nid in self.latent_nodes() if parameter in g[nid]["inputs"]]
-        if parameter == "sampler_name":
-            return [(nid, "sampler_name") for nid in samplers + self._by_class("KSamplerSelect")]
-        if parameter == "scheduler":
-            return [(nid, "scheduler") for nid in samplers + self._by_class("BasicScheduler")]
-        if parameter == "denoise":
-            return [(nid, "denoise") for nid in samplers + self._by_class("BasicScheduler") if "denoise" in g[nid]["inputs"]]
-        if parameter == "ckpt_name":
-            return [(nid, CHECKPOINT_INPUTS[g[nid]["class_type"]]) for nid in self.checkpoint_nodes()]
-        raise AssertionError(parameter)  # pragma: no cover
+        maps, problems = map_samplers(self.graph)
+        if problems and parameter in ("prompt", "negative_prompt"):
+            raise ValueError(
+                f"cannot tell where `{parameter}` goes in this workflow: {'; '.join(problems)}. "
+                f"Name the text inputs with mapping={{'prompt': '<node>.text', 'negative_prompt': '<node>.text'}}"
+            )
+        places: dict[tuple[str, str], list[str]] = {}
+        for m in maps:
+            for target in m.targets[parameter]:
+                places.setdefault(target, []).append(m.label)
+        if parameter == "ckpt_name" and not maps and len(self.checkpoint_nodes()) == 1:
+            nid = self.checkpoint_nodes()[0]  # no sampler sdlab knows: the one loader is the model
+            places[(nid, CHECKPOINT_INPUTS[self.graph[nid]["class_type"]])] = []
+        return [(nid, input_name, labels) for (nid, input_name), labels in places.items()]
 
     def _find_required(self, selector: str, what: str) -> list[str]:
         found = self.find(selector)
@@ -322,13 +269,6 @@ class Workflow:
                     values[name] = value
                     break
         return values
-
-
-def _text_input(node: Mapping[str, Any]) -> str:
-    for key in TEXT_INPUTS:
-        if isinstance(node["inputs"].get(key), str):
-            return key
-    return "text"  # pragma: no cover - text_nodes only returns nodes with a text input
 
 
 def _check_api_format(graph: Any) -> dict[str, dict[str, Any]]:

@@ -12,6 +12,13 @@ Knobs for tests: `step_delay` (seconds per sampler step), `noisy_status` (a stat
 every frame), `previews` (binary JPEG previews during sampling), `drop_socket_after` (drop the
 submitting client's socket after that many frames), `refuse_websocket`. Checkpoint
 "broken.safetensors" fails at execution; an uploaded non-image fails in LoadImage.
+
+Also as the real server answers (comfyui-api.md, "observed later"): a prompt with one invalid output
+branch and one valid one gets 200 with `prompt_id` and the `node_errors`, and its valid outputs
+run; ControlNetApplyAdvanced and InpaintModelConditioning output [positive, negative(, latent)]
+as slots 0, 1 (, 2); KSamplerAdvanced + CLIPTextEncodeSDXL(Refiner) run an SDXL base + refiner
+graph; SaveWEBM / SaveVideo (via CreateVideo) / SaveAnimatedWEBP write real .webm / .mp4 / .webp
+files listed under "images" with "animated": [true].
 """
 
 from __future__ import annotations
@@ -34,7 +41,9 @@ from PIL import Image, ImageFilter, ImageOps, PngImagePlugin
 
 from ._common import ServerThread, aiohttp_web, fake_image
 
-CHECKPOINTS = ["v1-5-pruned-emaonly.safetensors", "sd_xl_base_1.0.safetensors", "broken.safetensors"]
+CHECKPOINTS = ["v1-5-pruned-emaonly.safetensors", "sd_xl_base_1.0.safetensors", "sd_xl_refiner_1.0.safetensors",
+               "broken.safetensors"]
+CONTROLNETS = ["control_v11p_sd15_canny.safetensors"]
 SAMPLERS = ["euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive",
             "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "ddpm", "lcm", "ddim", "uni_pc", "deis"]
 SCHEDULERS = ["normal", "karras", "exponential", "sgm_uniform", "simple", "ddim_uniform", "beta"]
@@ -42,6 +51,11 @@ COMFYUI_VERSION = "0.3.64"
 
 INT = ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF})
 SIZE = ("INT", {"default": 512, "min": 16, "max": 16384, "step": 8})
+COND_SIZE = ("INT", {"default": 1024, "min": 0, "max": 16384})
+PERCENT = ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0})
+STEPS = ("INT", {"default": 20, "min": 1, "max": 10000})
+STEP_AT = ("INT", {"default": 0, "min": 0, "max": 10000})
+FPS = ("FLOAT", {"default": 6.0, "min": 0.01, "max": 1000.0})
 
 NODES: dict[str, dict[str, Any]] = {
     "CheckpointLoaderSimple": {"required": {"ckpt_name": (CHECKPOINTS, {})}, "output": ["MODEL", "CLIP", "VAE"]},
@@ -65,6 +79,44 @@ NODES: dict[str, dict[str, Any]] = {
     "ImageBlur": {"required": {"image": ("IMAGE", {}), "blur_radius": ("INT", {"default": 1, "min": 1, "max": 31}),
                                "sigma": ("FLOAT", {"default": 1.0, "min": 0.1, "max": 10.0})}, "output": ["IMAGE"]},
     "LoadImage": {"required": {"image": ("INPUT_FILES", {})}, "output": ["IMAGE", "MASK"]},
+    "ImageScale": {"required": {"image": ("IMAGE", {}), "upscale_method": (["nearest-exact", "bilinear", "area", "bicubic", "lanczos"], {}),
+                                "width": ("INT", {"default": 512, "min": 0, "max": 16384}),
+                                "height": ("INT", {"default": 512, "min": 0, "max": 16384}), "crop": (["disabled", "center"], {})},
+                   "output": ["IMAGE"]},
+    # two-conditioning nodes: outputs [positive, negative(, latent)] as slots 0, 1 (, 2)
+    "ControlNetLoader": {"required": {"control_net_name": (CONTROLNETS, {})}, "output": ["CONTROL_NET"]},
+    "ControlNetApplyAdvanced": {"required": {
+        "positive": ("CONDITIONING", {}), "negative": ("CONDITIONING", {}), "control_net": ("CONTROL_NET", {}),
+        "image": ("IMAGE", {}), "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0}),
+        "start_percent": PERCENT, "end_percent": PERCENT}, "output": ["CONDITIONING", "CONDITIONING"]},
+    "InpaintModelConditioning": {"required": {
+        "positive": ("CONDITIONING", {}), "negative": ("CONDITIONING", {}), "vae": ("VAE", {}), "pixels": ("IMAGE", {}),
+        "mask": ("MASK", {}), "noise_mask": ("BOOLEAN", {"default": True})}, "output": ["CONDITIONING", "CONDITIONING", "LATENT"]},
+    # SDXL base + refiner
+    "KSamplerAdvanced": {"required": {
+        "model": ("MODEL", {}), "add_noise": (["enable", "disable"], {}), "noise_seed": INT, "steps": STEPS,
+        "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0}), "sampler_name": (SAMPLERS, {}), "scheduler": (SCHEDULERS, {}),
+        "positive": ("CONDITIONING", {}), "negative": ("CONDITIONING", {}), "latent_image": ("LATENT", {}),
+        "start_at_step": STEP_AT, "end_at_step": STEP_AT, "return_with_leftover_noise": (["disable", "enable"], {})},
+        "output": ["LATENT"]},
+    "CLIPTextEncodeSDXL": {"required": {
+        "clip": ("CLIP", {}), "width": COND_SIZE, "height": COND_SIZE, "crop_w": COND_SIZE, "crop_h": COND_SIZE,
+        "target_width": COND_SIZE, "target_height": COND_SIZE, "text_g": ("STRING", {"multiline": True}),
+        "text_l": ("STRING", {"multiline": True})}, "output": ["CONDITIONING"]},
+    "CLIPTextEncodeSDXLRefiner": {"required": {
+        "ascore": ("FLOAT", {"default": 6.0, "min": 0.0, "max": 1000.0}), "width": COND_SIZE, "height": COND_SIZE,
+        "text": ("STRING", {"multiline": True}), "clip": ("CLIP", {})}, "output": ["CONDITIONING"]},
+    # video and animated outputs: their files are listed under "images", with "animated": [true]
+    "SaveWEBM": {"required": {"images": ("IMAGE", {}), "filename_prefix": ("STRING", {"default": "ComfyUI"}),
+                              "codec": (["vp9", "av1"], {}), "fps": FPS, "crf": ("FLOAT", {"default": 32.0, "min": 0.0, "max": 63.0})},
+                 "output": [], "output_node": True},
+    "CreateVideo": {"required": {"images": ("IMAGE", {}), "fps": FPS}, "output": ["VIDEO"]},
+    "SaveVideo": {"required": {"video": ("VIDEO", {}), "filename_prefix": ("STRING", {"default": "video/ComfyUI"}),
+                               "format": (["auto", "mp4"], {}), "codec": (["auto", "h264"], {})}, "output": [], "output_node": True},
+    "SaveAnimatedWEBP": {"required": {"images": ("IMAGE", {}), "filename_prefix": ("STRING", {"default": "ComfyUI"}), "fps": FPS,
+                                      "lossless": ("BOOLEAN", {"default": True}),
+                                      "quality": ("INT", {"default": 80, "min": 0, "max": 100}),
+                                      "method": (["default", "fastest", "slowest"], {})}, "output": [], "output_node": True},
 }
 
 
@@ -296,7 +348,7 @@ class FakeComfyUI(ServerThread):
         self.prompts.append(body)
         await self._status()
         self._wake.set()
-        return web.json_response({"prompt_id": prompt_id, "number": number, "node_errors": {}})
+        return web.json_response({"prompt_id": prompt_id, "number": number, "node_errors": node_errors})
 
     async def _get_prompt(self, request):
         web = aiohttp_web()
@@ -336,7 +388,8 @@ class FakeComfyUI(ServerThread):
             return web.Response(status=403)
         if not path.is_file():
             return web.Response(status=404)
-        ctype = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}.get(path.suffix.lower(), "application/octet-stream")
+        ctype = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp", ".webm": "video/webm",
+                 ".mp4": "video/mp4"}.get(path.suffix.lower(), "application/octet-stream")
         return web.Response(body=path.read_bytes(), content_type=ctype,
                             headers={"Content-Disposition": f'filename="{filename}"'})
 
@@ -456,10 +509,13 @@ class FakeComfyUI(ServerThread):
                     entry = node_errors.setdefault(nid, {"errors": errors, "dependent_outputs": [], "class_type": graph[nid]["class_type"]})
                     if out not in entry["dependent_outputs"]:
                         entry["dependent_outputs"].append(out)
-        if node_errors:
+        failed = {out for entry in node_errors.values() for out in entry["dependent_outputs"]}
+        good = [out for out in outputs if out not in failed]
+        if not good:
             return {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
                     "details": "", "extra_info": {}}, node_errors, outputs
-        return None, {}, outputs
+        # As ComfyUI: some outputs valid -> 200 with the node_errors, and only the valid outputs are queued.
+        return None, node_errors, good
 
     def _upstream(self, graph: dict[str, Any], nid: str, seen: set | None = None) -> list[str]:
         seen = set() if seen is None else seen
@@ -526,6 +582,11 @@ class FakeComfyUI(ServerThread):
                     errors.append({"type": "value_not_in_list", "message": "Value not in list",
                                    "details": f"{name}: '{value}' not in {kind}",
                                    "extra_info": {"input_name": name, "input_config": info, "received_value": value}})
+            elif kind == "BOOLEAN":
+                if not isinstance(value, bool):
+                    errors.append({"type": "invalid_input_type", "message": "Failed to convert an input value to a BOOLEAN value",
+                                   "details": f"{name}, {value}", "extra_info": {"input_name": name, "input_config": info,
+                                                                                  "received_value": value}})
             elif kind == "INPUT_FILES":
                 if not isinstance(value, str) or ".." in value or not (self.root / "input" / value).is_file():
                     errors.append({"type": "custom_validation_failed", "message": "Custom validation failed for node",
@@ -675,22 +736,21 @@ class FakeComfyUI(ServerThread):
             return ({"text": inputs["text"], "ckpt": inputs["clip"]["ckpt"]},), None
         if cls == "EmptyLatentImage":
             return ({"width": int(inputs["width"]), "height": int(inputs["height"]), "batch": int(inputs["batch_size"])},), None
-        if cls == "KSampler":
-            steps = int(inputs["steps"])
-            for step in range(steps):
-                if self._interrupt:
-                    raise _Interrupted()
-                if self.step_delay:
-                    await asyncio.sleep(self.step_delay)
-                await self._emit(item, "progress", {"value": step + 1, "max": steps, "prompt_id": item.prompt_id, "node": nid})
-                if self.previews:
-                    preview = io.BytesIO()
-                    Image.new("RGB", (8, 8), (step * 10 % 255, 0, 0)).save(preview, format="JPEG")
-                    await self._binary(item, struct.pack(">II", 1, 1) + preview.getvalue())
-            latent = inputs["latent_image"]
-            detail = json.dumps([inputs["negative"]["text"], steps, float(inputs["cfg"]), inputs["sampler_name"],
-                                 inputs["scheduler"], float(inputs["denoise"]), inputs["model"]["ckpt"]])
-            return ({**latent, "seed": int(inputs["seed"]), "text": inputs["positive"]["text"], "detail": detail},), None
+        if cls in ("KSampler", "KSamplerAdvanced"):
+            return await self._sample(item, nid, cls, inputs), None
+        if cls == "CLIPTextEncodeSDXL":
+            g, l = inputs["text_g"], inputs["text_l"]
+            return ({"text": g if g == l else f"{g} | {l}", "ckpt": inputs["clip"]["ckpt"]},), None
+        if cls == "CLIPTextEncodeSDXLRefiner":
+            return ({"text": inputs["text"], "ckpt": inputs["clip"]["ckpt"]},), None
+        if cls == "ControlNetLoader":
+            return ({"controlnet": inputs["control_net_name"]},), None
+        if cls == "ControlNetApplyAdvanced":
+            tag = f"{inputs['control_net']['controlnet']}@{float(inputs['strength'])}"
+            return ({**inputs["positive"], "control": tag}, {**inputs["negative"], "control": tag}), None
+        if cls == "InpaintModelConditioning":
+            w, h = inputs["pixels"][0].size
+            return (inputs["positive"], inputs["negative"], {"width": w, "height": h, "batch": 1}), None
         if cls == "VAEDecode":
             lat = inputs["samples"]
             images = [fake_image(lat["text"], lat["seed"] + b, lat["width"], lat["height"], detail=lat["detail"])
@@ -708,7 +768,14 @@ class FakeComfyUI(ServerThread):
             path = self.root / "input" / inputs["image"]
             image = Image.open(path)  # PIL.UnidentifiedImageError for a non-image, as in ComfyUI
             image.load()
-            return ([image.convert("RGB")], None), None
+            return ([image.convert("RGB")], {"mask": inputs["image"]}), None
+        if cls == "ImageScale":
+            size = (int(inputs["width"]), int(inputs["height"]))
+            return ([im.resize(size) for im in inputs["image"]],), None
+        if cls == "CreateVideo":
+            return ({"frames": list(inputs["images"]), "fps": float(inputs["fps"])},), None
+        if cls in ("SaveWEBM", "SaveVideo", "SaveAnimatedWEBP"):
+            return (), self._save_animation(item, cls, inputs)
         if cls in ("SaveImage", "PreviewImage"):
             kind = "output" if cls == "SaveImage" else "temp"
             prefix = inputs.get("filename_prefix", "ComfyUI") if cls == "SaveImage" else "ComfyUI_temp_" + uuid.uuid4().hex[:5]
@@ -734,11 +801,57 @@ class FakeComfyUI(ServerThread):
         sock = self._sockets.get(item.client_id) if item.client_id else None
         await self._send_to(sock, None, None, binary=data)
 
-    def _next_filename(self, kind: str, prefix: str) -> str:
+    def _next_filename(self, kind: str, prefix: str, ext: str = "png") -> str:
         folder = self.root / kind
-        pattern = re.compile(re.escape(prefix) + r"_(\d{5})_\.png$")
+        folder.mkdir(parents=True, exist_ok=True)
+        pattern = re.compile(re.escape(prefix) + r"_(\d{5})_\." + ext + "$")
         highest = max((int(m.group(1)) for p in folder.iterdir() if (m := pattern.match(p.name))), default=0)
-        return f"{prefix}_{highest + 1:05d}_.png"
+        return f"{prefix}_{highest + 1:05d}_.{ext}"
+
+    async def _sample(self, item: _Item, nid: str, cls: str, inputs: dict[str, Any]) -> tuple:
+        """KSampler / KSamplerAdvanced: the latent remembers the prompts, seed and settings (a
+        refiner pass over a sampled latent adds its own)."""
+        steps = int(inputs["steps"])
+        for step in range(steps):
+            if self._interrupt:
+                raise _Interrupted()
+            if self.step_delay:
+                await asyncio.sleep(self.step_delay)
+            await self._emit(item, "progress", {"value": step + 1, "max": steps, "prompt_id": item.prompt_id, "node": nid})
+            if self.previews:
+                preview = io.BytesIO()
+                Image.new("RGB", (8, 8), (step * 10 % 255, 0, 0)).save(preview, format="JPEG")
+                await self._binary(item, struct.pack(">II", 1, 1) + preview.getvalue())
+        latent = inputs["latent_image"]
+        seed = int(inputs["seed"] if cls == "KSampler" else inputs["noise_seed"])
+        detail = json.dumps([inputs["negative"]["text"], steps, float(inputs["cfg"]), inputs["sampler_name"], inputs["scheduler"],
+                             float(inputs.get("denoise", 1.0)), inputs["model"]["ckpt"], inputs["positive"].get("control"),
+                             inputs["negative"].get("control")])
+        if "text" in latent:  # a second pass (refiner) over a sampled latent
+            return ({**latent, "detail": latent["detail"] + " > " + json.dumps([inputs["positive"]["text"], seed, detail])},)
+        return ({**latent, "seed": seed, "text": inputs["positive"]["text"], "detail": detail},)
+
+    def _save_animation(self, item: _Item, cls: str, inputs: dict[str, Any]) -> dict[str, Any]:
+        """SaveWEBM (.webm), SaveVideo (.mp4) and SaveAnimatedWEBP (.webp): one file of all frames,
+        listed under "images" with "animated": [true], as ComfyUI does."""
+        frames = inputs["video"]["frames"] if cls == "SaveVideo" else list(inputs["images"])
+        fps = inputs["video"]["fps"] if cls == "SaveVideo" else float(inputs["fps"])
+        subfolder, _, prefix = inputs["filename_prefix"].rpartition("/")
+        ext = {"SaveWEBM": "webm", "SaveVideo": "mp4", "SaveAnimatedWEBP": "webp"}[cls]
+        filename = self._next_filename(f"output/{subfolder}" if subfolder else "output", prefix, ext)
+        path = self.root / "output" / subfolder / filename
+        if cls == "SaveAnimatedWEBP":
+            frames[0].save(path, format="WEBP", save_all=True, append_images=frames[1:], duration=int(1000 / fps), lossless=True)
+        else:
+            import cv2
+            import numpy as np
+
+            size = frames[0].size
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*("VP80" if ext == "webm" else "mp4v")), fps, size)
+            for frame in frames:
+                writer.write(cv2.cvtColor(np.asarray(frame.convert("RGB").resize(size)), cv2.COLOR_RGB2BGR))
+            writer.release()
+        return {"images": [{"filename": filename, "subfolder": subfolder, "type": "output"}], "animated": [True]}
 
 
 __all__ = ["FakeComfyUI", "CHECKPOINTS", "COMFYUI_VERSION"]
