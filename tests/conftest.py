@@ -1,11 +1,14 @@
 """Shared fixtures: tiny random-weight pipelines of every family, built offline once per session."""
 
 import os
+import tempfile
 
 # Tests never reach a model hub: the hub code path runs against pre-filled caches only.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# sdlab remembers file hashes (model identity) in a cache folder: the tests' own, never the user's.
+os.environ.setdefault("SDLAB_CACHE_DIR", tempfile.mkdtemp(prefix="sdlab-test-cache-"))
 
 import pytest
 

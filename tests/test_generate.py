@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from PIL import Image
 from helpers import max_pixel_diff
 
 import sdlab
@@ -144,3 +145,131 @@ def test_flux_generates_and_batches_seeds(flux_pipe):
 def test_flux_size_must_be_a_multiple_of_16(flux_pipe):
     with pytest.raises(ValueError, match="width"):
         sdlab.generate(flux_pipe, "x", width=72, height=64)
+
+
+# ------------------------------------------------------------------ the record is the truth (issue 14)
+
+
+def _perturb(module, seed=1):
+    """Write new weights into `module` in place, as a trainer or load_state_dict would."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+def test_clip_skip_changes_pixels_matches_compel_and_is_recorded_in_both_conventions(sd1_pipe):
+    from sdlab.prompts import weighted
+
+    plain = sdlab.generate(sd1_pipe, "a red circle", seed=3, guidance_scale=1.0, num_inference_steps=STEPS)
+    skipped = sdlab.generate(sd1_pipe, "a red circle", seed=3, guidance_scale=1.0, num_inference_steps=STEPS, clip_skip=1)
+    assert max_pixel_diff(plain.image, skipped.image) > 0
+    # compel's penultimate-layer embeddings are an independent implementation of clip_skip=1
+    via_compel = sdlab.generate(sd1_pipe, weighted("a red circle"), seed=3, guidance_scale=1.0, num_inference_steps=STEPS, clip_skip=1)
+    assert max_pixel_diff(skipped.image, via_compel.image) <= 2
+    record = skipped.records[0]
+    assert record["clip_skip"] == 1 and "diffusers" in record["clip_skip_convention"]
+    text = sdlab.metadata.infotext(record)
+    assert "Clip skip: 2" in text  # A1111 counts the last layer as 1
+    assert sdlab.metadata.params_from_infotext(text)["clip_skip"] == 1
+    assert "clip_skip" not in plain.records[0]
+
+
+def test_clip_skip_with_guidance_and_on_sdxl(sd1_pipe, sdxl_pipe):
+    for pipe in (sd1_pipe, sdxl_pipe):
+        a = sdlab.generate(pipe, "a red circle", seed=1, guidance_scale=5.0, num_inference_steps=STEPS)
+        b = sdlab.generate(pipe, "a red circle", seed=1, guidance_scale=5.0, num_inference_steps=STEPS, clip_skip=1)
+        assert max_pixel_diff(a.image, b.image) > 0
+
+
+def test_clip_skip_is_refused_where_it_cannot_apply(flux_pipe, sd1_pipe):
+    with pytest.raises(ValueError, match="clip_skip"):
+        sdlab.generate(flux_pipe, "x", seed=0, width=64, height=64, num_inference_steps=1, clip_skip=1)
+    for bad in (-1, 13, 1.5, True):
+        with pytest.raises(ValueError, match="clip_skip"):
+            sdlab.generate(sd1_pipe, "x", seed=0, num_inference_steps=1, clip_skip=bad)
+
+
+@pytest.mark.parametrize("key", ["prompt_embeds", "negative_prompt_embeds", "prompt_2", "clip_skip", "max_sequence_length", "callback"])
+def test_keywords_sdlab_owns_are_refused_by_name_before_model_work(sd1_pipe, key):
+    import torch
+
+    value = torch.zeros(1, 77, 32)
+    with pytest.raises(ValueError, match=f"`{key}`"):
+        GenerationRequest.create("x", pipeline_kwargs={key: value})
+    if key != "clip_skip":  # clip_skip is generate's own argument
+        with pytest.raises(ValueError, match=f"`{key}`"):
+            sdlab.generate(sd1_pipe, "x", seed=0, num_inference_steps=1, **{key: value})
+
+
+def test_generate_leaves_the_users_pipeline_as_it_was():
+    from sdlab import testing
+
+    for pipe in (testing.tiny_pipeline("sd1"), testing.tiny_pipeline("sd1", controlnet=True)):
+        modules = [pipe.unet] + ([pipe.controlnet] if getattr(pipe, "controlnet", None) is not None else [])
+        kwargs = {"image": Image.new("RGB", (64, 64))} if len(modules) > 1 else {}
+        sdlab.generate(pipe, ["a", "b"], seed=[1, 2], guidance_scale=5.0, num_inference_steps=1, width=64, height=64, **kwargs)
+        for module in modules:
+            assert "forward" not in module.__dict__  # the class's own forward again, nothing of sdlab's
+            assert module.forward.__func__ is type(module).forward
+
+
+def test_a_user_patch_of_forward_survives_a_call():
+    from sdlab import testing
+
+    pipe = testing.tiny_pipeline("sd1")
+    calls = []
+    original = pipe.unet.forward
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    pipe.unet.forward = spy
+    sdlab.generate(pipe, "a", seed=1, guidance_scale=5.0, num_inference_steps=1, width=64, height=64)
+    assert pipe.unet.forward is spy and calls  # sdlab's wrapper called through it, then put it back
+
+
+def test_guidance_that_can_make_no_image_is_refused():
+    for bad in (1e308, float("inf"), float("nan"), -0.5, 101):
+        with pytest.raises(ValueError, match="guidance_scale"):
+            GenerationRequest.create("x", guidance_scale=bad)
+
+
+def test_nan_latents_are_an_error_not_a_black_image():
+    import torch
+
+    from sdlab import testing
+
+    pipe = testing.tiny_pipeline("sd1")
+    with torch.no_grad():
+        pipe.unet.conv_out.bias.fill_(float("nan"))
+    with pytest.raises(sdlab.BackendError, match="NaN"):
+        sdlab.generate(pipe, "a", seed=1, num_inference_steps=2, width=64, height=64)
+
+
+def test_embedding_cache_follows_text_encoder_weights_changed_in_place():
+    from sdlab import testing
+
+    pipe = testing.tiny_pipeline("sd1")
+    before = sdlab.generate(pipe, "a red circle", seed=2, num_inference_steps=STEPS, width=64, height=64)
+    _perturb(pipe.text_encoder)
+    after = sdlab.generate(pipe, "a red circle", seed=2, num_inference_steps=STEPS, width=64, height=64)
+    fresh = testing.tiny_pipeline("sd1")
+    _perturb(fresh.text_encoder)
+    truth = sdlab.generate(fresh, "a red circle", seed=2, num_inference_steps=STEPS, width=64, height=64)
+    assert max_pixel_diff(before.image, after.image) > 0
+    assert max_pixel_diff(after.image, truth.image) == 0
+
+
+def test_records_identify_weights_by_content(tiny_dirs, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_dirs["sd1"], copy)
+    a = sdlab.generate(sdlab.load_pipeline(str(tiny_dirs["sd1"]), progress_bar=False), "x", seed=0, num_inference_steps=1)
+    b = sdlab.generate(sdlab.load_pipeline(str(copy), progress_bar=False), "x", seed=0, num_inference_steps=1)
+    assert a.records[0]["model_weights"] == b.records[0]["model_weights"]  # same content, other path
+    assert len(a.records[0]["model_weights"]["folder_sha256"]) == 64

@@ -276,3 +276,118 @@ def test_cli_sweep(tmp_path, capsys):
     assert (out / "grid.png").exists() and len(list((out / "cells").glob("*.png"))) == 4
     assert main(["sweep", "x", "--model", "tiny", "--axis", "seed=1,zz", "--out", str(out)]) == 2
     assert "zz" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the record is the truth (issue 14)
+
+
+def _perturbed_unet(folder):
+    """Overwrite a folder's UNet weights in place, as a trainer saving a checkpoint does."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(0.05)
+    unet.save_pretrained(folder / "unet")
+
+
+@pytest.mark.parametrize("as_axis", [False, True])
+def test_weights_overwritten_in_place_regenerate_every_cell(tiny_dirs, tmp_path, as_axis):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_dirs["sd1"], folder)
+
+    def run():
+        if as_axis:
+            return sdlab.sweep(None, "a red circle", axes={"model": [str(folder)], "seed": [1, 2]}, out_dir=tmp_path / "run",
+                               num_inference_steps=2, verbose=False)
+        return sdlab.sweep(str(folder), "a red circle", axes={"seed": [1, 2]}, out_dir=tmp_path / "run",
+                           num_inference_steps=2, verbose=False)
+
+    first = run()
+    again = run()
+    assert not any(c.cached for c in first.cells) and all(c.cached for c in again.cells)
+    _perturbed_unet(folder)
+    after = run()
+    assert not any(c.cached for c in after.cells)
+    assert max_pixel_diff(after.image(seed=1), first.image(seed=1)) > 0
+
+
+def test_weights_changed_in_memory_regenerate_every_cell(tmp_path):
+    import torch
+
+    from sdlab import testing
+
+    pipe = testing.tiny_pipeline("sd1")
+    kwargs = dict(axes={"seed": [1, 2]}, out_dir=tmp_path, num_inference_steps=2, width=64, height=64, verbose=False)
+    first = sdlab.sweep(pipe, "a red circle", **kwargs)
+    assert all(c.cached for c in sdlab.sweep(pipe, "a red circle", **kwargs).cells)
+    with torch.no_grad():
+        pipe.unet.conv_out.weight.mul_(1.5)
+    after = sdlab.sweep(pipe, "a red circle", **kwargs)
+    assert not any(c.cached for c in after.cells)
+    assert max_pixel_diff(after.image(seed=1), first.image(seed=1)) > 0
+    assert after.cells[0].key != first.cells[0].key
+
+
+@pytest.mark.parametrize("where, value", [
+    ("seed", -5), ("seed", 1.5), ("seed", 2**64), ("guidance_scale", float("nan")), ("guidance_scale", 1e308),
+    ("num_inference_steps", 0), ("clip_skip", -1), ("width", 0),
+])
+def test_sweeps_refuse_what_generate_refuses_with_the_same_message(counting, sd1_pipe, tmp_path, where, value):
+    kwargs = {"seed": 0, "num_inference_steps": 1, where: value}
+    with pytest.raises(ValueError) as by_generate:
+        sdlab.generate(sd1_pipe, "a red circle", **kwargs)
+    with pytest.raises(ValueError) as by_axis:
+        sdlab.sweep(counting, "a red circle", axes={where: [value]}, out_dir=tmp_path, num_inference_steps=1, verbose=False)
+    assert str(by_axis.value) == str(by_generate.value)
+    if where != "seed":  # the sweep's base value (its seed argument resolves -1 only)
+        with pytest.raises(ValueError) as by_base:
+            sdlab.sweep(counting, "a red circle", axes={"seed": [1]}, out_dir=tmp_path, verbose=False,
+                        **{"num_inference_steps": 1, where: value})
+        assert str(by_base.value) == str(by_generate.value)
+    assert counting.calls == [] and not (tmp_path / "cells").exists()  # refused before any model work
+
+
+def test_reserved_keywords_are_refused_by_a_sweep_too(counting, tmp_path):
+    import torch
+
+    with pytest.raises(ValueError, match="`prompt_embeds`"):
+        sdlab.sweep(counting, "x", axes={"seed": [1]}, out_dir=tmp_path, verbose=False, prompt_embeds=torch.zeros(1, 77, 32))
+    assert counting.calls == []
+
+
+def test_clip_skip_axis_makes_different_cells(counting, tmp_path):
+    r = sdlab.sweep(counting, "a red circle", axes={"clip_skip": [0, 1], "seed": [1]}, out_dir=tmp_path,
+                    num_inference_steps=2, verbose=False)
+    a, b = r.cells
+    assert a.key != b.key and max_pixel_diff(r.images[0], r.images[1]) > 0
+    assert sdlab.read_params(b.path)["clip_skip"] == 1 and "clip_skip" not in sdlab.read_params(a.path)
+
+
+def test_a_manifest_row_cut_without_newline_does_not_eat_the_next(counting, tmp_path):
+    grid_sweep(counting, tmp_path, axes={"seed": [1, 2]})
+    manifest = tmp_path / "manifest.jsonl"
+    lines = manifest.read_text().splitlines()
+    manifest.write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2])  # killed mid-write, no newline
+    (tmp_path / "cells" / ".tmp-killed.png").write_bytes(b"partial")
+    counting.calls.clear()
+    again = grid_sweep(counting, tmp_path, axes={"seed": [1, 2]})
+    assert counting.calls == [1]  # only the cut cell
+    assert not (tmp_path / "cells" / ".tmp-killed.png").exists()
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]  # every line parses: compacted
+    assert len(rows) == 2 and {r["key"] for r in rows} == {c.key for c in again.cells}
+    counting.calls.clear()
+    grid_sweep(counting, tmp_path, axes={"seed": [1, 2]})
+    assert counting.calls == []
+
+
+def test_manifest_rows_carry_the_request_in_its_json_form(counting, tmp_path):
+    from sdlab.request import GenerationRequest
+
+    r = grid_sweep(counting, tmp_path, axes={"seed": [7]})
+    row = json.loads((tmp_path / "manifest.jsonl").read_text().splitlines()[0])
+    assert GenerationRequest.from_dict(row["request"]) == r.cells[0].request

@@ -488,8 +488,10 @@ class DiffusersBackend:
         with torch.inference_mode():
             if is_object:
                 value = text.encode(pipe, clip_skip=clip_skip)
+            elif self.family in ("sd1", "sd2") and clip_skip:
+                value = (self._encode_skipping(text or "", clip_skip), None)
             elif self.family in ("sd1", "sd2"):
-                embeds, _ = pipe.encode_prompt(text or "", device, 1, False, clip_skip=clip_skip)
+                embeds, _ = pipe.encode_prompt(text or "", device, 1, False)
                 value = (embeds, None)
             elif self.family == "sdxl":
                 if text is None and negative and pipe.config.get("force_zeros_for_empty_prompt", False):
@@ -512,6 +514,19 @@ class DiffusersBackend:
         while len(self._embeddings) > EMBEDDING_CACHE_SIZE:
             self._embeddings.popitem(last=False)
         return value
+
+    def _encode_skipping(self, text: str, clip_skip: int) -> torch.Tensor:
+        """SD 1.x/2.x embeddings from the CLIP layer `clip_skip` before the last, through the final
+        layer norm: what diffusers' `encode_prompt(clip_skip=...)` computes (written out here: its
+        own code reaches `text_encoder.text_model`, which transformers 5 no longer has)."""
+        pipe = self.pipe
+        tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
+        tokens = tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")
+        device = self._device()
+        mask = tokens.attention_mask.to(device) if getattr(encoder.config, "use_attention_mask", False) else None
+        out = encoder(tokens.input_ids.to(device), attention_mask=mask, output_hidden_states=True)
+        norm = getattr(getattr(encoder, "text_model", encoder), "final_layer_norm")
+        return norm(out.hidden_states[-(clip_skip + 1)]).to(dtype=encoder.dtype, device=device)
 
     @contextlib.contextmanager
     def _guided_forward(self, state: _GuidanceState | None):

@@ -201,7 +201,8 @@ class WeightedPrompt:
                           else compel.ReturnedEmbeddingsType.LAST_HIDDEN_STATES_NORMALIZED)
                 encoder = compel.Compel(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder,
                                         returned_embeddings_type=states, truncate_long_prompts=False)
-                return self._embeds(encoder), None
+                with _text_model_alias(pipe.text_encoder):
+                    return self._embeds(encoder), None
             if pipe.text_encoder is None or pipe.tokenizer is None:
                 raise ValueError("weighted prompts for SDXL need both text encoders (a refiner has only one)")
             states = compel.ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED
@@ -283,6 +284,20 @@ def quiet_long_sequence_log():
         yield
     finally:
         log.setLevel(level)
+
+
+@contextlib.contextmanager
+def _text_model_alias(encoder):
+    """compel reaches the final layer norm as `text_encoder.text_model.final_layer_norm`; transformers
+    5 flattened CLIPTextModel (no `text_model`). For the call only, the encoder stands for itself."""
+    if "text_model" in encoder.__dict__ or hasattr(encoder, "text_model"):
+        yield
+        return
+    object.__setattr__(encoder, "text_model", encoder)  # an instance attribute, not a registered submodule
+    try:
+        yield
+    finally:
+        del encoder.__dict__["text_model"]
 
 
 def _family(pipe) -> str:
