@@ -4,7 +4,7 @@ Importing sdlab touches no network, GPU or disk; heavy libraries load when first
 """
 
 from . import bench, controlnet
-from .backends.base import Backend, BackendOutput, Defaults, as_backend
+from .backends import Backend, BackendOutput, Defaults, as_backend
 from .errors import BackendError, MissingDependencyError, ModelLoadError, SdlabError
 from .generation import GenerationResult, generate, regenerate
 from .loading import load_pipeline

@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from .backends.base import as_backend
+from .backends import as_backend
 from .generation import build_request, run_request
 from .loading import pipeline_info
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from .backends import open_model
-from .backends.base import as_backend
+from .backends import as_backend
 from .errors import BackendError, MissingDependencyError, ModelLoadError
 from .generation import GenerationResult, run_request
 from .request import Defaults, GenerationRequest

@@ -15,7 +15,8 @@ from typing import Any, Sequence
 
 from PIL import Image
 
-from .backends.base import Backend, ProgressCallback, as_backend
+from .backends import as_backend
+from .backends.base import Backend, ProgressCallback
 from .request import GenerationRequest
 
 

@@ -8,19 +8,49 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 from PIL import Image
 
 from .axes import Axis, prompt_sr
 from .grid import Label, fit_pixels, join_horizontally, labelled_grid
 from .metadata import read_text_chunks, save_png
-
-if TYPE_CHECKING:
-    from .sweeps import SweepCell
+from .request import GenerationRequest
 
 SPEC_KEY = "sdlab_sweep"
 CORE_PARAMS = ("prompt", "negative_prompt", "seed", "guidance_scale", "num_inference_steps", "scheduler", "width", "height", "clip_skip")
+
+
+@dataclass
+class SweepCell:
+    """One cell: its position on every axis, its one-image request and model, and what became of it."""
+
+    index: int
+    coords: dict[str, int]  # axis name -> value index
+    request: GenerationRequest  # one image, every parameter resolved
+    model: str = ""  # the model's label
+    model_index: int = 0
+    key: str = ""
+    path: Path | None = None
+    seconds: float | None = None
+    peak_memory_mb: float | None = None
+    error: str | None = None
+    cached: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.path is not None
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The cell's parameters by name (pipeline keywords as given), and its model."""
+        r = self.request
+        return {
+            "prompt": r.prompt[0], "negative_prompt": r.negative_prompt[0], "seed": r.seed[0],
+            "guidance_scale": r.guidance_scale[0], "num_inference_steps": r.num_inference_steps,
+            "scheduler": r.scheduler, "width": r.width, "height": r.height, "clip_skip": r.clip_skip,
+            "pipeline_kwargs": dict(r.pipeline_kwargs), "model": self.model,
+        }
 
 
 @dataclass
@@ -28,7 +58,7 @@ class SweepResult:
     """The cells of a sweep, their images and a labelled grid."""
 
     axes: list[Axis]
-    cells: list["SweepCell"]
+    cells: list[SweepCell]
     out_dir: Path
     spec: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
@@ -86,10 +116,10 @@ class SweepResult:
         return [self._image(c) for c in self.cells]
 
     @property
-    def failed(self) -> list["SweepCell"]:
+    def failed(self) -> list[SweepCell]:
         return [c for c in self.cells if c.error]
 
-    def _image(self, cell: "SweepCell") -> Image.Image | None:
+    def _image(self, cell: SweepCell) -> Image.Image | None:
         if cell.path is None or not Path(cell.path).exists():
             return None
         with Image.open(cell.path) as im:
@@ -102,7 +132,7 @@ class SweepResult:
                 return i
         raise ValueError(f"axis {axis.name!r} has no value {value!r}; values: {list(axis.labels)}")
 
-    def select(self, **values: Any) -> list["SweepCell"]:
+    def select(self, **values: Any) -> list[SweepCell]:
         """The cells with the given axis values (by value or label), e.g. select(seed=1)."""
         wanted = {}
         for name, value in values.items():
@@ -248,8 +278,6 @@ class SweepResult:
 def load_sweep(path: str | Path) -> dict[str, Any]:
     """The keyword arguments that rebuild a sweep from its grid PNG or spec JSON:
     `sdlab.sweep(pipe, **load_sweep("grid.png"))`."""
-    from .metadata import read_text_chunks
-
     path = Path(path)
     if path.suffix.lower() == ".png":
         chunks = read_text_chunks(path)

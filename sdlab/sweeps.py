@@ -27,7 +27,6 @@ import itertools
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -43,49 +42,17 @@ from .axes import (
     prompt_sr,
 )
 from .backends import model_facts
-from .backends.base import as_backend
+from .backends import as_backend
 from .executors import get_executor
 from .metadata import save_png
 from .request import GenerationRequest, check_positive_int, describe_value, random_seed
-from .sweep_result import SweepResult, load_sweep
+from .sweep_result import SweepCell, SweepResult, load_sweep
 
 MANIFEST = "manifest.jsonl"
 CORE_PARAMS = ("prompt", "negative_prompt", "seed", "guidance_scale", "num_inference_steps", "scheduler", "width", "height", "clip_skip")
 DEFAULT_OUT_DIR = Path("runs") / "sweeps"
 
 __all__ = ["Axis", "SweepCell", "SweepResult", "prompt_matrix", "prompt_order", "prompt_sr", "sweep", "load_sweep"]
-
-
-@dataclass
-class SweepCell:
-    """One cell: its position on every axis, its one-image request and model, and what became of it."""
-
-    index: int
-    coords: dict[str, int]  # axis name -> value index
-    request: GenerationRequest  # one image, every parameter resolved
-    model: str = ""  # the model's label
-    model_index: int = 0
-    key: str = ""
-    path: Path | None = None
-    seconds: float | None = None
-    peak_memory_mb: float | None = None
-    error: str | None = None
-    cached: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and self.path is not None
-
-    @property
-    def params(self) -> dict[str, Any]:
-        """The cell's parameters by name (pipeline keywords as given), and its model."""
-        r = self.request
-        return {
-            "prompt": r.prompt[0], "negative_prompt": r.negative_prompt[0], "seed": r.seed[0],
-            "guidance_scale": r.guidance_scale[0], "num_inference_steps": r.num_inference_steps,
-            "scheduler": r.scheduler, "width": r.width, "height": r.height, "clip_skip": r.clip_skip,
-            "pipeline_kwargs": dict(r.pipeline_kwargs), "model": self.model,
-        }
 
 
 # ------------------------------------------------------------------ planning

@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw
 import sdlab
 from sdlab.loading import pipeline_info
 from sdlab import controlnet, testing
-from sdlab.backends.base import as_backend
+from sdlab.backends import as_backend
 from sdlab.errors import ModelLoadError
 from sdlab.generation import run_request
 from sdlab.presets import SHAPES_CONTROLNET_DIR, SHAPES_DIR

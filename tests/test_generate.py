@@ -6,7 +6,7 @@ from PIL import Image
 from helpers import max_pixel_diff
 
 import sdlab
-from sdlab.backends.base import as_backend
+from sdlab.backends import as_backend
 from sdlab.generation import run_request
 from sdlab.request import GenerationRequest
 

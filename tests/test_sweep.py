@@ -7,7 +7,7 @@ from helpers import max_pixel_diff
 from PIL import Image
 
 import sdlab
-from sdlab.backends.base import as_backend
+from sdlab.backends import as_backend
 from sdlab.sweeps import SweepResult, load_sweep
 
 STEPS = 3

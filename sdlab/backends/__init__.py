@@ -6,13 +6,14 @@ touches no network and imports no HTTP or model library.
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from .. import loading
 from ..request import Defaults
-from .base import Backend, BackendOutput, as_backend
+from .base import Backend, BackendOutput
 
 __all__ = [
     "Backend", "BackendOutput", "ComfyUIBackend", "ComfyUIClient", "Defaults", "ReplicateBackend", "Workflow",
@@ -36,6 +37,38 @@ def __getattr__(name: str) -> Any:
         module, attr = _LAZY[name]
         return getattr(importlib.import_module(f"{__name__}.{module}"), attr)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_BACKENDS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+
+
+def as_backend(pipe_or_backend: Any) -> Backend:
+    """Adapt a diffusers pipeline to the backend protocol; pass backends through unchanged."""
+    if isinstance(pipe_or_backend, Backend) and not _is_diffusers_pipeline(pipe_or_backend):
+        return pipe_or_backend
+    if _is_diffusers_pipeline(pipe_or_backend):
+        from .diffusers import DiffusersBackend  # imports torch: only once a pipeline exists
+
+        backend = _BACKENDS.get(pipe_or_backend)
+        if backend is None:  # one backend a pipeline: its embedding cache lives as long as the pipeline
+            backend = _BACKENDS[pipe_or_backend] = DiffusersBackend(pipe_or_backend)
+        return backend
+    raise TypeError(
+        f"expected a diffusers pipeline (from sdlab.load_pipeline) or an sdlab backend, "
+        f"got {type(pipe_or_backend).__name__}"
+    )
+
+
+def _is_diffusers_pipeline(obj: Any) -> bool:
+    import sys
+
+    if "diffusers" not in sys.modules:  # no pipeline can exist yet: don't import diffusers for a remote backend
+        return False
+    try:
+        from diffusers import DiffusionPipeline
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(obj, DiffusionPipeline)
 
 
 def is_remote_spec(spec: Any) -> bool:

@@ -8,7 +8,6 @@ and the server drive every one of them the same way.
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, runtime_checkable
 
@@ -16,7 +15,7 @@ from PIL import Image
 
 from ..request import Defaults, GenerationRequest
 
-__all__ = ["Backend", "BackendOutput", "Defaults", "ProgressCallback", "as_backend"]
+__all__ = ["Backend", "BackendOutput", "Defaults", "ProgressCallback"]
 
 # Progress callbacks receive a dict so they can grow: {"step": i, "total": n, ...}.
 ProgressCallback = Callable[[dict[str, Any]], None]
@@ -64,35 +63,3 @@ class Backend(Protocol):
 
     def run(self, request: GenerationRequest, *, progress: ProgressCallback | None = None) -> BackendOutput:
         """Make the images of `request`, in order."""
-
-
-_BACKENDS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
-
-
-def as_backend(pipe_or_backend: Any) -> Backend:
-    """Adapt a diffusers pipeline to the backend protocol; pass backends through unchanged."""
-    if isinstance(pipe_or_backend, Backend) and not _is_diffusers_pipeline(pipe_or_backend):
-        return pipe_or_backend
-    if _is_diffusers_pipeline(pipe_or_backend):
-        from .diffusers import DiffusersBackend
-
-        backend = _BACKENDS.get(pipe_or_backend)
-        if backend is None:  # one backend a pipeline: its embedding cache lives as long as the pipeline
-            backend = _BACKENDS[pipe_or_backend] = DiffusersBackend(pipe_or_backend)
-        return backend
-    raise TypeError(
-        f"expected a diffusers pipeline (from sdlab.load_pipeline) or an sdlab backend, "
-        f"got {type(pipe_or_backend).__name__}"
-    )
-
-
-def _is_diffusers_pipeline(obj: Any) -> bool:
-    import sys
-
-    if "diffusers" not in sys.modules:  # no pipeline can exist yet: don't import diffusers for a remote backend
-        return False
-    try:
-        from diffusers import DiffusionPipeline
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(obj, DiffusionPipeline)

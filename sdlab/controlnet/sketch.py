@@ -126,7 +126,7 @@ def generate_from_sketch(
     carry the annotator and its parameters under "control"; the control image itself is
     `result.request.pipeline_kwargs["image"]`.
     """
-    from ..backends.base import as_backend
+    from ..backends import as_backend
     from ..generation import generate
 
     if "image" in generate_kwargs:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ..backends.base import Backend, as_backend
+from ..backends import Backend, as_backend
 from ..generation import run_request
 from ..metadata import save_png
 from ..request import GenerationRequest

@@ -17,7 +17,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from ..backends.base import as_backend
+from ..backends import as_backend
 from ._common import DEFAULT, PIXELATED_STYLE, ProgressFeed, error_text, image_widget, or_none, params_html, status_html
 
 NO_PRESET = "(none)"

@@ -15,7 +15,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from ..backends.base import as_backend
+from ..backends import as_backend
 from ._common import DEFAULT, ProgressFeed, error_text, or_none, status_html
 
 DEFAULT_PROMPT = "a large red circle on a blue background"
