@@ -17,21 +17,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from sdlab.presets import SHAPES_CONTROLNET_DIR, SHAPES_DIR
+from sdlab.shapes import world
+from sdlab.shapes.judge import filled_mask, iou, judge
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from sdlab.shapes import world  # noqa: E402
-from sdlab.shapes.judge import filled_mask, iou, judge  # noqa: E402
-
-MODEL_DIR = ROOT / "sdlab" / "models" / "shapes"
-CONTROLNET_DIR = ROOT / "sdlab" / "models" / "shapes-controlnet"
+MODEL_DIR = SHAPES_DIR  # the weights the installed package loads as the `shapes` preset
+CONTROLNET_DIR = SHAPES_CONTROLNET_DIR
 SKETCH_DIR = ROOT / "data" / "sketches"
 SIZE = 64
 SKETCH_PROMPTS = {  # sketch file stem -> (prompt, shape the judge should find)

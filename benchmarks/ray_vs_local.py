@@ -21,15 +21,12 @@ import argparse
 import importlib.util
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import sdlab  # noqa: E402
-from sdlab.executors import RayExecutor, import_ray  # noqa: E402
+import sdlab
+from sdlab.executors import RayExecutor, import_ray
 
 PROMPT = "a large red circle on a blue background"
 AXES = {"seed": [1, 2, 3, 4], "guidance_scale": [1.5, 3.0, 5.0, 7.0]}

@@ -22,17 +22,13 @@ import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 
+import httpx
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import httpx  # noqa: E402
-
-import sdlab  # noqa: E402
-from sdlab.loading import pipeline_info  # noqa: E402
-from sdlab.server import serve_in_thread  # noqa: E402
+import sdlab
+from sdlab.loading import pipeline_info
+from sdlab.server import serve_in_thread
 
 PROMPTS = ["a large red circle on a blue background", "a small yellow star on a black background"]
 

@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import sdlab  # noqa: E402
-from sdlab.presets import SHAPES_DIR  # noqa: E402
+import sdlab
+from sdlab.presets import SHAPES_DIR
 
 PROMPT = "a large red circle on a blue background"
 SEEDS = [1, 2, 3, 4]

@@ -2,7 +2,7 @@
 
     result = sdlab.bench.benchmark_schedulers(pipe, "a large red circle on a blue background",
                                               schedulers=["Euler", "DPM++ 2M", "DDIM"],
-                                              steps=[5, 10, 20], seeds=(0, 1))
+                                              num_inference_steps=[5, 10, 20], seeds=(0, 1))
     result.table                   # one row per scheduler x step count
     result.fastest_to(0.9)         # per scheduler, the quickest setting with SSIM >= 0.9
     result.plot_quality_vs_time()  # which scheduler reaches a quality in the least time
@@ -400,7 +400,7 @@ def benchmark_schedulers(
     prompt: str,
     *,
     schedulers: Sequence[str],
-    steps: Sequence[int],
+    num_inference_steps: Sequence[int],
     seeds: Sequence[int] = (0,),
     repeats: int = 3,
     warmup: int = 1,
@@ -420,7 +420,7 @@ def benchmark_schedulers(
         pipe: a pipeline (from `load_pipeline`) or a backend.
         prompt: the prompt of every image.
         schedulers: scheduler names (`sdlab.scheduler_names(pipe)`).
-        steps: step counts to try with each scheduler.
+        num_inference_steps: the step counts to try with each scheduler.
         seeds: one image per seed, generated together as one batch; metrics average over them.
         repeats: timed calls per setting; the median is reported.
         warmup: untimed calls before the first timed one.
@@ -442,7 +442,7 @@ def benchmark_schedulers(
     if not isinstance(prompt, str) or not prompt:
         raise ValueError(f"`prompt` must be a non-empty string, got {prompt!r}")
     schedulers = [str(s) for s in _check_list(schedulers, "schedulers")]
-    steps = [check_positive_int(s, "steps") for s in _check_list(steps, "steps")]
+    step_counts = [check_positive_int(s, "num_inference_steps") for s in _check_list(num_inference_steps, "num_inference_steps")]
     seeds = tuple(_check_list(seeds, "seeds"))
     repeats = check_positive_int(repeats, "repeats")
     warmup = check_positive_int(warmup, "warmup", minimum=0)
@@ -453,7 +453,7 @@ def benchmark_schedulers(
     common = dict(negative_prompt=negative_prompt, guidance_scale=guidance_scale, width=width, height=height, seed=list(seeds))
     requests = {}
     for scheduler in schedulers:
-        for n in steps:
+        for n in step_counts:
             requests[(scheduler, n)] = build_request(backend, prompt, scheduler=scheduler, num_inference_steps=n, **common)
     reference_request = build_request(backend, prompt, scheduler=reference_scheduler, num_inference_steps=reference_steps, **common)
     first = next(iter(requests.values()))

@@ -132,6 +132,8 @@ def _cmd_params(args) -> int:
 
     from .metadata import read_params
 
+    if not Path(args.path).is_file():
+        raise ValueError(f"{args.path}: no such file")
     print(json.dumps(read_params(args.path), indent=2, ensure_ascii=False, default=str))
     return 0
 

@@ -7,7 +7,6 @@ component configs, or the keys of a single-file checkpoint), never assumed from 
 from __future__ import annotations
 
 import importlib.util
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,6 +14,10 @@ from typing import Any
 
 from . import identity
 from .errors import MissingDependencyError, ModelLoadError
+from .model_files import (
+    CONFIG_PATTERNS, bad_files, cached_components, download_command, hub_cache, hub_unreachable, offline_error,
+    open_safetensors, read_json, snapshot_folder,
+)
 from .presets import CONTROLNET_PRESETS, PRESETS, Preset, default_model, family_defaults
 from .request import Defaults
 
@@ -108,8 +111,7 @@ def resolve_dtype(dtype: Any, device: str, family: str):
 
 
 def _read_json(path: Path) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return read_json(path)  # a file that is not a JSON object is a ModelLoadError naming it
 
 
 def family_from_configs(model_index: Mapping[str, Any], read_config) -> str:
@@ -160,18 +162,23 @@ def family_from_hub(repo_id: str, *, revision=None, cache_dir=None, token=None) 
         return hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir, token=token)
 
     try:
-        index = _read_json(Path(download("model_index.json")))
+        index_path = download("model_index.json")
     except Exception as e:
+        if hub_unreachable(e):
+            command = download_command(repo_id, revision=revision, cache_dir=cache_dir)
+            raise offline_error(f"model_index.json of {repo_id!r}", repo_id, command, cache_dir=cache_dir) from e
         raise ModelLoadError(
             f"could not fetch model_index.json of {repo_id!r} from the Hugging Face hub or its cache: "
             f"{type(e).__name__}: {e}. Check the id, your network, or HF_HUB_OFFLINE and the cache."
         ) from e
+    index = _read_json(Path(index_path))
 
     def read_config(sub):
         try:
-            return _read_json(Path(download(f"{sub}/config.json")))
+            path = download(f"{sub}/config.json")
         except Exception:
             return None
+        return _read_json(Path(path))
 
     return family_from_configs(index, read_config)
 
@@ -180,9 +187,7 @@ class _LazyCheckpoint(Mapping):
     """A safetensors file as a mapping that reads a tensor only when it is looked at."""
 
     def __init__(self, path: Path):
-        from safetensors import safe_open
-
-        self._file = safe_open(str(path), framework="pt")
+        self._file = open_safetensors(path)  # a damaged file is a ModelLoadError saying what is wrong
         self._keys = list(self._file.keys())
         self._key_set = set(self._keys)
 
@@ -307,11 +312,20 @@ def _controlnet_location(spec: str, hub_kwargs) -> tuple[Any, Mapping[str, Any]]
     try:
         cfg = hf_hub_download(spec, "config.json", **_controlnet_hub_kwargs(hub_kwargs))
     except Exception as e:
+        if hub_unreachable(e):
+            raise _controlnet_offline_error(spec, e, hub_kwargs) from e
         raise ModelLoadError(
             f"could not fetch the config of ControlNet {spec!r} from the Hugging Face hub or its cache: "
             f"{type(e).__name__}: {e}. Check the id, your network, or HF_HUB_OFFLINE and the cache."
         ) from e
     return spec, _read_json(Path(cfg))
+
+
+def _controlnet_offline_error(repo_id: str, error: Exception, hub_kwargs) -> ModelLoadError:
+    """The hub ControlNet `repo_id` is not cached and the hub is out of reach: what to download."""
+    cache_dir = hub_kwargs.get("cache_dir")
+    command = download_command(repo_id, patterns=("config.json", "diffusion_pytorch_model.safetensors"), cache_dir=cache_dir)
+    return offline_error(f"the ControlNet {repo_id!r}", repo_id, command, cache_dir=cache_dir, cause=error)
 
 
 def _controlnet_hub_kwargs(hub_kwargs) -> dict[str, Any]:
@@ -370,7 +384,15 @@ def load_controlnets(controlnet: Any, family: str, dtype, hub_kwargs, base_cross
         else:
             try:
                 model = ControlNetModel.from_pretrained(location, torch_dtype=dtype, **_controlnet_hub_kwargs(hub_kwargs))
-            except OSError as e:
+            except (OSError, ValueError) as e:
+                local = Path(location).is_dir()
+                problem = bad_files(location if local else snapshot_folder(location, cache_dir=hub_kwargs.get("cache_dir")))
+                if problem is not None:
+                    raise ModelLoadError(f"could not load the ControlNet {name!r}: {problem}") from e
+                if isinstance(e, ValueError):
+                    raise
+                if not local and hub_unreachable(e):
+                    raise _controlnet_offline_error(location, e, hub_kwargs) from e
                 raise ModelLoadError(f"could not load the ControlNet {name!r} ({location}): {e}") from e
             if Path(location).is_dir():
                 identities.append(identity.path_identity(location))
@@ -543,9 +565,14 @@ def load_pipeline(
             kwargs.update(source.preset.load_kwargs if source.preset else {})
             kwargs.pop("max_sequence_length", None)
             pipe = cls.from_pretrained(source.location, **kwargs, **{k: v for k, v in hub_kwargs.items() if v is not None})
-    except (ModelLoadError, ValueError):
+    except ModelLoadError:
         raise
-    except OSError as e:
+    except (OSError, ValueError) as e:
+        known = _explain_load_failure(source, e, config=config, variant=variant, hub_kwargs=hub_kwargs)
+        if known is not None:
+            raise known from e
+        if isinstance(e, ValueError):
+            raise
         raise ModelLoadError(f"could not load {source.name!r} ({source.kind} {source.location}): {e}") from e
 
     # 4. memory and speed options; offload manages devices itself, so never also .to(device)
@@ -594,6 +621,62 @@ def load_pipeline(
     )
     pipe._sdlab_info.mark_loaded(pipe)
     return pipe
+
+
+# The component folders `load_pipeline` loads for each family (the safety checker is never loaded).
+FAMILY_COMPONENTS = {
+    "sd1": ("feature_extractor", "scheduler", "text_encoder", "tokenizer", "unet", "vae"),
+    "sd2": ("feature_extractor", "scheduler", "text_encoder", "tokenizer", "unet", "vae"),
+    "sdxl": ("scheduler", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "vae"),
+    "flux": ("scheduler", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "transformer", "vae"),
+}
+
+
+def _explain_load_failure(source: ModelSource, error: Exception, *, config, variant, hub_kwargs) -> ModelLoadError | None:
+    """A `ModelLoadError` saying what really went wrong when diffusers failed to load `source`:
+    a damaged weight file (named), weights missing from the cache while the hub is out of reach
+    (the `hf download` command), a single file whose configs need the hub (`config=`). None if
+    none of these explains `error`."""
+    revision, cache_dir = hub_kwargs.get("revision"), hub_kwargs.get("cache_dir")
+    folder = None
+    if source.kind == "folder":
+        folder = source.location
+    elif source.kind == "hub":
+        folder = snapshot_folder(source.location, revision=revision, cache_dir=cache_dir)
+    problem = bad_files(folder)
+    if problem is not None:
+        return ModelLoadError(f"could not load {source.name!r}: {problem}")
+    if not hub_unreachable(error):
+        return None
+    if source.kind == "hub":
+        if source.preset is not None:
+            components, what = FAMILY_COMPONENTS[source.family], f"the preset {source.name!r} ({source.location})"
+        else:
+            components, what = cached_components(source.location, revision=revision, cache_dir=cache_dir), repr(source.name)
+            if components is not None:
+                components = [c for c in components if c != "safety_checker"]
+        command = download_command(source.location, components, variant=variant, revision=revision, cache_dir=cache_dir)
+        return offline_error(what, source.location, command, cache_dir=cache_dir, cause=error)
+    if source.kind == "single_file" and config is None:
+        repo, command = _single_file_config_command(source, cache_dir)
+        return ModelLoadError(
+            f"{Path(source.location).name} is a single-file checkpoint loaded without `config=`: building its pipeline "
+            f"needs the component configs of a {source.family} model (diffusers looks up {repo}), which are not in the "
+            f"Hugging Face cache at {hub_cache(cache_dir)}, and the hub is out of reach. Pass `config=` a local diffusers "
+            f"folder (or a cached hub id) of a {source.family} model, or download the configs:\n  {command}\nthen run again."
+        )
+    return None
+
+
+def _single_file_config_command(source: ModelSource, cache_dir) -> tuple[str, str]:
+    """The repo whose configs diffusers looks up for a single-file checkpoint, and the `hf download` command."""
+    try:
+        from diffusers.loaders.single_file_utils import fetch_diffusers_config
+
+        repo = fetch_diffusers_config(_LazyCheckpoint(Path(source.location)))["pretrained_model_name_or_path"]
+    except Exception:  # pragma: no cover - diffusers internals
+        repo = next(p.source for p in PRESETS.values() if p.family == source.family and "/" in p.source)
+    return repo, download_command(repo, patterns=CONFIG_PATTERNS, cache_dir=cache_dir)
 
 
 def _defaults_for(pipe, family: str) -> Defaults:

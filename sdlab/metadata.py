@@ -165,9 +165,17 @@ def read_text_chunks(path_or_image: str | Path | Image.Image) -> dict[str, str]:
     if isinstance(path_or_image, Image.Image):
         image = path_or_image
         return {k: v for k, v in getattr(image, "text", image.info).items() if isinstance(v, str)}
-    with Image.open(path_or_image) as image:
-        image.load()
-        return {k: v for k, v in getattr(image, "text", image.info).items() if isinstance(v, str)}
+    try:
+        with Image.open(path_or_image) as image:
+            image.load()
+            if image.format != "PNG":
+                raise ValueError(f"{path_or_image} is a {image.format} image, not a PNG: generation parameters are read "
+                                 "from PNG text chunks")
+            return {k: v for k, v in getattr(image, "text", image.info).items() if isinstance(v, str)}
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError) as e:  # PIL: not an image (UnidentifiedImageError), truncated, broken chunks
+        raise ValueError(f"{path_or_image} is not a readable PNG image ({e})") from e
 
 
 def read_params(path_or_image: str | Path | Image.Image) -> dict[str, Any]:

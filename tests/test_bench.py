@@ -13,7 +13,7 @@ from sdlab.loading import PipelineInfo
 def result(sd1_pipe):
     return bench.benchmark_schedulers(
         sd1_pipe, "a large red circle on a blue background",
-        schedulers=["DPM++ 2M", "Heun"], steps=[2, 6], seeds=(0, 1),
+        schedulers=["DPM++ 2M", "Heun"], num_inference_steps=[2, 6], seeds=(0, 1),
         repeats=2, warmup=1, reference_steps=6, reference_scheduler="DPM++ 2M",
     )
 
@@ -111,12 +111,14 @@ def test_bad_arguments_fail_before_any_model_work(sd1_pipe, monkeypatch):
 
     monkeypatch.setattr(bench, "run_request", no_run)
     with pytest.raises(ValueError, match="unknown `scheduler`"):
-        bench.benchmark_schedulers(sd1_pipe, "a circle", schedulers=["Euler", "Nope"], steps=[2])
-    with pytest.raises(ValueError, match="`steps`"):
-        bench.benchmark_schedulers(sd1_pipe, "a circle", schedulers=["Euler"], steps=[0])
+        bench.benchmark_schedulers(sd1_pipe, "a circle", schedulers=["Euler", "Nope"], num_inference_steps=[2])
+    with pytest.raises(ValueError, match="`num_inference_steps`"):
+        bench.benchmark_schedulers(sd1_pipe, "a circle", schedulers=["Euler"], num_inference_steps=[0])
+    with pytest.raises(TypeError, match="steps"):  # diffusers' name only
+        bench.benchmark_schedulers(sd1_pipe, "a circle", schedulers=["Euler"], steps=[2])
     with pytest.raises(ValueError, match="`schedulers` is empty"):
-        bench.benchmark_schedulers(sd1_pipe, "a circle", schedulers=[], steps=[2])
+        bench.benchmark_schedulers(sd1_pipe, "a circle", schedulers=[], num_inference_steps=[2])
     with pytest.raises(ValueError, match="`width`"):
-        bench.benchmark_schedulers(sd1_pipe, "a circle", schedulers=["Euler"], steps=[2], width=70)
+        bench.benchmark_schedulers(sd1_pipe, "a circle", schedulers=["Euler"], num_inference_steps=[2], width=70)
     with pytest.raises(ValueError, match="`peak_tflops`"):
-        bench.benchmark_schedulers(sd1_pipe, "a circle", schedulers=["Euler"], steps=[2], peak_tflops=-1)
+        bench.benchmark_schedulers(sd1_pipe, "a circle", schedulers=["Euler"], num_inference_steps=[2], peak_tflops=-1)

@@ -39,3 +39,24 @@ def test_demo_writes_a_labelled_grid(tmp_path, capsys):
     assert main(["demo", "--model", "tiny", "--out", str(out)]) == 0
     assert (out / "grid.png").exists() and len(list((out / "cells").glob("*.png"))) == 12
     assert "grid:" in capsys.readouterr().out
+
+
+def _not_pngs(tmp_path):
+    from PIL import Image
+
+    text = tmp_path / "notes.png"
+    text.write_text("not an image\n")
+    jpeg = tmp_path / "photo.jpg"
+    Image.new("RGB", (8, 8)).save(jpeg, format="JPEG")
+    png = tmp_path / "cut.png"
+    Image.new("RGB", (64, 64)).save(png, format="PNG")
+    png.write_bytes(png.read_bytes()[:60])
+    return {"text": text, "jpeg": jpeg, "truncated": png, "missing": tmp_path / "missing.png", "folder": tmp_path}
+
+
+def test_params_of_a_file_that_is_not_a_png_is_one_line(tmp_path, capsys):
+    for kind, path in _not_pngs(tmp_path).items():
+        assert main(["params", str(path)]) != 0, kind
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and str(path) in err, (kind, err)
+        assert "Traceback" not in err

@@ -14,7 +14,7 @@ from PIL import Image
 
 import sdlab
 from sdlab.backends import ReplicateBackend, open_backend
-from sdlab.backends.replicate import _output_items
+from sdlab.backends.replicate_client import _output_items
 from sdlab.errors import BackendError, MissingDependencyError
 
 replicate = pytest.importorskip("replicate")

@@ -145,7 +145,7 @@ def test_scheduler_bench_widget(sd1_pipe):
     bench = SchedulerBench(sd1_pipe)
     assert set(bench.schedulers.value) <= set(bench.schedulers.options)
     bench.schedulers.value = ("Euler", "DDIM")
-    bench.steps.value = "1, 2"
+    bench.num_inference_steps.value = "1, 2"
     bench.seeds.value, bench.repeats.value, bench.warmup.value, bench.reference_steps.value = 1, 1, 0, 3
     bench.run_button.click()
     assert bench.error is None, bench.status.value
@@ -154,7 +154,7 @@ def test_scheduler_bench_widget(sd1_pipe):
     assert "Euler" in bench.table.value and len(bench.plots.children) == 2
     assert bench.progress.value == bench.progress.max
 
-    bench.steps.value = "0"
+    bench.num_inference_steps.value = "0"
     bench.run_button.click()
-    assert isinstance(bench.error, ValueError) and "steps" in bench.status.value
+    assert isinstance(bench.error, ValueError) and "num_inference_steps" in bench.status.value
     assert bench.last_result.table == rows  # the last good result is kept

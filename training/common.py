@@ -11,7 +11,6 @@ import copy
 import json
 import os
 import random
-import sys
 import time
 from pathlib import Path
 
@@ -19,12 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from sdlab.shapes import world
+from sdlab.tokenizer import CLIP_TOKENIZER_DIR, load_clip_tokenizer
 
-from sdlab.shapes import world  # noqa: E402
-from sdlab.tokenizer import CLIP_TOKENIZER_DIR, load_clip_tokenizer  # noqa: E402
-
+ROOT = Path(__file__).resolve().parents[1]  # the checkout: weights are written into its sdlab/models
 CACHE = ROOT / ".cache" / "shapes-train"
 MODEL_DIR = ROOT / "sdlab" / "models" / "shapes"
 CONTROLNET_DIR = ROOT / "sdlab" / "models" / "shapes-controlnet"

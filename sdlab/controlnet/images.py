@@ -203,10 +203,6 @@ def check_control_kwargs(kwargs: dict, *, width: int, height: int, num_controlne
             )
 
 
-def as_list(value: Any) -> list:
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
 def images_of(value: Any) -> Sequence[Image.Image]:
     """The images of a result-like value: a PIL image, a list, or anything with `.images`."""
     if isinstance(value, Image.Image):

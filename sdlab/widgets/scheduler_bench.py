@@ -2,7 +2,7 @@
 
     bench = SchedulerBench(pipe)
     bench.schedulers.value = ("Euler", "DPM++ 2M")
-    bench.steps.value = "5, 10, 20"
+    bench.num_inference_steps.value = "5, 10, 20"
     bench.run_button.click()          # bench.last_result is a sdlab.bench.BenchResult
 
 The measuring is `sdlab.bench.benchmark_schedulers`; this widget only collects its arguments.
@@ -38,7 +38,7 @@ def _figure_png(plot, **kwargs) -> bytes:
 class SchedulerBench(widgets.VBox):
     """Benchmark schedulers x step counts on one pipeline.
 
-    Controls: `prompt`, `schedulers` (SelectMultiple), `steps` (text: "5, 10, 20" or "5-20 (+5)"),
+    Controls: `prompt`, `schedulers` (SelectMultiple), `num_inference_steps` (text: "5, 10, 20" or "5-20 (+5)"),
     `seeds` (how many), `repeats`, `warmup`, `reference_steps`, `reference_scheduler`,
     `peak_tflops` (0: unknown), `run_button`. State: `last_result` (a `BenchResult`), `error`,
     `status`, `progress`, `table` (HTML), `plots` (two PNG images: quality vs time, latency vs steps).
@@ -56,7 +56,7 @@ class SchedulerBench(widgets.VBox):
         defaults = self.backend.defaults
         self.prompt = widgets.Text(value=prompt, description="Prompt", layout=widgets.Layout(width="100%"))
         self.schedulers = widgets.SelectMultiple(options=names, value=chosen, rows=8, description="Schedulers")
-        self.steps = widgets.Text(value="5, 10, 20", description="Steps", placeholder="5, 10, 20 or 5-20 (+5)")
+        self.num_inference_steps = widgets.Text(value="5, 10, 20", description="Steps", placeholder="5, 10, 20 or 5-20 (+5)")
         self.seeds = widgets.BoundedIntText(value=2, min=1, max=16, description="Seeds")
         self.repeats = widgets.BoundedIntText(value=3, min=1, max=20, description="Repeats")
         self.warmup = widgets.BoundedIntText(value=1, min=0, max=10, description="Warm-up")
@@ -78,7 +78,7 @@ class SchedulerBench(widgets.VBox):
         self.run_button.on_click(lambda _: self.run())
         super().__init__(children=[
             self.prompt,
-            widgets.HBox([self.schedulers, widgets.VBox([self.steps, self.seeds, self.repeats, self.warmup])]),
+            widgets.HBox([self.schedulers, widgets.VBox([self.num_inference_steps, self.seeds, self.repeats, self.warmup])]),
             widgets.HBox([self.reference_steps, self.reference_scheduler, self.peak_tflops]),
             widgets.HBox([self.run_button, self.progress, self.status]),
             self.output, self.table, self.plots,
@@ -91,11 +91,10 @@ class SchedulerBench(widgets.VBox):
 
         if not self.schedulers.value:
             raise ValueError("no scheduler is selected; select at least one")
-        steps = parse_values(self.steps.value, "int", name="steps")
         return {
             "prompt": self.prompt.value.strip(),
             "schedulers": list(self.schedulers.value),
-            "steps": steps,
+            "num_inference_steps": parse_values(self.num_inference_steps.value, "int", name="num_inference_steps"),
             "seeds": tuple(range(int(self.seeds.value))),
             "repeats": int(self.repeats.value),
             "warmup": int(self.warmup.value),
