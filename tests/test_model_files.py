@@ -11,6 +11,7 @@ from huggingface_hub.utils import filter_repo_objects
 import sdlab
 from sdlab import testing
 from sdlab.errors import ModelLoadError
+from sdlab.loading import pipeline_info
 
 DAMAGES = {
     "empty": (b"", "empty"),
@@ -168,7 +169,7 @@ def test_the_download_command_fetches_what_load_pipeline_reads(tiny_dirs, tmp_pa
     fresh = tmp_path / "hub2"
     testing.fill_hf_cache(downloaded, "sdlab-test/realistic", fresh)
     pipe = sdlab.load_pipeline("sdlab-test/realistic", cache_dir=str(fresh), progress_bar=False)
-    assert pipe._sdlab_info["model_source"] == "hub"
+    assert pipeline_info(pipe).source == "hub"
 
 
 def test_a_hub_id_not_in_the_cache_offline_says_what_to_download(tmp_path, offline):
