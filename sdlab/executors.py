@@ -497,7 +497,7 @@ class RemoteBackend:
         if failure is not None:
             raise failure[1]
 
-    def run(self, request: GenerationRequest, *, progress=None):
+    def run(self, request: GenerationRequest, *, progress=None, progress_bar=None):
         raise TypeError("a model held by Ray workers runs through RayExecutor.run or RayJobPool.submit, not Backend.run")
 
 

@@ -109,10 +109,7 @@ def run_request(
     progress_bar: bool | None = None,
 ) -> GenerationResult:
     """Run one request on one backend and attach the full record to every image."""
-    kwargs = {"progress": progress}
-    if progress_bar is not None and "progress_bar" in _run_params(backend):
-        kwargs["progress_bar"] = progress_bar
-    output = backend.run(request, **kwargs)
+    output = backend.run(request, progress=progress, progress_bar=progress_bar)
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     n = len(request)
     records = []
@@ -126,15 +123,6 @@ def run_request(
         record["created"] = created
         records.append(record)
     return GenerationResult(images=output.images, records=records, request=request)
-
-
-def _run_params(backend) -> set[str]:
-    import inspect
-
-    try:
-        return set(inspect.signature(backend.run).parameters)
-    except (TypeError, ValueError):  # pragma: no cover
-        return set()
 
 
 def generate(

@@ -450,7 +450,7 @@ def sweep(
             cells.append(SweepCell(index=index, coords=coords, request=request, model=model_label(model_values[m]),
                                    model_index=m, key=cell_key(request, facts[m][1])))
         if primary is not None:  # the backend's own checks (size multiple, keywords), one round trip
-            _validate(primary, [c.request for c in cells])
+            primary.validate_many([c.request for c in cells])
     except BaseException:
         if own_executor:
             executor.close()
@@ -486,7 +486,7 @@ def sweep(
         for m in sorted({c.model_index for c in todo}):
             model_cells = [c for c in todo if c.model_index == m]
             backend = primary if primary is not None else executor.open(model_values[m])
-            _validate(backend, [c.request for c in model_cells])
+            backend.validate_many([c.request for c in model_cells])
             batches = _batches(model_cells, backend, batch_size)
             requests = [GenerationRequest.concat([c.request for c in batch]) for batch in batches]
             for outcome in executor.run(backend, requests, progress=progress):
@@ -517,16 +517,6 @@ def _resolve_seed_axis(axis: Axis) -> Axis:
     return Axis("seed", values, tuple(f"Seed: {v}" for v in values), axis.kind)
 
 
-def _validate(backend, requests: list[GenerationRequest]) -> None:
-    """The backend's checks of every request (a remote backend checks all in one round trip)."""
-    many = getattr(backend, "validate_many", None)
-    if many is not None:
-        many(requests)
-        return
-    for request in requests:
-        backend.validate(request)
-
-
 def _progress_bar(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
@@ -549,5 +539,3 @@ def _spec(prompt, negative_prompt, axes, link, vary_seeds, base, title, model_va
         "fixed": {k: describe_value(v) for k, v in base.items() if k not in ("prompt", "negative_prompt") and v is not None},
         "title": title,
     }
-
-

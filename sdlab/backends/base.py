@@ -9,7 +9,7 @@ and the server drive every one of them the same way.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 from PIL import Image
 
@@ -58,8 +58,14 @@ class Backend(Protocol):
     def validate(self, request: GenerationRequest) -> None:
         """Raise ValueError naming the argument if this backend cannot run `request`."""
 
+    def validate_many(self, requests: Sequence[GenerationRequest]) -> None:
+        """`validate` for many requests (a backend with a round trip per check does them in one)."""
+
     def identity(self) -> dict[str, Any]:
         """What changes pixels besides the request (model, versions, dtype): part of cache keys."""
 
-    def run(self, request: GenerationRequest, *, progress: ProgressCallback | None = None) -> BackendOutput:
-        """Make the images of `request`, in order."""
+    def run(
+        self, request: GenerationRequest, *, progress: ProgressCallback | None = None, progress_bar: bool | None = None
+    ) -> BackendOutput:
+        """Make the images of `request`, in order. `progress_bar`: show (True), hide (False) or leave
+        as configured (None) a local progress bar; backends without one ignore it."""

@@ -189,7 +189,13 @@ class ComfyUIBackend:
                 workflow._set(nid, input_name, value)
         return workflow, unused
 
-    def run(self, request: GenerationRequest, *, progress: ProgressCallback | None = None) -> BackendOutput:
+    def validate_many(self, requests) -> None:
+        for request in requests:
+            self.validate(request)
+
+    def run(
+        self, request: GenerationRequest, *, progress: ProgressCallback | None = None, progress_bar: bool | None = None
+    ) -> BackendOutput:  # progress_bar: a remote job shows no local bar
         self.validate(request)
         n = len(request)
         start = time.perf_counter()

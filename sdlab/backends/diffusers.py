@@ -275,6 +275,10 @@ class DiffusersBackend:
             if p is not None and not isinstance(p, str) and hasattr(p, "validate"):
                 p.validate(self.pipe, clip_skip=request.clip_skip)
 
+    def validate_many(self, requests) -> None:
+        for request in requests:
+            self.validate(request)
+
     # ------------------------------------------------------------ running
 
     def run(

@@ -144,7 +144,13 @@ class ReplicateBackend:
 
     # ------------------------------------------------------------ running
 
-    def run(self, request: GenerationRequest, *, progress: ProgressCallback | None = None) -> BackendOutput:
+    def validate_many(self, requests) -> None:
+        for request in requests:
+            self.validate(request)
+
+    def run(
+        self, request: GenerationRequest, *, progress: ProgressCallback | None = None, progress_bar: bool | None = None
+    ) -> BackendOutput:  # progress_bar: a remote job shows no local bar
         self.validate(request)
         inputs = [self.model_input(request, i) for i in range(len(request))]
         start = time.perf_counter()
