@@ -383,7 +383,7 @@ def load_controlnets(controlnet: Any, family: str, dtype, hub_kwargs, base_cross
             identities.append({"tensors_sha256": identity.modules_sha256({"controlnet": model})})
         else:
             try:
-                model = ControlNetModel.from_pretrained(location, torch_dtype=dtype, **_controlnet_hub_kwargs(hub_kwargs))
+                model = ControlNetModel.from_pretrained(location, **dtype_kwarg(dtype), **_controlnet_hub_kwargs(hub_kwargs))
             except (OSError, ValueError) as e:
                 local = Path(location).is_dir()
                 problem = bad_files(location if local else snapshot_folder(location, cache_dir=hub_kwargs.get("cache_dir")))
@@ -541,7 +541,7 @@ def load_pipeline(
     # 3. load with the class of that family
     cls_name = CONTROLNET_CLASS[family] if cn_model is not None or saved_controlnet else TEXT2IMAGE_CLASS[family]
     cls = getattr(diffusers, cls_name)
-    kwargs: dict[str, Any] = {"torch_dtype": torch_dtype}
+    kwargs: dict[str, Any] = dtype_kwarg(torch_dtype)
     if family in ("sd1", "sd2"):
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     if cn_model is not None:
@@ -677,6 +677,14 @@ def _single_file_config_command(source: ModelSource, cache_dir) -> tuple[str, st
     except Exception:  # pragma: no cover - diffusers internals
         repo = next(p.source for p in PRESETS.values() if p.family == source.family and "/" in p.source)
     return repo, download_command(repo, patterns=CONFIG_PATTERNS, cache_dir=cache_dir)
+
+
+def dtype_kwarg(dtype) -> dict[str, Any]:
+    """The dtype keyword of `from_pretrained`: `dtype` where diffusers takes it (it deprecates
+    `torch_dtype` with a FutureWarning), `torch_dtype` in older releases."""
+    import diffusers.utils
+
+    return {"dtype": dtype} if hasattr(diffusers.utils, "_resolve_dtype") else {"torch_dtype": dtype}
 
 
 def _defaults_for(pipe, family: str) -> Defaults:

@@ -172,3 +172,12 @@ def test_presets_cover_the_families():
     assert sdlab.PRESETS["sd-turbo"].defaults.guidance_scale == 0.0
     assert sdlab.PRESETS["sdxl-turbo"].defaults.num_inference_steps <= 4
     assert sdlab.PRESETS["sdxl"].family == "sdxl"
+
+
+def test_loading_raises_no_deprecation_warning_of_sdlabs_own_making(tiny_dirs):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sdlab.load_pipeline(str(tiny_dirs["sd1"]), progress_bar=False)
+    assert not [w for w in caught if "torch_dtype" in str(w.message)]
