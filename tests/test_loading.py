@@ -181,3 +181,12 @@ def test_loading_raises_no_deprecation_warning_of_sdlabs_own_making(tiny_dirs):
         warnings.simplefilter("always")
         sdlab.load_pipeline(str(tiny_dirs["sd1"]), progress_bar=False)
     assert not [w for w in caught if "torch_dtype" in str(w.message)]
+
+
+def test_progress_bar_false_shows_no_loading_bar_and_leaves_the_libraries_as_they_were(tiny_dirs, capsys):
+    import diffusers
+    import transformers
+
+    sdlab.load_pipeline(str(tiny_dirs["sd1"]), progress_bar=False)
+    assert "Loading" not in capsys.readouterr().err
+    assert diffusers.utils.logging.is_progress_bar_enabled() and transformers.utils.logging.is_progress_bar_enabled()
