@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from sdlab.presets import SHAPES_CONTROLNET_DIR, SHAPES_DIR
-from sdlab.shapes import world
-from sdlab.shapes.judge import filled_mask, iou, judge
+from sdlab.bundled import world
+from sdlab.bundled.judge import filled_mask, iou, judge
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = SHAPES_DIR  # the weights the installed package loads as the `shapes` preset

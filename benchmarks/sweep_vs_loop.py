@@ -33,7 +33,7 @@ def realistic_model():
     from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from sdlab.tokenizer import load_clip_tokenizer
+    from sdlab.testing.clip_tokenizer import load_clip_tokenizer
 
     torch.manual_seed(0)
     tokenizer = load_clip_tokenizer()

@@ -354,7 +354,7 @@ def test_open_backend_and_cli(fake, tmp_path, capsys):
 
 
 def test_import_is_cheap():
-    code = ("import sys, sdlab.backends, sdlab.backends.fakes; b = sdlab.backends.open_backend; "
+    code = ("import sys, sdlab.backends, sdlab.testing.fakes; b = sdlab.backends.open_backend; "
             "print(sorted(m for m in ('httpx', 'websocket', 'replicate', 'aiohttp') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

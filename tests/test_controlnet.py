@@ -467,7 +467,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.mark.skipif(not ((SHAPES_DIR / "model_index.json").exists() and (SHAPES_CONTROLNET_DIR / "config.json").exists()),
                     reason="the bundled shapes model and its ControlNet are not trained yet")
 def test_shapes_controlnet_follows_the_sketch():
-    from sdlab.shapes import world
+    from sdlab.bundled import world
 
     pipe = sdlab.load_pipeline("shapes", controlnet="canny-shapes", progress_bar=False)
     prompt = "a small red square on a blue background"  # no position: the sketch decides it
@@ -491,7 +491,7 @@ def test_shapes_controlnet_follows_the_sketch():
 def test_shapes_controlnet_follows_a_sample_sketch(mode):
     from pathlib import Path
 
-    from sdlab.shapes.judge import filled_mask
+    from sdlab.bundled.judge import filled_mask
 
     sketch = Path(__file__).resolve().parents[1] / "data" / "sketches" / "small-circle-top-left.png"
     if not sketch.exists():

@@ -3,8 +3,8 @@
 import numpy as np
 from PIL import Image, ImageFilter
 
-from sdlab.shapes import world
-from sdlab.shapes.judge import filled_mask, iou, judge, nearest_colour
+from sdlab.bundled import world
+from sdlab.bundled.judge import filled_mask, iou, judge, nearest_colour
 
 
 def test_named_colours_round_trip():

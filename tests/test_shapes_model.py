@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from sdlab.shapes import world
-from sdlab.shapes.judge import filled_mask, iou, judge
+from sdlab.bundled import world
+from sdlab.bundled.judge import filled_mask, iou, judge
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = ROOT / "sdlab" / "models" / "shapes"
@@ -31,7 +31,7 @@ def pipe():
 
 
 def test_loads_unchanged_in_float32(pipe):
-    from sdlab.tokenizer import load_clip_tokenizer
+    from sdlab.testing.clip_tokenizer import load_clip_tokenizer
 
     assert type(pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
     assert pipe.safety_checker is None and pipe.feature_extractor is None

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sdlab.shapes import world
+from sdlab.bundled import world
 
 
 def test_same_seed_same_scene_and_pixels():
@@ -61,7 +61,7 @@ def test_caption_wording_varies_but_names_the_scene():
 
 
 def test_caption_words_are_whole_tokens():
-    from sdlab.tokenizer import load_clip_tokenizer
+    from sdlab.testing.clip_tokenizer import load_clip_tokenizer
 
     tok = load_clip_tokenizer()
     words = {w.strip(",") for seed in range(200) for w in world.caption(world.sample_scene(seed), seed).split()}

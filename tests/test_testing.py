@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import huggingface_hub
@@ -16,8 +18,8 @@ from transformers import AutoTokenizer
 import diffusers
 from diffusers.loaders.single_file_utils import infer_diffusers_model_type, load_single_file_checkpoint
 from sdlab import testing
-from sdlab.t5_tokenizer import T5_TOKENIZER_DIR, build_t5_tokenizer, load_t5_tokenizer
-from sdlab.tokenizer import read_vocabulary
+from sdlab.testing.clip_tokenizer import read_vocabulary
+from sdlab.testing.t5_tokenizer import T5_TOKENIZER_DIR, build_t5_tokenizer, load_t5_tokenizer
 
 PROMPT = "a red circle on a blue background"
 
@@ -278,3 +280,21 @@ def test_t5_tokenizer_is_shaped_like_t5s(tmp_path):
     rebuilt = build_t5_tokenizer(read_vocabulary(), tmp_path / "t5")
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         assert (rebuilt / name).read_text() == (T5_TOKENIZER_DIR / name).read_text(), name
+
+
+# --- the testing wing: light to import; the stand-ins have their own extra ---------------------------
+
+def test_importing_the_testing_wing_loads_no_model_library():
+    code = ("import sys, sdlab.testing, sdlab.testing.fakes, sdlab.testing.clip_tokenizer; "
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'aiohttp') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_stand_ins_without_aiohttp_name_their_own_extra(monkeypatch):
+    from sdlab.errors import MissingDependencyError
+    from sdlab.testing.fakes import FakeComfyUI
+
+    monkeypatch.setitem(sys.modules, "aiohttp", None)  # as if aiohttp were not installed
+    with pytest.raises(MissingDependencyError, match=r"pip install 'sdlab\[fakes\]'"):
+        FakeComfyUI().start()

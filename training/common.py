@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sdlab.shapes import world
-from sdlab.tokenizer import CLIP_TOKENIZER_DIR, load_clip_tokenizer
+from sdlab.bundled import world
+from sdlab.testing.clip_tokenizer import CLIP_TOKENIZER_DIR, load_clip_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: weights are written into its sdlab/models
 CACHE = ROOT / ".cache" / "shapes-train"

@@ -2,7 +2,7 @@
 
 Tests and notebooks cannot download a model, so this module builds one: every component from a
 config, seeded, on CPU in float32, the way diffusers' own tests build ``get_dummy_components``,
-but with the tokenizers shipped in the package (``sdlab.tokenizer``, ``sdlab.t5_tokenizer``).
+but with the tokenizers shipped in the package (``sdlab.testing.clip_tokenizer``, ``sdlab.testing.t5_tokenizer``).
 
 Each family keeps the traits that matter to code that handles it (text encoders, prediction
 type, scheduler, latent channels, ``text_time`` conditioning) at a size that generates a 64x64
@@ -30,9 +30,9 @@ from typing import Any, Iterator
 
 import torch
 
-from sdlab import _ldm_keys as ldm
-from sdlab.t5_tokenizer import load_t5_tokenizer
-from sdlab.tokenizer import load_clip_tokenizer
+from sdlab.testing import _ldm_keys as ldm
+from sdlab.testing.clip_tokenizer import load_clip_tokenizer
+from sdlab.testing.t5_tokenizer import load_t5_tokenizer
 
 __all__ = [
     "FAMILIES",

@@ -5,7 +5,7 @@ one: a genuine CLIP byte-level BPE (``vocab.json`` + ``merges.txt``) whose merge
 word of ``data/vocabulary.txt`` whole. Any other text still tokenizes, a character at a time,
 exactly as CLIP's BPE would, so token budgets and truncation behave as on a real model.
 
-``python -m sdlab.tokenizer`` rebuilds ``data/clip_tokenizer/`` from the word list.
+``python -m sdlab.testing.clip_tokenizer`` rebuilds ``data/clip_tokenizer/`` from the word list.
 """
 
 from __future__ import annotations

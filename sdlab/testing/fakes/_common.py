@@ -17,7 +17,7 @@ def aiohttp_web():
     try:
         from aiohttp import web
     except ImportError:  # pragma: no cover
-        raise MissingDependencyError("aiohttp", "sdlab's local fake servers", "test") from None
+        raise MissingDependencyError("aiohttp", "sdlab's local fake servers", "fakes") from None
     return web
 
 

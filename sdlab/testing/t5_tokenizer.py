@@ -1,7 +1,7 @@
 """A small T5 tokenizer shipped with sdlab, for the tiny FLUX pipelines.
 
 FLUX's second text encoder is T5, and its tokenizer is a SentencePiece Unigram model. Like the
-CLIP tokenizer in ``sdlab.tokenizer``, sdlab cannot download one, so it ships one: a Unigram
+CLIP tokenizer in ``sdlab.testing.clip_tokenizer``, sdlab cannot download one, so it ships one: a Unigram
 ``tokenizer.json`` laid out as T5's (``<pad>`` = 0, ``</s>`` = 1, ``<unk>`` = 2, ``▁`` word
 boundaries, ``</s>`` appended) whose pieces are the words of ``data/vocabulary.txt`` plus every
 printable ASCII character, so any ASCII text tokenizes and other characters become ``<unk>``.
@@ -9,7 +9,7 @@ printable ASCII character, so any ASCII text tokenizes and other characters beco
 ``transformers.T5TokenizerFast.from_pretrained(T5_TOKENIZER_DIR)`` (``T5Tokenizer`` in
 transformers 5, where the two names are one class) and ``AutoTokenizer`` load it.
 
-``python -m sdlab.t5_tokenizer`` rebuilds ``data/t5_tokenizer/`` from the word list.
+``python -m sdlab.testing.t5_tokenizer`` rebuilds ``data/t5_tokenizer/`` from the word list.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sdlab.tokenizer import DATA_DIR, read_vocabulary
+from sdlab.testing.clip_tokenizer import DATA_DIR, read_vocabulary
 
 T5_TOKENIZER_DIR = DATA_DIR / "t5_tokenizer"
 

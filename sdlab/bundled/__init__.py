@@ -1,4 +1,4 @@
-"""The world, data and judge of sdlab's bundled ``shapes`` model.
+"""The world, data and judge of sdlab's bundled ``shapes`` model (its weights: ``sdlab/models/shapes/``).
 
 ``world`` draws scenes from seeds, renders and captions them; ``judge`` reads an image back into
 (shape, colour, background, position, size) by image analysis alone.
