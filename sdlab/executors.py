@@ -221,6 +221,29 @@ def _decode_png(data: bytes):
         return im.copy()
 
 
+@dataclass
+class WorkerProgress:
+    """A Ray worker's progress message: the backend's progress dict plus the worker's `pid`."""
+
+    info: dict
+
+
+@dataclass
+class WorkerOutcome:
+    """What a Ray worker returns for one part of a request: the images as PNG bytes with their
+    records, or the error (its text, and the exception itself when it survives pickling)."""
+
+    indices: tuple[int, ...]
+    pngs: list[bytes] | None = None
+    records: list[dict] | None = None
+    error: str | None = None
+    exception: BaseException | None = None
+    peak_memory_mb: float | None = None
+
+    def result(self, request: GenerationRequest | None = None) -> GenerationResult:
+        return GenerationResult(images=[_decode_png(p) for p in self.pngs], records=list(self.records), request=request)
+
+
 class _RayWorker:
     """A Ray actor holding one model, loaded once; runs requests through `run_split` (the one path)."""
 
@@ -255,23 +278,23 @@ class _RayWorker:
         return None
 
     def run(self, request: GenerationRequest, split: bool = True):
-        """A generator (a Ray streaming task): ("progress", info) messages while the pipeline runs,
-        then one ("outcome", indices, pngs, records, error, exception, peak) per part of the request."""
+        """A generator (a Ray streaming task): `WorkerProgress` messages while the pipeline runs, then
+        one `WorkerOutcome` per part of the request."""
         messages: queue.SimpleQueue = queue.SimpleQueue()
 
         def on_step(info: dict) -> None:
-            messages.put(("progress", dict(info, pid=self.pid)))
+            messages.put(WorkerProgress(dict(info, pid=self.pid)))
 
         def work() -> None:
             try:
                 for indices, result, error in run_split(self.backend, request, progress=on_step, split=split):
                     if error is not None:
-                        messages.put(("outcome", indices, None, None, describe_error(error), _portable(error), None))
+                        messages.put(WorkerOutcome(indices, error=describe_error(error), exception=_portable(error)))
                     else:
                         pngs = [_png_bytes(image) for image in result.images]
-                        messages.put(("outcome", indices, pngs, result.records, None, None, peak_memory_mb()))
+                        messages.put(WorkerOutcome(indices, pngs=pngs, records=result.records, peak_memory_mb=peak_memory_mb()))
             except BaseException as e:  # noqa: BLE001 - anything else fails the whole request
-                messages.put(("outcome", tuple(range(len(request))), None, None, describe_error(e), _portable(e), None))
+                messages.put(WorkerOutcome(tuple(range(len(request))), error=describe_error(e), exception=_portable(e)))
             finally:
                 messages.put(None)
 
@@ -301,7 +324,7 @@ class _Event:
     token: Any
     slot: int
     info: dict = field(default_factory=dict)
-    message: tuple = ()
+    outcome: "WorkerOutcome | None" = None
 
 
 class _WorkerPool:
@@ -424,9 +447,9 @@ class _WorkerPool:
             slot.task, slot.token, slot.state = None, None, "idle"
             return [_Event("lost", token, slot.index, info={"reason": _short(e), "fatal": True, "error": e})]
         slot.last_seen = time.monotonic()
-        if message[0] == "progress":
-            return [_Event("progress", token, slot.index, info=message[1])]
-        return [_Event("outcome", token, slot.index, message=message)]
+        if isinstance(message, WorkerProgress):
+            return [_Event("progress", token, slot.index, info=message.info)]
+        return [_Event("outcome", token, slot.index, outcome=message)]
 
     def _check_stalls(self) -> list[_Event]:
         limit = self.options.stall_timeout
@@ -459,9 +482,6 @@ def _short(error: BaseException, limit: int = 500) -> str:
     return text if len(text) <= limit else text[:limit] + " ..."
 
 
-def _outcome_result(message: tuple, request: GenerationRequest | None = None):
-    _, _, pngs, records, _, _, _ = message
-    return GenerationResult(images=[_decode_png(p) for p in pngs], records=list(records), request=request)
 
 
 class RemoteBackend:
@@ -642,14 +662,14 @@ class RayExecutor:
                     if progress is not None:
                         progress(dict(event.info, worker=event.slot, batch=b))
                 elif event.kind == "outcome":
-                    _, local, _, _, error, _, peak = event.message
-                    done = tuple(indices[i] for i in local)
+                    outcome = event.outcome
+                    done = tuple(indices[i] for i in outcome.indices)
                     for i in done:
                         left[b].discard(i)
-                    if error is not None:
-                        yield BatchOutcome(b, done, error=error, worker=event.slot)
+                    if outcome.error is not None:
+                        yield BatchOutcome(b, done, error=outcome.error, worker=event.slot)
                     else:
-                        yield BatchOutcome(b, done, result=_outcome_result(event.message), peak_memory_mb=peak, worker=event.slot)
+                        yield BatchOutcome(b, done, result=outcome.result(), peak_memory_mb=outcome.peak_memory_mb, worker=event.slot)
                 elif event.kind == "lost":
                     rest = tuple(i for i in indices if i in left[b])
                     if not rest:
@@ -826,13 +846,12 @@ class RayJobPool:
                             job.abandoned = True
                             _finish(job.future, error=e)
                 elif event.kind == "outcome":
-                    exception = event.message[5]
                     if job.future.done():  # abandoned by its caller: its images are dropped
                         continue
-                    if exception is not None:
-                        _finish(job.future, error=exception)
+                    if event.outcome.exception is not None:
+                        _finish(job.future, error=event.outcome.exception)
                     else:
-                        _finish(job.future, result=_outcome_result(event.message, job.request))
+                        _finish(job.future, result=event.outcome.result(job.request))
                 elif event.kind == "done":
                     running.pop(event.token, None)
                 elif event.kind == "lost":
