@@ -175,7 +175,7 @@ def test_concurrent_clients_every_job_completes_exactly_once(serve, sd1_pipe):
 
 
 def test_full_queue_answers_429_and_cancel_stops_queued_and_running_jobs(serve):
-    server = serve(max_queue=2, limits=Limits(max_num_inference_steps=500))
+    server = serve(max_queue=2, limits=Limits(max_num_inference_steps=500), batch_size=1)  # one job a call
     client = httpx.Client(base_url=server.url, timeout=TIMEOUT)
     body = {"prompt": "a slow job", "num_inference_steps": 500}
     accepted, refused = [], None

@@ -262,3 +262,52 @@ def test_allowed_hosts_flag_reaches_the_app():
 
     args = build_parser().parse_args(["serve", "--allowed-hosts", "a.lan,b.lan"])
     assert args.allowed_hosts == "a.lan,b.lan"
+
+
+# ---------------------------------------------------------------------------- item 14: batching by default
+
+
+def test_compatible_jobs_share_one_pipeline_call_by_default(serve):
+    """The defaults batch up to 4 compatible jobs; a batch that is still filling waits for more
+    (here a long `batch_wait`, so that a busy machine cannot make the test flaky: a full batch runs at once)."""
+    import inspect
+
+    from sdlab.cli import build_parser
+    from sdlab.server import create_app
+
+    args = build_parser().parse_args(["serve"])
+    signature = inspect.signature(create_app).parameters
+    assert args.batch_size == signature["batch_size"].default == 4
+    assert args.batch_wait == signature["batch_wait"].default == 0.05
+
+    server = serve(batch_wait=10.0)
+    with httpx.Client(base_url=server.url, timeout=TIMEOUT) as client:
+        ids = [client.post("/generate", json={"prompt": f"job {i}", "seed": i, "num_inference_steps": STEPS}).json()["id"]
+               for i in range(4)]
+        bodies = wait_until(client, ids)
+    assert all(body["status"] == "done" for body in bodies.values())
+    runs = {server.store.get(i).run_token for i in ids}
+    assert len(runs) == 1, "the four compatible jobs ran in more than one pipeline call"
+
+
+def test_a_filling_batch_waits_only_while_fewer_compatible_jobs_are_queued(tmp_path):
+    from sdlab.request import GenerationRequest
+    from sdlab.server.store import JobStore
+
+    store = JobStore(tmp_path / "jobs.db", tmp_path / "results")
+    assert store.filling_batch(3) is None  # nothing queued: nothing to wait for
+
+    def submit(key):
+        request = GenerationRequest(prompt=("x",), negative_prompt=(None,), seed=(1,), guidance_scale=(5.0,),
+                                    width=64, height=64, num_inference_steps=2)
+        return store.submit(request, {"prompt": "x"}, batch_key=key, max_queue=10)[0]
+
+    first = submit("a")
+    assert store.filling_batch(3) == first.created_at
+    submit("b")  # not compatible: does not fill the batch of the oldest job
+    submit("a")
+    assert store.filling_batch(3) == first.created_at
+    submit("a")
+    assert store.filling_batch(3) is None  # a full batch is ready
+    assert store.filling_batch(1) is None
+    store.close()

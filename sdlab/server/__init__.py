@@ -162,7 +162,7 @@ def _cmd_serve(args) -> int:
     app = create_app(
         args.model, db_path=data_dir / "jobs.db", results_dir=data_dir / "results", max_queue=args.max_queue,
         limits=limits, token=token, retention_seconds=args.retention_hours * 3600 if args.retention_hours > 0 else None,
-        batch_size=args.batch_size, load_kwargs=load_kwargs, executor=executor,
+        batch_size=args.batch_size, batch_wait=args.batch_wait, load_kwargs=load_kwargs, executor=executor,
         allowed_hosts=tuple(h for h in args.allowed_hosts.split(",") if h),
     )
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
@@ -197,7 +197,10 @@ def register_cli(subparsers) -> None:
                    help="without a token, Host names accepted besides localhost, 127.0.0.1 and [::1] "
                         "(comma-separated; '*' for any). Others get 421: this blocks DNS rebinding")
     p.add_argument("--max-queue", type=int, default=100, help="queued jobs before 429 (default: 100)")
-    p.add_argument("--batch-size", type=int, default=1, help="compatible jobs run in one pipeline call (default: 1)")
+    p.add_argument("--batch-size", type=int, default=4,
+                   help="up to this many compatible queued jobs run in one pipeline call (default: 4; 1: one job a call)")
+    p.add_argument("--batch-wait", type=float, default=0.05,
+                   help="seconds a just-queued job waits for compatible jobs to join its call (default: 0.05; 0: never)")
     p.add_argument("--retention-hours", type=float, default=168.0, help="delete finished jobs after this long; 0 keeps them (default: 168)")
     p.add_argument("--max-width", type=int, default=defaults.max_width)
     p.add_argument("--max-height", type=int, default=defaults.max_height)

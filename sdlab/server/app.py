@@ -166,7 +166,8 @@ def create_app(
     limits: Optional[Limits] = None,
     token: Optional[str] = None,
     retention_seconds: Optional[float] = 7 * 24 * 3600.0,
-    batch_size: int = 1,
+    batch_size: int = 4,
+    batch_wait: float = 0.05,
     cleanup_interval: float = 60.0,
     max_attempts: int = 3,
     load_kwargs: Optional[dict] = None,
@@ -189,7 +190,10 @@ def create_app(
         retention_seconds: finished jobs (rows and PNGs) are deleted this long after they end;
             None keeps them forever. `cleanup_interval` is how often the worker checks.
         batch_size: up to this many queued jobs that share size, steps and scheduler run in one
-            pipeline call.
+            pipeline call (1: one job per call).
+        batch_wait: seconds a just-queued job waits for compatible jobs to share its call when
+            fewer than `batch_size` are queued (0: never wait). Jobs that waited longer in the
+            queue run at once.
         max_attempts: a job the server died while running this many times fails instead of
             running again.
         executor: None/"local": the worker thread generates; "ray": a pool of 2 Ray workers that
@@ -201,6 +205,8 @@ def create_app(
         raise ValueError(f"`limits` must be an sdlab.server.Limits, got {type(limits).__name__}")
     _check_positive(max_queue, "max_queue")
     _check_positive(batch_size, "batch_size")
+    if not (isinstance(batch_wait, (int, float)) and 0 <= batch_wait <= 10):
+        raise ValueError(f"`batch_wait` must be between 0 and 10 seconds, got {batch_wait!r}")
     _check_positive(max_attempts, "max_attempts")
     if retention_seconds is not None and not retention_seconds > 0:
         raise ValueError(f"`retention_seconds` must be > 0 or None (keep forever), got {retention_seconds!r}")
@@ -227,7 +233,7 @@ def create_app(
     metrics = ServerMetrics(store.counts, lambda: worker.backend is not None)
     waiters = _Waiters()
     worker = Worker(
-        store, model, load_kwargs=load_kwargs, batch_size=batch_size, retention_seconds=retention_seconds,
+        store, model, load_kwargs=load_kwargs, batch_size=batch_size, batch_wait=batch_wait, retention_seconds=retention_seconds,
         cleanup_interval=cleanup_interval, max_attempts=max_attempts, metrics=metrics, on_change=waiters.notify,
         pool=pool,
     )
@@ -381,9 +387,9 @@ def create_app(
             try:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(_wait_until_ended(ended, lambda: store.get(job.id)), wait)
-                job = await run_in_threadpool(find, job_id)
             finally:
                 waiters.discard(job.id, ended)
+            return await run_in_threadpool(lambda: job_status(find(job_id)))  # one hop: re-read and describe
         return await run_in_threadpool(job_status, job)
 
     @app.get(

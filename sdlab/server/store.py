@@ -392,6 +392,19 @@ class JobStore:
 
     # ------------------------------------------------------------------ the worker's transitions
 
+    def filling_batch(self, batch_size: int) -> float | None:
+        """When the oldest queued job was queued, if fewer than `batch_size` queued jobs could share
+        its pipeline call (None if the queue is empty or holds a full batch)."""
+        rows = self._query(
+            "SELECT created_at, (SELECT COUNT(*) FROM (SELECT 1 FROM jobs AS other WHERE other.state = 'queued' "
+            "AND other.batch_key = first.batch_key LIMIT ?)) AS n "
+            "FROM jobs AS first WHERE state = 'queued' ORDER BY seq LIMIT 1",
+            (batch_size,),
+        )
+        if not rows or rows[0]["n"] >= batch_size:
+            return None
+        return rows[0]["created_at"]
+
     def claim(self, *, batch_size: int, max_images: int) -> list[Job]:
         """Mark the oldest queued job, and up to `batch_size - 1` later ones that can share its
         pipeline call, as running. Returns them (empty if the queue is empty)."""

@@ -50,7 +50,8 @@ class Worker:
         model: Any,
         *,
         load_kwargs: dict[str, Any] | None = None,
-        batch_size: int = 1,
+        batch_size: int = 4,
+        batch_wait: float = 0.0,
         retention_seconds: float | None = None,
         cleanup_interval: float = 60.0,
         max_attempts: int = 3,
@@ -60,6 +61,7 @@ class Worker:
     ):
         self.store = store
         self.batch_size = batch_size
+        self.batch_wait = batch_wait
         self.retention_seconds = retention_seconds
         self.cleanup_interval = cleanup_interval
         self.max_attempts = max_attempts
@@ -155,6 +157,10 @@ class Worker:
             if not self._threads:
                 self._cancelled.clear()  # before claiming: a cancel of a claimed job lands after this
             try:
+                gather = self._gathering_seconds()
+                if gather > 0:  # a batch still filling: wait for more compatible jobs (a submission wakes us)
+                    self._wake.wait(timeout=gather)
+                    continue
                 jobs = self.store.claim(batch_size=self.batch_size, max_images=self.backend.max_batch_size)
             except Exception:  # e.g. the disk is full: the jobs stay queued; try again shortly
                 logger.exception("the worker could not claim jobs")
@@ -163,8 +169,7 @@ class Worker:
             if not jobs:
                 self._wake.wait(timeout=min(1.0, self.cleanup_interval))
                 continue
-            ids = [job.id for job in jobs]
-            self._notify(ids)
+            ids = [job.id for job in jobs]  # waiters are told when the jobs end (long polls wait for that only)
             try:
                 self._run_batch(jobs)
             except StorageFull:  # not the jobs' fault: they run again once there is space (or after a restart)
@@ -180,6 +185,14 @@ class Worker:
                         self.store.fail(job, f"internal error: {type(e).__name__}: {e}")
                 time.sleep(0.5)
             self._notify(ids)
+
+    def _gathering_seconds(self) -> float:
+        """How long the next batch should wait for compatible jobs: while fewer than `batch_size`
+        are queued and the oldest was queued less than `batch_wait` ago."""
+        if self.batch_size == 1 or self.batch_wait <= 0 or self._stop.is_set():
+            return 0.0
+        oldest = self.store.filling_batch(self.batch_size)
+        return 0.0 if oldest is None else max(0.0, oldest + self.batch_wait - time.time())
 
     def _notify(self, ids: list[str]) -> None:
         if self.on_change is not None:
