@@ -148,6 +148,12 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return JSONResponse({"detail": detail}, status_code=422)
 
 
+async def _storage_full(request: Request, exc: StorageFull) -> JSONResponse:
+    """Any write that found the disk full (POST /generate says more): 507, nothing was changed."""
+    return JSONResponse({"detail": f"{exc}; retry once the operator has freed space"}, status_code=507,
+                        headers={"Retry-After": "60"})
+
+
 def _iso(t: Optional[float]) -> Optional[str]:
     return None if t is None else dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="milliseconds")
 
@@ -262,6 +268,7 @@ def create_app(
     if token is None and "*" not in allowed:
         app.add_middleware(LoopbackHostOnly, allowed=set(LOOPBACK_HOSTS) | allowed)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StorageFull, _storage_full)
     app.state.store, app.state.worker, app.state.metrics, app.state.limits = store, worker, metrics, limits
 
     bearer = HTTPBearer(auto_error=False, description="--token / SDLAB_SERVER_TOKEN")

@@ -188,9 +188,12 @@ class JobStore:
         self._lock_file = None
         try:
             self._open()
-        except sqlite3.DatabaseError as e:  # not a database, malformed pages, a foreign schema
+        except sqlite3.DatabaseError as e:
             with contextlib.suppress(Exception):
                 self._conn.close()
+            if getattr(e, "sqlite_errorcode", None) not in (None, sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+                # not damage (locked, read-only, full...): say so, in one line too
+                raise SdlabError(f"could not open the job database {self.db_path}: {e}") from None
             raise StoreCorrupt(
                 f"{self.db_path} is not a readable sdlab job database ({e}); restore it from a backup, or move it "
                 f"(and {self.results_dir}) aside and start again, or pass a new --data-dir"

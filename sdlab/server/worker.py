@@ -51,7 +51,7 @@ class Worker:
         *,
         load_kwargs: dict[str, Any] | None = None,
         batch_size: int = 4,
-        batch_wait: float = 0.0,
+        batch_wait: float = 0.05,
         retention_seconds: float | None = None,
         cleanup_interval: float = 60.0,
         max_attempts: int = 3,
