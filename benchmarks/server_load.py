@@ -12,7 +12,8 @@ the server's default settings: batching of up to 4 compatible jobs with a short 
     python benchmarks/server_load.py [--model tiny] [--clients 16] [--jobs 64] [--num-inference-steps 20]
                                      [--batch-size default,1] [--threads 1]
 
-The direct side has no queue: its "latency" is the time of one call. The server's includes the
+The direct side runs before and after the server runs, and the ratios use both (on a shared
+machine the load drifts). It has no queue: its "latency" is the time of one call. The server's includes the
 wait behind the other clients' jobs, so with N clients its p50 is about N calls (fewer with batching).
 """
 
@@ -134,14 +135,18 @@ def main(argv=None) -> int:
     d = info["defaults"]
     print(f"model {info['model']} ({d.width}x{d.height}), {args.jobs} one-image jobs x {args.num_inference_steps} steps, "
           f"{args.clients} clients, torch threads {torch.get_num_threads()}")
-    direct_seconds, direct_latencies = run_direct(pipe, bodies)
-    direct = row("direct: sdlab.generate in a loop", direct_seconds, direct_latencies)
-    rows = [direct]
-    ratios = []
+    # direct runs before and after the server runs; ratios use both (a shared machine's load drifts)
+    before = run_direct(pipe, bodies)
+    served_rows = []
     for batch_size in (None if b == "default" else int(b) for b in args.batch_size.split(",")):
         seconds, latencies = run_server(pipe, bodies, args.clients, batch_size)
         label = "defaults" if batch_size is None else f"batch_size={batch_size}"
-        served = row(f"server: HTTP, {label}", seconds, latencies)
+        served_rows.append((label, row(f"server: HTTP, {label}", seconds, latencies)))
+    after = run_direct(pipe, bodies)
+    direct = row("direct: sdlab.generate in a loop", before[0] + after[0], before[1] + after[1])
+    rows = [row("direct, before the server runs", *before), row("direct, after them", *after), direct]
+    ratios = []
+    for label, served in served_rows:
         rows.append(served)
         ratios.append((label, served[1] / direct[1], served[2] / direct[2]))
 
