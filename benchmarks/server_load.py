@@ -6,12 +6,14 @@ same pipeline) and `--clients` client threads each submit a job, long-poll it un
 download its PNG, then submit the next (a closed loop). Latency is submit -> PNG received.
 
 Prints jobs/second and latency percentiles (p50/p90/p99) of each side, and server/direct ratios,
-once per `--batch-size` (how many queued jobs the worker may run in one pipeline call).
+once per `--batch-size` (how many queued jobs the worker may run in one pipeline call; `default` is
+the server's default settings: batching of up to 4 compatible jobs with a short gathering wait).
 
-    python benchmarks/server_load.py [--model tiny] [--clients 4] [--jobs 32] [--num-inference-steps 4]
-                                     [--batch-size 1,4] [--threads 1]
+    python benchmarks/server_load.py [--model tiny] [--clients 16] [--jobs 64] [--num-inference-steps 20]
+                                     [--batch-size default,1] [--threads 1]
 
-The direct side has no queue: its "latency" is the time of one call. The server's includes the
+The direct side runs before and after the server runs, and the ratios use both (on a shared
+machine the load drifts). It has no queue: its "latency" is the time of one call. The server's includes the
 wait behind the other clients' jobs, so with N clients its p50 is about N calls (fewer with batching).
 """
 
@@ -48,7 +50,7 @@ def run_direct(pipe, bodies: list[dict]) -> tuple[float, list[float]]:
     return time.perf_counter() - start, latencies
 
 
-def run_server(pipe, bodies: list[dict], clients: int, batch_size: int) -> tuple[float, list[float]]:
+def run_server(pipe, bodies: list[dict], clients: int, batch_size: int | None) -> tuple[float, list[float]]:
     """(seconds in all, per-job latency) for `clients` closed-loop clients over HTTP."""
     latencies: list[float] = []
     errors: list[BaseException] = []
@@ -85,7 +87,8 @@ def run_server(pipe, bodies: list[dict], clients: int, batch_size: int) -> tuple
             errors.append(e)
 
     with tempfile.TemporaryDirectory(prefix="sdlab-load-") as data_dir:
-        server = serve_in_thread(pipe, data_dir=data_dir, batch_size=batch_size, max_queue=max(100, clients))
+        settings = {} if batch_size is None else {"batch_size": batch_size}  # None: the server's defaults
+        server = serve_in_thread(pipe, data_dir=data_dir, max_queue=max(100, clients), **settings)
         try:
             threads = [threading.Thread(target=guarded) for _ in range(clients)]
             start = time.perf_counter()
@@ -109,10 +112,11 @@ def row(name: str, seconds: float, latencies: list[float]) -> tuple[str, float, 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="default: the embedded default model")
-    parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--jobs", type=int, default=32)
-    parser.add_argument("--num-inference-steps", type=int, default=4)
-    parser.add_argument("--batch-size", default="1,4", help="comma-separated worker batch sizes to measure")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--jobs", type=int, default=64)
+    parser.add_argument("--num-inference-steps", type=int, default=20)
+    parser.add_argument("--batch-size", default="default,1",
+                        help="comma-separated worker batch sizes to measure ('default': the server's defaults)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args(argv)
 
@@ -128,21 +132,26 @@ def main(argv=None) -> int:
     d = info.defaults
     print(f"model {info.model} ({d.width}x{d.height}), {args.jobs} one-image jobs x {args.num_inference_steps} steps, "
           f"{args.clients} clients, torch threads {torch.get_num_threads()}")
-    direct_seconds, direct_latencies = run_direct(pipe, bodies)
-    direct = row("direct: sdlab.generate in a loop", direct_seconds, direct_latencies)
-    rows = [direct]
-    ratios = []
-    for batch_size in (int(b) for b in args.batch_size.split(",")):
+    # direct runs before and after the server runs; ratios use both (a shared machine's load drifts)
+    before = run_direct(pipe, bodies)
+    served_rows = []
+    for batch_size in (None if b == "default" else int(b) for b in args.batch_size.split(",")):
         seconds, latencies = run_server(pipe, bodies, args.clients, batch_size)
-        served = row(f"server: HTTP, batch_size={batch_size}", seconds, latencies)
+        label = "defaults" if batch_size is None else f"batch_size={batch_size}"
+        served_rows.append((label, row(f"server: HTTP, {label}", seconds, latencies)))
+    after = run_direct(pipe, bodies)
+    direct = row("direct: sdlab.generate in a loop", before[0] + after[0], before[1] + after[1])
+    rows = [row("direct, before the server runs", *before), row("direct, after them", *after), direct]
+    ratios = []
+    for label, served in served_rows:
         rows.append(served)
-        ratios.append((batch_size, served[1] / direct[1], served[2] / direct[2]))
+        ratios.append((label, served[1] / direct[1], served[2] / direct[2]))
 
     print(f"{'':38} {'jobs/s':>8} {'p50 s':>8} {'p90 s':>8} {'p99 s':>8}")
     for name, rate, p50, p90, p99 in rows:
         print(f"{name:38} {rate:8.2f} {p50:8.3f} {p90:8.3f} {p99:8.3f}")
-    for batch_size, throughput, latency in ratios:
-        print(f"server/direct, batch_size={batch_size}: throughput x{throughput:.2f}, p50 latency x{latency:.2f}")
+    for label, throughput, latency in ratios:
+        print(f"server/direct, {label}: throughput x{throughput:.2f}, p50 latency x{latency:.2f}")
     return 0
 
 

@@ -92,6 +92,7 @@ def assert_completed_once(db_path, results_dir, job_ids):
     for job_id in job_ids:
         (job,) = db_rows(db_path, "SELECT * FROM jobs WHERE id = ?", (job_id,))
         assert job["state"] == "done", job
+        assert job["denoising_started_at"] is not None  # marked by the worker's first progress callback
         events = [e["state"] for e in db_rows(db_path, "SELECT state FROM events WHERE job_id = ? ORDER BY id", (job_id,))]
         assert events.count("done") == 1 and events[-1] == "done", events
         images = db_rows(db_path, "SELECT * FROM images WHERE job_id = ? ORDER BY k", (job_id,))
@@ -174,7 +175,7 @@ def test_concurrent_clients_every_job_completes_exactly_once(serve, sd1_pipe):
 
 
 def test_full_queue_answers_429_and_cancel_stops_queued_and_running_jobs(serve):
-    server = serve(max_queue=2, limits=Limits(max_num_inference_steps=500))
+    server = serve(max_queue=2, limits=Limits(max_num_inference_steps=500), batch_size=1)  # one job a call
     client = httpx.Client(base_url=server.url, timeout=TIMEOUT)
     body = {"prompt": "a slow job", "num_inference_steps": 500}
     accepted, refused = [], None
@@ -289,8 +290,12 @@ def test_token_is_required_everywhere_but_health(serve):
         r = client.post("/generate", json=body, headers=good)
         assert r.status_code == 202
         job_id = r.json()["id"]
-        for path in (f"/jobs/{job_id}", "/jobs", "/metrics", f"/jobs/{job_id}/images/0"):
-            assert client.get(path).status_code == 401
+        for path in (f"/jobs/{job_id}", "/jobs", "/metrics", f"/jobs/{job_id}/images/0",
+                     "/openapi.json", "/docs", "/redoc", "/docs/oauth2-redirect"):
+            assert client.get(path).status_code == 401, path
+        for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):  # and served with it
+            r = client.get(path, headers=good)
+            assert r.status_code == 200 and "text/html" in r.headers["content-type"], path
         assert client.delete(f"/jobs/{job_id}").status_code == 401
         assert client.get("/health").status_code == 200
         wait_until(httpx.Client(base_url=server.url, headers=good, timeout=TIMEOUT), [job_id])
@@ -298,7 +303,7 @@ def test_token_is_required_everywhere_but_health(serve):
         # the OpenAPI schema is valid and documents the limits and the bearer scheme
         from openapi_spec_validator import validate
 
-        spec = client.get("/openapi.json").json()
+        spec = client.get("/openapi.json", headers=good).json()
         validate(spec)
         assert "HTTPBearer" in spec["components"]["securitySchemes"]
         schema = spec["components"]["schemas"]["GenerateRequest"]
@@ -468,9 +473,40 @@ def test_a_job_that_keeps_killing_the_server_fails_after_max_attempts(tmp_path):
     for attempt in (1, 2, 3):  # claimed, then the process dies (nothing marks the job)
         (claimed,) = store.claim(batch_size=1, max_images=8)
         assert claimed.id == job.id and claimed.attempts == attempt
+        store.mark_denoising([claimed])  # the worker's first progress callback
         recovered = store.recover(max_attempts=3)
         assert recovered == ({"requeued": 1, "failed": 0} if attempt < 3 else {"requeued": 0, "failed": 1})
     failed = store.get(job.id)
     assert failed.state == "failed" and "3 times" in failed.error
     assert not store.finish(claimed, [], 0.0)  # a stale worker cannot complete it afterwards
+    store.close()
+
+
+def test_deaths_before_a_job_starts_denoising_do_not_count_against_it(tmp_path):
+    """A crash loop shorter than one job (the process dies between claiming and the first step)
+    does not fail whichever job is first in the queue."""
+    from sdlab.request import GenerationRequest
+    from sdlab.server.store import JobStore
+
+    request = GenerationRequest(prompt=("x",), negative_prompt=(None,), seed=(1,), guidance_scale=(5.0,),
+                                width=64, height=64, num_inference_steps=2)
+    store = JobStore(tmp_path / "jobs.db", tmp_path / "results")
+    job, _ = store.submit(request, {"prompt": "x"}, batch_key="k", max_queue=10)
+    for attempt in range(1, 7):  # twice max_attempts deaths, none of them while denoising
+        (claimed,) = store.claim(batch_size=1, max_images=8)
+        assert claimed.attempts == attempt
+        assert store.recover(max_attempts=3) == {"requeued": 1, "failed": 0}
+    assert store.get(job.id).state == "queued" and store.get(job.id).crashes == 0
+    assert "had not started denoising" in store.events(job.id)[-1]["detail"]
+    for deaths in (1, 2):  # now it dies while denoising: those count
+        (claimed,) = store.claim(batch_size=1, max_images=8)
+        store.mark_denoising([claimed])
+        assert store.recover(max_attempts=3) == {"requeued": 1, "failed": 0}
+        assert store.get(job.id).crashes == deaths
+    (claimed,) = store.claim(batch_size=1, max_images=8)  # a death before denoising again: still not its fault
+    assert store.recover(max_attempts=3) == {"requeued": 1, "failed": 0}
+    (claimed,) = store.claim(batch_size=1, max_images=8)
+    store.mark_denoising([claimed])
+    assert store.recover(max_attempts=3) == {"requeued": 0, "failed": 1}
+    assert "3 times while denoising" in store.get(job.id).error
     store.close()

@@ -141,7 +141,8 @@ def _cmd_serve(args) -> int:
     token = args.token or os.environ.get(TOKEN_ENV) or None
     if not _is_loopback(args.host) and token is None:
         print(f"sdlab serve: warning: listening on {args.host} without --token (or {TOKEN_ENV}): "
-              f"anyone who can reach it can queue jobs", file=sys.stderr)
+              f"anyone who can reach it can queue jobs (only with a loopback name or one of --allowed-hosts "
+              f"in the Host header)", file=sys.stderr)
     limits = Limits(
         max_width=args.max_width, max_height=args.max_height, max_num_inference_steps=args.max_num_inference_steps,
         max_images=args.max_images, extra_keys=tuple(k for k in args.extra_keys.split(",") if k),
@@ -161,7 +162,8 @@ def _cmd_serve(args) -> int:
     app = create_app(
         args.model, db_path=data_dir / "jobs.db", results_dir=data_dir / "results", max_queue=args.max_queue,
         limits=limits, token=token, retention_seconds=args.retention_hours * 3600 if args.retention_hours > 0 else None,
-        batch_size=args.batch_size, load_kwargs=load_kwargs, executor=executor,
+        batch_size=args.batch_size, batch_wait=args.batch_wait, load_kwargs=load_kwargs, executor=executor,
+        allowed_hosts=tuple(h for h in args.allowed_hosts.split(",") if h),
     )
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                                                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS))
@@ -191,8 +193,14 @@ def register_cli(subparsers) -> None:
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed at start)")
     p.add_argument("--data-dir", default="sdlab-server", help="holds jobs.db and results/ (default: ./sdlab-server)")
     p.add_argument("--token", default=None, help=f"require 'Authorization: Bearer TOKEN' (default: ${TOKEN_ENV})")
+    p.add_argument("--allowed-hosts", default="",
+                   help="without a token, Host names accepted besides localhost, 127.0.0.1 and [::1] "
+                        "(comma-separated; '*' for any). Others get 421: this blocks DNS rebinding")
     p.add_argument("--max-queue", type=int, default=100, help="queued jobs before 429 (default: 100)")
-    p.add_argument("--batch-size", type=int, default=1, help="compatible jobs run in one pipeline call (default: 1)")
+    p.add_argument("--batch-size", type=int, default=4,
+                   help="up to this many compatible queued jobs run in one pipeline call (default: 4; 1: one job a call)")
+    p.add_argument("--batch-wait", type=float, default=0.05,
+                   help="seconds a just-queued job waits for compatible jobs to join its call (default: 0.05; 0: never)")
     p.add_argument("--retention-hours", type=float, default=168.0, help="delete finished jobs after this long; 0 keeps them (default: 168)")
     p.add_argument("--max-width", type=int, default=defaults.max_width)
     p.add_argument("--max-height", type=int, default=defaults.max_height)

@@ -18,18 +18,52 @@ from typing import Any, Optional
 
 from fastapi import Depends, FastAPI, HTTPException, Path as PathParam, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from ..generation import build_request
-from .limits import Limits
+from .limits import Limits, check_min_size
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .schemas import Health, JobList, JobState, JobStatus, Submitted, generate_model
-from .store import Job, JobStore, QueueFull
+from .store import Job, JobStore, QueueFull, StorageFull, bytes_digest
 from .worker import Worker, batch_key
 
 _FIELD = re.compile(r"`(\w+)`")
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+MAX_OFFSET = 1_000_000_000  # GET /jobs?offset=: far beyond any store, well inside SQLite's integers
+
+
+class LoopbackHostOnly:
+    """Without a token, answer only requests whose `Host` is a loopback name (or one the operator
+    allowed): a DNS-rebinding page's requests carry its own host name and get 421. /health is exempt."""
+
+    def __init__(self, app, allowed: "set[str]"):
+        self.app = app
+        self.allowed = allowed
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] == "/health":
+            return await self.app(scope, receive, send)
+        host = dict(scope["headers"]).get(b"host")
+        name = _host_name(host.decode("latin-1")) if host is not None else None
+        if name is None or name in self.allowed:
+            return await self.app(scope, receive, send)
+        response = JSONResponse(
+            {"detail": f"this server has no token and answers only the host names {sorted(self.allowed)}, not "
+                       f"{name!r}; add it with --allowed-hosts (or `allowed_hosts`), or set a token"},
+            status_code=421,
+        )
+        return await response(scope, receive, send)
+
+
+def _host_name(host: str) -> str:
+    """`Host` without its port, lower-cased: 'LocalHost:8000' -> 'localhost', '[::1]:80' -> '[::1]'."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[: host.find("]") + 1] if "]" in host else host
+    return host.rsplit(":", 1)[0].rstrip(".") if host.count(":") == 1 else host.rstrip(".")
 
 
 class BodySizeLimit:
@@ -114,6 +148,12 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return JSONResponse({"detail": detail}, status_code=422)
 
 
+async def _storage_full(request: Request, exc: StorageFull) -> JSONResponse:
+    """Any write that found the disk full (POST /generate says more): 507, nothing was changed."""
+    return JSONResponse({"detail": f"{exc}; retry once the operator has freed space"}, status_code=507,
+                        headers={"Retry-After": "60"})
+
+
 def _iso(t: Optional[float]) -> Optional[str]:
     return None if t is None else dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="milliseconds")
 
@@ -132,11 +172,13 @@ def create_app(
     limits: Optional[Limits] = None,
     token: Optional[str] = None,
     retention_seconds: Optional[float] = 7 * 24 * 3600.0,
-    batch_size: int = 1,
+    batch_size: int = 4,
+    batch_wait: float = 0.05,
     cleanup_interval: float = 60.0,
     max_attempts: int = 3,
     load_kwargs: Optional[dict] = None,
     executor: Any = None,
+    allowed_hosts: "tuple[str, ...] | list[str]" = (),
 ) -> FastAPI:
     """The generation server as an ASGI app (see `sdlab.server` for the endpoints).
 
@@ -146,11 +188,18 @@ def create_app(
         db_path, results_dir: the SQLite job database and the folder of result PNGs.
         max_queue: jobs that may wait; more get 429 with Retry-After.
         limits: per-job limits (`Limits`): sizes, steps, images, prompt length, extra keys.
-        token: require `Authorization: Bearer <token>` on every route but /health.
+        token: require `Authorization: Bearer <token>` on every route but /health (the OpenAPI
+            schema and the docs pages too).
+        allowed_hosts: without a token, requests must name a loopback host (`localhost`,
+            `127.0.0.1`, `[::1]`) or one of these in `Host` (421 otherwise: DNS rebinding); "*"
+            allows any.
         retention_seconds: finished jobs (rows and PNGs) are deleted this long after they end;
             None keeps them forever. `cleanup_interval` is how often the worker checks.
         batch_size: up to this many queued jobs that share size, steps and scheduler run in one
-            pipeline call.
+            pipeline call (1: one job per call).
+        batch_wait: seconds a just-queued job waits for compatible jobs to share its call when
+            fewer than `batch_size` are queued (0: never wait). Jobs that waited longer in the
+            queue run at once.
         max_attempts: a job the server died while running this many times fails instead of
             running again.
         executor: None/"local": the worker thread generates; "ray": a pool of 2 Ray workers that
@@ -162,6 +211,8 @@ def create_app(
         raise ValueError(f"`limits` must be an sdlab.server.Limits, got {type(limits).__name__}")
     _check_positive(max_queue, "max_queue")
     _check_positive(batch_size, "batch_size")
+    if not (isinstance(batch_wait, (int, float)) and 0 <= batch_wait <= 10):
+        raise ValueError(f"`batch_wait` must be between 0 and 10 seconds, got {batch_wait!r}")
     _check_positive(max_attempts, "max_attempts")
     if retention_seconds is not None and not retention_seconds > 0:
         raise ValueError(f"`retention_seconds` must be > 0 or None (keep forever), got {retention_seconds!r}")
@@ -181,11 +232,14 @@ def create_app(
         if not isinstance(executor, RayJobPool):
             raise ValueError(f"`executor` must be 'local', 'ray' or a sdlab.executors.RayJobPool, got {executor!r}")
         pool, model = executor, (executor.model if executor.model is not None else model)
+    allowed = {_host_name(h) for h in allowed_hosts}
+    if any(not h for h in allowed):
+        raise ValueError(f"`allowed_hosts` must be host names, got {list(allowed_hosts)!r}")
     store = JobStore(db_path, results_dir)
     metrics = ServerMetrics(store.counts, lambda: worker.backend is not None)
     waiters = _Waiters()
     worker = Worker(
-        store, model, load_kwargs=load_kwargs, batch_size=batch_size, retention_seconds=retention_seconds,
+        store, model, load_kwargs=load_kwargs, batch_size=batch_size, batch_wait=batch_wait, retention_seconds=retention_seconds,
         cleanup_interval=cleanup_interval, max_attempts=max_attempts, metrics=metrics, on_change=waiters.notify,
         pool=pool,
     )
@@ -207,9 +261,14 @@ def create_app(
         version=_version(),
         description="Queue text-to-image jobs; poll their status; fetch PNGs that carry their parameters.",
         lifespan=lifespan,
+        # with a token, the schema and the docs are routes below that need it too
+        **({"openapi_url": None, "docs_url": None, "redoc_url": None} if token is not None else {}),
     )
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
+    if token is None and "*" not in allowed:
+        app.add_middleware(LoopbackHostOnly, allowed=set(LOOPBACK_HOSTS) | allowed)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StorageFull, _storage_full)
     app.state.store, app.state.worker, app.state.metrics, app.state.limits = store, worker, metrics, limits
 
     bearer = HTTPBearer(auto_error=False, description="--token / SDLAB_SERVER_TOKEN")
@@ -248,6 +307,28 @@ def create_app(
             raise HTTPException(404, f"no job {job_id} (unknown, or deleted by retention)")
         return job
 
+    if token is not None:
+        schema: dict = {}
+
+        @app.get("/openapi.json", dependencies=auth, include_in_schema=False)
+        def openapi_schema():
+            if not schema:
+                schema.update(app.openapi())
+            return JSONResponse(schema)
+
+        @app.get("/docs", dependencies=auth, include_in_schema=False)
+        def swagger_docs():
+            return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - Swagger UI",
+                                       oauth2_redirect_url="/docs/oauth2-redirect")
+
+        @app.get("/docs/oauth2-redirect", dependencies=auth, include_in_schema=False)
+        def swagger_oauth2_redirect():
+            return get_swagger_ui_oauth2_redirect_html()
+
+        @app.get("/redoc", dependencies=auth, include_in_schema=False)
+        def redoc_docs():
+            return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - ReDoc")
+
     def unavailable() -> Optional[JSONResponse]:
         if worker.backend is not None:
             return None
@@ -263,6 +344,7 @@ def create_app(
         "/generate", status_code=202, response_model=Submitted, dependencies=auth,
         responses={**errors, 422: {"description": "invalid parameters, one message per field"},
                    429: {"description": "the queue is full; see Retry-After"},
+                   507: {"description": "the server's disk is full: the job was not queued (reads still work)"},
                    503: {"description": "the model is not loaded (yet)"}},
     )
     def submit(body: GenerateRequest):
@@ -271,6 +353,7 @@ def create_app(
             return refusal
         try:
             gen_request = build_request(worker.backend, **body.generate_kwargs())
+            check_min_size(worker.backend, width=gen_request.width, height=gen_request.height)
         except (ValueError, TypeError) as e:  # the backend's own checks: sizes it accepts, scheduler names
             metrics.rejected.labels("invalid").inc()
             field = _FIELD.search(str(e))
@@ -284,6 +367,13 @@ def create_app(
         except QueueFull as e:
             metrics.rejected.labels("queue_full").inc()
             return JSONResponse({"detail": f"{e}; retry later"}, status_code=429, headers={"Retry-After": str(worker.retry_after())})
+        except StorageFull:
+            metrics.rejected.labels("disk_full").inc()
+            return JSONResponse(
+                {"detail": "the server's disk is full: the job was not queued (queued jobs and results are "
+                           "still readable); retry once the operator has freed space"},
+                status_code=507, headers={"Retry-After": "60"},
+            )
         metrics.submitted.inc()
         worker.wake()
         url = f"/jobs/{job.id}"
@@ -304,15 +394,16 @@ def create_app(
             try:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(_wait_until_ended(ended, lambda: store.get(job.id)), wait)
-                job = await run_in_threadpool(find, job_id)
             finally:
                 waiters.discard(job.id, ended)
+            return await run_in_threadpool(lambda: job_status(find(job_id)))  # one hop: re-read and describe
         return await run_in_threadpool(job_status, job)
 
     @app.get(
         "/jobs/{job_id}/images/{k}", dependencies=auth, response_class=FileResponse,
         responses={**errors, 200: {"content": {"image/png": {}}, "description": "the PNG, with `parameters` and `sdlab` text chunks"},
-                   404: {"description": "no such job or image"}, 409: {"description": "the job is not done"}},
+                   404: {"description": "no such job or image"}, 409: {"description": "the job is not done"},
+                   410: {"description": "the stored PNG is damaged (it does not match the digest taken when it was written)"}},
     )
     def get_image(job_id: uuid.UUID = job_id_path, k: int = PathParam(ge=0, le=10_000, description="image index, from 0")):
         """Image `k` of a done job, as often as needed."""
@@ -321,10 +412,18 @@ def create_app(
             raise HTTPException(409, f"job {job.id} is {job.state}; its images exist once it is done")
         if k >= job.num_images:
             raise HTTPException(404, f"job {job.id} has {job.num_images} image(s); `k` must be below {job.num_images}")
-        path = store.image_path(job.id, k)
-        if path is None:
+        found = store.image_path(job.id, k)
+        if found is None:
             raise HTTPException(404, f"image {k} of job {job.id} is gone")
-        return FileResponse(path, media_type="image/png", filename=f"{job.id}-{k}.png", content_disposition_type="inline")
+        path, digest = found
+        content = path.read_bytes()
+        if digest is not None and bytes_digest(content) != digest:
+            raise HTTPException(
+                410, f"image {k} of job {job.id} is damaged on the server's disk (it no longer matches the digest "
+                     f"taken when it was written); submit the job again with its seeds {job.seeds} to remake it",
+            )
+        return Response(content, media_type="image/png",
+                        headers={"Content-Disposition": f'inline; filename="{job.id}-{k}.png"'})
 
     @app.delete("/jobs/{job_id}", response_model=JobStatus, dependencies=auth,
                 responses={**errors, 404: {"description": "no such job"}, 409: {"description": "the job has ended already"}})
@@ -345,7 +444,7 @@ def create_app(
     def list_jobs(
         status: Optional[JobState] = Query(None, description="only jobs in this state"),
         limit: int = Query(20, ge=1, le=200),
-        offset: int = Query(0, ge=0),
+        offset: int = Query(0, ge=0, le=MAX_OFFSET),
     ):
         """Jobs, newest first, a page at a time."""
         jobs, total = store.list(state=status, limit=limit, offset=offset)

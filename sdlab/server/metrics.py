@@ -56,7 +56,7 @@ class ServerMetrics:
         )
         for state in ("done", "failed", "cancelled"):
             self.finished.labels(state)
-        for reason in ("queue_full", "invalid", "not_ready"):
+        for reason in ("queue_full", "invalid", "not_ready", "disk_full"):
             self.rejected.labels(reason)
 
     def render(self) -> bytes:

@@ -24,7 +24,7 @@ from ..backends import Backend, as_backend
 from ..generation import run_request
 from ..metadata import save_png
 from ..request import GenerationRequest
-from .store import Job, JobStore
+from .store import Job, JobStore, StorageFull, file_digest, is_disk_full
 
 logger = logging.getLogger("sdlab.server")
 
@@ -50,7 +50,8 @@ class Worker:
         model: Any,
         *,
         load_kwargs: dict[str, Any] | None = None,
-        batch_size: int = 1,
+        batch_size: int = 4,
+        batch_wait: float = 0.05,
         retention_seconds: float | None = None,
         cleanup_interval: float = 60.0,
         max_attempts: int = 3,
@@ -60,6 +61,7 @@ class Worker:
     ):
         self.store = store
         self.batch_size = batch_size
+        self.batch_wait = batch_wait
         self.retention_seconds = retention_seconds
         self.cleanup_interval = cleanup_interval
         self.max_attempts = max_attempts
@@ -154,14 +156,28 @@ class Worker:
             self._wake.clear()
             if not self._threads:
                 self._cancelled.clear()  # before claiming: a cancel of a claimed job lands after this
-            jobs = self.store.claim(batch_size=self.batch_size, max_images=self.backend.max_batch_size)
+            try:
+                gather = self._gathering_seconds()
+                if gather > 0:  # a batch still filling: wait for more compatible jobs (a submission wakes us)
+                    self._wake.wait(timeout=gather)
+                    continue
+                jobs = self.store.claim(batch_size=self.batch_size, max_images=self.backend.max_batch_size)
+            except Exception:  # e.g. the disk is full: the jobs stay queued; try again shortly
+                logger.exception("the worker could not claim jobs")
+                self._wake.wait(timeout=1.0)
+                continue
             if not jobs:
                 self._wake.wait(timeout=min(1.0, self.cleanup_interval))
                 continue
-            ids = [job.id for job in jobs]
-            self._notify(ids)
+            ids = [job.id for job in jobs]  # waiters are told when the jobs end (long polls wait for that only)
             try:
                 self._run_batch(jobs)
+            except StorageFull:  # not the jobs' fault: they run again once there is space (or after a restart)
+                logger.exception("the disk is full; jobs %s go back to the queue", ids)
+                for job in jobs:
+                    with contextlib.suppress(Exception):
+                        self.store.requeue(job, "the disk was full")
+                self._stop.wait(5.0)
             except Exception as e:  # not the model's failure (those fail the job inside): the store or the disk
                 logger.exception("the worker could not finish jobs %s", ids)
                 for job in jobs:
@@ -169,6 +185,14 @@ class Worker:
                         self.store.fail(job, f"internal error: {type(e).__name__}: {e}")
                 time.sleep(0.5)
             self._notify(ids)
+
+    def _gathering_seconds(self) -> float:
+        """How long the next batch should wait for compatible jobs: while fewer than `batch_size`
+        are queued and the oldest was queued less than `batch_wait` ago."""
+        if self.batch_size == 1 or self.batch_wait <= 0 or self._stop.is_set():
+            return 0.0
+        oldest = self.store.filling_batch(self.batch_size)
+        return 0.0 if oldest is None else max(0.0, oldest + self.batch_wait - time.time())
 
     def _notify(self, ids: list[str]) -> None:
         if self.on_change is not None:
@@ -214,7 +238,13 @@ class Worker:
         for job_id in ids:
             self.progress[job_id] = (0, request.num_inference_steps)
 
+        denoising = False
+
         def on_step(info: dict[str, Any]) -> None:
+            nonlocal denoising
+            if not denoising:  # a death from now on counts against these jobs (see JobStore.recover)
+                denoising = True
+                self.store.mark_denoising(jobs)
             for job_id in ids:
                 self.progress[job_id] = (int(info["step"]), int(info["total"]))
             if self._stop.is_set():
@@ -254,17 +284,21 @@ class Worker:
             n = job.num_images
             folder = self.store.job_dir(job.id)
             try:
-                paths = []
+                paths, digests = [], []
                 for k in range(n):
                     record = dict(result.records[offset + k], job_id=job.id, job_image=k)
                     paths.append(save_png(result.images[offset + k], folder / f"{k}.png", record))
+                    digests.append(file_digest(paths[-1]))  # checked whenever the image is served
             except OSError as e:
+                if is_disk_full(e):
+                    shutil.rmtree(folder, ignore_errors=True)
+                    raise StorageFull(f"could not write the images of job {job.id}: {e}") from e
                 if self.store.fail(job, f"could not write the images: {e}") and self.metrics:
                     self.metrics.finished.labels("failed").inc()
                 offset += n
                 continue
             job_seconds = seconds * n / len(request)
-            if self.store.finish(job, paths, job_seconds):
+            if self.store.finish(job, paths, job_seconds, digests):
                 self.mean_job_seconds = 0.8 * self.mean_job_seconds + 0.2 * job_seconds
                 if self.metrics:
                     self.metrics.finished.labels("done").inc()
