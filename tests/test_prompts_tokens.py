@@ -97,7 +97,7 @@ def test_flux_counts_clip_and_t5(flux_pipe):
 
 
 def test_flux_warns_only_when_t5_drops_words(flux_pipe):
-    kwargs = dict(width=32, height=32, num_inference_steps=1)
+    kwargs = dict(width=64, height=64, num_inference_steps=1)
     result, warned = generate_recording(flux_pipe, long_prompt("fl"), **kwargs)
     assert warned == []  # CLIP only feeds FLUX's pooled vector; T5 reads the whole prompt
     assert list(result.records[0]["truncated_words"]) == ["CLIP"]

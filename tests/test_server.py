@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 
 from helpers import max_pixel_diff
+import sdlab
 from sdlab import generate, read_params
 from sdlab.server import Limits, serve_in_thread
 
@@ -510,3 +511,34 @@ def test_deaths_before_a_job_starts_denoising_do_not_count_against_it(tmp_path):
     assert store.recover(max_attempts=3) == {"requeued": 0, "failed": 1}
     assert "3 times while denoising" in store.get(job.id).error
     store.close()
+
+
+@pytest.mark.parametrize("field, value", [
+    ("seed", -5), ("seed", 2**64), ("num_inference_steps", 0), ("guidance_scale", -1.0), ("guidance_scale", float("nan")),
+    ("width", 60), ("width", 8), ("num_images", 0), ("clip_skip", -1), ("clip_skip", 13),
+])
+def test_the_server_refuses_what_generate_refuses_with_the_same_message(serve, sd1_pipe, field, value):
+    import json
+
+    with pytest.raises(ValueError) as by_generate:
+        sdlab.generate(sd1_pipe, "a red circle", **{"seed": 0, "num_inference_steps": 1, field: value})
+    server = serve()
+    with httpx.Client(base_url=server.url, timeout=TIMEOUT) as client:
+        body = json.dumps({"prompt": "a red circle", "num_inference_steps": 1, field: value})  # NaN as JSON's NaN token
+        r = client.post("/generate", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert [d["msg"] for d in r.json()["detail"]] == [str(by_generate.value)]
+    assert server.store.counts()["queued"] == 0
+
+
+def test_clip_skip_reaches_the_image_and_its_record(serve, sd1_pipe):
+    server = serve()
+    with httpx.Client(base_url=server.url, timeout=TIMEOUT) as client:
+        job = client.post("/generate", json={"prompt": "a red circle", "seed": 4, "num_inference_steps": 2, "clip_skip": 1}).json()
+        wait_until(client, [job["id"]])
+        png = client.get(f"/jobs/{job['id']}/images/0").content
+    image = Image.open(io.BytesIO(png))
+    record = sdlab.read_params(image)
+    assert record["clip_skip"] == 1 and "Clip skip: 2" in image.info["parameters"]
+    alone = sdlab.generate(sd1_pipe, "a red circle", seed=4, num_inference_steps=2, clip_skip=1)
+    assert max_pixel_diff(image.convert("RGB"), alone.image) <= 2

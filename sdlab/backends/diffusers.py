@@ -28,6 +28,7 @@ from ..request import RESERVED_KWARGS, GenerationRequest
 from .base import BackendOutput, Defaults, ProgressCallback
 
 EMBEDDING_CACHE_SIZE = 256
+MIN_SIZE = 64  # below this the UNet/transformer of every supported family fails (GroupNorm) or makes noise
 _MISSING = object()
 
 
@@ -244,6 +245,12 @@ class DiffusersBackend:
         from ..schedulers import is_flow_matching, resolve_scheduler_name
 
         check_size(request.width, request.height, self.size_multiple)
+        for name, value in (("width", request.width), ("height", request.height)):
+            if value < MIN_SIZE:
+                raise ValueError(
+                    f"`{name}` must be at least {MIN_SIZE} for {self.family} models (smaller images fail inside "
+                    f"the denoiser), got {value}"
+                )
         if request.scheduler is not None:
             resolve_scheduler_name(request.scheduler, flow_matching=is_flow_matching(self.pipe.scheduler))
         unknown = sorted(set(request.pipeline_kwargs) - self._call_params)

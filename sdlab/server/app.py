@@ -24,7 +24,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from ..generation import build_request
-from .limits import Limits, check_min_size
+from .limits import Limits
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .schemas import Health, JobList, JobState, JobStatus, Submitted, generate_model
 from .store import Job, JobStore, QueueFull, StorageFull, bytes_digest
@@ -353,7 +353,7 @@ def create_app(
             return refusal
         try:
             gen_request = build_request(worker.backend, **body.generate_kwargs())
-            check_min_size(worker.backend, width=gen_request.width, height=gen_request.height)
+            limits.check_guidance(gen_request)
         except (ValueError, TypeError) as e:  # the backend's own checks: sizes it accepts, scheduler names
             metrics.rejected.labels("invalid").inc()
             field = _FIELD.search(str(e))

@@ -18,21 +18,6 @@ EXTRA_KEYS: dict[str, tuple[type, float, float]] = {
 # (1/8 of the image) at each down block and GroupNorm needs more than one value per channel: below
 # 64 pixels the deepest block of SD 1.x/2.x/XL sees a 1x1 map (8x8 fails inside GroupNorm). FLUX has
 # no down blocks but packs 2x2 latent patches; 64 keeps every family on sizes it was seen to run.
-MIN_SIZE_BY_FAMILY: dict[str, int] = {"sd1": 64, "sd2": 64, "sdxl": 64, "flux": 64}
-
-
-def check_min_size(backend, *, width: int, height: int) -> None:
-    """ValueError naming `width` or `height` when the backend's model family cannot run that size.
-    Backends without a known family (ComfyUI, Replicate) are left to their own checks."""
-    family = getattr(backend, "family", None)
-    minimum = MIN_SIZE_BY_FAMILY.get(family)
-    if minimum is None:
-        return
-    for name, value in (("width", width), ("height", height)):
-        if value < minimum:
-            raise ValueError(f"`{name}` must be at least {minimum} for {family} models (smaller images fail inside the denoiser), got {value}")
-
-
 @dataclass(frozen=True)
 class Limits:
     """Per-job limits. Requests beyond them get 422 naming the field and the limit."""
@@ -45,6 +30,12 @@ class Limits:
     max_guidance_scale: float = 30.0
     extra_keys: tuple[str, ...] = ("eta", "guidance_rescale", "clip_skip")
     max_body_bytes: int = 64 * 1024
+
+    def check_guidance(self, request) -> None:
+        """The operator's guidance limit, once the request has checked its own values."""
+        for g in request.guidance_scale:
+            if g > self.max_guidance_scale:
+                raise ValueError(f"`guidance_scale` must be at most {self.max_guidance_scale:g} on this server, got {g:g}")
 
     def __post_init__(self):
         for name in ("max_width", "max_height", "max_num_inference_steps", "max_images", "max_prompt_length", "max_body_bytes"):

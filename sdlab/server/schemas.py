@@ -10,6 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_mod
 from ..request import MAX_SEED
 from .limits import EXTRA_KEYS, Limits
 
+# Extra keys that are sdlab's own arguments (applied by sdlab, not passed to the pipeline).
+SDLAB_ARGUMENTS = {"clip_skip": "CLIP layers to skip, diffusers' convention (A1111's 'Clip skip: 2' is 1)"}
+
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 
 
@@ -31,9 +34,10 @@ class _GenerateBase(BaseModel):
         return self
 
     def generate_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for `sdlab.generation.build_request` (extra keys as pipeline kwargs)."""
+        """Keyword arguments for `sdlab.generation.build_request` (extra keys as pipeline kwargs,
+        but for sdlab's own arguments such as `clip_skip`)."""
         data = self.model_dump()
-        extra = {k: data.pop(k) for k in EXTRA_KEYS if k in data}
+        extra = {k: data.pop(k) for k in EXTRA_KEYS if k in data and k not in SDLAB_ARGUMENTS}
         data["pipeline_kwargs"] = {k: v for k, v in extra.items() if v is not None}
         return data
 
@@ -42,22 +46,26 @@ def generate_model(limits: Limits) -> type[_GenerateBase]:
     """The `GenerateRequest` model for these limits."""
     text = Annotated[str, StringConstraints(max_length=limits.max_prompt_length)]
     texts = Annotated[list[text], Field(min_length=1, max_length=limits.max_images)]
-    seed = Annotated[int, Field(ge=-1, le=MAX_SEED)]
+    seed = Annotated[int, Field(description=f"0..{MAX_SEED}, or -1 for random")]
     seeds = Annotated[list[seed], Field(min_length=1, max_length=limits.max_images)]
     fields: dict[str, Any] = {
         "prompt": (text | texts, Field(description="a prompt, or a list of prompts (num_images images each)")),
         "negative_prompt": (text | texts | None, Field(None, description="one, or one per prompt; default: the model's")),
-        "width": (int | None, Field(None, ge=8, le=limits.max_width, description="default: the model's native width")),
-        "height": (int | None, Field(None, ge=8, le=limits.max_height, description="default: the model's native height")),
-        "num_inference_steps": (int | None, Field(None, ge=1, le=limits.max_num_inference_steps)),
-        "guidance_scale": (float | None, Field(None, ge=0, le=limits.max_guidance_scale, allow_inf_nan=False)),
+        "width": (int | None, Field(None, le=limits.max_width, description="default: the model's native width")),
+        "height": (int | None, Field(None, le=limits.max_height, description="default: the model's native height")),
+        "num_inference_steps": (int | None, Field(None, le=limits.max_num_inference_steps)),
+        # the operator's maximum is checked after the request's own checks (NaN gets the request's message)
+        "guidance_scale": (float | None, Field(None, json_schema_extra={"maximum": limits.max_guidance_scale})),
         "seed": (seed | seeds | None, Field(None, description="an int (image i gets seed+i), one per image, or null/-1 for random; resolved at submission")),
-        "num_images": (int, Field(1, ge=1, le=limits.max_images, description="images per prompt")),
+        "num_images": (int, Field(1, le=limits.max_images, description="images per prompt")),
         "scheduler": (str | None, Field(None, max_length=64, description='an A1111 name ("DPM++ 2M Karras") or a diffusers class')),
     }
     for key in limits.extra_keys:
         kind, low, high = EXTRA_KEYS[key]
-        fields[key] = (kind | None, Field(None, ge=low, le=high, description="passed to the pipeline"))
+        if key in SDLAB_ARGUMENTS:  # checked by the request itself, as generate checks it
+            fields[key] = (kind | None, Field(None, description=SDLAB_ARGUMENTS[key]))
+        else:
+            fields[key] = (kind | None, Field(None, ge=low, le=high, description="passed to the pipeline"))
     model = create_model("GenerateRequest", __base__=_GenerateBase, **fields)
     model.max_images = limits.max_images
     return model

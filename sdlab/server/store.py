@@ -145,37 +145,6 @@ class Job:
         return list(self.request.seed)
 
 
-def request_to_json(request: GenerationRequest) -> str:
-    return json.dumps(
-        {
-            "prompt": list(request.prompt),
-            "negative_prompt": list(request.negative_prompt),
-            "seed": list(request.seed),
-            "guidance_scale": list(request.guidance_scale),
-            "width": request.width,
-            "height": request.height,
-            "num_inference_steps": request.num_inference_steps,
-            "scheduler": request.scheduler,
-            "pipeline_kwargs": dict(request.pipeline_kwargs),
-        }
-    )
-
-
-def request_from_json(text: str) -> GenerationRequest:
-    data = json.loads(text)
-    return GenerationRequest(
-        prompt=tuple(data["prompt"]),
-        negative_prompt=tuple(data["negative_prompt"]),
-        seed=tuple(int(s) for s in data["seed"]),
-        guidance_scale=tuple(float(g) for g in data["guidance_scale"]),
-        width=int(data["width"]),
-        height=int(data["height"]),
-        num_inference_steps=int(data["num_inference_steps"]),
-        scheduler=data["scheduler"],
-        pipeline_kwargs=data["pipeline_kwargs"],
-    )
-
-
 class JobStore:
     """Jobs and results of one server, in `db_path` and `results_dir`."""
 
@@ -318,7 +287,7 @@ class JobStore:
             seq=row["seq"],
             state=row["state"],
             params=json.loads(row["params"]),
-            request=request_from_json(row["request"]),
+            request=GenerationRequest.from_dict(json.loads(row["request"])),
             batch_key=row["batch_key"],
             num_images=row["num_images"],
             attempts=row["attempts"],
@@ -343,7 +312,7 @@ class JobStore:
             db.execute(
                 "INSERT INTO jobs (id, state, params, request, batch_key, num_images, created_at) "
                 "VALUES (?, 'queued', ?, ?, ?, ?, ?)",
-                (job_id, json.dumps(params), request_to_json(request), batch_key, len(request), time.time()),
+                (job_id, json.dumps(params), json.dumps(request.to_dict()), batch_key, len(request), time.time()),
             )
             self._event(db, job_id, "queued", 0)
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
