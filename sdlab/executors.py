@@ -12,8 +12,8 @@ default) or in Ray actors that each load the model once (`RayExecutor`). A reque
 split in halves and retried, so one bad image fails alone (and an out-of-memory batch is retried
 smaller). The caller writes the images: a Ray worker returns PNG bytes and records, never files.
 
-`RayJobPool` is the same pool of Ray workers for a server: `submit(request) -> Future` whose
-`.result()` is the `GenerationResult` (images and records) of the request.
+The server's worker uses the same executors: it claims up to `parallelism` batches of jobs and
+runs them with `run`, as a sweep runs its batches.
 """
 
 from __future__ import annotations
@@ -27,18 +27,17 @@ import pickle
 import queue
 import threading
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from .backends import open_model
-from .backends import as_backend
+from .backends import as_backend, open_model
+from .backends.base import BackendOutput
 from .errors import BackendError, MissingDependencyError, ModelLoadError
 from .generation import GenerationResult, run_request
 from .request import Defaults, GenerationRequest
 
-__all__ = ["BatchOutcome", "LocalExecutor", "RayExecutor", "RayJobPool", "get_executor", "run_split"]
+__all__ = ["BatchOutcome", "Interrupted", "LocalExecutor", "RayExecutor", "WorkerOutcome", "WorkerProgress", "get_executor", "run_split"]
 
 ProgressCallback = Callable[[dict], None]
 logger = logging.getLogger("sdlab.executors")
@@ -102,10 +101,15 @@ def run_split(
     yield from _run_part(backend, request, tuple(range(len(request))), progress, split)
 
 
+class Interrupted(Exception):
+    """Raised by a progress callback to stop a run between two denoising steps (a cancel or a
+    shutdown): executors let it through instead of splitting and retrying the request."""
+
+
 def _run_part(backend, request, indices, progress, split):
     try:
         result = run_request(backend, request, progress=progress, progress_bar=False)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):
         raise
     except Exception as error:  # noqa: BLE001 - reported per image, the caller goes on
         if is_oom(error):
@@ -140,17 +144,25 @@ class LocalExecutor:
 
     name = "local"
     label = None  # nothing to add to a sweep's summary line
+    parallelism = 1  # batches that run at once
 
-    def __init__(self, open_model: Callable[[Any], Any] = open_model):
+    def __init__(self, open_model: Callable[..., Any] = open_model, *, load_kwargs: dict[str, Any] | None = None):
         self._open_model = open_model
+        self.load_kwargs = dict(load_kwargs or {})
 
     def open(self, model: Any):
-        """A backend for `model`: a pipeline or backend as it is, a name/path/id loaded here."""
+        """A backend for `model`: a pipeline or backend as it is, a name/path/id loaded here (with
+        `load_kwargs`)."""
+        if self.load_kwargs and (model is None or isinstance(model, (str, Path))):
+            return as_backend(self._open_model(model, **self.load_kwargs))
         return as_backend(self._open_model(model))
 
     def run(self, backend, requests: Sequence[GenerationRequest], *, progress: ProgressCallback | None = None) -> Iterator[BatchOutcome]:
         for b, request in enumerate(requests):
-            for indices, result, error in run_split(backend, request, progress=progress):
+            def batch_progress(info: dict, b: int = b) -> None:
+                progress(dict(info, batch=b))
+
+            for indices, result, error in run_split(backend, request, progress=batch_progress if progress else None):
                 if error is not None:
                     yield BatchOutcome(b, indices, error=describe_error(error))
                 else:
@@ -485,8 +497,8 @@ def _short(error: BaseException, limit: int = 500) -> str:
 
 
 class RemoteBackend:
-    """The driver's view of a model that Ray workers hold: what planning needs (defaults, identity,
-    batch limits, validation), answered by a worker. Generation goes through the executor."""
+    """A model that Ray workers hold, as a backend: what planning needs (defaults, identity, batch
+    limits, validation) is answered by a worker, and `run` goes through the executor's pool."""
 
     def __init__(self, pool: _WorkerPool, info: dict[str, Any]):
         self._pool = pool
@@ -517,8 +529,18 @@ class RemoteBackend:
         if failure is not None:
             raise failure[1]
 
-    def run(self, request: GenerationRequest, *, progress=None, progress_bar=None):
-        raise TypeError("a model held by Ray workers runs through RayExecutor.run or RayJobPool.submit, not Backend.run")
+    def run(self, request: GenerationRequest, *, progress=None, progress_bar=None) -> BackendOutput:
+        """Make the images of `request` on the workers (a failing part fails the call)."""
+        images: list[Any] = [None] * len(request)
+        records: list[Any] = [None] * len(request)
+        seconds = 0.0
+        for outcome in self._pool.options.run(self, [request], progress=progress):
+            if outcome.error is not None:
+                raise BackendError(f"image(s) {list(outcome.indices)}: {outcome.error}", backend="ray")
+            for i, image, record in zip(outcome.indices, outcome.result.images, outcome.result.records):
+                images[i], records[i] = image, record
+                seconds += float(record.get("seconds") or 0.0)
+        return BackendOutput(images=images, records=records, seconds=seconds)
 
 
 # ------------------------------------------------------------------ Ray: the sweep executor
@@ -589,6 +611,11 @@ class RayExecutor:
         self.init_kwargs = dict(init_kwargs or {})
         self.actor_options = dict(actor_options or {})
         self._pools: dict[str, _WorkerPool] = {}
+
+    @property
+    def parallelism(self) -> int:
+        """Batches that run at once: one per worker."""
+        return self.num_workers
 
     @property
     def label(self) -> str:
@@ -708,181 +735,3 @@ class RayExecutor:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-# ------------------------------------------------------------------ Ray: a job pool for the server
-
-
-@dataclass
-class _Job:
-    request: GenerationRequest
-    future: Future
-    progress: ProgressCallback | None
-    deaths: int = 0
-    abandoned: bool = False
-
-
-class RayJobPool:
-    """Ray workers a server hands requests to instead of running them on its own thread.
-
-        pool = RayJobPool("sdxl", num_workers=4, num_gpus_per_worker=1)
-        backend = pool.open()                 # batch limits, defaults, validation: as a backend
-        future = pool.submit(request, progress=on_step)
-        result = future.result()              # GenerationResult: images + records (from run_request)
-
-    A progress callback that raises (e.g. the job was cancelled) ends its future with that error;
-    the worker finishes the request and its images are dropped. A job whose worker dies is run on
-    another worker, up to `max_job_retries` times. Options are those of `RayExecutor`.
-    """
-
-    def __init__(self, model: Any = None, *, max_job_retries: int = 2, **options: Any):
-        if isinstance(max_job_retries, bool) or not isinstance(max_job_retries, int) or max_job_retries < 0:
-            raise ValueError(f"`max_job_retries` must be an integer >= 0, got {max_job_retries!r}")
-        if model is not None and not isinstance(model, (str, Path)):
-            raise ValueError(f"RayJobPool needs the model as a preset name, Hugging Face id or path, not a {type(model).__name__}")
-        self.model = model
-        self.max_job_retries = max_job_retries
-        self.executor = RayExecutor(**options)
-        self._queue: collections.deque[_Job] = collections.deque()
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._pool: _WorkerPool | None = None
-        self.backend: RemoteBackend | None = None
-
-    def open(self) -> RemoteBackend:
-        """Start the workers (blocks until one has loaded the model) and the thread that feeds them."""
-        if self.backend is None:
-            self.backend = self.executor.open(self.model)
-            self._pool = self.backend._pool
-            self._thread = threading.Thread(target=self._main, name="sdlab-ray-jobs", daemon=True)
-            self._thread.start()
-        return self.backend
-
-    def submit(self, request: GenerationRequest, *, progress: ProgressCallback | None = None) -> Future:
-        """Queue `request`; the future's result is its GenerationResult (or the worker's error)."""
-        if self._stop.is_set():
-            raise BackendError("the Ray job pool is closed", backend="ray")
-        self.open()
-        job = _Job(request, Future(), progress)
-        with self._lock:
-            self._queue.append(job)
-        self._wake.set()
-        return job.future
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Stop the workers; queued and running futures end with a BackendError."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-        with self._lock:
-            jobs, self._queue = list(self._queue), collections.deque()
-        for job in jobs:
-            _finish(job.future, error=BackendError("the Ray job pool was closed", backend="ray"))
-        self.executor.close()
-
-    def __enter__(self):
-        self.open()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def _main(self) -> None:
-        running: dict[int, _Job] = {}
-        try:
-            self._pump(running)
-        except BaseException as e:  # noqa: BLE001 - e.g. Ray was shut down under the pool
-            logger.exception("the Ray job pool stopped")
-            self._stop.set()
-            error = BackendError(f"the Ray job pool stopped: {describe_error(e)}", backend="ray")
-            with self._lock:
-                jobs, self._queue = list(self._queue), collections.deque()
-            for job in [*running.values(), *jobs]:
-                _finish(job.future, error=error)
-
-    def _pump(self, running: dict[int, _Job]) -> None:
-        pool = self._pool
-        while not self._stop.is_set():
-            # 1. queued jobs to idle workers (cancelled futures are skipped)
-            for slot in pool.idle():
-                job = None
-                with self._lock:
-                    while self._queue and job is None:
-                        candidate = self._queue.popleft()
-                        if candidate.future.done() or (not candidate.future.running() and not candidate.future.set_running_or_notify_cancel()):
-                            continue
-                        job = candidate
-                if job is None:
-                    break
-                pool.start(slot, job.request, id(job), split=False)
-                running[id(job)] = job
-            if not pool.usable():
-                error = BackendError("every Ray worker of the job pool is gone", backend="ray")
-                for job in running.values():
-                    _finish(job.future, error=error)
-                running.clear()
-                with self._lock:
-                    jobs, self._queue = list(self._queue), collections.deque()
-                for job in jobs:
-                    _finish(job.future, error=error)
-                self._wait_for_work()
-                continue
-            if not pool.busy() and not any(s.state == "starting" for s in pool.slots):
-                self._wait_for_work()
-                continue
-            # 2. what the workers said
-            for event in pool.poll(timeout=0.5):
-                job = running.get(event.token)
-                if job is None:
-                    continue
-                if event.kind == "progress":
-                    if job.progress is not None and not job.abandoned:
-                        try:
-                            job.progress(event.info)
-                        except BaseException as e:  # noqa: BLE001 - the caller stops waiting
-                            job.abandoned = True
-                            _finish(job.future, error=e)
-                elif event.kind == "outcome":
-                    if job.future.done():  # abandoned by its caller: its images are dropped
-                        continue
-                    if event.outcome.exception is not None:
-                        _finish(job.future, error=event.outcome.exception)
-                    else:
-                        _finish(job.future, result=event.outcome.result(job.request))
-                elif event.kind == "done":
-                    running.pop(event.token, None)
-                elif event.kind == "lost":
-                    running.pop(event.token, None)
-                    job.deaths += 1
-                    if event.info.get("fatal") or job.deaths > self.max_job_retries:
-                        error = event.info.get("error") if event.info.get("fatal") else None
-                        _finish(job.future, error=error or BackendError(
-                            f"the Ray worker running this job died {job.deaths} times (last: {event.info['reason']})", backend="ray"))
-                    elif not job.future.done():
-                        with self._lock:
-                            self._queue.appendleft(job)
-        for job in running.values():
-            _finish(job.future, error=BackendError("the Ray job pool was closed", backend="ray"))
-
-    def _wait_for_work(self) -> None:
-        self._wake.wait(timeout=0.5)
-        self._wake.clear()
-
-
-def _finish(future: Future, *, result: Any = None, error: BaseException | None = None) -> None:
-    if future.done():
-        return
-    if not future.running():
-        future.set_running_or_notify_cancel()
-        if future.cancelled():
-            return
-    try:
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
-    except Exception:  # noqa: BLE001 - InvalidStateError: finished meanwhile
-        pass

@@ -118,3 +118,13 @@ def test_budget_accepts_a_backend_and_rejects_other_values(sd1_pipe):
     assert token_budget(sdlab.as_backend(sd1_pipe), HEAD).counts == token_budget(sd1_pipe, HEAD).counts
     with pytest.raises(ValueError, match="`prompt`"):
         token_budget(sd1_pipe, 3)
+
+
+def test_the_token_warning_names_the_callers_line_not_sdlabs(sd1_pipe):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sdlab.generate(sd1_pipe, "stack " * 100, seed=0, num_inference_steps=1)
+    warned = [w for w in caught if issubclass(w.category, TokenLimitWarning)]
+    assert warned and warned[0].filename == __file__

@@ -14,7 +14,7 @@ from helpers import max_pixel_diff
 
 import sdlab
 from sdlab.errors import MissingDependencyError
-from sdlab.executors import RayExecutor, RayJobPool, import_ray
+from sdlab.executors import RayExecutor, import_ray
 
 STEPS = 3
 PROMPT = "a red circle"
@@ -173,44 +173,41 @@ def test_failed_cells_are_recorded_with_their_error_as_locally(executor, sd1_pip
     assert len(manifest_keys(tmp_path / "ray")) == 4
 
 
-class Cancelled(Exception):
-    pass
-
-
-def cancel(info):  # as the server's worker does when a job is cancelled
-    raise Cancelled("cancelled")
-
-
-def test_job_pool_and_the_server_on_ray_workers(ray_cluster, sd1_pipe, tmp_path):
-    """One pool of two workers: its own API first, then a server that runs its jobs on it."""
+def test_a_ray_model_is_a_backend_and_the_server_runs_on_the_sweep_executor(ray_cluster, sd1_pipe, tmp_path):
+    """One executor of two workers: its model as a backend first (generate through it, a progress
+    callback that raises stops it), then a server that runs its jobs on the same executor."""
     import time
     from io import BytesIO
 
     import httpx
     from PIL import Image
 
+    from sdlab.executors import Interrupted
     from sdlab.generation import build_request, generate
     from sdlab.server import serve_in_thread
 
-    pool = RayJobPool("tiny", num_workers=2, num_gpus_per_worker=0, num_cpus_per_worker=0.5, start_timeout=600)
+    ray_executor = RayExecutor(num_workers=2, num_gpus_per_worker=0, num_cpus_per_worker=0.5, start_timeout=600)
     try:
-        # 1. submit -> future -> images and records, made by run_request in a worker
-        backend = pool.open()
-        request = build_request(backend, PROMPT, seed=[7, 8], num_inference_steps=STEPS)
+        # 1. the workers' model is a backend: generate runs on a worker, through the executor
+        backend = ray_executor.open("tiny")
         steps = []
-        result = pool.submit(request, progress=steps.append).result(timeout=600)
+        result = generate(backend, PROMPT, seed=[7, 8], num_inference_steps=STEPS, progress=steps.append)
         expected = generate(sd1_pipe, PROMPT, seed=[7, 8], num_inference_steps=STEPS)
         assert [r["seed"] for r in result.records] == [7, 8]
         assert steps and steps[-1]["images"] == 2 and all("pid" in s for s in steps)
         for a, b in zip(result.images, expected.images):
             assert max_pixel_diff(a, b) <= 2
-        with pytest.raises(Cancelled):  # a progress callback that raises ends the future
-            pool.submit(request, progress=cancel).result(timeout=600)
+
+        def cancel(info):  # as the server's worker does when a job is cancelled
+            raise Interrupted("cancelled")
+
+        with pytest.raises(Interrupted):
+            generate(backend, PROMPT, seed=[7, 8], num_inference_steps=STEPS, progress=cancel)
         with pytest.raises(ValueError, match="unknown argument"):  # validated by a worker
             build_request(backend, PROMPT, pipeline_kwargs={"no_such_argument": 1})
 
-        # 2. the server hands its jobs to the pool (and closes it when it stops)
-        handle = serve_in_thread("tiny", executor=pool, data_dir=tmp_path)
+        # 2. the server hands its jobs to the same executor (and closes it when it stops)
+        handle = serve_in_thread("tiny", executor=ray_executor, data_dir=tmp_path)
         try:
             with httpx.Client(base_url=handle.url, timeout=120) as client:
                 deadline = time.monotonic() + 600
@@ -232,7 +229,7 @@ def test_job_pool_and_the_server_on_ray_workers(ray_cluster, sd1_pipe, tmp_path)
         finally:
             handle.stop()
     finally:
-        pool.close()
+        ray_executor.close()
 
 
 def test_cli_sweep_on_ray(ray_cluster, tmp_path):

@@ -18,6 +18,7 @@ import html
 import math
 import re
 import warnings
+from pathlib import Path
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -234,8 +235,20 @@ def warn_if_truncated(pipe: Any, prompt: Any) -> TokenBudget | None:
         return None
     budget = token_budget(pipe, prompt)
     if any(c.truncated and c.role == "sequence" for c in budget.counts):
-        warnings.warn(budget.warning_message(), TokenLimitWarning, stacklevel=3)
+        warnings.warn(budget.warning_message(), TokenLimitWarning, stacklevel=_caller_stacklevel())
     return budget
+
+
+def _caller_stacklevel() -> int:
+    """The stacklevel of the first frame outside sdlab: a warning then names the user's own line
+    (their notebook cell), not sdlab's internals."""
+    import sys
+
+    package = str(Path(__file__).resolve().parents[1])
+    frame, level = sys._getframe(1), 1
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def record_fields(pipe: Any, prompt: Any, negative_prompt: Any) -> dict[str, Any]:

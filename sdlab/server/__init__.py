@@ -154,10 +154,10 @@ def _cmd_serve(args) -> int:
 
     executor = None
     if args.executor == "ray":  # each Ray worker loads --model with these options
-        from ..executors import RayJobPool
+        from ..executors import RayExecutor
 
-        executor = RayJobPool(args.model, address=args.ray_address, num_workers=args.workers,
-                              num_gpus_per_worker=args.gpus_per_worker, load_kwargs=load_kwargs)
+        executor = RayExecutor(args.ray_address, num_workers=args.workers, num_gpus_per_worker=args.gpus_per_worker,
+                               load_kwargs=load_kwargs)
     data_dir = Path(args.data_dir)
     app = create_app(
         args.model, db_path=data_dir / "jobs.db", results_dir=data_dir / "results", max_queue=args.max_queue,

@@ -23,6 +23,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
+from ..executors import LocalExecutor, RayExecutor
 from ..generation import build_request
 from .limits import Limits
 from .metrics import CONTENT_TYPE, ServerMetrics
@@ -203,8 +204,9 @@ def create_app(
         max_attempts: a job the server died while running this many times fails instead of
             running again.
         executor: None/"local": the worker thread generates; "ray": a pool of 2 Ray workers that
-            each load `model` (a name/path); or a `sdlab.executors.RayJobPool` (e.g. more workers
-            or GPUs). Up to one batch per Ray worker runs at once.
+            each load `model` (a name/path); or an executor from `sdlab.executors` (e.g. a
+            `RayExecutor` with more workers or GPUs): the same executors sweeps use. Up to one batch
+            per Ray worker runs at once.
     """
     limits = limits if limits is not None else Limits()
     if not isinstance(limits, Limits):
@@ -221,17 +223,14 @@ def create_app(
     if token is not None and (not isinstance(token, str) or len(token) < 8):
         raise ValueError("`token` must be a string of at least 8 characters (or None for no authentication)")
 
-    pool = None
-    if executor not in (None, "local"):
-        from ..executors import RayJobPool
-
-        if executor == "ray":
-            if model is not None and not isinstance(model, (str, Path)):
-                raise ValueError("`executor`='ray' needs `model` as a name or path (each Ray worker loads it), not a loaded pipeline")
-            executor = RayJobPool(model, load_kwargs=load_kwargs)
-        if not isinstance(executor, RayJobPool):
-            raise ValueError(f"`executor` must be 'local', 'ray' or a sdlab.executors.RayJobPool, got {executor!r}")
-        pool, model = executor, (executor.model if executor.model is not None else model)
+    if executor in (None, "local"):
+        executor = LocalExecutor(load_kwargs=load_kwargs)
+    elif executor == "ray":
+        executor = RayExecutor(load_kwargs=load_kwargs)
+    elif not isinstance(executor, (LocalExecutor, RayExecutor)):
+        raise ValueError(f"`executor` must be 'local', 'ray' or an executor from sdlab.executors, got {executor!r}")
+    if isinstance(executor, RayExecutor) and model is not None and not isinstance(model, (str, Path)):
+        raise ValueError("`executor`='ray' needs `model` as a name or path (each Ray worker loads it), not a loaded pipeline")
     allowed = {_host_name(h) for h in allowed_hosts}
     if any(not h for h in allowed):
         raise ValueError(f"`allowed_hosts` must be host names, got {list(allowed_hosts)!r}")
@@ -241,7 +240,7 @@ def create_app(
     worker = Worker(
         store, model, load_kwargs=load_kwargs, batch_size=batch_size, batch_wait=batch_wait, retention_seconds=retention_seconds,
         cleanup_interval=cleanup_interval, max_attempts=max_attempts, metrics=metrics, on_change=waiters.notify,
-        pool=pool,
+        executor=executor,
     )
     GenerateRequest = generate_model(limits)
 

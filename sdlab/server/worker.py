@@ -1,8 +1,11 @@
-"""The worker: one thread that owns the pipeline and runs queued jobs, one batch at a time.
+"""The worker: one thread that owns the model and runs queued jobs, batch by batch.
 
 The event loop never touches the model: routes only read and write the job store, and this thread
-claims jobs, generates through the one path (`sdlab.generation.run_request`), writes each image with
-`sdlab.metadata.save_png` and marks the job done in the same transaction that records its images.
+claims batches of jobs and runs them with an executor, the same one a sweep uses (`LocalExecutor`
+here, or `RayExecutor` for Ray workers, one batch per worker at once), so every image is made by
+`sdlab.generation.run_request` (the one path) and a failing batch is split and retried down to one
+image (`run_split`). It writes each image with `sdlab.metadata.save_png` and marks the job done in
+the same transaction that records its images.
 
 Cancellation and shutdown reach a running job through the progress callback, which raises at the
 next denoising step: a cancelled job stays cancelled, the other jobs of its batch go back to the
@@ -21,16 +24,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..backends import Backend, as_backend
-from ..generation import run_request
+from ..executors import Interrupted, LocalExecutor
 from ..metadata import save_png
+from ..presets import default_model
 from ..request import GenerationRequest
 from .store import Job, JobStore, StorageFull, file_digest, is_disk_full
 
 logger = logging.getLogger("sdlab.server")
-
-
-class _Interrupted(Exception):
-    """Raised from the progress callback to stop a pipeline call between two steps."""
 
 
 def batch_key(backend: Backend, request: GenerationRequest) -> str:
@@ -57,7 +57,7 @@ class Worker:
         max_attempts: int = 3,
         metrics=None,
         on_change: Callable[[list[str]], None] | None = None,
-        pool=None,
+        executor=None,
     ):
         self.store = store
         self.batch_size = batch_size
@@ -79,8 +79,8 @@ class Worker:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self.pool = pool  # a sdlab.executors.RayJobPool: batches run on its Ray workers, one per worker at once
-        self._threads: list[threading.Thread] = []  # the extra claim loops (one per further Ray worker)
+        # where batches run: this thread (LocalExecutor) or Ray workers (RayExecutor, one batch per worker at once)
+        self.executor = executor if executor is not None else LocalExecutor(load_kwargs=self._load_kwargs)
         if model is not None and not isinstance(model, (str, Path)):
             self.backend = as_backend(model)  # a loaded pipeline or backend: ready at once
             self.model_name = self.backend.model_id
@@ -102,14 +102,12 @@ class Worker:
         """Stop after the current denoising step; a running batch goes back to the queue."""
         self._stop.set()
         self._wake.set()
-        for thread in [self._thread, *self._threads]:
-            if thread is not None:
-                thread.join(timeout)
-                if thread.is_alive():  # pragma: no cover - a step longer than `timeout`
-                    logger.error("the worker did not stop within %.0f s", timeout)
-                    return
-        if self.pool is not None:
-            self.pool.close()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():  # pragma: no cover - a step longer than `timeout`
+                logger.error("the worker did not stop within %.0f s", timeout)
+                return
+        self.executor.close()
         self.store.release_lock()
 
     def wake(self) -> None:
@@ -140,38 +138,38 @@ class Worker:
                 logger.exception("could not load the model")
                 return
             self.status = "ok"
-        if self.pool is not None:  # one claim loop per Ray worker, so that many batches run at once
-            for i in range(1, self.pool.executor.num_workers):
-                thread = threading.Thread(target=self._loop, args=(False,), name=f"sdlab-server-worker-{i}", daemon=True)
-                thread.start()
-                self._threads.append(thread)
-        self._loop(True)
+        self._loop()
 
-    def _loop(self, first: bool) -> None:
+    def _loop(self) -> None:
         next_cleanup = 0.0
         while not self._stop.is_set():
-            if first and self.retention_seconds is not None and time.monotonic() >= next_cleanup:
+            if self.retention_seconds is not None and time.monotonic() >= next_cleanup:
                 self._safely(self.cleanup)
                 next_cleanup = time.monotonic() + self.cleanup_interval
             self._wake.clear()
-            if not self._threads:
-                self._cancelled.clear()  # before claiming: a cancel of a claimed job lands after this
+            self._cancelled.clear()  # before claiming: a cancel of a claimed job lands after this
             try:
                 gather = self._gathering_seconds()
                 if gather > 0:  # a batch still filling: wait for more compatible jobs (a submission wakes us)
                     self._wake.wait(timeout=gather)
                     continue
-                jobs = self.store.claim(batch_size=self.batch_size, max_images=self.backend.max_batch_size)
+                batches = []  # one batch per slot of the executor (several Ray workers run at once)
+                while len(batches) < self.executor.parallelism:
+                    jobs = self.store.claim(batch_size=self.batch_size, max_images=self.backend.max_batch_size)
+                    if not jobs:
+                        break
+                    batches.append(jobs)
             except Exception:  # e.g. the disk is full: the jobs stay queued; try again shortly
                 logger.exception("the worker could not claim jobs")
                 self._wake.wait(timeout=1.0)
                 continue
-            if not jobs:
+            if not batches:
                 self._wake.wait(timeout=min(1.0, self.cleanup_interval))
                 continue
+            jobs = [job for batch in batches for job in batch]
             ids = [job.id for job in jobs]  # waiters are told when the jobs end (long polls wait for that only)
             try:
-                self._run_batch(jobs)
+                self._run_batches(batches)
             except StorageFull:  # not the jobs' fault: they run again once there is space (or after a restart)
                 logger.exception("the disk is full; jobs %s go back to the queue", ids)
                 for job in jobs:
@@ -209,85 +207,83 @@ class Worker:
             time.sleep(0.5)
 
     def _load(self) -> Backend:
-        from ..loading import load_pipeline
-        from ..presets import default_model
+        model = self._model if self._model is not None else default_model()
+        self.model_name = str(model)
+        return self.executor.open(model)  # loaded here, or by each Ray worker (this is their description)
 
-        name = self._model if self._model is not None else default_model()
-        self.model_name = str(name)
-        if self.pool is not None:  # the Ray workers load the model; this is their description
-            return self.pool.open()
-        pipe = load_pipeline(name, progress_bar=False, **self._load_kwargs)
-        return as_backend(pipe)
-
-    def _generate(self, request: GenerationRequest, on_step, ids: list[str]):
-        if self.pool is None:
-            return run_request(self.backend, request, progress=on_step, progress_bar=False)
-        future = self.pool.submit(request, progress=on_step)  # run_request runs in the Ray worker
-        while True:
-            try:
-                return future.result(timeout=0.5)
-            except TimeoutError:  # still queued or running: shutdown and cancels reach it here too
-                if self._stop.is_set() or self._cancelled.intersection(ids):
-                    future.cancel()
-                    raise _Interrupted("the server is shutting down" if self._stop.is_set() else "a job of the batch was cancelled")
-
-    def _run_batch(self, jobs: list[Job]) -> None:
-        # 1. one request for the batch; progress reaches every job of it
-        request = GenerationRequest.concat([job.request for job in jobs])
-        ids = [job.id for job in jobs]
+    def _run_batches(self, batches: list[list[Job]]) -> None:
+        # 1. one request a batch; progress reaches every job of its batch
+        requests = [GenerationRequest.concat([job.request for job in jobs]) for jobs in batches]
+        ids = [job.id for jobs in batches for job in jobs]
         for job_id in ids:
-            self.progress[job_id] = (0, request.num_inference_steps)
-
-        denoising = False
+            self.progress[job_id] = (0, requests[0].num_inference_steps)
+        denoising: set[int] = set()
 
         def on_step(info: dict[str, Any]) -> None:
-            nonlocal denoising
-            if not denoising:  # a death from now on counts against these jobs (see JobStore.recover)
-                denoising = True
-                self.store.mark_denoising(jobs)
-            for job_id in ids:
-                self.progress[job_id] = (int(info["step"]), int(info["total"]))
+            b = int(info.get("batch", 0))
+            if b not in denoising:  # a death from now on counts against these jobs (see JobStore.recover)
+                denoising.add(b)
+                self.store.mark_denoising(batches[b])
+            for job in batches[b]:
+                self.progress[job.id] = (int(info["step"]), int(info["total"]))
             if self._stop.is_set():
-                raise _Interrupted("the server is shutting down")
+                raise Interrupted("the server is shutting down")
             if self._cancelled.intersection(ids):
-                raise _Interrupted("another job of its batch was cancelled")
+                raise Interrupted("another job of its batch was cancelled")
 
-        # 2. generate through the one path (here, or in a Ray worker)
+        # 2. generate through the one path, with the executor a sweep uses: a failing batch is
+        #    split and retried down to single images, so a bad job fails alone
+        images: list[list[Any]] = [[None] * len(r) for r in requests]
+        records: list[list[Any]] = [[None] * len(r) for r in requests]
+        errors: list[dict[int, str]] = [{} for _ in requests]
         try:
-            result = self._generate(request, on_step, ids)
-        except _Interrupted as e:
-            for job in jobs:
-                if job.id not in self._cancelled:
-                    self.store.requeue(job, str(e))
-            return
-        except Exception as e:
-            if len(jobs) > 1 and not self._stop.is_set():
-                logger.warning("a batch of %d jobs failed (%s); running them one by one", len(jobs), e)
+            for outcome in self.executor.run(self.backend, requests, progress=on_step):
+                if outcome.error is not None:
+                    logger.warning("images %s of a batch failed: %s", list(outcome.indices), outcome.error)
+                for k, i in enumerate(outcome.indices):
+                    if outcome.error is not None:
+                        errors[outcome.batch][i] = outcome.error
+                    else:
+                        images[outcome.batch][i] = outcome.result.images[k]
+                        records[outcome.batch][i] = outcome.result.records[k]
+        except Interrupted as e:
+            for jobs in batches:
                 for job in jobs:
-                    self._run_batch([job])
-                return
-            logger.exception("job %s failed", ids[0])
-            for job in jobs:
-                if self.store.fail(job, f"{type(e).__name__}: {e}") and self.metrics:
-                    self.metrics.finished.labels("failed").inc()
+                    if job.id not in self._cancelled:
+                        self.store.requeue(job, str(e))
+            return
+        except Exception as e:  # the executor itself failed (e.g. every Ray worker is gone)
+            logger.exception("jobs %s failed", ids)
+            for jobs in batches:
+                for job in jobs:
+                    if self.store.fail(job, f"{type(e).__name__}: {e}") and self.metrics:
+                        self.metrics.finished.labels("failed").inc()
             return
         finally:
             for job_id in ids:
                 self.progress.pop(job_id, None)
-            if self._threads:  # several claim loops: each forgets the cancels of its own batch
-                self._cancelled.difference_update(ids)
-        seconds = sum(r["seconds"] for r in result.records)
+        for b, jobs in enumerate(batches):
+            self._finish(jobs, images[b], records[b], errors[b])
 
+    def _finish(self, jobs: list[Job], images: list[Any], records: list[Any], errors: dict[int, str]) -> None:
+        seconds = sum(float(r["seconds"]) for r in records if r is not None)
+        total = len(images)
         # 3. write each job's PNGs, then mark it done in the transaction that records them
         offset = 0
         for job in jobs:
             n = job.num_images
+            failed = [errors[i] for i in range(offset, offset + n) if i in errors]
+            if failed:
+                if self.store.fail(job, failed[0]) and self.metrics:
+                    self.metrics.finished.labels("failed").inc()
+                offset += n
+                continue
             folder = self.store.job_dir(job.id)
             try:
                 paths, digests = [], []
                 for k in range(n):
-                    record = dict(result.records[offset + k], job_id=job.id, job_image=k)
-                    paths.append(save_png(result.images[offset + k], folder / f"{k}.png", record))
+                    record = dict(records[offset + k], job_id=job.id, job_image=k)
+                    paths.append(save_png(images[offset + k], folder / f"{k}.png", record))
                     digests.append(file_digest(paths[-1]))  # checked whenever the image is served
             except OSError as e:
                 if is_disk_full(e):
@@ -297,7 +293,7 @@ class Worker:
                     self.metrics.finished.labels("failed").inc()
                 offset += n
                 continue
-            job_seconds = seconds * n / len(request)
+            job_seconds = seconds * n / total
             if self.store.finish(job, paths, job_seconds, digests):
                 self.mean_job_seconds = 0.8 * self.mean_job_seconds + 0.2 * job_seconds
                 if self.metrics:
