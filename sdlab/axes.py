@@ -46,52 +46,94 @@ def _point_at(text: str, item: str, message: str) -> AxisSyntaxError:
     return AxisSyntaxError(f"{message}\n    {text}\n    {caret}")
 
 
-def split_csv(text: str) -> list[str]:
+def split_csv(text: str, *, name: str = "axis") -> list[str]:
     """A1111's comma list: values separated by commas, quoted when they hold commas."""
+    if not text.strip():
+        return []
     try:
-        rows = list(csv.reader(io.StringIO(text), skipinitialspace=True))
+        rows = list(csv.reader(io.StringIO(text), skipinitialspace=True, strict=True))
     except csv.Error as e:
-        raise AxisSyntaxError(f"bad quoting in axis values: {e}\n    {text}") from e
+        opening = _unterminated_quote(text)
+        if opening is not None:
+            raise AxisSyntaxError(f"axis `{name}`: the quote opened here is never closed\n    {text}\n    {' ' * opening}^") from e
+        raise AxisSyntaxError(f"axis `{name}`: bad quoting in the values ({e})\n    {text}") from e
     if len(rows) != 1:
-        raise AxisSyntaxError(f"axis values must be on one line\n    {text}")
+        raise AxisSyntaxError(f"axis `{name}` values must be on one line\n    {text}")
     return [item.strip() for item in rows[0] if item.strip() != ""]
 
 
+def _unterminated_quote(text: str) -> int | None:
+    """Where the quote that is never closed opens (CSV: "" inside quotes is a quote)."""
+    opening, i = None, 0
+    while i < len(text):
+        if text[i] == '"':
+            if opening is None:
+                opening = i
+            elif text[i + 1 : i + 2] == '"':
+                i += 1
+            else:
+                opening = None
+        i += 1
+    return opening
+
+
+_SIGN_SPACE = re.compile(r"^([+-])\s+")
+
+
 def _number(text: str, kind: str):
-    text = text.replace(" ", "")
+    text = _SIGN_SPACE.sub(r"\1", text.strip())  # "+ 3" as A1111 reads it; "1 5" stays an error, never 15
     return int(text) if kind == "int" else float(text)
 
 
+def _is_integral(text: str) -> bool:
+    return re.fullmatch(r"[+-]?\s*\d+", text.strip()) is not None
+
+
+def _steps(start, end, step, kind: str) -> list:
+    """start, start+step, ... up to end and never past it (A1111's float ranges may overshoot)."""
+    values, i = [], 0
+    while len(values) < 10_000:
+        v = start + i * step
+        if (v > end + 1e-9) if step > 0 else (v < end - 1e-9):
+            break
+        values.append(round(v, 10) if kind == "float" else v)
+        i += 1
+    return values
+
+
 def _expand_range(item: str, kind: str) -> list | None:
-    m = _RANGE_STEP.match(item)
-    if m:
-        start, end, step = (_number(g, kind if i < 2 else ("int" if kind == "int" else "float")) for i, g in enumerate(m.groups()))
-        if step == 0:
-            return None
-        values, v = [], start
-        limit = 10_000
-        while (v <= end + 1e-9 if step > 0 else v >= end - 1e-9) and len(values) < limit:
-            values.append(round(v, 10) if kind == "float" else v)
-            v = v + step
-        return values
-    m = _RANGE_COUNT.match(item)
-    if m:
-        start, end = _number(m.group(1), kind), _number(m.group(2), kind)
-        count = int(m.group(3))
+    """The values of a range item ("1-5", "1-10 (+3)", "0-1 [5]") as `kind` ("int", "float" or
+    "auto": integers when every number is written as one, else floats), or None if it is none."""
+    for pattern in (_RANGE_STEP, _RANGE_COUNT, _RANGE):
+        m = pattern.match(item)
+        if m:
+            break
+    else:
+        return None
+    groups = list(m.groups())
+    ends = groups[:2] + ([groups[2]] if pattern is _RANGE_STEP else [])
+    if kind == "auto":  # "0-1 [5]" is 0, 0.25, ... 1; "0-100 [5]" and "1-5" are integers
+        kind = "int" if all(_is_integral(g) for g in ends) else "float"
+        if kind == "int" and pattern is _RANGE_COUNT and int(groups[2]) > 1:
+            a, b, n = int(_number(groups[0], "int")), int(_number(groups[1], "int")), int(groups[2])
+            kind = "int" if (b - a) % (n - 1) == 0 else "float"
+    if kind == "int" and not all(_is_integral(g) for g in ends):
+        return None
+    start, end = _number(groups[0], kind), _number(groups[1], kind)
+    if pattern is _RANGE_COUNT:
+        count = int(groups[2])
         if count < 1:
             return None
         if count == 1:
             return [start]
         values = [start + (end - start) * i / (count - 1) for i in range(count)]
-        return [int(v) for v in values] if kind == "int" else [round(v, 10) for v in values]
-    m = _RANGE.match(item)
-    if m and kind == "int":
-        start, end = _number(m.group(1), kind), _number(m.group(2), kind)
-        step = 1 if end >= start else -1
-        return list(range(start, end + step, step))
-    if m and kind == "float":
-        return None  # "0.5-1.5" without a step or count is ambiguous for floats
-    return None
+        if kind == "int":
+            return [int(v) for v in values]
+        return [round(v, 10) for v in values]
+    step = _number(groups[2], kind) if pattern is _RANGE_STEP else (1 if end >= start else -1)
+    if step == 0:
+        return None
+    return _steps(start, end, step, kind)
 
 
 def value_kind(name: str) -> str:
@@ -110,9 +152,9 @@ def parse_values(text: str, kind: str = "auto", *, name: str = "axis") -> list:
     """Parse A1111-style axis text into values of `kind` ("int", "float", "str", "size", "auto")."""
     if not isinstance(text, str):
         raise AxisSyntaxError(f"`{name}` values must be a list or a string, got {type(text).__name__}")
-    items = split_csv(text)
+    items = split_csv(text, name=name)
     if not items:
-        raise AxisSyntaxError(f"axis `{name}` has no values\n    {text!r}")
+        raise AxisSyntaxError(f"axis `{name}` is empty: it has no values\n    {text!r}")
     values: list = []
     for item in items:
         if kind == "str":
@@ -124,23 +166,20 @@ def parse_values(text: str, kind: str = "auto", *, name: str = "axis") -> list:
                 raise _point_at(text, item, f"axis `{name}`: {item!r} is not a size like 512x768")
             values.append((int(m.group(1)), int(m.group(2))))
             continue
-        kinds = [kind] if kind in ("int", "float") else ["int", "float"]
-        parsed = None
-        for k in kinds:
-            expanded = _expand_range(item, k)
-            if expanded is not None:
-                parsed = expanded
-                break
-            try:
-                parsed = [_number(item, k)]
-                break
-            except ValueError:
-                continue
+        parsed = _expand_range(item, kind)
         if parsed is None:
-            if kind == "auto":
+            for k in ([kind] if kind in ("int", "float") else ["int", "float"]):
+                try:
+                    parsed = [_number(item, k)]
+                    break
+                except ValueError:
+                    continue
+        if parsed is None:
+            if kind == "auto":  # a keyword sdlab does not know, or a template: words stay words
                 values.append(item)
                 continue
-            raise _point_at(text, item, f"axis `{name}`: cannot read {item!r} as {'an integer' if kind == 'int' else 'a number'} or a range (1-5, 1-10 (+3), 0-1 [5])")
+            what = "an integer" if kind == "int" else "a number"
+            raise _point_at(text, item, f"axis `{name}`: cannot read {item!r} as {what} or a range (1-5, 1-10 (+3), 0-1 [5])")
         values.extend(parsed)
     return values
 
@@ -224,7 +263,7 @@ def prompt_sr(values: Sequence[str] | str, *, name: str | None = None) -> Axis:
     """A1111's Prompt S/R: the first value is searched for in the prompt (and negative prompt) and
     replaced by each value in turn. Several S/R axes are applied together and never collide."""
     if isinstance(values, str):
-        values = split_csv(values)
+        values = split_csv(values, name=name or "prompt_sr")
     values = [str(v) for v in values]
     if not values or not values[0]:
         raise ValueError("`prompt_sr` needs at least one value; the first is the text to search for")
@@ -256,6 +295,28 @@ def prompt_order(tokens: Sequence[str] | str, *, name: str = "order") -> Axis:
         raise ValueError(f"`prompt_order` with {len(tokens)} tokens makes {math.factorial(len(tokens))} prompts; use at most 7")
     perms = list(itertools.permutations(tokens))
     return Axis(name, tuple(perms), tuple(", ".join(p) for p in perms), kind="order", parts=tuple(tokens))
+
+
+def check_search_replace(axes: Sequence[Axis], *texts: str | None) -> None:
+    """Refuse two S/R axes whose search texts are equal, contain one another, or overlap in the
+    prompt: one would silently cancel the other (cells labelled "dog" showing a cat)."""
+    sr = [a for a in axes if a.kind == "sr"]
+    for i, a in enumerate(sr):
+        for b in sr[i + 1:]:
+            x, y = a.search or "", b.search or ""
+            if x == y or x in y or y in x or any(_overlap(t, x, y) for t in texts if t):
+                raise ValueError(
+                    f"prompt S/R axes `{a.name}` (searches {x!r}) and `{b.name}` (searches {y!r}) overlap: "
+                    f"one would replace what the other looks for; search for texts that do not overlap"
+                )
+
+
+def _overlap(text: str, x: str, y: str) -> bool:
+    spans = [(m.start(), m.start() + len(x)) for m in re.finditer(f"(?={re.escape(x)})", text)]
+    for m in re.finditer(f"(?={re.escape(y)})", text):
+        if any(s < m.start() + len(y) and m.start() < e for s, e in spans):
+            return True
+    return False
 
 
 # ------------------------------------------------------------------ prompt rewriting

@@ -1,7 +1,8 @@
 """Every PNG says how to make it again.
 
 Two text chunks: `parameters`, A1111's infotext that other tools in the ecosystem parse, and
-`sdlab`, the full record as JSON. `read_params` reads either back, from sdlab's PNGs and A1111's.
+`sdlab`, the full record as JSON. `read_params` reads either back, from sdlab's PNGs and A1111's
+(PNG text chunks, and the EXIF UserComment A1111 writes into its JPEG and WebP files).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ _RE_SIZE = re.compile(r"^(\d+)x(\d+)$")
 # Record keys shown in the infotext under A1111's labels, in A1111's order.
 _INFOTEXT_FIELDS = [
     ("num_inference_steps", "Steps"),
-    ("scheduler", "Sampler"),
+    ("sampler", "Sampler"),
+    ("schedule_type", "Schedule type"),
     ("guidance_scale", "CFG scale"),
     ("seed", "Seed"),
     ("size", "Size"),
@@ -52,9 +54,20 @@ def _unquote(text: str) -> str:
 
 
 def _format_number(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:g}" if value == round(value, 8) else repr(round(value, 8))
-    return str(value)
+    """A number as A1111 writes it (Python's shortest text that reads back as the same float)."""
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _is_ddim(record: dict[str, Any]) -> bool:
+    from .schedulers import split_a1111
+
+    return record.get("scheduler_class") == "DDIMScheduler" or split_a1111(str(record.get("scheduler")))[0] == "DDIM"
+
+
+def _pipeline_label(key: str, record: dict[str, Any]) -> str:
+    if key == "eta" and _is_ddim(record):  # A1111's "Eta" is the ancestral samplers' noise; DDIM's is "Eta DDIM"
+        return "Eta DDIM"
+    return key.replace("_", " ").capitalize()
 
 
 def infotext(record: dict[str, Any]) -> str:
@@ -66,6 +79,10 @@ def infotext(record: dict[str, Any]) -> str:
     params: list[tuple[str, Any]] = []
     values = dict(record)
     values["size"] = f"{record.get('width')}x{record.get('height')}"
+    if record.get("scheduler"):  # A1111 v1.10 writes the sampler and its schedule type apart
+        from .schedulers import to_a1111
+
+        values["sampler"], values["schedule_type"] = to_a1111(str(record["scheduler"]))
     for key, label in _INFOTEXT_FIELDS:
         value = values.get(key)
         if value is None:
@@ -75,7 +92,7 @@ def infotext(record: dict[str, Any]) -> str:
         params.append(("Clip skip", str(int(record["clip_skip"]) + 1)))
     for key, value in (record.get("pipeline_kwargs") or {}).items():
         if isinstance(value, (int, float, str, bool)) and value is not None:
-            params.append((key.replace("_", " ").capitalize(), _format_number(value)))
+            params.append((_pipeline_label(key, record), _format_number(value)))
     if record.get("backend") and record.get("backend") != "diffusers":
         params.append(("Backend", record["backend"]))
     versions = record.get("versions") or {}
@@ -104,7 +121,13 @@ def parse_infotext(text: str) -> dict[str, Any]:
 
 
 def params_from_infotext(text: str) -> dict[str, Any]:
-    """A1111 infotext to sdlab's parameter names (diffusers vocabulary)."""
+    """A1111 infotext to sdlab's parameter names (diffusers vocabulary).
+
+    The sampler is read as A1111 v1.10 reads it (`Sampler: DPM++ 2M, Schedule type: Karras`,
+    "Automatic" being the sampler's default); texts from before v1.9 carry no schedule type and
+    name it in the sampler ("DPM++ 2M Karras"; a bare "DPM++ 2M" then meant the model's own
+    sigmas). Labels sdlab does not use stay in `extra`, as written.
+    """
     raw = parse_infotext(text)
     params: dict[str, Any] = {"prompt": raw.pop("prompt"), "negative_prompt": raw.pop("negative_prompt")}
     if "Steps" in raw:
@@ -118,11 +141,12 @@ def params_from_infotext(text: str) -> dict[str, Any]:
         if m:
             params["width"], params["height"] = int(m.group(1)), int(m.group(2))
     if "Sampler" in raw:
+        from .schedulers import from_a1111
+
         sampler = raw.pop("Sampler")
-        schedule = raw.pop("Schedule type", None)
-        if schedule and schedule.lower() not in ("automatic", "uniform") and schedule not in sampler:
-            sampler = f"{sampler} {schedule}"
-        params["scheduler"] = sampler
+        params["scheduler"] = from_a1111(sampler, raw.pop("Schedule type", None))
+        if "Eta DDIM" in raw and params["scheduler"] == "DDIM":
+            params["pipeline_kwargs"] = {"eta": float(raw.pop("Eta DDIM"))}
     if "Model" in raw:
         params["model"] = raw.pop("Model")
     if "Model hash" in raw:
@@ -162,24 +186,62 @@ def save_png(image: Image.Image, path: str | Path, record: dict[str, Any], *, ex
 
 
 def read_text_chunks(path_or_image: str | Path | Image.Image) -> dict[str, str]:
+    """An image's text: PNG text chunks, or A1111's `parameters` from a JPEG's or WebP's EXIF UserComment."""
     if isinstance(path_or_image, Image.Image):
-        image = path_or_image
-        return {k: v for k, v in getattr(image, "text", image.info).items() if isinstance(v, str)}
+        return _text_of(path_or_image)
     try:
         with Image.open(path_or_image) as image:
             image.load()
-            if image.format != "PNG":
-                raise ValueError(f"{path_or_image} is a {image.format} image, not a PNG: generation parameters are read "
-                                 "from PNG text chunks")
-            return {k: v for k, v in getattr(image, "text", image.info).items() if isinstance(v, str)}
+            return _text_of(image)
     except FileNotFoundError:
         raise
     except (OSError, SyntaxError) as e:  # PIL: not an image (UnidentifiedImageError), truncated, broken chunks
-        raise ValueError(f"{path_or_image} is not a readable PNG image ({e})") from e
+        raise ValueError(f"{path_or_image} is not a readable image ({e})") from e
+
+
+def _text_of(image: Image.Image) -> dict[str, str]:
+    chunks = {k: v for k, v in getattr(image, "text", image.info).items() if isinstance(v, str)}
+    if PARAMETERS_KEY not in chunks:
+        comment = exif_user_comment(image)
+        if comment:
+            chunks[PARAMETERS_KEY] = comment
+    return chunks
+
+
+_EXIF_IFD, _USER_COMMENT = 0x8769, 0x9286
+_COMMENT_CODES = {b"ASCII\0\0\0": "ascii", b"JIS\0\0\0\0\0": "shift_jis"}
+
+
+def exif_user_comment(image: Image.Image) -> str | None:
+    """The EXIF UserComment of an image, decoded as A1111 reads it (piexif's UserComment: an 8-byte
+    character code, "UNICODE" being UTF-16 in the EXIF block's byte order, which A1111 writes
+    big-endian), or None."""
+    raw_exif = image.info.get("exif")
+    if not raw_exif:
+        return None
+    try:
+        value = image.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
+    except Exception:  # a damaged EXIF block reads as no comment, as in A1111
+        return None
+    if isinstance(value, str):
+        return value or None
+    if not isinstance(value, (bytes, bytearray)) or len(value) < 8:
+        return None
+    code, body = bytes(value[:8]), bytes(value[8:])
+    if code == b"UNICODE\0":
+        tiff = raw_exif[6:] if raw_exif.startswith(b"Exif\0\0") else raw_exif
+        text = body.decode("utf-16-le" if tiff[:2] == b"II" else "utf-16-be", errors="replace")
+    elif code in _COMMENT_CODES:
+        text = body.decode(_COMMENT_CODES[code], errors="replace")
+    else:  # no or an unknown character code: A1111 falls back to UTF-8
+        text = bytes(value).decode("utf-8", errors="ignore")
+    text = text.rstrip("\0")
+    return text or None
 
 
 def read_params(path_or_image: str | Path | Image.Image) -> dict[str, Any]:
-    """The parameters a PNG was made with: sdlab's full record when present, else A1111's infotext.
+    """The parameters an image was made with: sdlab's full record when present, else A1111's
+    infotext (a PNG's `parameters` chunk, or the EXIF UserComment of A1111's JPEG and WebP files).
 
     The result uses diffusers' names (`prompt`, `negative_prompt`, `num_inference_steps`,
     `guidance_scale`, `seed`, `width`, `height`, `scheduler`, `model`) and says its `source`.
@@ -193,4 +255,5 @@ def read_params(path_or_image: str | Path | Image.Image) -> dict[str, Any]:
         params = params_from_infotext(chunks[PARAMETERS_KEY])
         params["source"] = "a1111"
         return params
-    raise ValueError(f"{path_or_image} carries no generation parameters (no 'parameters' or 'sdlab' text chunk)")
+    raise ValueError(f"{path_or_image} carries no generation parameters (no 'parameters' or 'sdlab' text chunk, "
+                     "no EXIF UserComment)")

@@ -34,6 +34,7 @@ from .axes import (
     Axis,
     apply_order,
     apply_replacements,
+    check_search_replace,
     fill_template,
     make_axis,
     placeholders,
@@ -74,6 +75,7 @@ def _normalise_axes(axes, prompt, negative_prompt) -> list[Axis]:
             raise ValueError(f"axis `{axis.name}` is given twice")
         names.add(axis.name)
         out.append(axis)
+    check_search_replace(out, prompt, negative_prompt)
     return out
 
 

@@ -5,6 +5,7 @@ import pytest
 from sdlab.axes import (
     AxisSyntaxError,
     apply_replacements,
+    check_search_replace,
     make_axis,
     parse_values,
     prompt_matrix,
@@ -27,6 +28,16 @@ from sdlab.axes import (
         ('Euler a, "DPM++ 2M, Karras", DDIM', "str", ["Euler a", "DPM++ 2M, Karras", "DDIM"]),
         ("512x512, 768x512", "size", [(512, 512), (768, 512)]),
         ("1, 2.5, foo", "auto", [1, 2.5, "foo"]),
+        # A1111's plain ranges on float axes (step 1)
+        ("5-9", "float", [5.0, 6.0, 7.0, 8.0, 9.0]),
+        ("1-3, 7, 9-10", "float", [1.0, 2.0, 3.0, 7.0, 9.0, 10.0]),
+        ("0.5-2.5", "float", [0.5, 1.5, 2.5]),
+        # keywords sdlab does not know: floats stay floats, integers stay integers
+        ("0-1 [5]", "auto", [0.0, 0.25, 0.5, 0.75, 1.0]),
+        ("0-100 [5]", "auto", [0, 25, 50, 75, 100]),
+        ("1-2 (+0.5)", "auto", [1.0, 1.5, 2.0]),
+        ("1-3", "auto", [1, 2, 3]),
+        ("+ 3, - 2", "int", [3, -2]),
     ],
 )
 def test_a1111_value_syntax(text, kind, expected):
@@ -79,3 +90,46 @@ def test_prompt_matrix_and_order():
     assert len(o) == 6
     with pytest.raises(ValueError, match="at most 7"):
         prompt_order([str(i) for i in range(8)])
+
+
+def test_float_axes_take_plain_ranges_and_unknown_keywords_keep_fractions():
+    assert make_axis("guidance_scale", "5-9").values == (5.0, 6.0, 7.0, 8.0, 9.0)
+    assert make_axis("my_pipeline_keyword", "0-1 [5]").values == (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+@pytest.mark.parametrize("kind", ["int", "float"])
+def test_numbers_with_a_space_are_an_error_not_glued(kind):
+    with pytest.raises(AxisSyntaxError, match="'1 5'"):
+        parse_values("1 5", kind, name="seed")
+    with pytest.raises(AxisSyntaxError):
+        make_axis("guidance_scale" if kind == "float" else "seed", "2, 1 5")
+
+
+def test_unterminated_quote_points_at_it():
+    text = 'Euler a, "DPM++ 2M, DDIM'
+    with pytest.raises(AxisSyntaxError) as info:
+        parse_values(text, "str", name="scheduler")
+    lines = str(info.value).splitlines()
+    assert "scheduler" in lines[0] and "never closed" in lines[0]
+    assert lines[-1].strip() == "^" and lines[-1].index("^") == lines[-2].index('"')
+
+
+@pytest.mark.parametrize("text", ["", "   ", " , "])
+def test_an_empty_axis_says_it_is_empty(text):
+    with pytest.raises(AxisSyntaxError, match="axis `seed` is empty"):
+        make_axis("seed", text)
+
+
+@pytest.mark.parametrize("first, second, prompt", [
+    ("dog, cat", "dog, bird", "a dog on a hill"),  # equal search texts: one axis silently cancels the other
+    ("hot dog, pizza", "dog, cat", "a hot dog"),  # one search text inside the other
+    ("red car, blue car", "car park, garage", "a red car park"),  # overlapping where they occur
+])
+def test_overlapping_search_replace_axes_are_refused_naming_both(first, second, prompt):
+    axes = [prompt_sr(first, name="A"), prompt_sr(second, name="B")]
+    with pytest.raises(ValueError, match="`A`.*`B`.*overlap"):
+        check_search_replace(axes, prompt, None)
+
+
+def test_separate_search_replace_axes_are_fine():
+    check_search_replace([prompt_sr("red, blue", name="A"), prompt_sr("circle, square", name="B")], "a red circle", None)

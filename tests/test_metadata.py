@@ -1,12 +1,15 @@
 """PNG metadata: A1111 infotext and sdlab's JSON record, read back and regenerated."""
 
 import json
+import re
+import struct
 
 import pytest
 from helpers import max_pixel_diff
 from PIL import Image, PngImagePlugin
 
 import sdlab
+from sdlab.cli import main
 from sdlab.metadata import infotext, params_from_infotext, parse_infotext
 
 A1111_TEXT = (
@@ -35,7 +38,7 @@ def test_infotext_round_trips_through_the_a1111_parser():
               "scheduler": "Euler a", "guidance_scale": 7.5, "seed": 0, "width": 64, "height": 64, "model": "tiny",
               "versions": {"sdlab": "0.1.0"}}
     text = infotext(record)
-    assert text.splitlines()[-1].startswith("Steps: 20, Sampler: Euler a, CFG scale: 7.5, Seed: 0, Size: 64x64")
+    assert text.splitlines()[-1].startswith("Steps: 20, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7.5, Seed: 0, Size: 64x64")
     p = params_from_infotext(text)
     assert p["prompt"] == record["prompt"] and p["negative_prompt"] == record["negative_prompt"]
     assert p["seed"] == 0 and p["scheduler"] == "Euler a" and p["guidance_scale"] == 7.5
@@ -96,3 +99,230 @@ def test_regenerate_from_an_a1111_png(sd1_pipe, tmp_path):
     r.image.save(path, pnginfo=info)
     again = sdlab.regenerate(path, sd1_pipe)
     assert max_pixel_diff(again.image, r.image) == 0
+
+
+# ------------------------------------------------------------------ A1111 v1.10, ported for the tests
+# modules/infotext_utils.py (parse_generation_parameters: its regex logic), modules/sd_samplers.py
+# (get_sampler_and_scheduler), modules/sd_schedulers.py and modules/sd_samplers_kdiffusion.py (the
+# schedule types and each sampler's default), modules/processing.py (create_infotext's joining).
+
+A1111_RE_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+A1111_RE_IMAGESIZE = re.compile(r"^(\d+)x(\d+)$")
+A1111_SCHEDULERS = [  # (name, label, aliases)
+    ("automatic", "Automatic", []), ("uniform", "Uniform", []), ("karras", "Karras", []),
+    ("exponential", "Exponential", []), ("polyexponential", "Polyexponential", []),
+    ("sgm_uniform", "SGM Uniform", ["SGMUniform"]), ("kl_optimal", "KL Optimal", []),
+    ("align_your_steps", "Align Your Steps", []), ("simple", "Simple", []), ("normal", "Normal", []),
+    ("ddim", "DDIM", []), ("beta", "Beta", []),
+]
+A1111_SAMPLER_DEFAULTS = {  # sampler -> options['scheduler']
+    "DPM++ 2M": "karras", "DPM++ SDE": "karras", "DPM++ 2M SDE": "exponential", "DPM++ 2M SDE Heun": "exponential",
+    "DPM++ 2S a": "karras", "DPM++ 3M SDE": "exponential", "Euler a": None, "Euler": None, "LMS": None, "Heun": None,
+    "DPM2": "karras", "DPM2 a": "karras", "DPM fast": None, "DPM adaptive": None, "Restart": "karras",
+    "DDIM": None, "DDIM CFG++": None, "PLMS": None, "UniPC": None, "LCM": None,
+}
+
+
+def a1111_quote(text):
+    if "," not in str(text) and "\n" not in str(text) and ":" not in str(text):
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def a1111_unquote(text):
+    if len(text) == 0 or text[0] != '"' or text[-1] != '"':
+        return text
+    try:
+        return json.loads(text)
+    except Exception:
+        return text
+
+
+def a1111_parse_generation_parameters(x: str) -> dict:
+    res = {}
+    prompt, negative_prompt, done_with_prompt = "", "", False
+    *lines, lastline = x.strip().split("\n")
+    if len(A1111_RE_PARAM.findall(lastline)) < 3:
+        lines.append(lastline)
+        lastline = ""
+    for line in lines:
+        line = line.strip()
+        if line.startswith("Negative prompt:"):
+            done_with_prompt = True
+            line = line[16:].strip()
+        if done_with_prompt:
+            negative_prompt += ("" if negative_prompt == "" else "\n") + line
+        else:
+            prompt += ("" if prompt == "" else "\n") + line
+    res["Prompt"], res["Negative prompt"] = prompt, negative_prompt
+    for k, v in A1111_RE_PARAM.findall(lastline):
+        if v[0] == '"' and v[-1] == '"':
+            v = a1111_unquote(v)
+        m = A1111_RE_IMAGESIZE.match(v)
+        if m is not None:
+            res[f"{k}-1"], res[f"{k}-2"] = m.group(1), m.group(2)
+        else:
+            res[k] = v
+    if "Clip skip" not in res:
+        res["Clip skip"] = "1"
+    if "Schedule type" not in res:
+        res["Schedule type"] = "Automatic"
+    return res
+
+
+def a1111_get_sampler_and_scheduler(sampler_name, scheduler_name, *, convert_automatic=True):
+    by_key = {**{n: (n, label) for n, label, _ in A1111_SCHEDULERS}, **{label: (n, label) for n, label, _ in A1111_SCHEDULERS}}
+    found = by_key.get(scheduler_name, A1111_SCHEDULERS[0][:2])
+    name = sampler_name or "DPM++ 2M"
+    for sched_name, label, aliases in A1111_SCHEDULERS:
+        for option in [label, sched_name, *aliases]:
+            if name.endswith(" " + option):
+                found = (sched_name, label)
+                name = name[0:-(len(option) + 1)]
+                break
+    sampler = name if name in A1111_SAMPLER_DEFAULTS else "DPM++ 2M"
+    if convert_automatic and A1111_SAMPLER_DEFAULTS[sampler] == found[0]:
+        found = A1111_SCHEDULERS[0][:2]
+    return sampler, found[1]
+
+
+def a1111_sigmas(res: dict) -> tuple[str, str]:
+    """(sampler, the schedule whose sigmas A1111 v1.10 samples with) for pasted infotext: "Automatic"
+    is the sampler's default, and no schedule function is the model's own sigmas ("uniform")."""
+    sampler, label = a1111_get_sampler_and_scheduler(res.get("Sampler"), res.get("Schedule type"))
+    name = {lab: n for n, lab, _ in A1111_SCHEDULERS}[label]
+    if name == "automatic":
+        name = A1111_SAMPLER_DEFAULTS[sampler] or "uniform"
+    return sampler, name
+
+
+def a1111_create_infotext(prompt, negative_prompt, generation_params: dict) -> str:
+    text = ", ".join([k if k == v else f"{k}: {a1111_quote(v)}" for k, v in generation_params.items() if v is not None])
+    negative = f"\nNegative prompt: {negative_prompt}" if negative_prompt else ""
+    return f"{prompt}{negative}\n{text}".strip()
+
+
+@pytest.mark.parametrize("scheduler, sampler, sigmas", [
+    ("DPM++ 2M Karras", "DPM++ 2M", "karras"),
+    ("DPM++ 2M", "DPM++ 2M", "uniform"),  # a bare name is the model's own sigmas, not A1111's Automatic (Karras)
+    ("DPM++ 2M SDE Exponential", "DPM++ 2M SDE", "exponential"),
+    ("DPM++ 2M SDE", "DPM++ 2M SDE", "uniform"),
+    ("Euler SGM Uniform", "Euler", "sgm_uniform"),
+    ("Euler a", "Euler a", "uniform"),
+    ("DPM2 a Karras", "DPM2 a", "karras"),
+])
+def test_sdlab_text_read_by_the_a1111_parser_gives_the_same_settings(scheduler, sampler, sigmas):
+    record = {"prompt": "a red, round circle: (big:1.2)", "negative_prompt": "blue\nsquare, small", "num_inference_steps": 20,
+              "scheduler": scheduler, "guidance_scale": 3.14159265, "seed": 4294967295, "width": 64, "height": 96,
+              "clip_skip": 1, "model": "tiny", "model_hash": "6ce0161689", "versions": {"sdlab": "0.1.0"}}
+    text = infotext(record)
+    res = a1111_parse_generation_parameters(text)
+    assert res["Prompt"] == record["prompt"] and res["Negative prompt"] == record["negative_prompt"]
+    assert a1111_sigmas(res) == (sampler, sigmas)
+    assert int(res["Steps"]) == 20 and int(res["Seed"]) == 4294967295
+    assert float(res["CFG scale"]) == 3.14159265
+    assert (res["Size-1"], res["Size-2"]) == ("64", "96")
+    assert res["Clip skip"] == "2"  # sdlab's clip_skip=1 (one layer skipped) is A1111's "Clip skip: 2"
+    assert (res["Model"], res["Model hash"]) == ("tiny", "6ce0161689")
+    back = params_from_infotext(text)
+    assert (back["scheduler"], back["clip_skip"], back["guidance_scale"]) == (scheduler, 1, 3.14159265)
+
+
+def test_infotext_uses_v1_10_split_and_eta_ddim():
+    base = {"prompt": "x", "num_inference_steps": 20, "guidance_scale": 7.0, "seed": 1, "width": 64, "height": 64}
+    text = infotext({**base, "scheduler": "DPM++ 2M Karras"})
+    assert "Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.0" in text
+    ddim = infotext({**base, "scheduler": "DDIM", "scheduler_class": "DDIMScheduler", "pipeline_kwargs": {"eta": 0.5}})
+    res = a1111_parse_generation_parameters(ddim)
+    assert res["Sampler"] == "DDIM" and res["Eta DDIM"] == "0.5" and "Eta" not in res
+    assert params_from_infotext(ddim)["pipeline_kwargs"] == {"eta": 0.5}
+
+
+@pytest.mark.parametrize("value, written", [(3.14159265, "3.14159265"), (12345678.5, "12345678.5"), (0.1, "0.1"),
+                                            (7.0, "7.0"), (1 / 3, "0.3333333333333333")])
+def test_floats_are_written_without_losing_precision(value, written):
+    record = {"prompt": "x", "guidance_scale": value, "seed": 1, "width": 64, "height": 64,
+              "pipeline_kwargs": {"guidance_rescale": value}}
+    res = a1111_parse_generation_parameters(infotext(record))
+    assert res["CFG scale"] == written and res["Guidance rescale"] == written
+    assert float(res["CFG scale"]) == value
+
+
+A1111_V1_10_TEXT = a1111_create_infotext(
+    "masterpiece, 1girl, (red hat:1.2), <lora:add_detail:0.8>", "lowres, bad anatomy, (worst quality:1.4)",
+    {
+        "Steps": 30, "Sampler": "DPM++ 2M SDE", "Schedule type": "Exponential", "CFG scale": 6.5, "Seed": 1234567890,
+        "Size": "832x1216", "Model hash": "31e35c80fc", "Model": "sd_xl_base_1.0", "VAE hash": "235745af8d",
+        "VAE": "sdxl_vae.safetensors", "Variation seed": 987654321, "Variation seed strength": 0.15,
+        "Denoising strength": 0.45, "Clip skip": 2, "Hires upscale": 1.5, "Hires steps": 15, "Hires upscaler": "Latent",
+        "Lora hashes": "add_detail: 7c6bad76eb54, other_lora: 0123456789ab", "TI hashes": "easynegative: c74b4e810b03",
+        "Emphasis": "Original", "Version": "v1.10.1",
+    },
+)
+
+
+def test_a1111_v1_10_text_is_read_into_the_right_fields():
+    assert "Lora hashes: \"add_detail: 7c6bad76eb54, other_lora: 0123456789ab\"" in A1111_V1_10_TEXT
+    p = params_from_infotext(A1111_V1_10_TEXT)
+    assert p["prompt"] == "masterpiece, 1girl, (red hat:1.2), <lora:add_detail:0.8>"
+    assert p["negative_prompt"] == "lowres, bad anatomy, (worst quality:1.4)"
+    assert (p["num_inference_steps"], p["scheduler"], p["guidance_scale"], p["seed"]) == (30, "DPM++ 2M SDE Exponential", 6.5, 1234567890)
+    assert (p["width"], p["height"], p["clip_skip"]) == (832, 1216, 1)
+    assert (p["model"], p["model_hash"]) == ("sd_xl_base_1.0", "31e35c80fc")
+    extra = p["extra"]
+    assert extra["Lora hashes"] == "add_detail: 7c6bad76eb54, other_lora: 0123456789ab"
+    assert (extra["Hires upscale"], extra["Variation seed"], extra["Variation seed strength"]) == ("1.5", "987654321", "0.15")
+    assert (extra["Version"], extra["TI hashes"], extra["Emphasis"]) == ("v1.10.1", "easynegative: c74b4e810b03", "Original")
+    assert not {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Clip skip"} & set(extra)
+
+
+@pytest.mark.parametrize("sampler, schedule, scheduler", [
+    ("DPM++ 2M", "Automatic", "DPM++ 2M Karras"),  # v1.10 API runs: Automatic is the sampler's default
+    ("DPM++ 2M SDE", "Automatic", "DPM++ 2M SDE Exponential"),
+    ("Euler a", "Automatic", "Euler a"),
+    ("DPM++ 2M Karras", None, "DPM++ 2M Karras"),  # before v1.9: no Schedule type, the schedule in the name
+    ("DPM++ 2M", None, "DPM++ 2M"),
+    ("DPM++ 2M", "karras", "DPM++ 2M Karras"),  # v1.6-v1.8: the global schedule setting by its name
+])
+def test_every_older_sampler_form_is_read(sampler, schedule, scheduler):
+    params = {"Steps": 20, "Sampler": sampler, "Schedule type": schedule, "CFG scale": 7, "Seed": 1, "Size": "512x512"}
+    assert params_from_infotext(a1111_create_infotext("a cat", "", params))["scheduler"] == scheduler
+
+
+def a1111_exif(text: str) -> bytes:
+    """EXIF as A1111 writes it into JPEG and WebP (modules/images.py: piexif.dump of
+    {"Exif": {UserComment: piexif.helper.UserComment.dump(geninfo, encoding="unicode")}}): a
+    big-endian TIFF block whose IFD0 points to an Exif IFD holding UserComment = b"UNICODE\\0" + UTF-16-BE."""
+    comment = b"UNICODE\0" + text.encode("utf_16_be")
+    ifd0 = struct.pack(">H", 1) + struct.pack(">HHII", 0x8769, 4, 1, 26) + struct.pack(">I", 0)
+    exif_ifd = struct.pack(">H", 1) + struct.pack(">HHII", 0x9286, 7, len(comment), 44) + struct.pack(">I", 0)
+    return b"Exif\0\0" + b"MM\0\x2a" + struct.pack(">I", 8) + ifd0 + exif_ifd + comment
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "WEBP"])
+def test_read_params_of_a1111_jpeg_and_webp(tmp_path, fmt, capsys):
+    text = A1111_V1_10_TEXT.replace("1girl", "1girl, 日本語")
+    path = tmp_path / f"a1111.{fmt.lower()}"
+    Image.new("RGB", (16, 16), "red").save(path, format=fmt, exif=a1111_exif(text))
+    p = sdlab.read_params(path)
+    assert p["source"] == "a1111" and p["prompt"].startswith("masterpiece, 1girl, 日本語")
+    assert (p["seed"], p["scheduler"], p["extra"]["Version"]) == (1234567890, "DPM++ 2M SDE Exponential", "v1.10.1")
+    assert main(["params", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["seed"] == 1234567890
+
+
+def test_jpeg_without_parameters_is_a_clear_error(tmp_path):
+    path = tmp_path / "plain.jpg"
+    Image.new("RGB", (8, 8)).save(path, format="JPEG")
+    with pytest.raises(ValueError, match="no generation parameters"):
+        sdlab.read_params(path)
+
+
+def test_regenerate_applies_eta_ddim_from_a1111_text(sd1_pipe, tmp_path):
+    r = sdlab.generate(sd1_pipe, "a red circle", seed=5, num_inference_steps=3, scheduler="DDIM", eta=1.0)
+    assert "Eta DDIM: 1.0" in infotext(r.records[0])
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", infotext(r.records[0]))
+    path = tmp_path / "ddim.png"
+    r.image.save(path, pnginfo=info)
+    assert max_pixel_diff(sdlab.regenerate(path, sd1_pipe).image, r.image) == 0

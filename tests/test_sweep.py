@@ -391,3 +391,13 @@ def test_manifest_rows_carry_the_request_in_its_json_form(counting, tmp_path):
     r = grid_sweep(counting, tmp_path, axes={"seed": [7]})
     row = json.loads((tmp_path / "manifest.jsonl").read_text().splitlines()[0])
     assert GenerationRequest.from_dict(row["request"]) == r.cells[0].request
+
+
+def test_search_replace_axes_that_overlap_are_refused(counting, tmp_path):
+    with pytest.raises(ValueError, match="`sr_a`.*`sr_b`.*overlap"):
+        sdlab.sweep(counting, "a dog on a hill", axes={"sr_a": sdlab.prompt_sr("dog, cat"), "sr_b": sdlab.prompt_sr("dog, bird")},
+                    out_dir=tmp_path, num_inference_steps=1, verbose=False)
+    with pytest.raises(ValueError, match="`sr_a`.*`sr_b`.*overlap"):
+        sdlab.sweep(counting, "a hot dog", axes={"sr_a": sdlab.prompt_sr("hot dog, pizza"), "sr_b": sdlab.prompt_sr("dog, cat")},
+                    out_dir=tmp_path, num_inference_steps=1, verbose=False)
+    assert counting.calls == []
