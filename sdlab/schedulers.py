@@ -15,6 +15,7 @@ the "Uniform" schedule type (and what its bare names meant before v1.9). A1111 v
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import weakref
 
@@ -90,8 +91,17 @@ def _build_table() -> dict[str, tuple[str, dict[str, Any]]]:
     return table
 
 
-# sdlab name -> (diffusers class name, config overrides): every A1111 sampler x schedule type it can build.
-A1111_SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = _build_table()
+@functools.lru_cache(maxsize=1)
+def a1111_schedulers() -> dict[str, tuple[str, dict[str, Any]]]:
+    """sdlab name -> (diffusers class name, config overrides): every A1111 sampler x schedule type
+    diffusers can build (read from diffusers' classes on first use: importing sdlab imports no diffusers)."""
+    return _build_table()
+
+
+def __getattr__(name: str) -> Any:  # `A1111_SCHEDULERS`, the table, built when first asked for
+    if name == "A1111_SCHEDULERS":
+        return a1111_schedulers()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # Flow-matching models (FLUX) take only flow-matching schedulers; A1111/Forge call theirs "Euler".
 FLOW_SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -160,7 +170,7 @@ def scheduler_names(pipe: Any | None = None) -> list[str]:
     """The names valid for `pipe` (all of them when `pipe` is None)."""
     if pipe is not None and is_flow_matching(pipe.scheduler):
         return list(FLOW_SCHEDULERS)
-    return list(A1111_SCHEDULERS)
+    return list(a1111_schedulers())
 
 
 def _lookup(name: str, table: dict[str, Any]) -> str | None:
@@ -202,7 +212,7 @@ def resolve_scheduler_name(name: str, *, flow_matching: bool = False) -> tuple[s
 
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"`scheduler` must be a non-empty name, got {name!r}")
-    table = FLOW_SCHEDULERS if flow_matching else A1111_SCHEDULERS
+    table = FLOW_SCHEDULERS if flow_matching else a1111_schedulers()
     key = _lookup(name, table)
     if key is not None:
         return table[key]
@@ -277,7 +287,7 @@ def scheduler_name(scheduler: Any) -> str:
 def canonical_name(name: str, *, flow_matching: bool = False) -> str:
     """sdlab's spelling of `name` ("dpm++_2m_sde automatic" -> "DPM++ 2M SDE Exponential"), else
     the diffusers class name."""
-    table = FLOW_SCHEDULERS if flow_matching else A1111_SCHEDULERS
+    table = FLOW_SCHEDULERS if flow_matching else a1111_schedulers()
     key = _lookup(name, table)
     if key is not None:
         return key
@@ -294,11 +304,11 @@ def describe_scheduler(scheduler: Any) -> str:
                 return a1111
         return cls
     best = None
-    for a1111, (a_cls, overrides) in A1111_SCHEDULERS.items():
+    for a1111, (a_cls, overrides) in a1111_schedulers().items():
         if a_cls != cls or not all(config.get(k) == v for k, v in overrides.items()):
             continue
         if any(bool(config.get(flag, False)) != bool(overrides.get(flag, False)) for flag in _SIGMA_FLAGS):
             continue
-        if best is None or len(overrides) > len(A1111_SCHEDULERS[best][1]):
+        if best is None or len(overrides) > len(a1111_schedulers()[best][1]):
             best = a1111
     return best or cls
