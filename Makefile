@@ -25,8 +25,10 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium not found: apt-get install chromium (tests/test_browser.py will skip)"; fi; }
 
-## Run the whole test suite: unit tests and every notebook under nbval.
+## Lint and format checks, then the whole test suite: unit tests and every notebook under nbval.
 test: $(STAMP) browser
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	CI=$${CI-1} $(PY) -m pytest -p no:cacheprovider tests notebooks --nbval-lax --sanitize-with tests/nbval_sanitize.cfg -q
 
 ## Open JupyterLab on notebooks/.

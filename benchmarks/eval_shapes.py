@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sdlab.presets import SHAPES_CONTROLNET_DIR, SHAPES_DIR
 from sdlab.bundled import world
 from sdlab.bundled.judge import filled_mask, iou, judge
+from sdlab.presets import SHAPES_CONTROLNET_DIR, SHAPES_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = SHAPES_DIR  # the weights the installed package loads as the `shapes` preset
@@ -75,24 +75,22 @@ def judge_accuracy(n: int) -> dict:
 def generate(pipe, prompts, seeds, *, batch: int = 32, **kwargs):
     images = []
     for i in range(0, len(prompts), batch):
-        gens = [torch.Generator().manual_seed(s) for s in seeds[i:i + batch]]
-        images += pipe(prompt=prompts[i:i + batch], generator=gens, height=SIZE, width=SIZE,
-                       **kwargs).images
+        gens = [torch.Generator().manual_seed(s) for s in seeds[i : i + batch]]
+        images += pipe(prompt=prompts[i : i + batch], generator=gens, height=SIZE, width=SIZE, **kwargs).images
     return images
 
 
 def text_eval(pipe, seeds, *, guidance_scale: float, num_inference_steps: int) -> tuple[dict, list]:
     scenes = [world.sample_scene(s) for s in seeds]
     prompts = [world.caption(sc, s) for sc, s in zip(scenes, seeds)]
-    images = generate(pipe, prompts, seeds, guidance_scale=guidance_scale,
-                      num_inference_steps=num_inference_steps)
+    images = generate(pipe, prompts, seeds, guidance_scale=guidance_scale, num_inference_steps=num_inference_steps)
     keys = ("shape", "colour", "background", "size", "position")
     right = dict.fromkeys(keys + ("colour+shape",), 0)
     for sc, img in zip(scenes, images):
         j = judge(img)
         for k in keys:
             right[k] += getattr(j, k) == getattr(sc, k)
-        right["colour+shape"] += (j.colour == sc.colour and j.shape == sc.shape)
+        right["colour+shape"] += j.colour == sc.colour and j.shape == sc.shape
     return {k: v / len(seeds) for k, v in right.items()}, images
 
 
@@ -105,10 +103,16 @@ def controlnet_eval(cn_pipe, seeds, *, guidance_scale: float, num_inference_step
     conds = [world.canny_edges(world.render(sc, SIZE)) for sc in scenes]
     images = []
     for i in range(0, len(seeds), 32):
-        gens = [torch.Generator().manual_seed(s + 1) for s in seeds[i:i + 32]]
-        images += cn_pipe(prompt=prompts[i:i + 32], image=conds[i:i + 32], generator=gens,
-                          height=SIZE, width=SIZE, guidance_scale=guidance_scale,
-                          num_inference_steps=num_inference_steps).images
+        gens = [torch.Generator().manual_seed(s + 1) for s in seeds[i : i + 32]]
+        images += cn_pipe(
+            prompt=prompts[i : i + 32],
+            image=conds[i : i + 32],
+            generator=gens,
+            height=SIZE,
+            width=SIZE,
+            guidance_scale=guidance_scale,
+            num_inference_steps=num_inference_steps,
+        ).images
     scene_ious = [iou(judge(img).mask, world.shape_mask(sc, SIZE)) for sc, img in zip(scenes, images)]
 
     # the sample sketches: sketch lines as edges, IoU with the sketch's filled outline
@@ -119,24 +123,38 @@ def controlnet_eval(cn_pipe, seeds, *, guidance_scale: float, num_inference_step
             continue
         edges = world.sketch_edges(Image.open(path), SIZE)
         target = filled_mask(edges)
-        img = cn_pipe(prompt=prompt, image=edges, generator=torch.Generator().manual_seed(0),
-                      height=SIZE, width=SIZE, guidance_scale=guidance_scale,
-                      num_inference_steps=num_inference_steps).images[0]
+        img = cn_pipe(
+            prompt=prompt,
+            image=edges,
+            generator=torch.Generator().manual_seed(0),
+            height=SIZE,
+            width=SIZE,
+            guidance_scale=guidance_scale,
+            num_inference_steps=num_inference_steps,
+        ).images[0]
         j = judge(img)
         sketch_ious[stem] = iou(j.mask, target)
         sketch_shapes[stem] = j.shape == shape
-    return {"scene_iou": float(np.mean(scene_ious)), "sketch_iou": sketch_ious,
-            "sketch_mean_iou": float(np.mean(list(sketch_ious.values()))) if sketch_ious else float("nan"),
-            "sketch_shape_right": sketch_shapes}
+    return {
+        "scene_iou": float(np.mean(scene_ious)),
+        "sketch_iou": sketch_ious,
+        "sketch_mean_iou": float(np.mean(list(sketch_ious.values()))) if sketch_ious else float("nan"),
+        "sketch_shape_right": sketch_shapes,
+    }
 
 
 def seconds_per_image(pipe, *, guidance_scale: float, num_inference_steps: int) -> float:
     times = []
     for i in range(4):
         t = time.perf_counter()
-        pipe(prompt="a small red star at the top left on a blue background", height=SIZE, width=SIZE,
-             guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
-             generator=torch.Generator().manual_seed(i))
+        pipe(
+            prompt="a small red star at the top left on a blue background",
+            height=SIZE,
+            width=SIZE,
+            guidance_scale=guidance_scale,
+            num_inference_steps=num_inference_steps,
+            generator=torch.Generator().manual_seed(i),
+        )
         times.append(time.perf_counter() - t)
     return statistics.median(times[1:])
 
@@ -149,8 +167,11 @@ def main():
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--parts", default="judge,text,controlnet,speed",
-                   help="comma-separated subset of: judge, text, controlnet, speed")
+    p.add_argument(
+        "--parts",
+        default="judge,text,controlnet,speed",
+        help="comma-separated subset of: judge, text, controlnet, speed",
+    )
     args = p.parse_args()
     parts = set(args.parts.split(","))
     if not parts <= {"judge", "text", "controlnet", "speed"}:
@@ -162,9 +183,11 @@ def main():
     # 1. the judge on ground truth
     if "judge" in parts:
         acc = judge_accuracy(64 if args.fast else 400)
-        print(f"judge on ground truth ({64 if args.fast else 400} renders): "
-              + ", ".join(f"{k} {v:.1%}" if k != "mask_iou" else f"mask IoU {v:.3f}" for k, v in acc.items()),
-              flush=True)
+        print(
+            f"judge on ground truth ({64 if args.fast else 400} renders): "
+            + ", ".join(f"{k} {v:.1%}" if k != "mask_iou" else f"mask IoU {v:.3f}" for k, v in acc.items()),
+            flush=True,
+        )
     if not Path(MODEL_DIR, "model_index.json").exists():
         print(f"no model at {MODEL_DIR}: train it first (training/README.md)")
         return
@@ -175,9 +198,12 @@ def main():
     defaults = dict(num_inference_steps=args.steps)
     for g in (args.guidance, 1.0) if "text" in parts else ():
         res, _ = text_eval(pipe, seeds, guidance_scale=g, **defaults)
-        print(f"held-out pairs: {len(seeds)}, DPM++ 2M {args.steps} steps, guidance {g}: "
-              f"colour+shape {res['colour+shape']:.1%} | " + ", ".join(
-                  f"{k} {v:.1%}" for k, v in res.items() if k != "colour+shape"), flush=True)
+        print(
+            f"held-out pairs: {len(seeds)}, DPM++ 2M {args.steps} steps, guidance {g}: "
+            f"colour+shape {res['colour+shape']:.1%} | "
+            + ", ".join(f"{k} {v:.1%}" for k, v in res.items() if k != "colour+shape"),
+            flush=True,
+        )
 
     # 3. ControlNet
     if "controlnet" not in parts:
@@ -185,20 +211,32 @@ def main():
     elif cn_pipe is None:
         print(f"no ControlNet at {CONTROLNET_DIR}")
     else:
-        cn = controlnet_eval(cn_pipe, world.held_out_seeds(args.controlnet_pairs, start=world.EVAL_SEED_START + 5_000_000),
-                             guidance_scale=args.guidance, **defaults)
-        print(f"ControlNet, held-out scenes ({args.controlnet_pairs}), Canny edges: mean IoU {cn['scene_iou']:.3f}",
-              flush=True)
-        print(f"ControlNet, sample sketches: mean IoU {cn['sketch_mean_iou']:.3f} | "
-              + ", ".join(f"{k} {v:.2f}{'' if cn['sketch_shape_right'][k] else ' (shape wrong)'}"
-                          for k, v in cn["sketch_iou"].items()))
+        cn = controlnet_eval(
+            cn_pipe,
+            world.held_out_seeds(args.controlnet_pairs, start=world.EVAL_SEED_START + 5_000_000),
+            guidance_scale=args.guidance,
+            **defaults,
+        )
+        print(
+            f"ControlNet, held-out scenes ({args.controlnet_pairs}), Canny edges: mean IoU {cn['scene_iou']:.3f}",
+            flush=True,
+        )
+        print(
+            f"ControlNet, sample sketches: mean IoU {cn['sketch_mean_iou']:.3f} | "
+            + ", ".join(
+                f"{k} {v:.2f}{'' if cn['sketch_shape_right'][k] else ' (shape wrong)'}"
+                for k, v in cn["sketch_iou"].items()
+            )
+        )
 
     # 4. speed
     if "speed" not in parts:
         return
     s = seconds_per_image(pipe, guidance_scale=args.guidance, **defaults)
-    print(f"seconds per image (64x64, {args.steps} steps, guidance {args.guidance}, batch 1, "
-          f"{args.threads} threads): {s:.2f}")
+    print(
+        f"seconds per image (64x64, {args.steps} steps, guidance {args.guidance}, batch 1, "
+        f"{args.threads} threads): {s:.2f}"
+    )
 
 
 if __name__ == "__main__":

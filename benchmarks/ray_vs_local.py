@@ -40,7 +40,9 @@ def hide_slow_import(root: Path) -> None:
         return
     (root / "rfc3987_syntax").mkdir()
     (root / "rfc3987_syntax" / "__init__.py").write_text('raise ImportError("hidden from Ray processes")\n')
-    os.environ["PYTHONPATH"] = str(root) + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
+    os.environ["PYTHONPATH"] = str(root) + (
+        os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""
+    )
 
 
 def main() -> int:
@@ -59,8 +61,16 @@ def main() -> int:
 
     def run(model, out, axes=AXES, **kwargs):
         start = time.perf_counter()
-        result = sdlab.sweep(model, PROMPT, axes=axes, batch_size=args.batch_size, out_dir=out,
-                             num_inference_steps=args.steps, verbose=False, **kwargs)
+        result = sdlab.sweep(
+            model,
+            PROMPT,
+            axes=axes,
+            batch_size=args.batch_size,
+            out_dir=out,
+            num_inference_steps=args.steps,
+            verbose=False,
+            **kwargs,
+        )
         assert all(c.ok for c in result.cells), result.table
         return time.perf_counter() - start
 
@@ -96,11 +106,17 @@ def main() -> int:
     ray.shutdown()
 
     cells = len(AXES["seed"]) * len(AXES["guidance_scale"])
-    print(f"workload: {cells} cells, batches of {args.batch_size}, {args.steps} steps, model {args.model!r}, {os.cpu_count()} cores")
-    print(f"local sweep:               {local:7.2f} s  (median of {args.repeats}, {torch.get_num_threads()} torch threads)")
+    print(
+        f"workload: {cells} cells, batches of {args.batch_size}, {args.steps} steps, model {args.model!r}, {os.cpu_count()} cores"
+    )
+    print(
+        f"local sweep:               {local:7.2f} s  (median of {args.repeats}, {torch.get_num_threads()} torch threads)"
+    )
     print(f"ray sweep ({args.workers} workers):     {remote:7.2f} s  (median of {args.repeats})")
     print(f"ratio local/ray:           {local / remote:7.2f}x  (above 1: Ray is faster)")
-    print(f"one-off: ray.init {cluster_s:.1f} s, first worker ready {first_worker_s:.1f} s, all workers ready {workers_s:.1f} s")
+    print(
+        f"one-off: ray.init {cluster_s:.1f} s, first worker ready {first_worker_s:.1f} s, all workers ready {workers_s:.1f} s"
+    )
     return 0
 
 

@@ -39,7 +39,9 @@ def timed(fn) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="shapes", help="a model for load_pipeline (default: the bundled shapes model)")
+    parser.add_argument(
+        "--model", default="shapes", help="a model for load_pipeline (default: the bundled shapes model)"
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
@@ -49,28 +51,47 @@ def main() -> None:
     backend = as_backend(pipe)
     d = backend.defaults
     size = dict(width=d.width, height=d.height)
-    print(f"model {args.model} ({d.width}x{d.height}), {args.steps} steps, {args.repeats} repeats, torch threads {torch.get_num_threads()}")
+    print(
+        f"model {args.model} ({d.width}x{d.height}), {args.steps} steps, {args.repeats} repeats, torch threads {torch.get_num_threads()}"
+    )
 
     cells = [(s, g) for g in GUIDANCES for s in SEEDS]
     ideal_request = GenerationRequest(
-        prompt=(PROMPT,) * 16, negative_prompt=(d.negative_prompt,) * 16, seed=tuple(s for s, _ in cells),
-        guidance_scale=tuple(g for _, g in cells), num_inference_steps=args.steps, **size,
+        prompt=(PROMPT,) * 16,
+        negative_prompt=(d.negative_prompt,) * 16,
+        seed=tuple(s for s, _ in cells),
+        guidance_scale=tuple(g for _, g in cells),
+        num_inference_steps=args.steps,
+        **size,
     )
 
     def ideal():
         backend.run(ideal_request)
 
     def sweep():
-        sdlab.sweep(pipe, PROMPT, axes={"seed": SEEDS, "guidance_scale": GUIDANCES}, batch_size=16,
-                    out_dir=Path(tempfile.mkdtemp(prefix="sdlab-bench-")), num_inference_steps=args.steps, verbose=False, **size)
+        sdlab.sweep(
+            pipe,
+            PROMPT,
+            axes={"seed": SEEDS, "guidance_scale": GUIDANCES},
+            batch_size=16,
+            out_dir=Path(tempfile.mkdtemp(prefix="sdlab-bench-")),
+            num_inference_steps=args.steps,
+            verbose=False,
+            **size,
+        )
 
     def generate():
         sdlab.generate(pipe, PROMPT, seed=7, guidance_scale=5.0, num_inference_steps=args.steps, **size)
 
     def raw():
         with torch.inference_mode():
-            pipe(PROMPT, generator=torch.Generator("cpu").manual_seed(7), guidance_scale=5.0,
-                 num_inference_steps=args.steps, **size)
+            pipe(
+                PROMPT,
+                generator=torch.Generator("cpu").manual_seed(7),
+                guidance_scale=5.0,
+                num_inference_steps=args.steps,
+                **size,
+            )
 
     for fn in (ideal, sweep, generate, raw):  # warm-up: allocations, embedding cache, file hashes
         fn()
@@ -80,8 +101,12 @@ def main() -> None:
             times[name].append(timed(fn))
         print(f"  repeat {r + 1}: " + ", ".join(f"{k} {v[-1]:.3f} s" for k, v in times.items()))
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"sweep / ideal batch    : {med['sweep'] / med['ideal']:.3f}  ({med['sweep']:.2f} s vs {med['ideal']:.2f} s for 16 images)")
-    print(f"generate / raw pipeline: {med['generate'] / med['raw']:.3f}  ({med['generate']:.3f} s vs {med['raw']:.3f} s for one image)")
+    print(
+        f"sweep / ideal batch    : {med['sweep'] / med['ideal']:.3f}  ({med['sweep']:.2f} s vs {med['ideal']:.2f} s for 16 images)"
+    )
+    print(
+        f"generate / raw pipeline: {med['generate'] / med['raw']:.3f}  ({med['generate']:.3f} s vs {med['raw']:.3f} s for one image)"
+    )
 
 
 if __name__ == "__main__":

@@ -115,8 +115,11 @@ def main(argv=None) -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--jobs", type=int, default=64)
     parser.add_argument("--num-inference-steps", type=int, default=20)
-    parser.add_argument("--batch-size", default="default,1",
-                        help="comma-separated worker batch sizes to measure ('default': the server's defaults)")
+    parser.add_argument(
+        "--batch-size",
+        default="default,1",
+        help="comma-separated worker batch sizes to measure ('default': the server's defaults)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args(argv)
 
@@ -130,8 +133,10 @@ def main(argv=None) -> int:
     sdlab.generate(pipe, **bodies[0])  # warm-up: first-call costs are not what is measured
 
     d = info.defaults
-    print(f"model {info.model} ({d.width}x{d.height}), {args.jobs} one-image jobs x {args.num_inference_steps} steps, "
-          f"{args.clients} clients, torch threads {torch.get_num_threads()}")
+    print(
+        f"model {info.model} ({d.width}x{d.height}), {args.jobs} one-image jobs x {args.num_inference_steps} steps, "
+        f"{args.clients} clients, torch threads {torch.get_num_threads()}"
+    )
     # direct runs before and after the server runs; ratios use both (a shared machine's load drifts)
     before = run_direct(pipe, bodies)
     served_rows = []

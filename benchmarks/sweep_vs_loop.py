@@ -38,23 +38,51 @@ def realistic_model():
     torch.manual_seed(0)
     tokenizer = load_clip_tokenizer()
     unet = UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64, 64), layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=64, attention_head_dim=8, norm_num_groups=8,
+        cross_attention_dim=64,
+        attention_head_dim=8,
+        norm_num_groups=8,
     )
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64, 64), layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3, norm_num_groups=8,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        norm_num_groups=8,
     )
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    ))
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
     scheduler = DPMSolverMultistepScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -64,15 +92,30 @@ def plain_loop(pipe, steps: int) -> float:
     start = time.perf_counter()
     for g in GUIDANCES:
         for s in SEEDS:
-            pipe(PROMPT, num_inference_steps=steps, guidance_scale=g, width=64, height=64,
-                 generator=torch.Generator("cpu").manual_seed(s))
+            pipe(
+                PROMPT,
+                num_inference_steps=steps,
+                guidance_scale=g,
+                width=64,
+                height=64,
+                generator=torch.Generator("cpu").manual_seed(s),
+            )
     return time.perf_counter() - start
 
 
 def engine(pipe, steps: int, out_dir: Path) -> float:
     start = time.perf_counter()
-    sdlab.sweep(pipe, PROMPT, axes={"seed": SEEDS, "guidance_scale": GUIDANCES}, batch_size=16, out_dir=out_dir,
-                num_inference_steps=steps, width=64, height=64, verbose=False)
+    sdlab.sweep(
+        pipe,
+        PROMPT,
+        axes={"seed": SEEDS, "guidance_scale": GUIDANCES},
+        batch_size=16,
+        out_dir=out_dir,
+        num_inference_steps=steps,
+        width=64,
+        height=64,
+        verbose=False,
+    )
     return time.perf_counter() - start
 
 
@@ -92,8 +135,10 @@ def main() -> None:
     else:
         pipe = realistic_model()
         name = "random weights, shapes-sized"
-    print(f"model: {name}; 16 cells (4 seeds x 4 guidance), {args.steps} steps, {args.repeats} repeats, "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"model: {name}; 16 cells (4 seeds x 4 guidance), {args.steps} steps, {args.repeats} repeats, "
+        f"torch threads {torch.get_num_threads()}"
+    )
     engine(pipe, 2, Path(tempfile.mkdtemp()))  # warm-up (allocations, embedding cache)
     plain_loop(pipe, 2)
     loop_times, sweep_times, cached_fracs = [], [], []
@@ -104,7 +149,9 @@ def main() -> None:
         again = engine(pipe, args.steps, out)
         sweep_times.append(first)
         cached_fracs.append(again / first)
-        print(f"  repeat {r + 1}: plain loop {loop_times[-1]:.2f} s, sweep {first:.2f} s, cached re-run {again * 1000:.0f} ms")
+        print(
+            f"  repeat {r + 1}: plain loop {loop_times[-1]:.2f} s, sweep {first:.2f} s, cached re-run {again * 1000:.0f} ms"
+        )
     loop_s, sweep_s = statistics.median(loop_times), statistics.median(sweep_times)
     print(f"plain loop : {16 / loop_s:6.2f} images/s (median {loop_s:.2f} s)")
     print(f"sweep      : {16 / sweep_s:6.2f} images/s (median {sweep_s:.2f} s)")

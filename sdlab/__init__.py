@@ -3,7 +3,11 @@
 Importing sdlab touches no network, GPU or disk; heavy libraries load when first used.
 """
 
-from . import bench, controlnet
+from . import (
+    bench,
+    controlnet,
+    prompts,  # sdlab.prompts: presets, token budget, weighting, wildcards
+)
 from .backends import Backend, BackendOutput, Defaults, as_backend
 from .errors import BackendError, MissingDependencyError, ModelLoadError, SdlabError
 from .generation import GenerationResult, generate, regenerate
@@ -13,7 +17,6 @@ from .presets import CONTROLNET_PRESETS, PRESETS
 from .request import GenerationRequest
 from .schedulers import scheduler_names, set_scheduler
 from .sweeps import SweepResult, load_sweep, prompt_matrix, prompt_order, prompt_sr, sweep
-from . import prompts  # sdlab.prompts: presets, token budget, weighting, wildcards
 
 __version__ = "0.1.0"
 
@@ -39,6 +42,7 @@ __all__ = [
     "prompt_matrix",
     "prompt_order",
     "prompt_sr",
+    "prompts",
     "read_params",
     "regenerate",
     "scheduler_names",

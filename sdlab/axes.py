@@ -17,17 +17,26 @@ import io
 import itertools
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 INT_PARAMS = {"seed", "num_inference_steps", "width", "height", "clip_skip", "num_images"}
 FLOAT_PARAMS = {
-    "guidance_scale", "controlnet_conditioning_scale", "control_guidance_start", "control_guidance_end",
-    "guidance_rescale", "eta", "strength", "true_cfg_scale",
+    "guidance_scale",
+    "controlnet_conditioning_scale",
+    "control_guidance_start",
+    "control_guidance_end",
+    "guidance_rescale",
+    "eta",
+    "strength",
+    "true_cfg_scale",
 }
 STRING_PARAMS = {"prompt", "negative_prompt", "scheduler", "model"}
 
-_RANGE_STEP = re.compile(r"^\s*([+-]?\s*\d+(?:\.\d*)?)\s*-\s*([+-]?\s*\d+(?:\.\d*)?)\s*\(\s*([+-]\s*\d+(?:\.\d*)?)\s*\)\s*$")
+_RANGE_STEP = re.compile(
+    r"^\s*([+-]?\s*\d+(?:\.\d*)?)\s*-\s*([+-]?\s*\d+(?:\.\d*)?)\s*\(\s*([+-]\s*\d+(?:\.\d*)?)\s*\)\s*$"
+)
 _RANGE_COUNT = re.compile(r"^\s*([+-]?\s*\d+(?:\.\d*)?)\s*-\s*([+-]?\s*\d+(?:\.\d*)?)\s*\[\s*(\d+)\s*\]\s*$")
 _RANGE = re.compile(r"^\s*([+-]?\s*\d+(?:\.\d*)?)\s*-\s*([+-]?\s*\d+(?:\.\d*)?)\s*$")
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
@@ -55,7 +64,9 @@ def split_csv(text: str, *, name: str = "axis") -> list[str]:
     except csv.Error as e:
         opening = _unterminated_quote(text)
         if opening is not None:
-            raise AxisSyntaxError(f"axis `{name}`: the quote opened here is never closed\n    {text}\n    {' ' * opening}^") from e
+            raise AxisSyntaxError(
+                f"axis `{name}`: the quote opened here is never closed\n    {text}\n    {' ' * opening}^"
+            ) from e
         raise AxisSyntaxError(f"axis `{name}`: bad quoting in the values ({e})\n    {text}") from e
     if len(rows) != 1:
         raise AxisSyntaxError(f"axis `{name}` values must be on one line\n    {text}")
@@ -168,7 +179,7 @@ def parse_values(text: str, kind: str = "auto", *, name: str = "axis") -> list:
             continue
         parsed = _expand_range(item, kind)
         if parsed is None:
-            for k in ([kind] if kind in ("int", "float") else ["int", "float"]):
+            for k in [kind] if kind in ("int", "float") else ["int", "float"]:
                 try:
                     parsed = [_number(item, k)]
                     break
@@ -179,7 +190,9 @@ def parse_values(text: str, kind: str = "auto", *, name: str = "axis") -> list:
                 values.append(item)
                 continue
             what = "an integer" if kind == "int" else "a number"
-            raise _point_at(text, item, f"axis `{name}`: cannot read {item!r} as {what} or a range (1-5, 1-10 (+3), 0-1 [5])")
+            raise _point_at(
+                text, item, f"axis `{name}`: cannot read {item!r} as {what} or a range (1-5, 1-10 (+3), 0-1 [5])"
+            )
         values.extend(parsed)
     return values
 
@@ -292,7 +305,9 @@ def prompt_order(tokens: Sequence[str] | str, *, name: str = "order") -> Axis:
     if len(tokens) < 2:
         raise ValueError("`prompt_order` needs at least two tokens")
     if len(tokens) > 7:
-        raise ValueError(f"`prompt_order` with {len(tokens)} tokens makes {math.factorial(len(tokens))} prompts; use at most 7")
+        raise ValueError(
+            f"`prompt_order` with {len(tokens)} tokens makes {math.factorial(len(tokens))} prompts; use at most 7"
+        )
     perms = list(itertools.permutations(tokens))
     return Axis(name, tuple(perms), tuple(", ".join(p) for p in perms), kind="order", parts=tuple(tokens))
 
@@ -302,7 +317,7 @@ def check_search_replace(axes: Sequence[Axis], *texts: str | None) -> None:
     prompt: one would silently cancel the other (cells labelled "dog" showing a cat)."""
     sr = [a for a in axes if a.kind == "sr"]
     for i, a in enumerate(sr):
-        for b in sr[i + 1:]:
+        for b in sr[i + 1 :]:
             x, y = a.search or "", b.search or ""
             if x == y or x in y or y in x or any(_overlap(t, x, y) for t in texts if t):
                 raise ValueError(

@@ -32,8 +32,9 @@ import math
 import statistics
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .backends import as_backend
 from .generation import build_request, run_request
@@ -61,7 +62,9 @@ def _denoiser(pipe) -> Any:
     return getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
 
 
-def model_flops(pipe, *, width: int, height: int, guidance_scale: float) -> tuple[float | None, float | None, str | None]:
+def model_flops(
+    pipe, *, width: int, height: int, guidance_scale: float
+) -> tuple[float | None, float | None, str | None]:
     """(FLOPs of one denoising evaluation for one image incl. guidance, FLOPs of one VAE decode,
     reason if unknown). Known only for denoisers of the published SD1.5, SDXL and FLUX sizes."""
     family = pipeline_info(pipe).family if pipe is not None else None
@@ -71,9 +74,13 @@ def model_flops(pipe, *, width: int, height: int, guidance_scale: float) -> tupl
     flops, area, params = KNOWN_DENOISER_FLOPS[family]
     count = sum(p.numel() for p in denoiser.parameters())
     if abs(count - params) > PARAMETER_TOLERANCE * params:
-        return None, None, (
-            f"this {family} denoiser has {count / 1e6:.1f} M parameters, not the published "
-            f"{params / 1e6:.0f} M, so its FLOPs are unknown (pass flops_per_evaluation=)"
+        return (
+            None,
+            None,
+            (
+                f"this {family} denoiser has {count / 1e6:.1f} M parameters, not the published "
+                f"{params / 1e6:.0f} M, so its FLOPs are unknown (pass flops_per_evaluation=)"
+            ),
         )
     scale = (width * height) / area
     cfg = 2.0 if family in ("sd1", "sd2", "sdxl") and guidance_scale > 1 else 1.0
@@ -236,8 +243,19 @@ class BenchResult:
     notes: list[str] = field(default_factory=list)
 
     COLUMNS = (
-        "scheduler", "num_inference_steps", "evaluations", "seconds", "seconds_per_image", "seconds_per_step",
-        "vae_decode_seconds", "peak_memory_mb", "mae", "psnr", "ssim", "mfu", "error",
+        "scheduler",
+        "num_inference_steps",
+        "evaluations",
+        "seconds",
+        "seconds_per_image",
+        "seconds_per_step",
+        "vae_decode_seconds",
+        "peak_memory_mb",
+        "mae",
+        "psnr",
+        "ssim",
+        "mfu",
+        "error",
     )
 
     @property
@@ -299,30 +317,46 @@ class BenchResult:
         header = list(self.COLUMNS)
         body = [self._cells(r) for r in self.rows]
         widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]
-        lines = [f"BenchResult: {len(self.rows)} settings on {self.device}, seeds {list(self.seeds)}, "
-                 f"reference {self.reference.get('scheduler')} x {self.reference.get('num_inference_steps')} steps"]
+        lines = [
+            f"BenchResult: {len(self.rows)} settings on {self.device}, seeds {list(self.seeds)}, "
+            f"reference {self.reference.get('scheduler')} x {self.reference.get('num_inference_steps')} steps"
+        ]
         lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
         lines += ["  ".join(c.ljust(w) for c, w in zip(cells, widths)) for cells in body]
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
     HTML_LABELS = {
-        "num_inference_steps": "steps", "evaluations": "evals", "seconds": "s/call", "seconds_per_image": "s/image",
-        "seconds_per_step": "s/step", "vae_decode_seconds": "VAE s", "peak_memory_mb": "peak MB", "mae": "MAE",
-        "psnr": "PSNR", "ssim": "SSIM", "mfu": "MFU",
+        "num_inference_steps": "steps",
+        "evaluations": "evals",
+        "seconds": "s/call",
+        "seconds_per_image": "s/image",
+        "seconds_per_step": "s/step",
+        "vae_decode_seconds": "VAE s",
+        "peak_memory_mb": "peak MB",
+        "mae": "MAE",
+        "psnr": "PSNR",
+        "ssim": "SSIM",
+        "mfu": "MFU",
     }
 
     def to_html(self) -> str:
         head = "".join(f"<th title='{k}'>{html.escape(self.HTML_LABELS.get(k, k))}</th>" for k in self.COLUMNS)
-        rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in self._cells(r)) + "</tr>" for r in self.rows)
+        rows = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in self._cells(r)) + "</tr>" for r in self.rows
+        )
         notes = "".join(f"<li>{html.escape(n)}</li>" for n in self.notes)
         ref = self.reference
-        caption = (f"{len(self.rows)} settings on {html.escape(self.device)}; seeds {list(self.seeds)}; reference: "
-                   f"{html.escape(str(ref.get('scheduler')))} with {ref.get('num_inference_steps')} steps. "
-                   "seconds = median per call (all seeds in one batch); mae in 0-255 levels; psnr in dB.")
-        return (f"<div style='overflow-x:auto'><table class='sdlab-bench'>"
-                f"<caption style='caption-side:bottom;text-align:left'>{caption}</caption>"
-                f"<tr>{head}</tr>{rows}</table></div>" + (f"<ul>{notes}</ul>" if notes else ""))
+        caption = (
+            f"{len(self.rows)} settings on {html.escape(self.device)}; seeds {list(self.seeds)}; reference: "
+            f"{html.escape(str(ref.get('scheduler')))} with {ref.get('num_inference_steps')} steps. "
+            "seconds = median per call (all seeds in one batch); mae in 0-255 levels; psnr in dB."
+        )
+        return (
+            f"<div style='overflow-x:auto'><table class='sdlab-bench'>"
+            f"<caption style='caption-side:bottom;text-align:left'>{caption}</caption>"
+            f"<tr>{head}</tr>{rows}</table></div>" + (f"<ul>{notes}</ul>" if notes else "")
+        )
 
     def _repr_html_(self) -> str:
         return self.to_html()
@@ -351,12 +385,20 @@ class BenchResult:
             ys = [cap if (cap is not None and r[metric] == math.inf) else r[metric] for r in rows]
             ax.plot(xs, ys, marker="o", label=name)
             for x, y, r in zip(xs, ys, rows):
-                ax.annotate(str(r["num_inference_steps"]), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
-        label = {"ssim": "SSIM to reference (1 = identical)", "psnr": "PSNR to reference (dB)", "mae": "mean abs. difference (0-255)"}[metric]
+                ax.annotate(
+                    str(r["num_inference_steps"]), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7
+                )
+        label = {
+            "ssim": "SSIM to reference (1 = identical)",
+            "psnr": "PSNR to reference (dB)",
+            "mae": "mean abs. difference (0-255)",
+        }[metric]
         ax.set_xlabel("seconds per image")
         ax.set_ylabel(label)
         ref = self.reference
-        ax.set_title(f"quality vs time (reference: {ref.get('scheduler')}, {ref.get('num_inference_steps')} steps)", fontsize=9)
+        ax.set_title(
+            f"quality vs time (reference: {ref.get('scheduler')}, {ref.get('num_inference_steps')} steps)", fontsize=9
+        )
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
         return fig
@@ -365,7 +407,9 @@ class BenchResult:
         """Median latency per image against the step count, one line per scheduler."""
         fig, ax = _figure_and_axes(ax)
         for name, rows in self._series().items():
-            ax.plot([r["num_inference_steps"] for r in rows], [r["seconds_per_image"] for r in rows], marker="o", label=name)
+            ax.plot(
+                [r["num_inference_steps"] for r in rows], [r["seconds_per_image"] for r in rows], marker="o", label=name
+            )
         ax.set_xlabel("num_inference_steps")
         ax.set_ylabel("seconds per image (median)")
         ax.set_title(f"latency vs steps on {self.device}", fontsize=9)
@@ -442,7 +486,9 @@ def benchmark_schedulers(
     if not isinstance(prompt, str) or not prompt:
         raise ValueError(f"`prompt` must be a non-empty string, got {prompt!r}")
     schedulers = [str(s) for s in _check_list(schedulers, "schedulers")]
-    step_counts = [check_positive_int(s, "num_inference_steps") for s in _check_list(num_inference_steps, "num_inference_steps")]
+    step_counts = [
+        check_positive_int(s, "num_inference_steps") for s in _check_list(num_inference_steps, "num_inference_steps")
+    ]
     seeds = tuple(_check_list(seeds, "seeds"))
     repeats = check_positive_int(repeats, "repeats")
     warmup = check_positive_int(warmup, "warmup", minimum=0)
@@ -450,12 +496,18 @@ def benchmark_schedulers(
     if peak_tflops is not None and not (isinstance(peak_tflops, (int, float)) and peak_tflops > 0):
         raise ValueError(f"`peak_tflops` must be a positive number (TFLOP/s) or None, got {peak_tflops!r}")
     backend = as_backend(pipe)
-    common = dict(negative_prompt=negative_prompt, guidance_scale=guidance_scale, width=width, height=height, seed=list(seeds))
+    common = dict(
+        negative_prompt=negative_prompt, guidance_scale=guidance_scale, width=width, height=height, seed=list(seeds)
+    )
     requests = {}
     for scheduler in schedulers:
         for n in step_counts:
-            requests[(scheduler, n)] = build_request(backend, prompt, scheduler=scheduler, num_inference_steps=n, **common)
-    reference_request = build_request(backend, prompt, scheduler=reference_scheduler, num_inference_steps=reference_steps, **common)
+            requests[(scheduler, n)] = build_request(
+                backend, prompt, scheduler=scheduler, num_inference_steps=n, **common
+            )
+    reference_request = build_request(
+        backend, prompt, scheduler=reference_scheduler, num_inference_steps=reference_steps, **common
+    )
     first = next(iter(requests.values()))
     pipe_obj = getattr(backend, "pipe", None)
     cuda = _cuda_device(pipe_obj)
@@ -514,7 +566,9 @@ def benchmark_schedulers(
             done += 1
             if error:
                 break
-        rows.append(_row(scheduler, n, calls, error, reference["images"], n_images, flops, vae_flops, peak_tflops, cuda))
+        rows.append(
+            _row(scheduler, n, calls, error, reference["images"], n_images, flops, vae_flops, peak_tflops, cuda)
+        )
     report("done", None, None)
     notes = [mfu_note] if mfu_note else []
     return BenchResult(
@@ -523,10 +577,17 @@ def benchmark_schedulers(
         seeds=tuple(first.seed),
         reference=reference,
         device=device,
-        settings={"repeats": repeats, "warmup": warmup, "width": first.width, "height": first.height,
-                  "guidance_scale": first.guidance_scale[0], "peak_tflops": peak_tflops,
-                  "flops_per_evaluation": flops, "vae_decode_flops": vae_flops,
-                  "memory": "cuda max_memory_allocated" if cuda else "process RSS (includes the weights)"},
+        settings={
+            "repeats": repeats,
+            "warmup": warmup,
+            "width": first.width,
+            "height": first.height,
+            "guidance_scale": first.guidance_scale[0],
+            "peak_tflops": peak_tflops,
+            "flops_per_evaluation": flops,
+            "vae_decode_flops": vae_flops,
+            "memory": "cuda max_memory_allocated" if cuda else "process RSS (includes the weights)",
+        },
         notes=notes,
     )
 
@@ -557,22 +618,26 @@ def _row(scheduler, n, calls, error, references, n_images, flops, vae_flops, pea
     vae_seconds = statistics.median(vae) if vae else None
     evaluations = calls[-1].evaluations
     distances = [image_distance(img, ref) for img, ref in zip(calls[-1].images, references)]
-    row.update({
-        "evaluations": evaluations,
-        "seconds": seconds,
-        "seconds_min": min(c.seconds for c in calls),
-        "seconds_per_image": seconds / n_images,
-        "seconds_per_step": (seconds - (vae_seconds or 0.0)) / n,
-        "seconds_per_evaluation": (seconds - (vae_seconds or 0.0)) / max(evaluations, 1),
-        "vae_decode_seconds": vae_seconds,
-        "peak_memory_mb": max(c.peak_memory_mb for c in calls),
-        "mae": statistics.fmean(d["mae"] for d in distances),
-        "psnr": statistics.fmean(d["psnr"] for d in distances) if all(math.isfinite(d["psnr"]) for d in distances) else math.inf,
-        "ssim": statistics.fmean(d["ssim"] for d in distances),
-        "tflop_per_image": None,
-        "mfu": None,
-        "error": error,
-    })
+    row.update(
+        {
+            "evaluations": evaluations,
+            "seconds": seconds,
+            "seconds_min": min(c.seconds for c in calls),
+            "seconds_per_image": seconds / n_images,
+            "seconds_per_step": (seconds - (vae_seconds or 0.0)) / n,
+            "seconds_per_evaluation": (seconds - (vae_seconds or 0.0)) / max(evaluations, 1),
+            "vae_decode_seconds": vae_seconds,
+            "peak_memory_mb": max(c.peak_memory_mb for c in calls),
+            "mae": statistics.fmean(d["mae"] for d in distances),
+            "psnr": statistics.fmean(d["psnr"] for d in distances)
+            if all(math.isfinite(d["psnr"]) for d in distances)
+            else math.inf,
+            "ssim": statistics.fmean(d["ssim"] for d in distances),
+            "tflop_per_image": None,
+            "mfu": None,
+            "error": error,
+        }
+    )
     if flops is not None:
         per_image = evaluations * flops + (vae_flops or 0.0)
         row["tflop_per_image"] = per_image / 1e12

@@ -23,12 +23,18 @@ CLI_MODULES = ["sdlab.cli", "sdlab.server", "sdlab.backends.cli"]
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="preset name, Hugging Face id, diffusers folder or .safetensors file (default: the embedded model)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="preset name, Hugging Face id, diffusers folder or .safetensors file (default: the embedded model)",
+    )
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
     parser.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16")
     parser.add_argument("--offload", choices=["model", "sequential"], default=None, help="CPU offload (GPU only)")
     parser.add_argument("--attention", choices=["sdpa", "xformers"], default="sdpa")
-    parser.add_argument("--controlnet", action="append", default=None, help="a ControlNet preset, id or folder (repeatable)")
+    parser.add_argument(
+        "--controlnet", action="append", default=None, help="a ControlNet preset, id or folder (repeatable)"
+    )
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,9 +43,20 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, default=None, help="default: the model's native height")
     parser.add_argument("--num-inference-steps", "--steps", dest="num_inference_steps", type=int, default=None)
     parser.add_argument("--guidance-scale", "--cfg", dest="guidance_scale", type=float, default=None)
-    parser.add_argument("--scheduler", "--sampler", dest="scheduler", default=None, help='A1111 name ("DPM++ 2M Karras", "Euler a") or diffusers class')
-    parser.add_argument("--clip-skip", dest="clip_skip", type=int, default=None,
-                        help="CLIP layers to skip, diffusers' convention (A1111's 'Clip skip: 2' is --clip-skip 1)")
+    parser.add_argument(
+        "--scheduler",
+        "--sampler",
+        dest="scheduler",
+        default=None,
+        help='A1111 name ("DPM++ 2M Karras", "Euler a") or diffusers class',
+    )
+    parser.add_argument(
+        "--clip-skip",
+        dest="clip_skip",
+        type=int,
+        default=None,
+        help="CLIP layers to skip, diffusers' convention (A1111's 'Clip skip: 2' is --clip-skip 1)",
+    )
 
 
 def load_kwargs(args) -> dict:
@@ -111,7 +128,9 @@ def _cmd_presets(args) -> int:
 
     for p in PRESETS.values():
         d = p.defaults
-        print(f"{p.name:14} {p.family:5} {d.width}x{d.height} steps={d.num_inference_steps} guidance={d.guidance_scale:g}  {p.source}")
+        print(
+            f"{p.name:14} {p.family:5} {d.width}x{d.height} steps={d.num_inference_steps} guidance={d.guidance_scale:g}  {p.source}"
+        )
     for c in CONTROLNET_PRESETS.values():
         print(f"{c.name:14} {c.family:5} controlnet ({c.kind})  {c.source}")
     return 0
@@ -122,7 +141,7 @@ def _cmd_schedulers(args) -> int:
 
     for name, (cls, over) in A1111_SCHEDULERS.items():
         print(f"{name:22} {cls} {over or ''}")
-    for name, (cls, over) in FLOW_SCHEDULERS.items():
+    for name, (cls, _) in FLOW_SCHEDULERS.items():
         print(f"{name:22} {cls} (flow matching: FLUX)")
     return 0
 
@@ -161,8 +180,12 @@ def _cmd_sweep(args) -> int:
     if args.executor == "ray":  # each worker loads the model itself, with these options
         from .executors import RayExecutor  # imports nothing of Ray until used
 
-        executor = RayExecutor(args.ray_address, num_workers=args.workers, num_gpus_per_worker=args.gpus_per_worker,
-                               load_kwargs=load_kwargs(args))
+        executor = RayExecutor(
+            args.ray_address,
+            num_workers=args.workers,
+            num_gpus_per_worker=args.gpus_per_worker,
+            load_kwargs=load_kwargs(args),
+        )
         pipe = None if model_axis else (args.model or default_model())
     else:
         pipe = None if model_axis else load_from_args(args)
@@ -178,9 +201,19 @@ def _cmd_sweep(args) -> int:
 
 
 def _sweep_from_args(args, pipe, axes, link, executor) -> SweepResult:
-    return sweep(pipe, args.prompt, axes=axes, batch_size=args.batch_size, out_dir=args.out, link=link or None,
-                 vary_seeds=args.vary_seeds, seed=args.seed, title=args.title, executor=executor,
-                 **generation_kwargs(args))
+    return sweep(
+        pipe,
+        args.prompt,
+        axes=axes,
+        batch_size=args.batch_size,
+        out_dir=args.out,
+        link=link or None,
+        vary_seeds=args.vary_seeds,
+        seed=args.seed,
+        title=args.title,
+        executor=executor,
+        **generation_kwargs(args),
+    )
 
 
 def _register_sweep(subparsers) -> None:
@@ -193,8 +226,15 @@ def _register_sweep(subparsers) -> None:
     p.add_argument("prompt", nargs="?", default=None)
     add_model_arguments(p)
     add_generation_arguments(p)
-    p.add_argument("--axis", action="append", metavar="NAME=VALUES", help="an axis, e.g. seed=1-4, 'guidance_scale=0-10 [5]', 'scheduler=Euler a,DDIM' (repeatable; order = x, y, z)")
-    p.add_argument("--sr", action="append", metavar="SEARCH,REPLACE,...", help="a prompt search/replace axis (repeatable)")
+    p.add_argument(
+        "--axis",
+        action="append",
+        metavar="NAME=VALUES",
+        help="an axis, e.g. seed=1-4, 'guidance_scale=0-10 [5]', 'scheduler=Euler a,DDIM' (repeatable; order = x, y, z)",
+    )
+    p.add_argument(
+        "--sr", action="append", metavar="SEARCH,REPLACE,...", help="a prompt search/replace axis (repeatable)"
+    )
     p.add_argument("--matrix", default=None, metavar="'base|a|b'", help="a prompt matrix axis")
     p.add_argument("--link", action="append", metavar="A,B", help="axes that move together (zip), e.g. model,size")
     p.add_argument("--vary-seeds", action="store_true", help="add each cell's position to its seed")
@@ -205,20 +245,40 @@ def _register_sweep(subparsers) -> None:
     p.add_argument("-x", default=None, help="axis across the grid")
     p.add_argument("-y", default=None, help="axis down the grid")
     p.add_argument("-z", default=None, help="axis of sub-grids")
-    p.add_argument("--executor", choices=["local", "ray"], default="local",
-                   help="ray: spread the batches over Ray workers, each loading --model itself (pip install 'sdlab[ray]')")
+    p.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="ray: spread the batches over Ray workers, each loading --model itself (pip install 'sdlab[ray]')",
+    )
     p.add_argument("--workers", type=int, default=2, help="Ray workers (model copies), with --executor ray")
-    p.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per Ray worker (default: 1 if the cluster has GPUs)")
-    p.add_argument("--ray-address", default=None, help="Ray cluster address, e.g. ray://head:10001 (default: RAY_ADDRESS, else a local one)")
+    p.add_argument(
+        "--gpus-per-worker", type=float, default=None, help="GPUs per Ray worker (default: 1 if the cluster has GPUs)"
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        help="Ray cluster address, e.g. ray://head:10001 (default: RAY_ADDRESS, else a local one)",
+    )
     p.set_defaults(func=_cmd_sweep)
 
 
 def register_cli(subparsers) -> None:
-    p = subparsers.add_parser("generate", help="generate images from a prompt", description="Generate images; every PNG carries its parameters.")
+    p = subparsers.add_parser(
+        "generate",
+        help="generate images from a prompt",
+        description="Generate images; every PNG carries its parameters.",
+    )
     p.add_argument("prompt", help="the prompt")
     add_model_arguments(p)
     add_generation_arguments(p)
-    p.add_argument("--seed", type=int, nargs="+", default=None, help="one seed, or one per image (0 is a seed; default random, recorded)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        nargs="+",
+        default=None,
+        help="one seed, or one per image (0 is a seed; default random, recorded)",
+    )
     p.add_argument("--num-images", type=int, default=1)
     p.add_argument("--out", default="outputs", help="output directory (default: outputs/)")
     p.set_defaults(func=_cmd_generate)
@@ -268,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError,) as e:
+    except ValueError as e:
         print(f"sdlab: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

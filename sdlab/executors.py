@@ -27,9 +27,10 @@ import pickle
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from .backends import as_backend, open_model
 from .backends.base import BackendOutput
@@ -37,7 +38,16 @@ from .errors import BackendError, MissingDependencyError, ModelLoadError
 from .generation import GenerationResult, run_request
 from .request import Defaults, GenerationRequest
 
-__all__ = ["BatchOutcome", "Interrupted", "LocalExecutor", "RayExecutor", "WorkerOutcome", "WorkerProgress", "get_executor", "run_split"]
+__all__ = [
+    "BatchOutcome",
+    "Interrupted",
+    "LocalExecutor",
+    "RayExecutor",
+    "WorkerOutcome",
+    "WorkerProgress",
+    "get_executor",
+    "run_split",
+]
 
 ProgressCallback = Callable[[dict], None]
 logger = logging.getLogger("sdlab.executors")
@@ -157,8 +167,11 @@ class LocalExecutor:
             return as_backend(self._open_model(model, **self.load_kwargs))
         return as_backend(self._open_model(model))
 
-    def run(self, backend, requests: Sequence[GenerationRequest], *, progress: ProgressCallback | None = None) -> Iterator[BatchOutcome]:
+    def run(
+        self, backend, requests: Sequence[GenerationRequest], *, progress: ProgressCallback | None = None
+    ) -> Iterator[BatchOutcome]:
         for b, request in enumerate(requests):
+
             def batch_progress(info: dict, b: int = b) -> None:
                 progress(dict(info, batch=b))
 
@@ -304,7 +317,9 @@ class _RayWorker:
                         messages.put(WorkerOutcome(indices, error=describe_error(error), exception=_portable(error)))
                     else:
                         pngs = [_png_bytes(image) for image in result.images]
-                        messages.put(WorkerOutcome(indices, pngs=pngs, records=result.records, peak_memory_mb=peak_memory_mb()))
+                        messages.put(
+                            WorkerOutcome(indices, pngs=pngs, records=result.records, peak_memory_mb=peak_memory_mb())
+                        )
             except BaseException as e:  # noqa: BLE001 - anything else fails the whole request
                 messages.put(WorkerOutcome(tuple(range(len(request))), error=describe_error(e), exception=_portable(e)))
             finally:
@@ -336,13 +351,13 @@ class _Event:
     token: Any
     slot: int
     info: dict = field(default_factory=dict)
-    outcome: "WorkerOutcome | None" = None
+    outcome: WorkerOutcome | None = None
 
 
 class _WorkerPool:
     """`num_workers` Ray actors holding one model. Not thread-safe: one thread drives it."""
 
-    def __init__(self, model: Any, options: "RayExecutor"):
+    def __init__(self, model: Any, options: RayExecutor):
         ray = import_ray()
         self.ray = ray
         self.model = model
@@ -366,7 +381,7 @@ class _WorkerPool:
 
     # -- start
 
-    def wait_ready(self) -> "RemoteBackend":
+    def wait_ready(self) -> RemoteBackend:
         """Block until one worker has loaded the model (bounded by `start_timeout`); describe it."""
         deadline = time.monotonic() + self.options.start_timeout
         while not any(s.state == "idle" for s in self.slots):
@@ -475,7 +490,9 @@ class _WorkerPool:
                 token = slot.token
                 self.ray.kill(slot.handle, no_restart=False)  # Ray restarts it (max_restarts)
                 self._restart(slot)
-                events.append(_Event("lost", token, slot.index, info={"reason": f"no word from the worker for {limit:.0f} s"}))
+                events.append(
+                    _Event("lost", token, slot.index, info={"reason": f"no word from the worker for {limit:.0f} s"})
+                )
         return events
 
     # -- end
@@ -492,8 +509,6 @@ class _WorkerPool:
 def _short(error: BaseException, limit: int = 500) -> str:
     text = describe_error(error)
     return text if len(text) <= limit else text[:limit] + " ..."
-
-
 
 
 class RemoteBackend:
@@ -524,7 +539,9 @@ class RemoteBackend:
         if not requests:
             return
         pool = self._pool
-        slot = next((s for s in pool.slots if s.state in ("idle", "busy")), None) or next(s for s in pool.slots if s.state != "dead")
+        slot = next((s for s in pool.slots if s.state in ("idle", "busy")), None) or next(
+            s for s in pool.slots if s.state != "dead"
+        )
         failure = pool.ray.get(slot.handle.validate.remote(list(requests)), timeout=pool.options.start_timeout)
         if failure is not None:
             raise failure[1]
@@ -657,7 +674,9 @@ class RayExecutor:
                 raise
         return pool.backend
 
-    def run(self, backend, requests: Sequence[GenerationRequest], *, progress: ProgressCallback | None = None) -> Iterator[BatchOutcome]:
+    def run(
+        self, backend, requests: Sequence[GenerationRequest], *, progress: ProgressCallback | None = None
+    ) -> Iterator[BatchOutcome]:
         """Run `requests` on the workers of `backend`; yields outcomes as they arrive. A batch whose
         worker dies is given to another worker (only its images not yet returned)."""
         if not isinstance(backend, RemoteBackend):
@@ -679,7 +698,9 @@ class RayExecutor:
                 pool.start(slot, request, (run_id, b, rest), split=True)
             if not pool.usable():
                 errors = "; ".join(sorted({s.error or "unknown" for s in pool.slots}))
-                raise BackendError(f"every Ray worker is gone ({errors}); what finished is saved, run again to resume", backend="ray")
+                raise BackendError(
+                    f"every Ray worker is gone ({errors}); what finished is saved, run again to resume", backend="ray"
+                )
             # 2. what the workers said
             for event in pool.poll(timeout=1.0):
                 if event.token is None or event.token[0] is not run_id:
@@ -696,7 +717,9 @@ class RayExecutor:
                     if outcome.error is not None:
                         yield BatchOutcome(b, done, error=outcome.error, worker=event.slot)
                     else:
-                        yield BatchOutcome(b, done, result=outcome.result(), peak_memory_mb=outcome.peak_memory_mb, worker=event.slot)
+                        yield BatchOutcome(
+                            b, done, result=outcome.result(), peak_memory_mb=outcome.peak_memory_mb, worker=event.slot
+                        )
                 elif event.kind == "lost":
                     rest = tuple(i for i in indices if i in left[b])
                     if not rest:
@@ -707,7 +730,11 @@ class RayExecutor:
                         for i in rest:
                             left[b].discard(i)
                         reason = event.info["reason"]
-                        error = reason if event.info.get("fatal") else f"WorkerDied: the Ray worker running this batch died {deaths[b]} times (last: {reason})"
+                        error = (
+                            reason
+                            if event.info.get("fatal")
+                            else f"WorkerDied: the Ray worker running this batch died {deaths[b]} times (last: {reason})"
+                        )
                         yield BatchOutcome(b, rest, error=error, worker=event.slot)
                     else:
                         todo.appendleft((b, rest))

@@ -9,9 +9,10 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from PIL import Image
 
@@ -195,7 +196,16 @@ def regenerate(path: str | Path, pipe: Any, **overrides: Any) -> GenerationResul
             stacklevel=2,
         )
     kwargs: dict[str, Any] = {}
-    for key in ("negative_prompt", "width", "height", "num_inference_steps", "guidance_scale", "seed", "scheduler", "clip_skip"):
+    for key in (
+        "negative_prompt",
+        "width",
+        "height",
+        "num_inference_steps",
+        "guidance_scale",
+        "seed",
+        "scheduler",
+        "clip_skip",
+    ):
         if params.get(key) is not None:
             kwargs[key] = params[key]
     prompt = params["prompt"]

@@ -6,8 +6,8 @@ Never an assertion on size: a grid over `max_pixels` is downscaled to fit (or pa
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -185,7 +185,7 @@ def image_grid(
     cols = cols or math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / cols)
     if labels is None:
-        cells = [images[r * cols:(r + 1) * cols] for r in range(rows)]
+        cells = [images[r * cols : (r + 1) * cols] for r in range(rows)]
         return fit_pixels(labelled_grid(cells, title=title, margin=margin), max_pixels)
     labels = list(labels)
     if len(labels) != len(images):
@@ -193,10 +193,13 @@ def image_grid(
     # One labelled row per grid row: captions as column labels of one-row grids, stacked.
     blocks = []
     for r in range(rows):
-        row_images = images[r * cols:(r + 1) * cols]
-        row_labels = labels[r * cols:(r + 1) * cols]
-        blocks.append(labelled_grid([row_images + [None] * 0], x_labels=row_labels, margin=margin,
-                                    title=title if r == 0 else None))
+        row_images = images[r * cols : (r + 1) * cols]
+        row_labels = labels[r * cols : (r + 1) * cols]
+        blocks.append(
+            labelled_grid(
+                [row_images + [None] * 0], x_labels=row_labels, margin=margin, title=title if r == 0 else None
+            )
+        )
     width = max(b.width for b in blocks)
     canvas = Image.new("RGB", (width, sum(b.height for b in blocks)), BACKGROUND)
     y = 0

@@ -93,8 +93,11 @@ def folder_sha256(folder: str | Path) -> str:
     """A hash over the relative path and SHA-256 of every weight, config and tokenizer file."""
     folder = Path(folder).resolve()
     files = sorted(
-        p for p in folder.rglob("*")
-        if p.is_file() and p.suffix in _CONTENT_SUFFIXES and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix in _CONTENT_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
     digest = hashlib.sha256()
     for p in files:

@@ -15,8 +15,16 @@ from typing import Any
 from . import identity
 from .errors import MissingDependencyError, ModelLoadError
 from .model_files import (
-    CONFIG_PATTERNS, bad_files, cached_components, download_command, hub_cache, hub_unreachable, offline_error,
-    open_safetensors, read_json, snapshot_folder,
+    CONFIG_PATTERNS,
+    bad_files,
+    cached_components,
+    download_command,
+    hub_cache,
+    hub_unreachable,
+    offline_error,
+    open_safetensors,
+    read_json,
+    snapshot_folder,
 )
 from .presets import CONTROLNET_PRESETS, PRESETS, Preset, default_model, family_defaults
 from .request import Defaults
@@ -51,9 +59,17 @@ CONTROLNET_CLASS = {
 }
 # diffusers.loaders.single_file_utils.infer_diffusers_model_type -> family
 SINGLE_FILE_FAMILY = {
-    "v1": "sd1", "v2": "sd2", "inpainting": "sd1", "inpainting_v2": "sd2",
-    "xl_base": "sdxl", "xl_inpaint": "sdxl", "playground-v2-5": "sdxl",
-    "flux-dev": "flux", "flux-schnell": "flux", "flux-fill": "flux", "flux-depth": "flux",
+    "v1": "sd1",
+    "v2": "sd2",
+    "inpainting": "sd1",
+    "inpainting_v2": "sd2",
+    "xl_base": "sdxl",
+    "xl_inpaint": "sdxl",
+    "playground-v2-5": "sdxl",
+    "flux-dev": "flux",
+    "flux-schnell": "flux",
+    "flux-fill": "flux",
+    "flux-depth": "flux",
 }
 
 
@@ -72,7 +88,7 @@ class ModelSource:
 
 
 def resolve_device(device: Any = "auto") -> str:
-    """"auto": CUDA, then MPS, then CPU. An explicit device is checked, not silently replaced."""
+    """ "auto": CUDA, then MPS, then CPU. An explicit device is checked, not silently replaced."""
     import torch
 
     if device is None or device == "auto":
@@ -93,7 +109,7 @@ def resolve_device(device: Any = "auto") -> str:
 
 
 def resolve_dtype(dtype: Any, device: str, family: str):
-    """"auto": float32 on CPU; half precision on a GPU (bfloat16 for FLUX, float16 otherwise)."""
+    """ "auto": float32 on CPU; half precision on a GPU (bfloat16 for FLUX, float16 otherwise)."""
     import torch
 
     if isinstance(dtype, torch.dtype):
@@ -121,7 +137,9 @@ def family_from_configs(model_index: Mapping[str, Any], read_config) -> str:
     """
     cls = model_index.get("_class_name", "")
     family = PIPELINE_CLASS_FAMILY.get(cls)
-    components = {k for k, v in model_index.items() if not k.startswith("_") and isinstance(v, list) and v and v[0] is not None}
+    components = {
+        k for k, v in model_index.items() if not k.startswith("_") and isinstance(v, list) and v and v[0] is not None
+    }
     if family is None:
         if "transformer" in components and "text_encoder_2" in components:
             family = "flux"
@@ -256,8 +274,7 @@ def resolve_source(model: str | Path | None, **hub_kwargs) -> ModelSource:
         return ModelSource(model, "single_file", str(path.resolve()), family_from_single_file(path))
     if model.endswith((".safetensors", ".ckpt")) or "/" not in model or model.startswith((".", "~")):
         raise ModelLoadError(
-            f"`model`={model!r} is not a preset, an existing path or a hub id (org/name); "
-            f"presets: {', '.join(PRESETS)}"
+            f"`model`={model!r} is not a preset, an existing path or a hub id (org/name); presets: {', '.join(PRESETS)}"
         )
     family = family_from_hub(model, **hub_kwargs)
     return ModelSource(model, "hub", model, family)
@@ -324,7 +341,9 @@ def _controlnet_location(spec: str, hub_kwargs) -> tuple[Any, Mapping[str, Any]]
 def _controlnet_offline_error(repo_id: str, error: Exception, hub_kwargs) -> ModelLoadError:
     """The hub ControlNet `repo_id` is not cached and the hub is out of reach: what to download."""
     cache_dir = hub_kwargs.get("cache_dir")
-    command = download_command(repo_id, patterns=("config.json", "diffusion_pytorch_model.safetensors"), cache_dir=cache_dir)
+    command = download_command(
+        repo_id, patterns=("config.json", "diffusion_pytorch_model.safetensors"), cache_dir=cache_dir
+    )
     return offline_error(f"the ControlNet {repo_id!r}", repo_id, command, cache_dir=cache_dir, cause=error)
 
 
@@ -333,7 +352,9 @@ def _controlnet_hub_kwargs(hub_kwargs) -> dict[str, Any]:
     return {k: v for k, v in hub_kwargs.items() if v is not None and k != "revision"}
 
 
-def load_controlnets(controlnet: Any, family: str, dtype, hub_kwargs, base_cross_attention_dim=None) -> tuple[Any, list[str], list[dict]]:
+def load_controlnets(
+    controlnet: Any, family: str, dtype, hub_kwargs, base_cross_attention_dim=None
+) -> tuple[Any, list[str], list[dict]]:
     """ControlNet model(s) for a base of `family`, their names and content identities; refused
     before loading if of another family.
 
@@ -352,7 +373,9 @@ def load_controlnets(controlnet: Any, family: str, dtype, hub_kwargs, base_cross
             planned.append((spec, dict(spec.config), type(spec).__name__))
             continue
         if not isinstance(spec, (str, Path)):
-            raise ValueError(f"`controlnet` entries must be preset names, hub ids, folders or ControlNetModel, got {spec!r}")
+            raise ValueError(
+                f"`controlnet` entries must be preset names, hub ids, folders or ControlNetModel, got {spec!r}"
+            )
         location, config = _controlnet_location(str(spec), hub_kwargs)
         planned.append((location, config, str(spec)))
     for _, config, name in planned:
@@ -369,7 +392,9 @@ def load_controlnets(controlnet: Any, family: str, dtype, hub_kwargs, base_cross
         dim = config.get("cross_attention_dim")
         if not mismatch and base_cross_attention_dim is not None and dim is not None:
             mismatch = int(dim) != int(base_cross_attention_dim)
-        elif not mismatch and base_cross_attention_dim is None:  # base config unknown: SD1 vs SD2 by the ControlNet's dim
+        elif (
+            not mismatch and base_cross_attention_dim is None
+        ):  # base config unknown: SD1 vs SD2 by the ControlNet's dim
             mismatch = {cn_family, family} == {"sd1", "sd2"}
         if mismatch:
             raise ValueError(
@@ -383,10 +408,14 @@ def load_controlnets(controlnet: Any, family: str, dtype, hub_kwargs, base_cross
             identities.append({"tensors_sha256": identity.modules_sha256({"controlnet": model})})
         else:
             try:
-                model = ControlNetModel.from_pretrained(location, **dtype_kwarg(dtype), **_controlnet_hub_kwargs(hub_kwargs))
+                model = ControlNetModel.from_pretrained(
+                    location, **dtype_kwarg(dtype), **_controlnet_hub_kwargs(hub_kwargs)
+                )
             except (OSError, ValueError) as e:
                 local = Path(location).is_dir()
-                problem = bad_files(location if local else snapshot_folder(location, cache_dir=hub_kwargs.get("cache_dir")))
+                problem = bad_files(
+                    location if local else snapshot_folder(location, cache_dir=hub_kwargs.get("cache_dir"))
+                )
                 if problem is not None:
                     raise ModelLoadError(f"could not load the ControlNet {name!r}: {problem}") from e
                 if isinstance(e, ValueError):
@@ -398,8 +427,11 @@ def load_controlnets(controlnet: Any, family: str, dtype, hub_kwargs, base_cross
                 identities.append(identity.path_identity(location))
             else:
                 commit = identity.hub_commit(location, cache_dir=hub_kwargs.get("cache_dir"))
-                identities.append({"hub": location, "commit": commit} if commit else
-                                  {"tensors_sha256": identity.modules_sha256({"controlnet": model})})
+                identities.append(
+                    {"hub": location, "commit": commit}
+                    if commit
+                    else {"tensors_sha256": identity.modules_sha256({"controlnet": model})}
+                )
         models.append(model)
         names.append(name)
     return (models[0] if len(models) == 1 else models), names, identities
@@ -509,7 +541,9 @@ def load_pipeline(
     if source.kind == "single_file" and config is not None and Path(str(config)).is_dir():
         # Key-based detection cannot tell a tiny SD 2.x file from SD 1.x; the configs can.
         config_family = family_from_folder(Path(str(config)))
-        if (config_family == "sdxl") != (source.family == "sdxl") or (config_family == "flux") != (source.family == "flux"):
+        if (config_family == "sdxl") != (source.family == "sdxl") or (config_family == "flux") != (
+            source.family == "flux"
+        ):
             raise ValueError(
                 f"`config` {config} is a {config_family} model but the checkpoint {Path(source.location).name} "
                 f"looks like {source.family}; pass the configs of the checkpoint's own family"
@@ -550,7 +584,9 @@ def load_pipeline(
     try:
         if source.kind == "builtin":
             pipe = builtin_pipe
-            if cn_model is not None:  # the same components plus the ControlNet(s); a list becomes a MultiControlNetModel
+            if (
+                cn_model is not None
+            ):  # the same components plus the ControlNet(s); a list becomes a MultiControlNetModel
                 extra = {"requires_safety_checker": False} if family in ("sd1", "sd2") else {}
                 pipe = cls(**pipe.components, controlnet=cn_model, **extra)
             if torch_dtype != torch.float32:  # built in float32
@@ -559,13 +595,19 @@ def load_pipeline(
             sf_kwargs = dict(kwargs)
             if config is not None:
                 sf_kwargs["config"] = config
-            pipe = cls.from_single_file(source.location, **sf_kwargs, **{k: v for k, v in hub_kwargs.items() if v is not None and k != "revision"})
+            pipe = cls.from_single_file(
+                source.location,
+                **sf_kwargs,
+                **{k: v for k, v in hub_kwargs.items() if v is not None and k != "revision"},
+            )
         else:
             if variant is not None:
                 kwargs["variant"] = variant
             kwargs.update(source.preset.load_kwargs if source.preset else {})
             kwargs.pop("max_sequence_length", None)
-            pipe = cls.from_pretrained(source.location, **kwargs, **{k: v for k, v in hub_kwargs.items() if v is not None})
+            pipe = cls.from_pretrained(
+                source.location, **kwargs, **{k: v for k, v in hub_kwargs.items() if v is not None}
+            )
     except ModelLoadError:
         raise
     except (OSError, ValueError) as e:
@@ -594,7 +636,7 @@ def load_pipeline(
     else:
         pipe.to(resolved_device)
     if compile:
-        denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer")
+        denoiser = getattr(pipe, "unet", None) or pipe.transformer
         denoiser.compile(mode="reduce-overhead" if resolved_device.startswith("cuda") else None, fullgraph=False)
     pipe.set_progress_bar_config(disable=not progress_bar)
 
@@ -635,7 +677,9 @@ FAMILY_COMPONENTS = {
 }
 
 
-def _explain_load_failure(source: ModelSource, error: Exception, *, config, variant, hub_kwargs) -> ModelLoadError | None:
+def _explain_load_failure(
+    source: ModelSource, error: Exception, *, config, variant, hub_kwargs
+) -> ModelLoadError | None:
     """A `ModelLoadError` saying what really went wrong when diffusers failed to load `source`:
     a damaged weight file (named), weights missing from the cache while the hub is out of reach
     (the `hf download` command), a single file whose configs need the hub (`config=`). None if
@@ -655,7 +699,10 @@ def _explain_load_failure(source: ModelSource, error: Exception, *, config, vari
         if source.preset is not None:
             components, what = FAMILY_COMPONENTS[source.family], f"the preset {source.name!r} ({source.location})"
         else:
-            components, what = cached_components(source.location, revision=revision, cache_dir=cache_dir), repr(source.name)
+            components, what = (
+                cached_components(source.location, revision=revision, cache_dir=cache_dir),
+                repr(source.name),
+            )
             if components is not None:
                 components = [c for c in components if c != "safety_checker"]
         command = download_command(source.location, components, variant=variant, revision=revision, cache_dir=cache_dir)
@@ -810,7 +857,9 @@ def _source_identity(source: ModelSource, hub_kwargs, pipe) -> dict[str, Any]:
     if source.kind in ("folder", "single_file"):
         return identity.path_identity(source.location)
     if source.kind == "hub":
-        commit = identity.hub_commit(source.location, revision=hub_kwargs.get("revision"), cache_dir=hub_kwargs.get("cache_dir"))
+        commit = identity.hub_commit(
+            source.location, revision=hub_kwargs.get("revision"), cache_dir=hub_kwargs.get("cache_dir")
+        )
         if commit is not None:
             return {"hub": source.location, "commit": commit}
     return {"tensors_sha256": identity.modules_sha256(_modules(pipe))}  # built in memory (builtin)
@@ -844,6 +893,8 @@ def source_identity(model: str, **hub_kwargs) -> dict[str, Any] | None:
     if source.kind in ("folder", "single_file"):
         return identity.path_identity(source.location)
     if source.kind == "hub":
-        commit = identity.hub_commit(source.location, revision=hub_kwargs.get("revision"), cache_dir=hub_kwargs.get("cache_dir"))
+        commit = identity.hub_commit(
+            source.location, revision=hub_kwargs.get("revision"), cache_dir=hub_kwargs.get("cache_dir")
+        )
         return {"hub": source.location, "commit": commit} if commit else None
     return None

@@ -112,7 +112,7 @@ def parse_infotext(text: str) -> dict[str, Any]:
     for line in lines:
         if line.startswith("Negative prompt:"):
             in_negative = True
-            line = line[len("Negative prompt:"):].lstrip()
+            line = line[len("Negative prompt:") :].lstrip()
         (negative_lines if in_negative else prompt_lines).append(line)
     result: dict[str, Any] = {"prompt": "\n".join(prompt_lines), "negative_prompt": "\n".join(negative_lines) or None}
     for key, value in _RE_PARAM.findall(params_line):
@@ -164,7 +164,9 @@ def png_info(record: dict[str, Any]) -> PngImagePlugin.PngInfo:
     return info
 
 
-def save_png(image: Image.Image, path: str | Path, record: dict[str, Any], *, extra_text: dict[str, str] | None = None) -> Path:
+def save_png(
+    image: Image.Image, path: str | Path, record: dict[str, Any], *, extra_text: dict[str, str] | None = None
+) -> Path:
     """Write `image` with its record, atomically (a temporary file renamed into place)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -255,5 +257,6 @@ def read_params(path_or_image: str | Path | Image.Image) -> dict[str, Any]:
         params = params_from_infotext(chunks[PARAMETERS_KEY])
         params["source"] = "a1111"
         return params
-    raise ValueError(f"{path_or_image} carries no generation parameters (no 'parameters' or 'sdlab' text chunk, "
-                     "no EXIF UserComment)")
+    raise ValueError(
+        f"{path_or_image} carries no generation parameters (no 'parameters' or 'sdlab' text chunk, no EXIF UserComment)"
+    )

@@ -18,8 +18,12 @@ from .errors import ModelLoadError
 # Weight formats diffusers skips when safetensors exist, and weights of other variants.
 _EXCLUDE = ("*.bin", "*.ckpt", "*.msgpack", "*.onnx", "*.h5", "*non_ema*")
 _VARIANTS = ("fp16", "bf16")
-_NON_VARIANT_WEIGHTS = ("*/diffusion_pytorch_model.safetensors", "*/model.safetensors",
-                        "*/diffusion_pytorch_model-0*.safetensors", "*/model-0*.safetensors")
+_NON_VARIANT_WEIGHTS = (
+    "*/diffusion_pytorch_model.safetensors",
+    "*/model.safetensors",
+    "*/diffusion_pytorch_model-0*.safetensors",
+    "*/model-0*.safetensors",
+)
 # Exceptions of HTTP clients (httpx, requests) that mean the hub is out of reach, by class name.
 _NETWORK_ERRORS = {"NetworkError", "ConnectError", "ConnectTimeout", "TransportError", "ConnectionError"}
 # What a single-file checkpoint needs from its reference repo (diffusers downloads the same).
@@ -55,8 +59,10 @@ def describe_bad_safetensors(path: str | Path, error: BaseException | None = Non
     with open(path, "rb") as f:
         head = f.read(64)
     if head.startswith(b"version https://git-lfs"):
-        return (f"{path} is a Git LFS pointer, not the weights: run `git lfs pull` in its repository, "
-                "or download the file itself")
+        return (
+            f"{path} is a Git LFS pointer, not the weights: run `git lfs pull` in its repository, "
+            "or download the file itself"
+        )
     if _looks_like_text(head):
         start = head[:40].decode("utf-8", "replace").split("\n")[0]
         return f"{path} is a text file, not safetensors weights (it starts with {start!r}): download the weights again"
@@ -155,11 +161,20 @@ def cached_components(repo_id: str, *, revision=None, cache_dir=None) -> list[st
         index = read_json(folder / "model_index.json")
     except ModelLoadError:
         return None
-    return sorted(k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v and v[0] is not None)
+    return sorted(
+        k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v and v[0] is not None
+    )
 
 
-def download_command(repo_id: str, components: Iterable[str] | None = None, *, patterns: Iterable[str] | None = None,
-                     variant: str | None = None, revision: str | None = None, cache_dir: str | None = None) -> str:
+def download_command(
+    repo_id: str,
+    components: Iterable[str] | None = None,
+    *,
+    patterns: Iterable[str] | None = None,
+    variant: str | None = None,
+    revision: str | None = None,
+    cache_dir: str | None = None,
+) -> str:
     """The `hf download` command that fetches what diffusers loads from `repo_id`.
 
     `components`: the pipeline's component folders (None: every folder); `patterns`: explicit
@@ -199,7 +214,9 @@ def missing_files(error: BaseException) -> str | None:
     return None
 
 
-def offline_error(what: str, repo_id: str, command: str, *, cache_dir=None, cause: BaseException | None = None) -> ModelLoadError:
+def offline_error(
+    what: str, repo_id: str, command: str, *, cache_dir=None, cause: BaseException | None = None
+) -> ModelLoadError:
     """`what` (e.g. "the preset 'sd15'") is not in the cache and the hub is out of reach: say what
     to download, with which command, and where the cache is."""
     from huggingface_hub import constants

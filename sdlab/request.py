@@ -12,8 +12,9 @@ import json
 import math
 import numbers
 import secrets
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 MAX_SEED = 2**64 - 1
 # ComfyUI's KSampler stops at 100 too; far above it guidance overflows into NaN (a black image).
@@ -22,11 +23,31 @@ MAX_CLIP_SKIP = 12
 # The one set of pipeline keywords sdlab owns: it sets them itself, or its own prompt encoding would
 # make the pipeline ignore them. Passing one through **pipeline_kwargs is an error naming it.
 RESERVED_KWARGS = {
-    "prompt", "prompt_2", "prompt_3", "negative_prompt", "negative_prompt_2", "negative_prompt_3",
-    "prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds",
-    "width", "height", "num_inference_steps", "guidance_scale", "generator", "num_images_per_prompt",
-    "output_type", "return_dict", "callback", "callback_steps", "callback_on_step_end",
-    "callback_on_step_end_tensor_inputs", "latents", "clip_skip", "max_sequence_length",
+    "prompt",
+    "prompt_2",
+    "prompt_3",
+    "negative_prompt",
+    "negative_prompt_2",
+    "negative_prompt_3",
+    "prompt_embeds",
+    "negative_prompt_embeds",
+    "pooled_prompt_embeds",
+    "negative_pooled_prompt_embeds",
+    "width",
+    "height",
+    "num_inference_steps",
+    "guidance_scale",
+    "generator",
+    "num_images_per_prompt",
+    "output_type",
+    "return_dict",
+    "callback",
+    "callback_steps",
+    "callback_on_step_end",
+    "callback_on_step_end_tensor_inputs",
+    "latents",
+    "clip_skip",
+    "max_sequence_length",
 }
 _RESERVED_HINTS = {
     "clip_skip": "pass it as `clip_skip=` (an sdlab argument, applied in sdlab's own prompt encoding)",
@@ -73,7 +94,9 @@ def resolve_seeds(seed: int | Sequence[int] | None, count: int) -> tuple[int, ..
         return tuple((base + i) % (MAX_SEED + 1) for i in range(count))
     if isinstance(seed, (list, tuple)):
         if len(seed) != count:
-            raise ValueError(f"`seed` has {len(seed)} entries but {count} images are requested; give one seed per image")
+            raise ValueError(
+                f"`seed` has {len(seed)} entries but {count} images are requested; give one seed per image"
+            )
         return tuple(check_seed(s, "seed") for s in seed)
     base = check_seed(seed)
     return tuple((base + i) % (MAX_SEED + 1) for i in range(count))
@@ -235,7 +258,7 @@ class GenerationRequest:
         scheduler: str | None = None,
         clip_skip: int | None = None,
         pipeline_kwargs: Mapping[str, Any] | None = None,
-    ) -> "GenerationRequest":
+    ) -> GenerationRequest:
         """The request `generate` makes: `num_images` images per prompt, the model's `defaults`
         where a value is None, seeds resolved (None or -1: one random seed, recorded)."""
         defaults = defaults or Defaults()
@@ -285,7 +308,7 @@ class GenerationRequest:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "GenerationRequest":
+    def from_dict(cls, data: Mapping[str, Any]) -> GenerationRequest:
         """The request `to_dict` described (validated again). Images and tensors cannot be rebuilt
         from their description: such a request raises, naming the keyword."""
         unknown = set(data) - set(cls.__dataclass_fields__)
@@ -337,7 +360,7 @@ class GenerationRequest:
             params["pipeline_kwargs"] = {k: describe_value(v) for k, v in self.pipeline_kwargs.items()}
         return params
 
-    def select(self, indices: Sequence[int]) -> "GenerationRequest":
+    def select(self, indices: Sequence[int]) -> GenerationRequest:
         """The sub-request of the given images (used to split a batch, e.g. on out-of-memory)."""
         return replace(
             self,
@@ -360,7 +383,7 @@ class GenerationRequest:
         return json.dumps(shared, sort_keys=True, default=str)
 
     @staticmethod
-    def concat(requests: Sequence["GenerationRequest"]) -> "GenerationRequest":
+    def concat(requests: Sequence[GenerationRequest]) -> GenerationRequest:
         """One request for all images of `requests`, which must share everything but per-image fields."""
         if not requests:
             raise ValueError("`requests` is empty")

@@ -18,7 +18,6 @@ import difflib
 import functools
 import inspect
 import weakref
-
 from typing import Any
 
 # A1111 v1.10's samplers that diffusers has a scheduler for: name -> (diffusers class name, config
@@ -26,10 +25,21 @@ from typing import Any
 SAMPLERS: dict[str, tuple[str, dict[str, Any], str | None]] = {
     "DPM++ 2M": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}, "Karras"),
     "DPM++ SDE": ("DPMSolverSinglestepScheduler", {}, "Karras"),
-    "DPM++ 2M SDE": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}, "Exponential"),
-    "DPM++ 2M SDE Heun": ("DPMSolverMultistepScheduler",
-                          {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "solver_type": "heun"}, "Exponential"),
-    "DPM++ 3M SDE": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}, "Exponential"),
+    "DPM++ 2M SDE": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
+        "Exponential",
+    ),
+    "DPM++ 2M SDE Heun": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "solver_type": "heun"},
+        "Exponential",
+    ),
+    "DPM++ 3M SDE": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "solver_order": 3},
+        "Exponential",
+    ),
     "DPM2": ("KDPM2DiscreteScheduler", {}, "Karras"),
     "DPM2 a": ("KDPM2AncestralDiscreteScheduler", {}, "Karras"),
     "Euler": ("EulerDiscreteScheduler", {}, None),
@@ -60,11 +70,22 @@ SCHEDULE_TYPES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 }
 # Every A1111 v1.10 schedule type, by its labels, names and aliases (modules/sd_schedulers.py).
 A1111_SCHEDULE_TYPES: dict[str, str] = {
-    "automatic": "Automatic", "uniform": "Uniform", "karras": "Karras", "exponential": "Exponential",
-    "polyexponential": "Polyexponential", "sgm uniform": "SGM Uniform", "sgm_uniform": "SGM Uniform",
-    "sgmuniform": "SGM Uniform", "kl optimal": "KL Optimal", "kl_optimal": "KL Optimal",
-    "align your steps": "Align Your Steps", "align_your_steps": "Align Your Steps", "simple": "Simple",
-    "normal": "Normal", "ddim": "DDIM", "beta": "Beta",
+    "automatic": "Automatic",
+    "uniform": "Uniform",
+    "karras": "Karras",
+    "exponential": "Exponential",
+    "polyexponential": "Polyexponential",
+    "sgm uniform": "SGM Uniform",
+    "sgm_uniform": "SGM Uniform",
+    "sgmuniform": "SGM Uniform",
+    "kl optimal": "KL Optimal",
+    "kl_optimal": "KL Optimal",
+    "align your steps": "Align Your Steps",
+    "align_your_steps": "Align Your Steps",
+    "simple": "Simple",
+    "normal": "Normal",
+    "ddim": "DDIM",
+    "beta": "Beta",
 }
 # A1111 v1.10 samplers diffusers has no scheduler for.
 A1111_ONLY_SAMPLERS = ("DPM++ 2S a", "DPM fast", "DPM adaptive", "Restart", "DDIM CFG++")
@@ -103,6 +124,7 @@ def __getattr__(name: str) -> Any:  # `A1111_SCHEDULERS`, the table, built when 
         return a1111_schedulers()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 # Flow-matching models (FLUX) take only flow-matching schedulers; A1111/Forge call theirs "Euler".
 FLOW_SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "Euler": ("FlowMatchEulerDiscreteScheduler", {}),
@@ -136,7 +158,9 @@ def from_a1111(sampler: str, schedule_type: str | None = None) -> str:
     PLMS, UniPC) ignore the schedule type. Names sdlab cannot build come back as they are
     ("DPM++ 2S a Karras"): building them is the error that lists the near names."""
     base, in_name = split_a1111(sampler)
-    schedule = in_name or (A1111_SCHEDULE_TYPES.get(_normalise(schedule_type), schedule_type) if schedule_type else None)
+    schedule = in_name or (
+        A1111_SCHEDULE_TYPES.get(_normalise(schedule_type), schedule_type) if schedule_type else None
+    )
     if schedule == "Automatic":
         schedule = SAMPLERS[base][2] if base in SAMPLERS else None
     if schedule in (None, "Uniform") or base in TIMESTEP_SAMPLERS:
@@ -276,7 +300,7 @@ def set_scheduler(pipe: Any, name: str):
 
 
 # The name a scheduler was asked for by (an A1111 name where it has one), per scheduler object.
-_NAMES: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
+_NAMES: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
 
 def scheduler_name(scheduler: Any) -> str:

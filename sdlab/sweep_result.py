@@ -6,9 +6,10 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from PIL import Image
 
@@ -18,7 +19,17 @@ from .metadata import read_text_chunks, save_png
 from .request import GenerationRequest
 
 SPEC_KEY = "sdlab_sweep"
-CORE_PARAMS = ("prompt", "negative_prompt", "seed", "guidance_scale", "num_inference_steps", "scheduler", "width", "height", "clip_skip")
+CORE_PARAMS = (
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "guidance_scale",
+    "num_inference_steps",
+    "scheduler",
+    "width",
+    "height",
+    "clip_skip",
+)
 
 
 @dataclass
@@ -46,10 +57,17 @@ class SweepCell:
         """The cell's parameters by name (pipeline keywords as given), and its model."""
         r = self.request
         return {
-            "prompt": r.prompt[0], "negative_prompt": r.negative_prompt[0], "seed": r.seed[0],
-            "guidance_scale": r.guidance_scale[0], "num_inference_steps": r.num_inference_steps,
-            "scheduler": r.scheduler, "width": r.width, "height": r.height, "clip_skip": r.clip_skip,
-            "pipeline_kwargs": dict(r.pipeline_kwargs), "model": self.model,
+            "prompt": r.prompt[0],
+            "negative_prompt": r.negative_prompt[0],
+            "seed": r.seed[0],
+            "guidance_scale": r.guidance_scale[0],
+            "num_inference_steps": r.num_inference_steps,
+            "scheduler": r.scheduler,
+            "width": r.width,
+            "height": r.height,
+            "clip_skip": r.clip_skip,
+            "pipeline_kwargs": dict(r.pipeline_kwargs),
+            "model": self.model,
         }
 
 
@@ -87,17 +105,19 @@ class SweepResult:
                 value = a.values[cell.coords[a.name]]
                 row[a.name] = value if isinstance(value, (str, int, float)) else a.labels[cell.coords[a.name]]
             r = cell.request
-            row.update({
-                "prompt": r.image_params(0)["prompt"],
-                "seed": r.seed[0],
-                "guidance_scale": r.guidance_scale[0],
-                "num_inference_steps": r.num_inference_steps,
-                "path": str(cell.path) if cell.path else None,
-                "seconds": cell.seconds,
-                "peak_memory_mb": cell.peak_memory_mb,
-                "error": cell.error,
-                "cached": cell.cached,
-            })
+            row.update(
+                {
+                    "prompt": r.image_params(0)["prompt"],
+                    "seed": r.seed[0],
+                    "guidance_scale": r.guidance_scale[0],
+                    "num_inference_steps": r.num_inference_steps,
+                    "path": str(cell.path) if cell.path else None,
+                    "seconds": cell.seconds,
+                    "peak_memory_mb": cell.peak_memory_mb,
+                    "error": cell.error,
+                    "cached": cell.cached,
+                }
+            )
             rows.append(row)
         return rows
 
@@ -128,7 +148,11 @@ class SweepResult:
 
     def _value_index(self, axis: Axis, value: Any) -> int:
         for i, (v, label) in enumerate(zip(axis.values, axis.labels)):
-            if v == value or label == value or (isinstance(v, float) and isinstance(value, (int, float)) and math.isclose(v, value)):
+            if (
+                v == value
+                or label == value
+                or (isinstance(v, float) and isinstance(value, (int, float)) and math.isclose(v, value))
+            ):
                 return i
         raise ValueError(f"axis {axis.name!r} has no value {value!r}; values: {list(axis.labels)}")
 
@@ -180,7 +204,13 @@ class SweepResult:
             z_names = [z] if isinstance(z, str) else list(z)
             for n in z_names:
                 self.axis(n)
-        pinned = {n: {self._value_index(self.axis(n), v) for v in (filter[n] if isinstance(filter[n], (list, tuple)) else [filter[n]])} for n in filter}
+        pinned = {
+            n: {
+                self._value_index(self.axis(n), v)
+                for v in (filter[n] if isinstance(filter[n], (list, tuple)) else [filter[n]])
+            }
+            for n in filter
+        }
         rest = [n for n in free if n not in (x, y) and n not in z_names]
         if rest:
             raise ValueError(f"axes {rest} are neither x, y, z nor filtered")
@@ -218,7 +248,9 @@ class SweepResult:
                     col_failed = any(index[k].error for yi in y_shown if (k := (xi, yi, combo)) in index)
                     x_labels.append(Label(xa.labels[xi], active=not col_failed))
             z_title = ", ".join(a.labels[i] for a, i in zip(z_axes, combo)) or None
-            subgrids.append(labelled_grid(rows, x_labels=x_labels, y_labels=y_labels if ya else None, title=z_title, margin=margin))
+            subgrids.append(
+                labelled_grid(rows, x_labels=x_labels, y_labels=y_labels if ya else None, title=z_title, margin=margin)
+            )
         image = subgrids[0] if len(subgrids) == 1 else join_horizontally(subgrids, gap=margin * 4)
         title = title if title is not None else self.title
         if title:
@@ -234,7 +266,9 @@ class SweepResult:
         record["sweep"] = self.spec
         return save_png(image, path, record, extra_text={SPEC_KEY: json.dumps(self.spec, default=str)})
 
-    def figure(self, x: str | None = None, y: str | None = None, *, filter: dict[str, Any] | None = None, size: float = 2.0):
+    def figure(
+        self, x: str | None = None, y: str | None = None, *, filter: dict[str, Any] | None = None, size: float = 2.0
+    ):
         """A matplotlib figure of the grid (x across, y down) for notebooks."""
         import matplotlib.pyplot as plt
 
@@ -296,52 +330,23 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
         elif a["kind"] == "matrix":
             axes[a["name"]] = Axis(a["name"], tuple(values), tuple(a["labels"]), "matrix", None, tuple(a["parts"]))
         elif a["kind"] == "order":
-            axes[a["name"]] = Axis(a["name"], tuple(tuple(v) for v in values), tuple(a["labels"]), "order", None, tuple(a["parts"]))
+            axes[a["name"]] = Axis(
+                a["name"], tuple(tuple(v) for v in values), tuple(a["labels"]), "order", None, tuple(a["parts"])
+            )
         elif a["kind"] == "size":
             axes[a["name"]] = [tuple(v) for v in values]
         else:
             axes[a["name"]] = list(values)
-    kwargs: dict[str, Any] = {"prompt": spec.get("prompt"), "negative_prompt": spec.get("negative_prompt"), "axes": axes,
-                              "link": spec.get("link") or None, "vary_seeds": spec.get("vary_seeds", False), "title": spec.get("title")}
+    kwargs: dict[str, Any] = {
+        "prompt": spec.get("prompt"),
+        "negative_prompt": spec.get("negative_prompt"),
+        "axes": axes,
+        "link": spec.get("link") or None,
+        "vary_seeds": spec.get("vary_seeds", False),
+        "title": spec.get("title"),
+    }
     fixed = dict(spec.get("fixed") or {})
     extra = fixed.pop("pipeline_kwargs", {}) or {}
     kwargs.update({k: v for k, v in fixed.items() if k in CORE_PARAMS})
     kwargs.update(extra)
     return kwargs
-
-
-def load_sweep(path: str | Path) -> dict[str, Any]:
-    """The keyword arguments that rebuild a sweep from its grid PNG or spec JSON:
-    `sdlab.sweep(pipe, **load_sweep("grid.png"))`."""
-    path = Path(path)
-    if path.suffix.lower() == ".png":
-        chunks = read_text_chunks(path)
-        if SPEC_KEY not in chunks:
-            raise ValueError(f"{path} carries no sweep definition (no '{SPEC_KEY}' text chunk)")
-        spec = json.loads(chunks[SPEC_KEY])
-    else:
-        spec = json.loads(path.read_text(encoding="utf-8"))
-    axes: dict[str, Any] = {}
-    for a in spec["axes"]:
-        values = a["values"]
-        if any(isinstance(v, dict) and v.get("type") in ("image", "tensor", "array") for v in values):
-            raise ValueError(f"axis {a['name']!r} holds images or tensors, which a PNG cannot carry; pass them again")
-        if a["kind"] == "sr":
-            axes[a["name"]] = prompt_sr(values, name=a["name"])
-        elif a["kind"] == "matrix":
-            axes[a["name"]] = Axis(a["name"], tuple(values), tuple(a["labels"]), "matrix", None, tuple(a["parts"]))
-        elif a["kind"] == "order":
-            axes[a["name"]] = Axis(a["name"], tuple(tuple(v) for v in values), tuple(a["labels"]), "order", None, tuple(a["parts"]))
-        elif a["kind"] == "size":
-            axes[a["name"]] = [tuple(v) for v in values]
-        else:
-            axes[a["name"]] = list(values)
-    kwargs: dict[str, Any] = {"prompt": spec.get("prompt"), "negative_prompt": spec.get("negative_prompt"), "axes": axes,
-                              "link": spec.get("link") or None, "vary_seeds": spec.get("vary_seeds", False), "title": spec.get("title")}
-    fixed = dict(spec.get("fixed") or {})
-    extra = fixed.pop("pipeline_kwargs", {}) or {}
-    kwargs.update({k: v for k, v in fixed.items() if k in CORE_PARAMS})
-    kwargs.update(extra)
-    return kwargs
-
-

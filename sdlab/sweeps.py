@@ -27,8 +27,9 @@ import itertools
 import json
 import os
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .axes import (
     Axis,
@@ -42,15 +43,24 @@ from .axes import (
     prompt_order,
     prompt_sr,
 )
-from .backends import model_facts
-from .backends import as_backend
+from .backends import as_backend, model_facts
 from .executors import get_executor
 from .metadata import save_png
 from .request import GenerationRequest, check_positive_int, describe_value, random_seed
 from .sweep_result import SweepCell, SweepResult, load_sweep
 
 MANIFEST = "manifest.jsonl"
-CORE_PARAMS = ("prompt", "negative_prompt", "seed", "guidance_scale", "num_inference_steps", "scheduler", "width", "height", "clip_skip")
+CORE_PARAMS = (
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "guidance_scale",
+    "num_inference_steps",
+    "scheduler",
+    "width",
+    "height",
+    "clip_skip",
+)
 DEFAULT_OUT_DIR = Path("runs") / "sweeps"
 
 __all__ = ["Axis", "SweepCell", "SweepResult", "prompt_matrix", "prompt_order", "prompt_sr", "sweep", "load_sweep"]
@@ -68,7 +78,11 @@ def _normalise_axes(axes, prompt, negative_prompt) -> list[Axis]:
         items = [(a.name, a) if isinstance(a, Axis) else a for a in axes]
     out, names = [], set()
     for name, values in items:
-        axis = make_axis(name, values, prompt=prompt, negative_prompt=negative_prompt) if not isinstance(values, Axis) else values
+        axis = (
+            make_axis(name, values, prompt=prompt, negative_prompt=negative_prompt)
+            if not isinstance(values, Axis)
+            else values
+        )
         if isinstance(values, Axis) and name != values.name:
             axis = Axis(name, values.values, values.labels, values.kind, values.search, values.parts)
         if axis.name in names:
@@ -96,7 +110,9 @@ def _link_groups(axes: list[Axis], link) -> list[list[Axis]]:
             seen.add(name)
         lengths = {len(by_name[n]) for n in group}
         if len(lengths) != 1:
-            raise ValueError(f"linked axes {group} must have the same number of values, got {[len(by_name[n]) for n in group]}")
+            raise ValueError(
+                f"linked axes {group} must have the same number of values, got {[len(by_name[n]) for n in group]}"
+            )
         groups.append(group)
     dims: list[list[Axis]] = []
     for axis in axes:
@@ -144,7 +160,9 @@ def _cell_params(base: dict[str, Any], axes: list[Axis], coords: dict[str, int])
     return params
 
 
-def plan_cells(base: dict[str, Any], axes: list[Axis], link=None, *, vary_seeds: bool = False) -> list[tuple[dict[str, int], dict[str, Any]]]:
+def plan_cells(
+    base: dict[str, Any], axes: list[Axis], link=None, *, vary_seeds: bool = False
+) -> list[tuple[dict[str, int], dict[str, Any]]]:
     """Every cell's (coords, parameters), in grid order (first axis fastest, like A1111's x)."""
     for axis in axes:
         if axis.kind == "sr":
@@ -178,6 +196,7 @@ def plan_cells(base: dict[str, Any], axes: list[Axis], link=None, *, vary_seeds:
 def cell_request(params: dict[str, Any], defaults) -> GenerationRequest:
     """A cell's one-image request: the model's defaults where the sweep leaves a value open, then
     the request's own checks (the same as `generate`'s)."""
+
     def pick(name):
         value = params.get(name)
         return getattr(defaults, name) if value is None else value
@@ -295,7 +314,9 @@ def _slug(cell: SweepCell, axes: list[Axis]) -> str:
     parts = []
     for axis in axes:
         label = axis.labels[cell.coords[axis.name]]
-        parts.append(f"{axis.name}={label}" if axis.kind not in ("param",) or ":" not in label else label.replace(": ", "="))
+        parts.append(
+            f"{axis.name}={label}" if axis.kind not in ("param",) or ":" not in label else label.replace(": ", "=")
+        )
     text = "_".join(parts) or "cell"
     safe = "".join(c if c.isalnum() or c in "=.-+" else "-" for c in text)
     while "--" in safe:
@@ -319,7 +340,7 @@ def _batches(cells: list[SweepCell], backend, batch_size: int) -> list[list[Swee
     out = []
     for group in ordered:
         for i in range(0, len(group), limit):
-            out.append(group[i:i + limit])
+            out.append(group[i : i + limit])
     return out
 
 
@@ -330,7 +351,15 @@ def _record(outcome, batch: list[SweepCell], run: RunDirectory, axes, on_done) -
     if outcome.error is not None:
         for cell in cells:
             cell.error = outcome.error
-            run.append({"key": cell.key, "error": cell.error, "request": cell.request.to_dict(), "model": cell.model, "index": cell.index})
+            run.append(
+                {
+                    "key": cell.key,
+                    "error": cell.error,
+                    "request": cell.request.to_dict(),
+                    "model": cell.model,
+                    "index": cell.index,
+                }
+            )
             on_done(cell)
         return
     peak = outcome.peak_memory_mb
@@ -341,16 +370,18 @@ def _record(outcome, batch: list[SweepCell], run: RunDirectory, axes, on_done) -
         save_png(image, path, record)
         cell.path, cell.seconds, cell.error = path, record.get("seconds"), None
         cell.peak_memory_mb = round(peak, 1) if peak is not None else None
-        run.append({
-            "key": cell.key,
-            "file": str(path.relative_to(run.root)),
-            "sha256": _file_sha256(path),
-            "seconds": cell.seconds,
-            "peak_memory_mb": cell.peak_memory_mb,
-            "request": cell.request.to_dict(),
-            "model": cell.model,
-            "index": cell.index,
-        })
+        run.append(
+            {
+                "key": cell.key,
+                "file": str(path.relative_to(run.root)),
+                "sha256": _file_sha256(path),
+                "seconds": cell.seconds,
+                "peak_memory_mb": cell.peak_memory_mb,
+                "request": cell.request.to_dict(),
+                "model": cell.model,
+                "index": cell.index,
+            }
+        )
         on_done(cell)
 
 
@@ -426,9 +457,16 @@ def sweep(
         seed = random_seed()
     axes_list = [_resolve_seed_axis(a) for a in axes_list]  # -1 on a seed axis: resolved once, recorded
     base = {
-        "prompt": prompt, "negative_prompt": negative_prompt, "seed": seed, "guidance_scale": guidance_scale,
-        "num_inference_steps": num_inference_steps, "scheduler": scheduler, "width": width, "height": height,
-        "clip_skip": clip_skip, "pipeline_kwargs": dict(pipeline_kwargs),
+        "prompt": prompt,
+        "negative_prompt": negative_prompt,
+        "seed": seed,
+        "guidance_scale": guidance_scale,
+        "num_inference_steps": num_inference_steps,
+        "scheduler": scheduler,
+        "width": width,
+        "height": height,
+        "clip_skip": clip_skip,
+        "pipeline_kwargs": dict(pipeline_kwargs),
     }
     planned = plan_cells(base, axes_list, link, vary_seeds=vary_seeds)
 
@@ -436,7 +474,7 @@ def sweep(
     try:
         check_model = getattr(executor, "check_model", None)
         if check_model is not None:  # e.g. Ray workers load models by name: a loaded pipeline cannot go there
-            for value in (model_axis.values if model_axis else [pipe]):
+            for value in model_axis.values if model_axis else [pipe]:
                 check_model(value)
         # 2. models: the pipe argument (opened now), or each value of the model axis (facts only:
         #    defaults and identity, so cached cells need no load)
@@ -449,8 +487,16 @@ def sweep(
         for index, (coords, params) in enumerate(planned):
             m = model_axis.values.index(params["model"]) if model_axis else 0
             request = cell_request(params, facts[m][0])
-            cells.append(SweepCell(index=index, coords=coords, request=request, model=model_label(model_values[m]),
-                                   model_index=m, key=cell_key(request, facts[m][1])))
+            cells.append(
+                SweepCell(
+                    index=index,
+                    coords=coords,
+                    request=request,
+                    model=model_label(model_values[m]),
+                    model_index=m,
+                    key=cell_key(request, facts[m][1]),
+                )
+            )
         if primary is not None:  # the backend's own checks (size multiple, keywords), one round trip
             primary.validate_many([c.request for c in cells])
     except BaseException:
@@ -497,7 +543,9 @@ def sweep(
                 executor.release(backend)
     except KeyboardInterrupt:
         done = sum(1 for c in cells if c.ok or c.error)
-        print(f"sweep interrupted: {done} of {len(cells)} cells are saved in {run.root}; run the same sweep again to resume")
+        print(
+            f"sweep interrupted: {done} of {len(cells)} cells are saved in {run.root}; run the same sweep again to resume"
+        )
         raise
     finally:
         bar.close()
@@ -532,12 +580,20 @@ def _spec(prompt, negative_prompt, axes, link, vary_seeds, base, title, model_va
         "prompt": prompt,
         "negative_prompt": negative_prompt,
         "axes": [
-            {"name": a.name, "kind": a.kind, "values": [describe_value(v) if a.kind != "model" else model_label(v) for v in a.values],
-             "labels": list(a.labels), "search": a.search, "parts": list(a.parts)}
+            {
+                "name": a.name,
+                "kind": a.kind,
+                "values": [describe_value(v) if a.kind != "model" else model_label(v) for v in a.values],
+                "labels": list(a.labels),
+                "search": a.search,
+                "parts": list(a.parts),
+            }
             for a in axes
         ],
         "link": [list(g) for g in (link or [])],
         "vary_seeds": vary_seeds,
-        "fixed": {k: describe_value(v) for k, v in base.items() if k not in ("prompt", "negative_prompt") and v is not None},
+        "fixed": {
+            k: describe_value(v) for k, v in base.items() if k not in ("prompt", "negative_prompt") and v is not None
+        },
         "title": title,
     }

@@ -54,3 +54,22 @@ def flux_pipe(tiny_dirs):
 def unet_pipe(request):
     """Each UNet family in turn (the ones with sdlab's per-image guidance)."""
     return request.getfixturevalue(f"{request.param}_pipe")
+
+
+@pytest.fixture
+def serve(sd1_pipe, tmp_path):
+    """Start servers on the tiny pipeline (stopped, in reverse order, after the test)."""
+    handles = []
+
+    def start(model=None, **kwargs):
+        kwargs.setdefault("cleanup_interval", 0.25)
+        kwargs.setdefault("data_dir", tmp_path / f"server{len(handles)}")
+        from sdlab.server import serve_in_thread
+
+        handle = serve_in_thread(sd1_pipe if model is None else model, **kwargs)
+        handles.append(handle)
+        return handle
+
+    yield start
+    for handle in reversed(handles):
+        handle.stop()

@@ -74,7 +74,10 @@ def test_several_search_replace_axes_never_collide():
     # swapping the two colours must not turn both into one
     assert apply_replacements(text, {"red": "blue", "blue": "red"}) == "a blue circle on a red background"
     # a replacement that contains another axis' search text is not replaced again
-    assert apply_replacements(text, {"red": "reddish blue", "blue": "green"}) == "a reddish blue circle on a green background"
+    assert (
+        apply_replacements(text, {"red": "reddish blue", "blue": "green"})
+        == "a reddish blue circle on a green background"
+    )
 
 
 def test_prompt_sr_first_value_is_the_search_text():
@@ -120,11 +123,14 @@ def test_an_empty_axis_says_it_is_empty(text):
         make_axis("seed", text)
 
 
-@pytest.mark.parametrize("first, second, prompt", [
-    ("dog, cat", "dog, bird", "a dog on a hill"),  # equal search texts: one axis silently cancels the other
-    ("hot dog, pizza", "dog, cat", "a hot dog"),  # one search text inside the other
-    ("red car, blue car", "car park, garage", "a red car park"),  # overlapping where they occur
-])
+@pytest.mark.parametrize(
+    "first, second, prompt",
+    [
+        ("dog, cat", "dog, bird", "a dog on a hill"),  # equal search texts: one axis silently cancels the other
+        ("hot dog, pizza", "dog, cat", "a hot dog"),  # one search text inside the other
+        ("red car, blue car", "car park, garage", "a red car park"),  # overlapping where they occur
+    ],
+)
 def test_overlapping_search_replace_axes_are_refused_naming_both(first, second, prompt):
     axes = [prompt_sr(first, name="A"), prompt_sr(second, name="B")]
     with pytest.raises(ValueError, match="`A`.*`B`.*overlap"):
@@ -132,4 +138,6 @@ def test_overlapping_search_replace_axes_are_refused_naming_both(first, second, 
 
 
 def test_separate_search_replace_axes_are_fine():
-    check_search_replace([prompt_sr("red, blue", name="A"), prompt_sr("circle, square", name="B")], "a red circle", None)
+    check_search_replace(
+        [prompt_sr("red, blue", name="A"), prompt_sr("circle, square", name="B")], "a red circle", None
+    )

@@ -12,15 +12,26 @@ from sdlab.loading import PipelineInfo
 @pytest.fixture(scope="module")
 def result(sd1_pipe):
     return bench.benchmark_schedulers(
-        sd1_pipe, "a large red circle on a blue background",
-        schedulers=["DPM++ 2M", "Heun"], num_inference_steps=[2, 6], seeds=(0, 1),
-        repeats=2, warmup=1, reference_steps=6, reference_scheduler="DPM++ 2M",
+        sd1_pipe,
+        "a large red circle on a blue background",
+        schedulers=["DPM++ 2M", "Heun"],
+        num_inference_steps=[2, 6],
+        seeds=(0, 1),
+        repeats=2,
+        warmup=1,
+        reference_steps=6,
+        reference_scheduler="DPM++ 2M",
     )
 
 
 def test_rows_measure_every_setting(result):
     rows = result.table
-    assert [(r["scheduler"], r["num_inference_steps"]) for r in rows] == [("DPM++ 2M", 2), ("DPM++ 2M", 6), ("Heun", 2), ("Heun", 6)]
+    assert [(r["scheduler"], r["num_inference_steps"]) for r in rows] == [
+        ("DPM++ 2M", 2),
+        ("DPM++ 2M", 6),
+        ("Heun", 2),
+        ("Heun", 6),
+    ]
     for row in rows:
         assert row["error"] is None
         assert 0 < row["seconds_min"] <= row["seconds"]
@@ -61,7 +72,9 @@ def test_published_flops_scale_with_area_and_guidance():
             return [torch.empty(859_500_000, device="meta")]
 
     class FakePipe:
-        _sdlab_info = PipelineInfo(model="fake", source="object", location="fake", family="sd1", defaults=sdlab.Defaults())
+        _sdlab_info = PipelineInfo(
+            model="fake", source="object", location="fake", family="sd1", defaults=sdlab.Defaults()
+        )
         unet = FakeUNet()
 
     flops, vae, reason = bench.model_flops(FakePipe(), width=512, height=512, guidance_scale=7.5)
@@ -73,9 +86,21 @@ def test_published_flops_scale_with_area_and_guidance():
 def test_mfu_arithmetic():
     from PIL import Image
 
-    call = bench._Call(seconds=2.0, vae_seconds=0.5, evaluations=10, peak_memory_mb=1.0, images=[Image.new("RGB", (8, 8))])
-    row = bench._row("Euler", 10, [call], None, [Image.new("RGB", (8, 8))], 1, flops=1e12, vae_flops=2e12,
-                     peak_tflops=100.0, cuda=True)
+    call = bench._Call(
+        seconds=2.0, vae_seconds=0.5, evaluations=10, peak_memory_mb=1.0, images=[Image.new("RGB", (8, 8))]
+    )
+    row = bench._row(
+        "Euler",
+        10,
+        [call],
+        None,
+        [Image.new("RGB", (8, 8))],
+        1,
+        flops=1e12,
+        vae_flops=2e12,
+        peak_tflops=100.0,
+        cuda=True,
+    )
     assert row["tflop_per_image"] == pytest.approx(12.0)
     assert row["mfu"] == pytest.approx(12e12 / 2.0 / 100e12)
     assert row["seconds_per_step"] == pytest.approx(0.15)

@@ -17,7 +17,12 @@ def test_help_lists_commands(capsys):
 
 
 def test_generate_writes_pngs_with_parameters(tmp_path, capsys):
-    assert main(["generate", "a red circle", "--model", "tiny", "--seed", "0", "3", "--steps", "2", "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            ["generate", "a red circle", "--model", "tiny", "--seed", "0", "3", "--steps", "2", "--out", str(tmp_path)]
+        )
+        == 0
+    )
     pngs = sorted(tmp_path.glob("*.png"))
     assert len(pngs) == 2
     assert main(["params", str(pngs[0])]) == 0
@@ -30,7 +35,9 @@ def test_bad_input_is_an_error_message_not_a_traceback(tmp_path, capsys):
 
 
 def test_console_script_runs():
-    out = subprocess.run([sys.executable, "-m", "sdlab.cli", "presets"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "sdlab.cli", "presets"], capture_output=True, text=True, check=True
+    ).stdout
     assert "sd15" in out and "flux-schnell" in out
 
 

@@ -64,9 +64,19 @@ def test_default_workflow_maps_every_parameter():
     assert wf.find("3") == ["3"] and wf.find("Positive prompt") == ["6"] and wf.find("KSampler") == ["3"]
     assert wf.targets("prompt") == [("6", "text")]
     assert wf.targets("negative_prompt") == [("7", "text")]  # found by following KSampler.negative
-    out, unused = wf.apply(prompt="a cat", negative_prompt="blurry", seed=5, num_inference_steps=7, guidance_scale=3.5,
-                           width=320, height=256, batch_size=1, sampler_name="dpmpp_2m", scheduler="karras",
-                           ckpt_name="x.safetensors")
+    out, unused = wf.apply(
+        prompt="a cat",
+        negative_prompt="blurry",
+        seed=5,
+        num_inference_steps=7,
+        guidance_scale=3.5,
+        width=320,
+        height=256,
+        batch_size=1,
+        sampler_name="dpmpp_2m",
+        scheduler="karras",
+        ckpt_name="x.safetensors",
+    )
     g = out.graph
     assert unused == []
     assert g["6"]["inputs"]["text"] == "a cat" and g["7"]["inputs"]["text"] == "blurry"
@@ -102,15 +112,35 @@ def test_custom_sampler_flux_graph_is_understood():
         "5": {"class_type": "BasicGuider", "inputs": {"model": ["1", 0], "conditioning": ["4", 0]}},
         "6": {"class_type": "RandomNoise", "inputs": {"noise_seed": 0}},
         "7": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
-        "8": {"class_type": "BasicScheduler", "inputs": {"scheduler": "simple", "steps": 20, "denoise": 1.0, "model": ["1", 0]}},
+        "8": {
+            "class_type": "BasicScheduler",
+            "inputs": {"scheduler": "simple", "steps": 20, "denoise": 1.0, "model": ["1", 0]},
+        },
         "9": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 1024, "height": 1024, "batch_size": 1}},
-        "10": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["6", 0], "guider": ["5", 0], "sampler": ["7", 0],
-                                                                 "sigmas": ["8", 0], "latent_image": ["9", 0]}},
+        "10": {
+            "class_type": "SamplerCustomAdvanced",
+            "inputs": {
+                "noise": ["6", 0],
+                "guider": ["5", 0],
+                "sampler": ["7", 0],
+                "sigmas": ["8", 0],
+                "latent_image": ["9", 0],
+            },
+        },
         "11": {"class_type": "VAEDecode", "inputs": {"samples": ["10", 0], "vae": ["1", 0]}},
         "12": {"class_type": "SaveImage", "inputs": {"images": ["11", 0], "filename_prefix": "flux"}},
     }
-    out, unused = Workflow(graph).apply(prompt="new", negative_prompt="neg", seed=9, num_inference_steps=4, guidance_scale=2.0,
-                                        width=512, height=768, sampler_name="euler", scheduler="simple")
+    out, unused = Workflow(graph).apply(
+        prompt="new",
+        negative_prompt="neg",
+        seed=9,
+        num_inference_steps=4,
+        guidance_scale=2.0,
+        width=512,
+        height=768,
+        sampler_name="euler",
+        scheduler="simple",
+    )
     g = out.graph
     assert g["3"]["inputs"]["text"] == "new" and g["6"]["inputs"]["noise_seed"] == 9
     assert g["8"]["inputs"]["steps"] == 4 and g["4"]["inputs"]["guidance"] == 2.0
@@ -129,10 +159,17 @@ def test_ui_format_and_bad_files_are_rejected(tmp_path):
         Workflow.load(bad)
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("DPM++ 2M Karras", ("dpmpp_2m", "karras")), ("Euler a", ("euler_ancestral", "normal")), ("DDIM", ("ddim", "ddim_uniform")),
-    ("UniPC", ("uni_pc", "normal")), ("dpmpp_2m_sde:exponential", ("dpmpp_2m_sde", "exponential")), ("lcm", ("lcm", "normal")),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("DPM++ 2M Karras", ("dpmpp_2m", "karras")),
+        ("Euler a", ("euler_ancestral", "normal")),
+        ("DDIM", ("ddim", "ddim_uniform")),
+        ("UniPC", ("uni_pc", "normal")),
+        ("dpmpp_2m_sde:exponential", ("dpmpp_2m_sde", "exponential")),
+        ("lcm", ("lcm", "normal")),
+    ],
+)
 def test_scheduler_names_map_to_comfyui(name, expected):
     assert comfy_sampler(name) == expected
 
@@ -149,11 +186,17 @@ def test_unknown_scheduler_is_a_value_error(backend):
 
 def test_generate_through_comfyui(backend, fake):
     before = len(fake.requests)
-    result = sdlab.generate(backend, "a red circle", seed=[7, 8], scheduler="DPM++ 2M Karras", guidance_scale=4.0, **SIZE)
+    result = sdlab.generate(
+        backend, "a red circle", seed=[7, 8], scheduler="DPM++ 2M Karras", guidance_scale=4.0, **SIZE
+    )
     assert [im.size for im in result.images] == [(64, 64), (64, 64)]
     assert max_pixel_diff(result.images[0], result.images[1]) > 0  # different seeds differ
     r = result.records[0]
-    assert (r["backend"], r["model"], r["comfyui_version"]) == ("comfyui", "v1-5-pruned-emaonly.safetensors", COMFYUI_VERSION)
+    assert (r["backend"], r["model"], r["comfyui_version"]) == (
+        "comfyui",
+        "v1-5-pruned-emaonly.safetensors",
+        COMFYUI_VERSION,
+    )
     assert r["prompt_id"] and r["prompt_id"] != result.records[1]["prompt_id"]
     assert (r["sampler_name"], r["comfy_scheduler"], r["seed"]) == ("dpmpp_2m", "karras", 7)
     sent = [p for p in fake.prompts if p["prompt_id"] == r["prompt_id"]][0]
@@ -189,7 +232,9 @@ def test_status_frames_and_binary_previews_interleaved(backend, fake):
 
 def test_socket_dropped_mid_run_falls_back_to_history(backend, fake):
     fake.drop_socket_after = 3
-    result = backend.run_workflow(Workflow.load().apply(prompt="dropped", seed=2, width=64, height=64, num_inference_steps=2)[0])
+    result = backend.run_workflow(
+        Workflow.load().apply(prompt="dropped", seed=2, width=64, height=64, num_inference_steps=2)[0]
+    )
     assert result.via == "history" and len(result.images) == 1
 
 
@@ -209,8 +254,10 @@ def test_execution_error_names_node_and_exception(backend, fake):
 
 def test_runtime_error_from_an_uploaded_non_image(backend, fake):
     name = backend.upload_image(b"this is not an image", name="notes.png")["name"]
-    graph = {"1": {"class_type": "LoadImage", "inputs": {"image": name}},
-             "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}}
+    graph = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": name}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}},
+    }
     with pytest.raises(BackendError, match="PIL.UnidentifiedImageError"):
         backend.run_workflow(graph)
 
@@ -298,7 +345,9 @@ def test_a_prompt_of_another_client_does_not_end_ours(fake):
 
 
 def test_origin_header_that_does_not_match_is_refused(fake):
-    response = httpx.post(fake.url + "/prompt", json={"prompt": invert_workflow()}, headers={"Origin": "http://evil.example"})
+    response = httpx.post(
+        fake.url + "/prompt", json={"prompt": invert_workflow()}, headers={"Origin": "http://evil.example"}
+    )
     assert response.status_code == 403
 
 
@@ -327,8 +376,14 @@ def test_protocol_properties_and_validation(backend):
 
 
 def test_workflow_inputs_and_many_images_keep_order(backend, fake):
-    result = sdlab.generate(backend, ["one", "two"], seed=[1, 2, 3, 4], num_images=2, workflow_inputs={"Save Image.filename_prefix": "order"},
-                            **SIZE)
+    result = sdlab.generate(
+        backend,
+        ["one", "two"],
+        seed=[1, 2, 3, 4],
+        num_images=2,
+        workflow_inputs={"Save Image.filename_prefix": "order"},
+        **SIZE,
+    )
     assert result.seeds == [1, 2, 3, 4] and [r["prompt"] for r in result.records] == ["one", "one", "two", "two"]
     assert all(r["output"]["filename"].startswith("order_") for r in result.records)
 
@@ -344,8 +399,27 @@ def test_open_backend_and_cli(fake, tmp_path, capsys):
 
     assert main(["comfyui", "run", str(wf), "--server", fake.url, "--out", str(tmp_path / "raw")]) == 0
     assert len(list((tmp_path / "raw").glob("probe_*.png"))) == 1
-    assert main(["generate", "a cli circle", "--model", f"comfyui:{fake.url}", "--seed", "5", "--width", "64",
-                 "--height", "64", "--steps", "2", "--out", str(tmp_path / "gen")]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "a cli circle",
+                "--model",
+                f"comfyui:{fake.url}",
+                "--seed",
+                "5",
+                "--width",
+                "64",
+                "--height",
+                "64",
+                "--steps",
+                "2",
+                "--out",
+                str(tmp_path / "gen"),
+            ]
+        )
+        == 0
+    )
     png = next((tmp_path / "gen").glob("*.png"))
     params = sdlab.read_params(png)
     assert params["backend"] == "comfyui" and params["seed"] == 5 and params["prompt_id"]
@@ -354,8 +428,10 @@ def test_open_backend_and_cli(fake, tmp_path, capsys):
 
 
 def test_import_is_cheap():
-    code = ("import sys, sdlab.backends, sdlab.testing.fakes; b = sdlab.backends.open_backend; "
-            "print(sorted(m for m in ('httpx', 'websocket', 'replicate', 'aiohttp') if m in sys.modules))")
+    code = (
+        "import sys, sdlab.backends, sdlab.testing.fakes; b = sdlab.backends.open_backend; "
+        "print(sorted(m for m in ('httpx', 'websocket', 'replicate', 'aiohttp') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -373,8 +449,10 @@ def test_images_are_numpy_friendly(backend):
 
 def test_concurrent_runs_on_one_backend_do_not_steal_each_others_frames(backend):
     out = {}
-    threads = [threading.Thread(target=lambda k=k: out.__setitem__(k, sdlab.generate(backend, f"thread {k}", seed=k, **SIZE)))
-               for k in range(3)]
+    threads = [
+        threading.Thread(target=lambda k=k: out.__setitem__(k, sdlab.generate(backend, f"thread {k}", seed=k, **SIZE)))
+        for k in range(3)
+    ]
     start = time.monotonic()
     for t in threads:
         t.start()
@@ -390,8 +468,15 @@ def test_weighted_prompt_reaches_comfyui_in_its_own_syntax(backend):
 
     prompt = weighted(r"a ((red)) circle++ on a [blue] \(flat\) background")
     assert prompt.as_a1111() == r"a (red:1.21) (circle:1.21) on a (blue:0.9091) \(flat\) background"
-    request = GenerationRequest(prompt=(prompt,), negative_prompt=(weighted("(blurry:1.4)"),), seed=(1,),
-                                guidance_scale=(5.0,), width=64, height=64, num_inference_steps=3)
+    request = GenerationRequest(
+        prompt=(prompt,),
+        negative_prompt=(weighted("(blurry:1.4)"),),
+        seed=(1,),
+        guidance_scale=(5.0,),
+        width=64,
+        height=64,
+        num_inference_steps=3,
+    )
     workflow, _ = backend.workflow_for(request, 0)
     assert workflow.graph["6"]["inputs"]["text"] == prompt.as_a1111()
     assert workflow.graph["7"]["inputs"]["text"] == "(blurry:1.4)"

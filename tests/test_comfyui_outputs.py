@@ -38,8 +38,10 @@ def txt2img_with(*extra_nodes, save=None):
 
 def frames_workflow(save_class, **save_inputs):
     """EmptyImage x3 -> ImageInvert -> a video / animation output node."""
-    graph = {"1": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 24, "batch_size": 3, "color": 0x204060}},
-             "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}}}
+    graph = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 24, "batch_size": 3, "color": 0x204060}},
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+    }
     if save_class == "SaveVideo":
         graph["3"] = {"class_type": "CreateVideo", "inputs": {"images": ["2", 0], "fps": 8.0}}
         graph["4"] = {"class_type": "SaveVideo", "inputs": {"video": ["3", 0], **save_inputs}}
@@ -60,8 +62,10 @@ def _wait_idle(backend):
 
 # ------------------------------------------------------------------ 2. partly valid prompts
 
-MISSING_BRANCH = [("20", {"class_type": "LoadImage", "inputs": {"image": "missing.png"}}),
-                  ("21", {"class_type": "SaveImage", "inputs": {"images": ["20", 0], "filename_prefix": "branch"}})]
+MISSING_BRANCH = [
+    ("20", {"class_type": "LoadImage", "inputs": {"image": "missing.png"}}),
+    ("21", {"class_type": "SaveImage", "inputs": {"images": ["20", 0], "filename_prefix": "branch"}}),
+]
 
 
 def test_a_partly_valid_prompt_is_cancelled_and_the_error_says_so(fake):
@@ -86,8 +90,10 @@ def test_cli_run_collects_the_valid_branch_and_names_the_refused_one(fake, tmp_p
 
     from sdlab.cli import main
 
-    graph = {"1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 16, "batch_size": 1, "color": 0}},
-             "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "kept"}}}
+    graph = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 16, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "kept"}},
+    }
     graph.update(dict(MISSING_BRANCH))
     wf = tmp_path / "partial.json"
     wf.write_text(json.dumps(graph))
@@ -95,24 +101,40 @@ def test_cli_run_collects_the_valid_branch_and_names_the_refused_one(fake, tmp_p
     captured = capsys.readouterr()
     assert "refused output node(s) 21" in captured.err and "node 20 (LoadImage), input 'image'" in captured.err
     assert [p.name.split("_")[0] for p in (tmp_path / "out").iterdir()] == ["kept"]
-    assert main(["comfyui", "run", str(wf), "--server", fake.url, "--out", str(tmp_path / "c"), "--partial", "cancel"]) == 1
+    assert (
+        main(["comfyui", "run", str(wf), "--server", fake.url, "--out", str(tmp_path / "c"), "--partial", "cancel"])
+        == 1
+    )
 
 
 # ------------------------------------------------------------------ 3. video and animated outputs
 
 
-@pytest.mark.parametrize("save_class, inputs, media", [
-    ("SaveWEBM", {"filename_prefix": "webm", "codec": "vp9", "fps": 8.0, "crf": 32.0}, "video/webm"),
-    ("SaveVideo", {"filename_prefix": "video/clip", "format": "auto", "codec": "auto"}, "video/mp4"),
-    ("SaveAnimatedWEBP", {"filename_prefix": "anim", "fps": 8.0, "lossless": True, "quality": 80, "method": "default"}, "image/webp"),
-])
+@pytest.mark.parametrize(
+    "save_class, inputs, media",
+    [
+        ("SaveWEBM", {"filename_prefix": "webm", "codec": "vp9", "fps": 8.0, "crf": 32.0}, "video/webm"),
+        ("SaveVideo", {"filename_prefix": "video/clip", "format": "auto", "codec": "auto"}, "video/mp4"),
+        (
+            "SaveAnimatedWEBP",
+            {"filename_prefix": "anim", "fps": 8.0, "lossless": True, "quality": 80, "method": "default"},
+            "image/webp",
+        ),
+    ],
+)
 def test_video_and_animated_outputs_are_returned_as_files(fake, save_class, inputs, media):
     backend = ComfyUIBackend(fake.url, poll_interval=0.05, timeout=20)
     result = backend.run_workflow(frames_workflow(save_class, **inputs))
     assert result.images == [] and len(result.files) == 1
     item = result.files[0]
-    assert (item["node_id"], item["media_type"], item["kind"]) == ("4", media, "animated" if media == "image/webp" else "video")
-    served = httpx.get(fake.url + "/view", params={"filename": item["filename"], "subfolder": item["subfolder"]}).content
+    assert (item["node_id"], item["media_type"], item["kind"]) == (
+        "4",
+        media,
+        "animated" if media == "image/webp" else "video",
+    )
+    served = httpx.get(
+        fake.url + "/view", params={"filename": item["filename"], "subfolder": item["subfolder"]}
+    ).content
     assert item["data"] == served and served[:4] in (b"\x1a\x45\xdf\xa3", b"RIFF") or served[4:8] == b"ftyp"
 
 
@@ -130,8 +152,10 @@ def test_cli_run_saves_videos(fake, tmp_path, capsys):
 
 
 def test_backend_takes_a_video_workflow_and_records_its_file(fake):
-    save = {"class_type": "SaveWEBM", "inputs": {"images": ["8", 0], "filename_prefix": "gen", "codec": "vp9", "fps": 8.0,
-                                                 "crf": 32.0}}
+    save = {
+        "class_type": "SaveWEBM",
+        "inputs": {"images": ["8", 0], "filename_prefix": "gen", "codec": "vp9", "fps": 8.0, "crf": 32.0},
+    }
     backend = ComfyUIBackend(fake.url, workflow=txt2img_with(save=save), poll_interval=0.05, timeout=20)
     still = ComfyUIBackend(fake.url, poll_interval=0.05, timeout=20)
     result = sdlab.generate(backend, "a moving square", seed=4, **SIZE)
@@ -160,8 +184,13 @@ def test_no_output_node_error_lists_the_accepted_classes(fake):
 
 # ------------------------------------------------------------------ 4. sizes are checked
 
-SHRINK = ("30", {"class_type": "ImageScale", "inputs": {"image": ["8", 0], "upscale_method": "nearest-exact", "width": 32,
-                                                          "height": 32, "crop": "disabled"}})
+SHRINK = (
+    "30",
+    {
+        "class_type": "ImageScale",
+        "inputs": {"image": ["8", 0], "upscale_method": "nearest-exact", "width": 32, "height": 32, "crop": "disabled"},
+    },
+)
 
 
 def shrinking_workflow():
@@ -176,7 +205,9 @@ def test_a_size_other_than_the_request_is_an_error(fake):
 
 
 def test_allowed_size_mismatch_records_the_returned_size(fake):
-    backend = ComfyUIBackend(fake.url, workflow=shrinking_workflow(), allow_size_mismatch=True, poll_interval=0.05, timeout=20)
+    backend = ComfyUIBackend(
+        fake.url, workflow=shrinking_workflow(), allow_size_mismatch=True, poll_interval=0.05, timeout=20
+    )
     result = sdlab.generate(backend, "shrunk", seed=2, **SIZE)
     r = result.records[0]
     assert result.image.size == (32, 32)

@@ -7,11 +7,11 @@ from helpers import max_pixel_diff
 from PIL import Image, ImageDraw
 
 import sdlab
-from sdlab.loading import pipeline_info
 from sdlab import controlnet, testing
 from sdlab.backends import as_backend
 from sdlab.errors import ModelLoadError
 from sdlab.generation import run_request
+from sdlab.loading import pipeline_info
 from sdlab.presets import SHAPES_CONTROLNET_DIR, SHAPES_DIR
 from sdlab.request import GenerationRequest
 
@@ -70,7 +70,9 @@ def control():
 
 def test_list_annotators_says_which_need_weights():
     listing = {a.name: a for a in controlnet.list_annotators()}
-    assert {"canny", "scribble", "lineart_standard", "shuffle"} <= {n for n, a in listing.items() if not a.needs_weights}
+    assert {"canny", "scribble", "lineart_standard", "shuffle"} <= {
+        n for n, a in listing.items() if not a.needs_weights
+    }
     assert {"hed", "depth_midas", "openpose", "lineart"} <= {n for n, a in listing.items() if a.needs_weights}
     assert listing["hed"].weights == "lllyasviel/Annotators" and listing["hed"].files == ("ControlNetHED.pth",)
     assert listing["canny"].as_dict()["parameters"] == {"low_threshold": 100, "high_threshold": 200}
@@ -87,7 +89,9 @@ def test_canny_is_controlnet_aux_canny_at_the_image_size():
     assert ours.info["sdlab_params"] == {"annotator": "canny", "low_threshold": 50, "high_threshold": 150}
     # any size is kept (controlnet-aux itself would round to multiples of 64)
     assert controlnet.annotate(_photo(1, (100, 60)), "canny").size == (100, 60)
-    smooth = Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((64, 64), Image.BICUBIC)
+    smooth = Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize(
+        (64, 64), Image.BICUBIC
+    )
     loose = np.asarray(controlnet.annotate(smooth, "canny", low_threshold=10, high_threshold=20)).sum()
     strict = np.asarray(controlnet.annotate(smooth, "canny", low_threshold=200, high_threshold=400)).sum()
     assert loose > strict
@@ -218,15 +222,20 @@ def test_prepare_sketch_thresholds_are_parameters():
     sketch = _sketch(alpha=False)
     faint = Image.fromarray(np.where(np.asarray(sketch) < 128, 180, 255).astype(np.uint8))  # grey pencil
     assert np.asarray(controlnet.prepare_sketch(faint, width=64, height=64, mode="scribble")).max() == 0
-    assert np.asarray(controlnet.prepare_sketch(faint, width=64, height=64, mode="scribble", threshold=200)).max() == 255
+    assert (
+        np.asarray(controlnet.prepare_sketch(faint, width=64, height=64, mode="scribble", threshold=200)).max() == 255
+    )
     loose = controlnet.prepare_sketch(faint, width=64, height=64, low_threshold=10, high_threshold=30)
     assert loose.info["sdlab_label"] == "canny 10/30"
 
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"width": 60, "height": 64}, "width"), ({"width": 64, "height": 0}, "height"),
-     ({"width": 64, "height": 64, "mode": "depth"}, "mode")],
+    [
+        ({"width": 60, "height": 64}, "width"),
+        ({"width": 64, "height": 0}, "height"),
+        ({"width": 64, "height": 64, "mode": "depth"}, "mode"),
+    ],
 )
 def test_prepare_sketch_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -234,11 +243,19 @@ def test_prepare_sketch_bad_input(kwargs, match):
 
 
 def test_control_variants_are_labelled_images():
-    variants = controlnet.control_variants(_sketch(), "canny", width=64, height=64,
-                                           low_threshold=[50, 100], high_threshold=[150, 200])
-    assert [v.info["sdlab_label"] for v in variants] == ["canny 50/150", "canny 50/200", "canny 100/150", "canny 100/200"]
+    variants = controlnet.control_variants(
+        _sketch(), "canny", width=64, height=64, low_threshold=[50, 100], high_threshold=[150, 200]
+    )
+    assert [v.info["sdlab_label"] for v in variants] == [
+        "canny 50/150",
+        "canny 50/200",
+        "canny 100/150",
+        "canny 100/200",
+    ]
     assert all(v.size == (64, 64) for v in variants)
-    zipped = controlnet.control_variants(_photo(), "canny", low_threshold=[50, 100], high_threshold=[150, 200], combine="zip")
+    zipped = controlnet.control_variants(
+        _photo(), "canny", low_threshold=[50, 100], high_threshold=[150, 200], combine="zip"
+    )
     assert [v.info["sdlab_params"]["low_threshold"] for v in zipped] == [50, 100]
     from sdlab.axes import format_label
 
@@ -283,8 +300,13 @@ def test_controlnet_hub_id_from_a_prefilled_cache_offline(cn_dirs, sd1_cn, tmp_p
     testing.fill_hf_cache(cn_dirs["sd1"], "sdlab-test/tiny-controlnet", cache)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     # `revision` is the base model's; it must not be asked of the ControlNet repo
-    pipe = sdlab.load_pipeline("tiny", controlnet="sdlab-test/tiny-controlnet", cache_dir=str(cache),
-                               revision="0123456789abcdef0123456789abcdef01234567", progress_bar=False)
+    pipe = sdlab.load_pipeline(
+        "tiny",
+        controlnet="sdlab-test/tiny-controlnet",
+        cache_dir=str(cache),
+        revision="0123456789abcdef0123456789abcdef01234567",
+        progress_bar=False,
+    )
     for a, b in zip(pipe.controlnet.parameters(), sd1_cn.controlnet.parameters()):
         assert torch.equal(a, b)
     with pytest.raises(ModelLoadError, match="sdlab-test/no-such-controlnet"):
@@ -328,17 +350,41 @@ def test_bad_controlnet_specs():
 
 
 def test_generate_with_a_control_image_batches_seeds(cn_pipe, control):
-    batch = sdlab.generate(cn_pipe, "a red circle", image=control, seed=[1, 2, 3], num_inference_steps=STEPS,
-                           guidance_scale=5.0, controlnet_conditioning_scale=0.8)
+    batch = sdlab.generate(
+        cn_pipe,
+        "a red circle",
+        image=control,
+        seed=[1, 2, 3],
+        num_inference_steps=STEPS,
+        guidance_scale=5.0,
+        controlnet_conditioning_scale=0.8,
+    )
     assert len(batch.images) == 3 and batch.images[0].size == (64, 64)
-    alone = sdlab.generate(cn_pipe, "a red circle", image=control, seed=3, num_inference_steps=STEPS,
-                           guidance_scale=5.0, controlnet_conditioning_scale=0.8)
+    alone = sdlab.generate(
+        cn_pipe,
+        "a red circle",
+        image=control,
+        seed=3,
+        num_inference_steps=STEPS,
+        guidance_scale=5.0,
+        controlnet_conditioning_scale=0.8,
+    )
     assert max_pixel_diff(batch.images[2], alone.image) <= 2
     record = batch.records[0]
-    assert record["pipeline_kwargs"]["image"]["type"] == "image" and len(record["pipeline_kwargs"]["image"]["sha256"]) == 16
+    assert (
+        record["pipeline_kwargs"]["image"]["type"] == "image"
+        and len(record["pipeline_kwargs"]["image"]["sha256"]) == 16
+    )
     assert record["pipeline_kwargs"]["controlnet_conditioning_scale"] == 0.8 and record["controlnet"]
-    other = sdlab.generate(cn_pipe, "a red circle", image=_photo(5), seed=3, num_inference_steps=STEPS, guidance_scale=5.0,
-                           controlnet_conditioning_scale=0.8)
+    other = sdlab.generate(
+        cn_pipe,
+        "a red circle",
+        image=_photo(5),
+        seed=3,
+        num_inference_steps=STEPS,
+        guidance_scale=5.0,
+        controlnet_conditioning_scale=0.8,
+    )
     assert max_pixel_diff(other.image, alone.image) > 0  # the control image matters
 
 
@@ -348,30 +394,67 @@ def test_per_image_guidance_matches_the_pipelines_own_cfg(cn_pipe, control, guid
     assert backend.supports_per_image_guidance()
     n = len(guidances)
     kwargs = {"image": control, "controlnet_conditioning_scale": 0.7, "control_guidance_end": 0.6}
-    request = GenerationRequest(prompt=("a red circle",) * n, negative_prompt=("blue",) * n, seed=(4,) * n,
-                                guidance_scale=guidances, width=64, height=64, num_inference_steps=3,
-                                pipeline_kwargs=kwargs)
+    request = GenerationRequest(
+        prompt=("a red circle",) * n,
+        negative_prompt=("blue",) * n,
+        seed=(4,) * n,
+        guidance_scale=guidances,
+        width=64,
+        height=64,
+        num_inference_steps=3,
+        pipeline_kwargs=kwargs,
+    )
     steps = []
     result = run_request(backend, request, progress=lambda info: steps.append(info["step"]))
     assert steps == list(range(1, len(steps) + 1))  # one denoising loop for the whole batch
     for image, g in zip(result.images, guidances):
-        native = cn_pipe("a red circle", negative_prompt="blue", num_inference_steps=3, guidance_scale=g, width=64,
-                         height=64, generator=[torch.Generator("cpu").manual_seed(4)], **kwargs).images[0]
+        native = cn_pipe(
+            "a red circle",
+            negative_prompt="blue",
+            num_inference_steps=3,
+            guidance_scale=g,
+            width=64,
+            height=64,
+            generator=[torch.Generator("cpu").manual_seed(4)],
+            **kwargs,
+        ).images[0]
         assert max_pixel_diff(image, native) <= 2
     assert max_pixel_diff(result.images[0], result.images[-1]) > 0
 
 
 def test_guess_mode_keeps_the_pipelines_own_cfg(sd1_cn, control):
     guidances = (3.0, 7.5)
-    result = sdlab.generate(sd1_cn, ["a red circle"] * 2, image=control, seed=[4, 4], guess_mode=True,
-                            num_inference_steps=STEPS, guidance_scale=3.0)
-    request = GenerationRequest(prompt=("a red circle",) * 2, negative_prompt=(None,) * 2, seed=(4, 4),
-                                guidance_scale=guidances, width=64, height=64, num_inference_steps=STEPS,
-                                pipeline_kwargs={"image": control, "guess_mode": True})
+    result = sdlab.generate(
+        sd1_cn,
+        ["a red circle"] * 2,
+        image=control,
+        seed=[4, 4],
+        guess_mode=True,
+        num_inference_steps=STEPS,
+        guidance_scale=3.0,
+    )
+    request = GenerationRequest(
+        prompt=("a red circle",) * 2,
+        negative_prompt=(None,) * 2,
+        seed=(4, 4),
+        guidance_scale=guidances,
+        width=64,
+        height=64,
+        num_inference_steps=STEPS,
+        pipeline_kwargs={"image": control, "guess_mode": True},
+    )
     mixed = run_request(as_backend(sd1_cn), request)
     for image, g in zip(mixed.images, guidances):
-        native = sd1_cn("a red circle", num_inference_steps=STEPS, guidance_scale=g, width=64, height=64, image=control,
-                        guess_mode=True, generator=[torch.Generator("cpu").manual_seed(4)]).images[0]
+        native = sd1_cn(
+            "a red circle",
+            num_inference_steps=STEPS,
+            guidance_scale=g,
+            width=64,
+            height=64,
+            image=control,
+            guess_mode=True,
+            generator=[torch.Generator("cpu").manual_seed(4)],
+        ).images[0]
         assert max_pixel_diff(image, native) <= 2
     assert max_pixel_diff(result.images[0], mixed.images[0]) <= 2
 
@@ -380,19 +463,47 @@ def test_several_controlnets_one_scale_each(control):
     pipe = sdlab.load_pipeline("tiny", controlnet=["tiny", "tiny"], progress_bar=False)
     assert type(pipe.controlnet).__name__ == "MultiControlNetModel" and as_backend(pipe).num_controlnets == 2
     second = controlnet.annotate(_photo(7), "canny")
-    a = sdlab.generate(pipe, "a red circle", image=[control, second], controlnet_conditioning_scale=[1.0, 0.0],
-                       seed=[1, 2], num_inference_steps=STEPS, guidance_scale=5.0)
-    b = sdlab.generate(pipe, "a red circle", image=[control, second], controlnet_conditioning_scale=[0.0, 1.0],
-                       seed=[1, 2], num_inference_steps=STEPS, guidance_scale=5.0)
+    a = sdlab.generate(
+        pipe,
+        "a red circle",
+        image=[control, second],
+        controlnet_conditioning_scale=[1.0, 0.0],
+        seed=[1, 2],
+        num_inference_steps=STEPS,
+        guidance_scale=5.0,
+    )
+    b = sdlab.generate(
+        pipe,
+        "a red circle",
+        image=[control, second],
+        controlnet_conditioning_scale=[0.0, 1.0],
+        seed=[1, 2],
+        num_inference_steps=STEPS,
+        guidance_scale=5.0,
+    )
     assert max_pixel_diff(a.images[0], b.images[0]) > 0
     assert len(a.records[0]["pipeline_kwargs"]["image"]) == 2
-    request = GenerationRequest(prompt=("a red circle",) * 2, negative_prompt=(None,) * 2, seed=(1, 1),
-                                guidance_scale=(1.0, 6.0), width=64, height=64, num_inference_steps=STEPS,
-                                pipeline_kwargs={"image": [control, second], "controlnet_conditioning_scale": [0.5, 1.0]})
+    request = GenerationRequest(
+        prompt=("a red circle",) * 2,
+        negative_prompt=(None,) * 2,
+        seed=(1, 1),
+        guidance_scale=(1.0, 6.0),
+        width=64,
+        height=64,
+        num_inference_steps=STEPS,
+        pipeline_kwargs={"image": [control, second], "controlnet_conditioning_scale": [0.5, 1.0]},
+    )
     mixed = run_request(as_backend(pipe), request)
-    native = pipe("a red circle", num_inference_steps=STEPS, guidance_scale=6.0, width=64, height=64,
-                  image=[control, second], controlnet_conditioning_scale=[0.5, 1.0],
-                  generator=[torch.Generator("cpu").manual_seed(1)]).images[0]
+    native = pipe(
+        "a red circle",
+        num_inference_steps=STEPS,
+        guidance_scale=6.0,
+        width=64,
+        height=64,
+        image=[control, second],
+        controlnet_conditioning_scale=[0.5, 1.0],
+        generator=[torch.Generator("cpu").manual_seed(1)],
+    ).images[0]
     assert max_pixel_diff(mixed.images[1], native) <= 2
     with pytest.raises(ValueError, match="image"):
         sdlab.generate(pipe, "x", image=control, num_inference_steps=1)
@@ -408,9 +519,14 @@ def test_several_controlnets_one_scale_each(control):
         ({"image": Image.new("RGB", (32, 32))}, "fit_image"),
         ({"image": Image.new("RGBA", (64, 64))}, "alpha"),
         ({"image": [Image.new("RGB", (64, 64))] * 2}, "one ControlNet"),
-        ({"image": Image.new("RGB", (64, 64)), "controlnet_conditioning_scale": "high"}, "controlnet_conditioning_scale"),
-        ({"image": Image.new("RGB", (64, 64)), "control_guidance_start": 0.8, "control_guidance_end": 0.5},
-         "control_guidance_start"),
+        (
+            {"image": Image.new("RGB", (64, 64)), "controlnet_conditioning_scale": "high"},
+            "controlnet_conditioning_scale",
+        ),
+        (
+            {"image": Image.new("RGB", (64, 64)), "control_guidance_start": 0.8, "control_guidance_end": 0.5},
+            "control_guidance_start",
+        ),
         ({"image": Image.new("RGB", (64, 64)), "control_guidance_end": 1.5}, "control_guidance_end"),
     ],
 )
@@ -432,9 +548,16 @@ def test_control_image_of_another_size_names_both_sizes(sd1_cn):
 def test_generate_from_sketch_goes_through_generate(sd1_cn, tmp_path, sd1_pipe):
     path = tmp_path / "circle.png"
     _sketch((200, 200), box=(40, 40, 160, 160)).save(path)
-    result = controlnet.generate_from_sketch(sd1_cn, path, "a red circle", mode="scribble", seed=[0, 1],
-                                             num_inference_steps=STEPS, sketch_params={"threshold": 100},
-                                             controlnet_conditioning_scale=0.5)
+    result = controlnet.generate_from_sketch(
+        sd1_cn,
+        path,
+        "a red circle",
+        mode="scribble",
+        seed=[0, 1],
+        num_inference_steps=STEPS,
+        sketch_params={"threshold": 100},
+        controlnet_conditioning_scale=0.5,
+    )
     assert len(result.images) == 2 and result.images[0].size == (64, 64)
     record = result.records[0]
     assert record["control"] == {"annotator": "scribble", "threshold": 100, "invert": True, "sketch": str(path)}
@@ -464,16 +587,22 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max(1, (a | b).sum()))
 
 
-@pytest.mark.skipif(not ((SHAPES_DIR / "model_index.json").exists() and (SHAPES_CONTROLNET_DIR / "config.json").exists()),
-                    reason="the bundled shapes model and its ControlNet are not trained yet")
+@pytest.mark.skipif(
+    not ((SHAPES_DIR / "model_index.json").exists() and (SHAPES_CONTROLNET_DIR / "config.json").exists()),
+    reason="the bundled shapes model and its ControlNet are not trained yet",
+)
 def test_shapes_controlnet_follows_the_sketch():
     from sdlab.bundled import world
 
     pipe = sdlab.load_pipeline("shapes", controlnet="canny-shapes", progress_bar=False)
     prompt = "a small red square on a blue background"  # no position: the sketch decides it
     positions = ("top left", "bottom right")
-    masks = [world.shape_mask(world.sample_scene(0, shape="square", colour="red", background="blue", size="small",
-                                                 position=position), 64) for position in positions]
+    masks = [
+        world.shape_mask(
+            world.sample_scene(0, shape="square", colour="red", background="blue", size="small", position=position), 64
+        )
+        for position in positions
+    ]
     own, other = [], []
     for i, mask in enumerate(masks):
         sketch = Image.fromarray(np.where(mask, 0, 255).astype(np.uint8))  # a filled silhouette, black on white
@@ -485,8 +614,10 @@ def test_shapes_controlnet_follows_the_sketch():
     assert own > 0.3 and own > other + 0.25, (own, other)  # measured: 0.42 and 0.00
 
 
-@pytest.mark.skipif(not ((SHAPES_DIR / "model_index.json").exists() and (SHAPES_CONTROLNET_DIR / "config.json").exists()),
-                    reason="the bundled shapes model and its ControlNet are not trained yet")
+@pytest.mark.skipif(
+    not ((SHAPES_DIR / "model_index.json").exists() and (SHAPES_CONTROLNET_DIR / "config.json").exists()),
+    reason="the bundled shapes model and its ControlNet are not trained yet",
+)
 @pytest.mark.parametrize("mode", ["canny", "scribble"])
 def test_shapes_controlnet_follows_a_sample_sketch(mode):
     from pathlib import Path
@@ -497,8 +628,9 @@ def test_shapes_controlnet_follows_a_sample_sketch(mode):
     if not sketch.exists():
         pytest.skip(f"no sample sketch at {sketch}")
     pipe = sdlab.load_pipeline("shapes", controlnet="canny-shapes", progress_bar=False)
-    result = controlnet.generate_from_sketch(pipe, sketch, "a small green circle on a yellow background", mode=mode,
-                                             seed=[0, 1])
+    result = controlnet.generate_from_sketch(
+        pipe, sketch, "a small green circle on a yellow background", mode=mode, seed=[0, 1]
+    )
     target = filled_mask(result.request.pipeline_kwargs["image"])
     assert target.sum() > 50  # the prepared control image encloses the drawn circle
     assert np.mean([_iou(_foreground(image), target) for image in result.images]) > 0.4

@@ -1,9 +1,8 @@
 """generate(): seeds, batching, per-image guidance, validation, records."""
 
-import numpy as np
 import pytest
-from PIL import Image
 from helpers import max_pixel_diff
+from PIL import Image
 
 import sdlab
 from sdlab.backends import as_backend
@@ -41,20 +40,41 @@ def test_seed_list_gives_one_image_per_seed(sd1_pipe):
 
 
 def test_image_in_batch_equals_same_seed_alone(unet_pipe):
-    batch = sdlab.generate(unet_pipe, ["a red circle", "a blue square"], seed=[11, 12], negative_prompt="green",
-                           num_inference_steps=STEPS, guidance_scale=6.0)
+    batch = sdlab.generate(
+        unet_pipe,
+        ["a red circle", "a blue square"],
+        seed=[11, 12],
+        negative_prompt="green",
+        num_inference_steps=STEPS,
+        guidance_scale=6.0,
+    )
     for i, prompt in enumerate(["a red circle", "a blue square"]):
-        alone = sdlab.generate(unet_pipe, prompt, seed=batch.seeds[i], negative_prompt="green",
-                               num_inference_steps=STEPS, guidance_scale=6.0)
+        alone = sdlab.generate(
+            unet_pipe,
+            prompt,
+            seed=batch.seeds[i],
+            negative_prompt="green",
+            num_inference_steps=STEPS,
+            guidance_scale=6.0,
+        )
         assert max_pixel_diff(batch.images[i], alone.image) <= 2
 
 
 def test_sdlab_matches_a_plain_diffusers_call(unet_pipe):
     import torch
 
-    ours = sdlab.generate(unet_pipe, "a red circle", seed=3, negative_prompt="blue", num_inference_steps=STEPS, guidance_scale=5.0)
-    plain = unet_pipe("a red circle", negative_prompt="blue", num_inference_steps=STEPS, guidance_scale=5.0,
-                      generator=[torch.Generator("cpu").manual_seed(3)], width=64, height=64).images[0]
+    ours = sdlab.generate(
+        unet_pipe, "a red circle", seed=3, negative_prompt="blue", num_inference_steps=STEPS, guidance_scale=5.0
+    )
+    plain = unet_pipe(
+        "a red circle",
+        negative_prompt="blue",
+        num_inference_steps=STEPS,
+        guidance_scale=5.0,
+        generator=[torch.Generator("cpu").manual_seed(3)],
+        width=64,
+        height=64,
+    ).images[0]
     assert max_pixel_diff(ours.image, plain) <= 1
 
 
@@ -64,12 +84,21 @@ def test_mixed_guidance_runs_as_one_batch_and_matches_alone(unet_pipe):
     original = type(unet_pipe).__call__
 
     guidances = (0.0, 1.0, 3.0, 7.5)
-    request = GenerationRequest(prompt=("a red circle",) * 4, negative_prompt=("blue",) * 4, seed=(4,) * 4,
-                                guidance_scale=guidances, width=64, height=64, num_inference_steps=STEPS)
+    request = GenerationRequest(
+        prompt=("a red circle",) * 4,
+        negative_prompt=("blue",) * 4,
+        seed=(4,) * 4,
+        guidance_scale=guidances,
+        width=64,
+        height=64,
+        num_inference_steps=STEPS,
+    )
     result = run_request(backend, request, progress=lambda info: calls.append(info["step"]))
     assert calls == list(range(1, len(calls) + 1)) and len(calls) >= STEPS  # one denoising loop for all four
     for image, g in zip(result.images, guidances):
-        alone = sdlab.generate(unet_pipe, "a red circle", seed=4, negative_prompt="blue", guidance_scale=g, num_inference_steps=STEPS)
+        alone = sdlab.generate(
+            unet_pipe, "a red circle", seed=4, negative_prompt="blue", guidance_scale=g, num_inference_steps=STEPS
+        )
         assert max_pixel_diff(image, alone.image) <= 2
     # guidance changes the picture
     assert max_pixel_diff(result.images[0], result.images[3]) > 0
@@ -94,10 +123,26 @@ def test_scheduler_per_call_is_recorded_and_restored(sd1_pipe):
 
 
 def test_records_hold_every_parameter(sd1_pipe):
-    r = sdlab.generate(sd1_pipe, "a red circle", seed=0, num_inference_steps=STEPS, guidance_scale=4.0, negative_prompt="blur")
+    r = sdlab.generate(
+        sd1_pipe, "a red circle", seed=0, num_inference_steps=STEPS, guidance_scale=4.0, negative_prompt="blur"
+    )
     rec = r.records[0]
-    for key in ("prompt", "negative_prompt", "seed", "guidance_scale", "width", "height", "num_inference_steps",
-                "scheduler", "model", "model_family", "versions", "seconds", "device", "dtype"):
+    for key in (
+        "prompt",
+        "negative_prompt",
+        "seed",
+        "guidance_scale",
+        "width",
+        "height",
+        "num_inference_steps",
+        "scheduler",
+        "model",
+        "model_family",
+        "versions",
+        "seconds",
+        "device",
+        "dtype",
+    ):
         assert key in rec, key
     assert rec["model"] == "tiny" and rec["model_family"] == "sd1"
     assert set(rec["versions"]) >= {"sdlab", "diffusers", "torch", "transformers"}
@@ -135,9 +180,13 @@ def test_unknown_scheduler_lists_valid_names(sd1_pipe):
 
 
 def test_flux_generates_and_batches_seeds(flux_pipe):
-    r = sdlab.generate(flux_pipe, "a red circle", seed=[1, 2], num_inference_steps=2, guidance_scale=3.5, width=64, height=64)
+    r = sdlab.generate(
+        flux_pipe, "a red circle", seed=[1, 2], num_inference_steps=2, guidance_scale=3.5, width=64, height=64
+    )
     assert len(r.images) == 2 and r.images[0].size == (r.records[0]["width"], r.records[0]["height"])
-    alone = sdlab.generate(flux_pipe, "a red circle", seed=2, num_inference_steps=2, guidance_scale=3.5, width=64, height=64)
+    alone = sdlab.generate(
+        flux_pipe, "a red circle", seed=2, num_inference_steps=2, guidance_scale=3.5, width=64, height=64
+    )
     assert max_pixel_diff(r.images[1], alone.image) <= 2
     assert r.records[0]["model_family"] == "flux"
 
@@ -164,10 +213,14 @@ def test_clip_skip_changes_pixels_matches_compel_and_is_recorded_in_both_convent
     from sdlab.prompts import weighted
 
     plain = sdlab.generate(sd1_pipe, "a red circle", seed=3, guidance_scale=1.0, num_inference_steps=STEPS)
-    skipped = sdlab.generate(sd1_pipe, "a red circle", seed=3, guidance_scale=1.0, num_inference_steps=STEPS, clip_skip=1)
+    skipped = sdlab.generate(
+        sd1_pipe, "a red circle", seed=3, guidance_scale=1.0, num_inference_steps=STEPS, clip_skip=1
+    )
     assert max_pixel_diff(plain.image, skipped.image) > 0
     # compel's penultimate-layer embeddings are an independent implementation of clip_skip=1
-    via_compel = sdlab.generate(sd1_pipe, weighted("a red circle"), seed=3, guidance_scale=1.0, num_inference_steps=STEPS, clip_skip=1)
+    via_compel = sdlab.generate(
+        sd1_pipe, weighted("a red circle"), seed=3, guidance_scale=1.0, num_inference_steps=STEPS, clip_skip=1
+    )
     assert max_pixel_diff(skipped.image, via_compel.image) <= 2
     record = skipped.records[0]
     assert record["clip_skip"] == 1 and "diffusers" in record["clip_skip_convention"]
@@ -192,7 +245,9 @@ def test_clip_skip_is_refused_where_it_cannot_apply(flux_pipe, sd1_pipe):
             sdlab.generate(sd1_pipe, "x", seed=0, num_inference_steps=1, clip_skip=bad)
 
 
-@pytest.mark.parametrize("key", ["prompt_embeds", "negative_prompt_embeds", "prompt_2", "clip_skip", "max_sequence_length", "callback"])
+@pytest.mark.parametrize(
+    "key", ["prompt_embeds", "negative_prompt_embeds", "prompt_2", "clip_skip", "max_sequence_length", "callback"]
+)
 def test_keywords_sdlab_owns_are_refused_by_name_before_model_work(sd1_pipe, key):
     import torch
 
@@ -210,7 +265,9 @@ def test_generate_leaves_the_users_pipeline_as_it_was():
     for pipe in (testing.tiny_pipeline("sd1"), testing.tiny_pipeline("sd1", controlnet=True)):
         modules = [pipe.unet] + ([pipe.controlnet] if getattr(pipe, "controlnet", None) is not None else [])
         kwargs = {"image": Image.new("RGB", (64, 64))} if len(modules) > 1 else {}
-        sdlab.generate(pipe, ["a", "b"], seed=[1, 2], guidance_scale=5.0, num_inference_steps=1, width=64, height=64, **kwargs)
+        sdlab.generate(
+            pipe, ["a", "b"], seed=[1, 2], guidance_scale=5.0, num_inference_steps=1, width=64, height=64, **kwargs
+        )
         for module in modules:
             assert "forward" not in module.__dict__  # the class's own forward again, nothing of sdlab's
             assert module.forward.__func__ is type(module).forward
@@ -269,7 +326,9 @@ def test_records_identify_weights_by_content(tiny_dirs, tmp_path):
 
     copy = tmp_path / "copy"
     shutil.copytree(tiny_dirs["sd1"], copy)
-    a = sdlab.generate(sdlab.load_pipeline(str(tiny_dirs["sd1"]), progress_bar=False), "x", seed=0, num_inference_steps=1)
+    a = sdlab.generate(
+        sdlab.load_pipeline(str(tiny_dirs["sd1"]), progress_bar=False), "x", seed=0, num_inference_steps=1
+    )
     b = sdlab.generate(sdlab.load_pipeline(str(copy), progress_bar=False), "x", seed=0, num_inference_steps=1)
     assert a.records[0]["model_weights"] == b.records[0]["model_weights"]  # same content, other path
     assert len(a.records[0]["model_weights"]["folder_sha256"]) == 64

@@ -7,7 +7,7 @@ from helpers import max_pixel_diff
 import sdlab
 from sdlab import testing
 from sdlab.errors import MissingDependencyError, ModelLoadError
-from sdlab.loading import family_from_folder, resolve_device, resolve_dtype, pipeline_info
+from sdlab.loading import family_from_folder, pipeline_info, resolve_device, resolve_dtype
 
 EXPECTED_CLASS = {
     "sd1": "StableDiffusionPipeline",
@@ -153,7 +153,9 @@ def test_compiled_denoiser_runs_on_cpu():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: model CPU offload moves weights to the GPU per call")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU: model CPU offload moves weights to the GPU per call"
+)
 def test_model_offload_on_gpu():  # pragma: no cover - CPU-only CI
     pipe = sdlab.load_pipeline("tiny", offload="model", dtype="float16", progress_bar=False)
     r = sdlab.generate(pipe, "a red circle", seed=0, num_inference_steps=2)

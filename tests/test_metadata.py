@@ -15,7 +15,7 @@ from sdlab.metadata import infotext, params_from_infotext, parse_infotext
 A1111_TEXT = (
     "masterpiece, a cat wearing a hat, (detailed:1.2)\n"
     "Negative prompt: lowres, blurry\n"
-    'Steps: 28, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5, Seed: 1234567, Size: 512x768, '
+    "Steps: 28, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5, Seed: 1234567, Size: 512x768, "
     'Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Lora hashes: "a: 1, b: 2", Version: v1.10.1'
 )
 
@@ -34,11 +34,22 @@ def test_parse_a1111_infotext():
 
 
 def test_infotext_round_trips_through_the_a1111_parser():
-    record = {"prompt": "a red, round circle", "negative_prompt": "blue: no", "num_inference_steps": 20,
-              "scheduler": "Euler a", "guidance_scale": 7.5, "seed": 0, "width": 64, "height": 64, "model": "tiny",
-              "versions": {"sdlab": "0.1.0"}}
+    record = {
+        "prompt": "a red, round circle",
+        "negative_prompt": "blue: no",
+        "num_inference_steps": 20,
+        "scheduler": "Euler a",
+        "guidance_scale": 7.5,
+        "seed": 0,
+        "width": 64,
+        "height": 64,
+        "model": "tiny",
+        "versions": {"sdlab": "0.1.0"},
+    }
     text = infotext(record)
-    assert text.splitlines()[-1].startswith("Steps: 20, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7.5, Seed: 0, Size: 64x64")
+    assert text.splitlines()[-1].startswith(
+        "Steps: 20, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7.5, Seed: 0, Size: 64x64"
+    )
     p = params_from_infotext(text)
     assert p["prompt"] == record["prompt"] and p["negative_prompt"] == record["negative_prompt"]
     assert p["seed"] == 0 and p["scheduler"] == "Euler a" and p["guidance_scale"] == 7.5
@@ -82,8 +93,15 @@ def test_read_params_without_metadata_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize("fixture", ["sd1_pipe", "sdxl_pipe"])
 def test_regenerate_is_pixel_identical(request, fixture, tmp_path):
     pipe = request.getfixturevalue(fixture)
-    r = sdlab.generate(pipe, "a small yellow star", seed=42, num_inference_steps=3, guidance_scale=4.0,
-                       negative_prompt="red", scheduler="DPM++ 2M Karras")
+    r = sdlab.generate(
+        pipe,
+        "a small yellow star",
+        seed=42,
+        num_inference_steps=3,
+        guidance_scale=4.0,
+        negative_prompt="red",
+        scheduler="DPM++ 2M Karras",
+    )
     (path,) = r.save(tmp_path)
     again = sdlab.regenerate(path, pipe)
     assert isinstance(again, sdlab.GenerationResult)
@@ -109,17 +127,40 @@ def test_regenerate_from_an_a1111_png(sd1_pipe, tmp_path):
 A1111_RE_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 A1111_RE_IMAGESIZE = re.compile(r"^(\d+)x(\d+)$")
 A1111_SCHEDULERS = [  # (name, label, aliases)
-    ("automatic", "Automatic", []), ("uniform", "Uniform", []), ("karras", "Karras", []),
-    ("exponential", "Exponential", []), ("polyexponential", "Polyexponential", []),
-    ("sgm_uniform", "SGM Uniform", ["SGMUniform"]), ("kl_optimal", "KL Optimal", []),
-    ("align_your_steps", "Align Your Steps", []), ("simple", "Simple", []), ("normal", "Normal", []),
-    ("ddim", "DDIM", []), ("beta", "Beta", []),
+    ("automatic", "Automatic", []),
+    ("uniform", "Uniform", []),
+    ("karras", "Karras", []),
+    ("exponential", "Exponential", []),
+    ("polyexponential", "Polyexponential", []),
+    ("sgm_uniform", "SGM Uniform", ["SGMUniform"]),
+    ("kl_optimal", "KL Optimal", []),
+    ("align_your_steps", "Align Your Steps", []),
+    ("simple", "Simple", []),
+    ("normal", "Normal", []),
+    ("ddim", "DDIM", []),
+    ("beta", "Beta", []),
 ]
 A1111_SAMPLER_DEFAULTS = {  # sampler -> options['scheduler']
-    "DPM++ 2M": "karras", "DPM++ SDE": "karras", "DPM++ 2M SDE": "exponential", "DPM++ 2M SDE Heun": "exponential",
-    "DPM++ 2S a": "karras", "DPM++ 3M SDE": "exponential", "Euler a": None, "Euler": None, "LMS": None, "Heun": None,
-    "DPM2": "karras", "DPM2 a": "karras", "DPM fast": None, "DPM adaptive": None, "Restart": "karras",
-    "DDIM": None, "DDIM CFG++": None, "PLMS": None, "UniPC": None, "LCM": None,
+    "DPM++ 2M": "karras",
+    "DPM++ SDE": "karras",
+    "DPM++ 2M SDE": "exponential",
+    "DPM++ 2M SDE Heun": "exponential",
+    "DPM++ 2S a": "karras",
+    "DPM++ 3M SDE": "exponential",
+    "Euler a": None,
+    "Euler": None,
+    "LMS": None,
+    "Heun": None,
+    "DPM2": "karras",
+    "DPM2 a": "karras",
+    "DPM fast": None,
+    "DPM adaptive": None,
+    "Restart": "karras",
+    "DDIM": None,
+    "DDIM CFG++": None,
+    "PLMS": None,
+    "UniPC": None,
+    "LCM": None,
 }
 
 
@@ -171,14 +212,17 @@ def a1111_parse_generation_parameters(x: str) -> dict:
 
 
 def a1111_get_sampler_and_scheduler(sampler_name, scheduler_name, *, convert_automatic=True):
-    by_key = {**{n: (n, label) for n, label, _ in A1111_SCHEDULERS}, **{label: (n, label) for n, label, _ in A1111_SCHEDULERS}}
+    by_key = {
+        **{n: (n, label) for n, label, _ in A1111_SCHEDULERS},
+        **{label: (n, label) for n, label, _ in A1111_SCHEDULERS},
+    }
     found = by_key.get(scheduler_name, A1111_SCHEDULERS[0][:2])
     name = sampler_name or "DPM++ 2M"
     for sched_name, label, aliases in A1111_SCHEDULERS:
         for option in [label, sched_name, *aliases]:
             if name.endswith(" " + option):
                 found = (sched_name, label)
-                name = name[0:-(len(option) + 1)]
+                name = name[0 : -(len(option) + 1)]
                 break
     sampler = name if name in A1111_SAMPLER_DEFAULTS else "DPM++ 2M"
     if convert_automatic and A1111_SAMPLER_DEFAULTS[sampler] == found[0]:
@@ -202,19 +246,33 @@ def a1111_create_infotext(prompt, negative_prompt, generation_params: dict) -> s
     return f"{prompt}{negative}\n{text}".strip()
 
 
-@pytest.mark.parametrize("scheduler, sampler, sigmas", [
-    ("DPM++ 2M Karras", "DPM++ 2M", "karras"),
-    ("DPM++ 2M", "DPM++ 2M", "uniform"),  # a bare name is the model's own sigmas, not A1111's Automatic (Karras)
-    ("DPM++ 2M SDE Exponential", "DPM++ 2M SDE", "exponential"),
-    ("DPM++ 2M SDE", "DPM++ 2M SDE", "uniform"),
-    ("Euler SGM Uniform", "Euler", "sgm_uniform"),
-    ("Euler a", "Euler a", "uniform"),
-    ("DPM2 a Karras", "DPM2 a", "karras"),
-])
+@pytest.mark.parametrize(
+    "scheduler, sampler, sigmas",
+    [
+        ("DPM++ 2M Karras", "DPM++ 2M", "karras"),
+        ("DPM++ 2M", "DPM++ 2M", "uniform"),  # a bare name is the model's own sigmas, not A1111's Automatic (Karras)
+        ("DPM++ 2M SDE Exponential", "DPM++ 2M SDE", "exponential"),
+        ("DPM++ 2M SDE", "DPM++ 2M SDE", "uniform"),
+        ("Euler SGM Uniform", "Euler", "sgm_uniform"),
+        ("Euler a", "Euler a", "uniform"),
+        ("DPM2 a Karras", "DPM2 a", "karras"),
+    ],
+)
 def test_sdlab_text_read_by_the_a1111_parser_gives_the_same_settings(scheduler, sampler, sigmas):
-    record = {"prompt": "a red, round circle: (big:1.2)", "negative_prompt": "blue\nsquare, small", "num_inference_steps": 20,
-              "scheduler": scheduler, "guidance_scale": 3.14159265, "seed": 4294967295, "width": 64, "height": 96,
-              "clip_skip": 1, "model": "tiny", "model_hash": "6ce0161689", "versions": {"sdlab": "0.1.0"}}
+    record = {
+        "prompt": "a red, round circle: (big:1.2)",
+        "negative_prompt": "blue\nsquare, small",
+        "num_inference_steps": 20,
+        "scheduler": scheduler,
+        "guidance_scale": 3.14159265,
+        "seed": 4294967295,
+        "width": 64,
+        "height": 96,
+        "clip_skip": 1,
+        "model": "tiny",
+        "model_hash": "6ce0161689",
+        "versions": {"sdlab": "0.1.0"},
+    }
     text = infotext(record)
     res = a1111_parse_generation_parameters(text)
     assert res["Prompt"] == record["prompt"] and res["Negative prompt"] == record["negative_prompt"]
@@ -238,52 +296,92 @@ def test_infotext_uses_v1_10_split_and_eta_ddim():
     assert params_from_infotext(ddim)["pipeline_kwargs"] == {"eta": 0.5}
 
 
-@pytest.mark.parametrize("value, written", [(3.14159265, "3.14159265"), (12345678.5, "12345678.5"), (0.1, "0.1"),
-                                            (7.0, "7.0"), (1 / 3, "0.3333333333333333")])
+@pytest.mark.parametrize(
+    "value, written",
+    [(3.14159265, "3.14159265"), (12345678.5, "12345678.5"), (0.1, "0.1"), (7.0, "7.0"), (1 / 3, "0.3333333333333333")],
+)
 def test_floats_are_written_without_losing_precision(value, written):
-    record = {"prompt": "x", "guidance_scale": value, "seed": 1, "width": 64, "height": 64,
-              "pipeline_kwargs": {"guidance_rescale": value}}
+    record = {
+        "prompt": "x",
+        "guidance_scale": value,
+        "seed": 1,
+        "width": 64,
+        "height": 64,
+        "pipeline_kwargs": {"guidance_rescale": value},
+    }
     res = a1111_parse_generation_parameters(infotext(record))
     assert res["CFG scale"] == written and res["Guidance rescale"] == written
     assert float(res["CFG scale"]) == value
 
 
 A1111_V1_10_TEXT = a1111_create_infotext(
-    "masterpiece, 1girl, (red hat:1.2), <lora:add_detail:0.8>", "lowres, bad anatomy, (worst quality:1.4)",
+    "masterpiece, 1girl, (red hat:1.2), <lora:add_detail:0.8>",
+    "lowres, bad anatomy, (worst quality:1.4)",
     {
-        "Steps": 30, "Sampler": "DPM++ 2M SDE", "Schedule type": "Exponential", "CFG scale": 6.5, "Seed": 1234567890,
-        "Size": "832x1216", "Model hash": "31e35c80fc", "Model": "sd_xl_base_1.0", "VAE hash": "235745af8d",
-        "VAE": "sdxl_vae.safetensors", "Variation seed": 987654321, "Variation seed strength": 0.15,
-        "Denoising strength": 0.45, "Clip skip": 2, "Hires upscale": 1.5, "Hires steps": 15, "Hires upscaler": "Latent",
-        "Lora hashes": "add_detail: 7c6bad76eb54, other_lora: 0123456789ab", "TI hashes": "easynegative: c74b4e810b03",
-        "Emphasis": "Original", "Version": "v1.10.1",
+        "Steps": 30,
+        "Sampler": "DPM++ 2M SDE",
+        "Schedule type": "Exponential",
+        "CFG scale": 6.5,
+        "Seed": 1234567890,
+        "Size": "832x1216",
+        "Model hash": "31e35c80fc",
+        "Model": "sd_xl_base_1.0",
+        "VAE hash": "235745af8d",
+        "VAE": "sdxl_vae.safetensors",
+        "Variation seed": 987654321,
+        "Variation seed strength": 0.15,
+        "Denoising strength": 0.45,
+        "Clip skip": 2,
+        "Hires upscale": 1.5,
+        "Hires steps": 15,
+        "Hires upscaler": "Latent",
+        "Lora hashes": "add_detail: 7c6bad76eb54, other_lora: 0123456789ab",
+        "TI hashes": "easynegative: c74b4e810b03",
+        "Emphasis": "Original",
+        "Version": "v1.10.1",
     },
 )
 
 
 def test_a1111_v1_10_text_is_read_into_the_right_fields():
-    assert "Lora hashes: \"add_detail: 7c6bad76eb54, other_lora: 0123456789ab\"" in A1111_V1_10_TEXT
+    assert 'Lora hashes: "add_detail: 7c6bad76eb54, other_lora: 0123456789ab"' in A1111_V1_10_TEXT
     p = params_from_infotext(A1111_V1_10_TEXT)
     assert p["prompt"] == "masterpiece, 1girl, (red hat:1.2), <lora:add_detail:0.8>"
     assert p["negative_prompt"] == "lowres, bad anatomy, (worst quality:1.4)"
-    assert (p["num_inference_steps"], p["scheduler"], p["guidance_scale"], p["seed"]) == (30, "DPM++ 2M SDE Exponential", 6.5, 1234567890)
+    assert (p["num_inference_steps"], p["scheduler"], p["guidance_scale"], p["seed"]) == (
+        30,
+        "DPM++ 2M SDE Exponential",
+        6.5,
+        1234567890,
+    )
     assert (p["width"], p["height"], p["clip_skip"]) == (832, 1216, 1)
     assert (p["model"], p["model_hash"]) == ("sd_xl_base_1.0", "31e35c80fc")
     extra = p["extra"]
     assert extra["Lora hashes"] == "add_detail: 7c6bad76eb54, other_lora: 0123456789ab"
-    assert (extra["Hires upscale"], extra["Variation seed"], extra["Variation seed strength"]) == ("1.5", "987654321", "0.15")
-    assert (extra["Version"], extra["TI hashes"], extra["Emphasis"]) == ("v1.10.1", "easynegative: c74b4e810b03", "Original")
+    assert (extra["Hires upscale"], extra["Variation seed"], extra["Variation seed strength"]) == (
+        "1.5",
+        "987654321",
+        "0.15",
+    )
+    assert (extra["Version"], extra["TI hashes"], extra["Emphasis"]) == (
+        "v1.10.1",
+        "easynegative: c74b4e810b03",
+        "Original",
+    )
     assert not {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Clip skip"} & set(extra)
 
 
-@pytest.mark.parametrize("sampler, schedule, scheduler", [
-    ("DPM++ 2M", "Automatic", "DPM++ 2M Karras"),  # v1.10 API runs: Automatic is the sampler's default
-    ("DPM++ 2M SDE", "Automatic", "DPM++ 2M SDE Exponential"),
-    ("Euler a", "Automatic", "Euler a"),
-    ("DPM++ 2M Karras", None, "DPM++ 2M Karras"),  # before v1.9: no Schedule type, the schedule in the name
-    ("DPM++ 2M", None, "DPM++ 2M"),
-    ("DPM++ 2M", "karras", "DPM++ 2M Karras"),  # v1.6-v1.8: the global schedule setting by its name
-])
+@pytest.mark.parametrize(
+    "sampler, schedule, scheduler",
+    [
+        ("DPM++ 2M", "Automatic", "DPM++ 2M Karras"),  # v1.10 API runs: Automatic is the sampler's default
+        ("DPM++ 2M SDE", "Automatic", "DPM++ 2M SDE Exponential"),
+        ("Euler a", "Automatic", "Euler a"),
+        ("DPM++ 2M Karras", None, "DPM++ 2M Karras"),  # before v1.9: no Schedule type, the schedule in the name
+        ("DPM++ 2M", None, "DPM++ 2M"),
+        ("DPM++ 2M", "karras", "DPM++ 2M Karras"),  # v1.6-v1.8: the global schedule setting by its name
+    ],
+)
 def test_every_older_sampler_form_is_read(sampler, schedule, scheduler):
     params = {"Steps": 20, "Sampler": sampler, "Schedule type": schedule, "CFG scale": 7, "Seed": 1, "Size": "512x512"}
     assert params_from_infotext(a1111_create_infotext("a cat", "", params))["scheduler"] == scheduler

@@ -61,12 +61,15 @@ def test_damaged_weights_in_a_pipeline_folder_are_named(tiny_dirs, tmp_path, kin
     assert str(weights) in str(e.value)
 
 
-@pytest.mark.parametrize("name, text, words", [
-    ("model_index.json", "{not json", "not valid JSON"),
-    ("unet/config.json", "", "empty"),
-    ("text_encoder/config.json", "nope", "not valid JSON"),
-    ("vae/config.json", "[1, 2]", "JSON list"),
-])
+@pytest.mark.parametrize(
+    "name, text, words",
+    [
+        ("model_index.json", "{not json", "not valid JSON"),
+        ("unet/config.json", "", "empty"),
+        ("text_encoder/config.json", "nope", "not valid JSON"),
+        ("vae/config.json", "[1, 2]", "JSON list"),
+    ],
+)
 def test_a_config_that_is_not_a_json_object_is_named(tiny_dirs, tmp_path, name, text, words):
     folder = _copy(tiny_dirs["sd1"], tmp_path)
     (folder / name).write_text(text)
@@ -142,9 +145,14 @@ def test_the_download_command_fetches_what_load_pipeline_reads(tiny_dirs, tmp_pa
     selects the files that load, and none of the extras."""
     repo = tmp_path / "repo"
     shutil.copytree(tiny_dirs["sd1"], repo)
-    extras = ["v1-5-pruned-emaonly.safetensors", "unet/diffusion_pytorch_model.bin",
-              "unet/diffusion_pytorch_model.fp16.safetensors", "unet/diffusion_pytorch_model.non_ema.safetensors",
-              "text_encoder/pytorch_model.bin", "safety_checker/model.safetensors"]
+    extras = [
+        "v1-5-pruned-emaonly.safetensors",
+        "unet/diffusion_pytorch_model.bin",
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+        "unet/diffusion_pytorch_model.non_ema.safetensors",
+        "text_encoder/pytorch_model.bin",
+        "safety_checker/model.safetensors",
+    ]
     for name in extras:
         (repo / name).parent.mkdir(exist_ok=True)
         shutil.copy(repo / "unet" / "diffusion_pytorch_model.safetensors", repo / name)

@@ -2,8 +2,15 @@
 
 import pytest
 
-from sdlab.prompts import structure
-from sdlab.prompts import build_negative_prompt, build_prompt, get_preset, list_presets, load_presets, register_preset
+from sdlab.prompts import (
+    build_negative_prompt,
+    build_prompt,
+    get_preset,
+    list_presets,
+    load_presets,
+    register_preset,
+    structure,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -18,8 +25,10 @@ def test_subject_style_quality_in_order():
         style="cinematic lighting, shallow depth of field",
         quality=["photorealistic", "8k", "sharp focus"],
     )
-    assert prompt == ("a professional portrait of a software engineer, cinematic lighting, shallow depth of field, "
-                      "photorealistic, 8k, sharp focus")
+    assert prompt == (
+        "a professional portrait of a software engineer, cinematic lighting, shallow depth of field, "
+        "photorealistic, 8k, sharp focus"
+    )
 
 
 def test_preset_tags_come_first_and_duplicates_are_dropped():
@@ -27,7 +36,7 @@ def test_preset_tags_come_first_and_duplicates_are_dropped():
     prompt = build_prompt("a red circle", preset="photo", style="golden hour", quality="Sharp Focus")
     tags = prompt.split(", ")
     assert tags[0] == "a red circle"
-    assert tags[1:1 + len(photo.style)] == list(photo.style)
+    assert tags[1 : 1 + len(photo.style)] == list(photo.style)
     assert "golden hour" in tags and tags.index("golden hour") < tags.index(photo.quality[0])
     assert [t.lower() for t in tags].count("sharp focus") == 1
 
@@ -63,8 +72,10 @@ def test_register_preset_and_replace():
 
 def test_load_presets_from_a_user_file(tmp_path):
     path = tmp_path / "presets.toml"
-    path.write_text('[noir]\ndescription = "film noir"\nstyle = ["black and white", "hard shadows"]\n'
-                    'negative_prompt = "color"\n', encoding="utf-8")
+    path.write_text(
+        '[noir]\ndescription = "film noir"\nstyle = ["black and white", "hard shadows"]\nnegative_prompt = "color"\n',
+        encoding="utf-8",
+    )
     loaded = load_presets(path)
     assert [p.name for p in loaded] == ["noir"]
     assert build_prompt("a street", preset="noir") == "a street, black and white, hard shadows"
@@ -72,13 +83,16 @@ def test_load_presets_from_a_user_file(tmp_path):
         load_presets(path)
 
 
-@pytest.mark.parametrize("text, match", [
-    ('[x]\nstlye = ["typo"]\n', "unknown key"),
-    ("[x]\n", "needs"),
-    ("x = 1\n", "must be a table"),
-    ("[x\n", "not valid TOML"),
-    ('[x]\nstyle = [1]\n', "only strings"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ('[x]\nstlye = ["typo"]\n', "unknown key"),
+        ("[x]\n", "needs"),
+        ("x = 1\n", "must be a table"),
+        ("[x\n", "not valid TOML"),
+        ("[x]\nstyle = [1]\n", "only strings"),
+    ],
+)
 def test_bad_preset_files_are_loud(tmp_path, text, match):
     path = tmp_path / "bad.toml"
     path.write_text(text, encoding="utf-8")

@@ -33,28 +33,34 @@ def run(pipe, prompt, **kwargs):
 # ------------------------------------------------------------------ syntax (no model)
 
 
-@pytest.mark.parametrize("text, fragments", [
-    ("a (red:1.3) circle", [("a ", 1.0), ("red", 1.3), (" circle", 1.0)]),
-    ("a ((red)) [blue]", [("a ", 1.0), ("red", 1.21), (" ", 1.0), ("blue", 0.909091)]),
-    ("red++ car-- sci-fi", [("red", 1.21), (" ", 1.0), ("car", 0.81), (" sci-fi", 1.0)]),
-    ("(a big)1.5 dog, (cat)-", [("a big", 1.5), (" dog, ", 1.0), ("cat", 0.9)]),
-    ("(a [b] c:2)", [("a ", 2.0), ("b", 1.818182), (" c", 2.0)]),
-    (r"smile \(ok\) \[x\]", [("smile (ok) [x]", 1.0)]),
-    ("a (red:1.0) circle", [("a red circle", 1.0)]),
-    ("", []),
-])
+@pytest.mark.parametrize(
+    "text, fragments",
+    [
+        ("a (red:1.3) circle", [("a ", 1.0), ("red", 1.3), (" circle", 1.0)]),
+        ("a ((red)) [blue]", [("a ", 1.0), ("red", 1.21), (" ", 1.0), ("blue", 0.909091)]),
+        ("red++ car-- sci-fi", [("red", 1.21), (" ", 1.0), ("car", 0.81), (" sci-fi", 1.0)]),
+        ("(a big)1.5 dog, (cat)-", [("a big", 1.5), (" dog, ", 1.0), ("cat", 0.9)]),
+        ("(a [b] c:2)", [("a ", 2.0), ("b", 1.818182), (" c", 2.0)]),
+        (r"smile \(ok\) \[x\]", [("smile (ok) [x]", 1.0)]),
+        ("a (red:1.0) circle", [("a red circle", 1.0)]),
+        ("", []),
+    ],
+)
 def test_parse_weights(text, fragments):
     assert parse_weights(text) == fragments
 
 
-@pytest.mark.parametrize("text, match", [
-    ("a (red", "never closed"),
-    ("a red)", r"unbalanced '\)'"),
-    ("(a]", "expected"),
-    ("(x:-1)", "negative weight"),
-    ("[a:b:3]", "prompt editing"),
-    ("[a|b]", "alternation"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("a (red", "never closed"),
+        ("a red)", r"unbalanced '\)'"),
+        ("(a]", "expected"),
+        ("(x:-1)", "negative weight"),
+        ("[a:b:3]", "prompt editing"),
+        ("[a|b]", "alternation"),
+    ],
+)
 def test_bad_weight_syntax_is_loud(text, match):
     with pytest.raises(ValueError, match=match):
         weighted(text)
@@ -66,8 +72,13 @@ def test_weighted_prompt_describes_itself():
     assert p.prompt_sent == "a red circle" and p.is_weighted
     assert weighted(p) is p and weighted(["a", "b"]) == [WeightedPrompt("a"), WeightedPrompt("b")]
     described = describe_value(p)
-    assert described == {"type": "weighted_prompt", "weighting": "compel", "text": "a (red:1.3) circle",
-                         "prompt_sent": "a red circle", "weights": [["a ", 1.0], ["red", 1.3], [" circle", 1.0]]}
+    assert described == {
+        "type": "weighted_prompt",
+        "weighting": "compel",
+        "text": "a (red:1.3) circle",
+        "prompt_sent": "a red circle",
+        "weights": [["a ", 1.0], ["red", 1.3], [" circle", 1.0]],
+    }
     json.dumps(described)
     with pytest.raises(ValueError, match="`prompt`"):
         weighted(3)
@@ -87,7 +98,9 @@ def test_weights_of_one_equal_the_plain_prompt(sd1_pipe):
 
 def test_sdxl_weights_of_one_equal_the_plain_prompt(sdxl_pipe):
     embeds, pooled = weighted("a (red:1.0) circle").encode(sdxl_pipe)
-    reference, _, reference_pooled, _ = sdxl_pipe.encode_prompt("a red circle", device="cpu", do_classifier_free_guidance=False)
+    reference, _, reference_pooled, _ = sdxl_pipe.encode_prompt(
+        "a red circle", device="cpu", do_classifier_free_guidance=False
+    )
     assert torch.allclose(embeds, reference, atol=1e-6) and torch.allclose(pooled, reference_pooled, atol=1e-6)
     plain = run(sdxl_pipe, "a red circle", num_inference_steps=2)
     same = run(sdxl_pipe, weighted("a red circle"), num_inference_steps=2)
@@ -132,11 +145,14 @@ def test_long_weighted_prompt_is_read_whole(sd1_pipe):
     assert "truncated_words" not in long.records[0] and long.records[0]["prompt_sent"] == a
 
 
-@pytest.mark.parametrize("family, guidance_scale, negatives", [
-    ("sd1", 5.0, ["blurry", "LONG", "a (blurry:1.3) photo"]),
-    ("sdxl", 5.0, None),  # zeroed negatives, padded with zeros
-    ("sdxl", 1.0, ["blurry", "LONG", "a (blurry:1.3) photo"]),  # no guidance: negatives unused
-])
+@pytest.mark.parametrize(
+    "family, guidance_scale, negatives",
+    [
+        ("sd1", 5.0, ["blurry", "LONG", "a (blurry:1.3) photo"]),
+        ("sdxl", 5.0, None),  # zeroed negatives, padded with zeros
+        ("sdxl", 1.0, ["blurry", "LONG", "a (blurry:1.3) photo"]),  # no guidance: negatives unused
+    ],
+)
 def test_mixed_lengths_in_one_batch_equal_each_image_alone(request, family, guidance_scale, negatives):
     """Long and short prompts (and negatives) in one batch: each image equals its seed made alone."""
     unet_pipe = request.getfixturevalue(f"{family}_pipe")
@@ -174,8 +190,9 @@ def test_missing_compel_says_how_to_install(sd1_pipe, monkeypatch):
 
 def test_sweep_over_a_weighted_wildcard_axis(sd1_pipe, tmp_path):
     axis = wildcard_axis("a ({red|blue}:1.4) circle", weighted=True)
-    result = sdlab.sweep(sd1_pipe, axes={"prompt": axis, "seed": [1, 2]}, out_dir=tmp_path,
-                         num_inference_steps=2, verbose=False)
+    result = sdlab.sweep(
+        sd1_pipe, axes={"prompt": axis, "seed": [1, 2]}, out_dir=tmp_path, num_inference_steps=2, verbose=False
+    )
     assert all(cell.ok for cell in result.cells)
     direct = run(sd1_pipe, weighted("a (blue:1.4) circle"), seed=2, num_inference_steps=2)
     cell = next(c for c in result.cells if c.coords == {"prompt": 1, "seed": 1})
@@ -183,8 +200,9 @@ def test_sweep_over_a_weighted_wildcard_axis(sd1_pipe, tmp_path):
 
     assert max_pixel_diff(Image.open(cell.path), direct.image) <= 2  # batched with the other cells
     assert read_params(cell.path)["prompt_weights"][1] == ["blue", 1.4]
-    again = sdlab.sweep(sd1_pipe, axes={"prompt": axis, "seed": [1, 2]}, out_dir=tmp_path,
-                        num_inference_steps=2, verbose=False)
+    again = sdlab.sweep(
+        sd1_pipe, axes={"prompt": axis, "seed": [1, 2]}, out_dir=tmp_path, num_inference_steps=2, verbose=False
+    )
     assert all(c.cached for c in again.cells)
 
 

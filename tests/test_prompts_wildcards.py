@@ -8,7 +8,12 @@ from sdlab.prompts.wildcards import MAX_COMBINATIONS
 
 def test_combinatorial_in_order_last_choice_fastest():
     assert expand("a {red|green|blue} {car|bike}") == [
-        "a red car", "a red bike", "a green car", "a green bike", "a blue car", "a blue bike",
+        "a red car",
+        "a red bike",
+        "a green car",
+        "a green bike",
+        "a blue car",
+        "a blue bike",
     ]
     assert count_expansions("a {red|green|blue} {car|bike}") == 6
 
@@ -88,12 +93,15 @@ def test_too_many_combinations_need_n():
     assert len(expand(template, mode="random", n=3, seed=0)) == 3
 
 
-@pytest.mark.parametrize("template, match", [
-    ("{a|b", "never closed"),
-    ("a}", "unbalanced"),
-    ("__nope__", "no wildcard file nope.txt"),
-    ("{3$$a|b}", "only 2 options"),
-])
+@pytest.mark.parametrize(
+    "template, match",
+    [
+        ("{a|b", "never closed"),
+        ("a}", "unbalanced"),
+        ("__nope__", "no wildcard file nope.txt"),
+        ("{3$$a|b}", "only 2 options"),
+    ],
+)
 def test_bad_templates_are_loud(template, match):
     with pytest.raises(ValueError, match=match):
         expand(template)

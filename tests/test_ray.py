@@ -67,8 +67,14 @@ def _start_local_cluster(ray, attempts=2):
     which starves them next to other work on a shared machine)."""
     for attempt in range(attempts):
         try:
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, ignore_reinit_error=True, log_to_driver=False,
-                     _node_ip_address="127.0.0.1", _system_config={"worker_niceness": 0})
+            ray.init(
+                num_cpus=os.cpu_count(),
+                include_dashboard=False,
+                ignore_reinit_error=True,
+                log_to_driver=False,
+                _node_ip_address="127.0.0.1",
+                _system_config={"worker_niceness": 0},
+            )
             return
         except Exception as e:  # Ray's raylet gives its helpers fixed start-up windows
             ray.shutdown()
@@ -215,8 +221,12 @@ def test_a_ray_model_is_a_backend_and_the_server_runs_on_the_sweep_executor(ray_
                     assert time.monotonic() < deadline
                     time.sleep(0.2)
                 seeds = [1, 2, 3]
-                ids = [client.post("/generate", json={"prompt": PROMPT, "seed": s, "num_inference_steps": STEPS}).json()["id"]
-                       for s in seeds]
+                ids = [
+                    client.post("/generate", json={"prompt": PROMPT, "seed": s, "num_inference_steps": STEPS}).json()[
+                        "id"
+                    ]
+                    for s in seeds
+                ]
                 for job_id, seed in zip(ids, seeds):
                     body = client.get(f"/jobs/{job_id}", params={"wait": 30}).json()
                     while body["status"] in ("queued", "running"):
@@ -236,7 +246,26 @@ def test_cli_sweep_on_ray(ray_cluster, tmp_path):
     from sdlab.cli import main
 
     out = tmp_path / "run"
-    assert main(["sweep", PROMPT, "--model", "tiny", "--axis", "seed=1-2", "--steps", "1", "--out", str(out),
-                 "--executor", "ray", "--workers", "1"]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                PROMPT,
+                "--model",
+                "tiny",
+                "--axis",
+                "seed=1-2",
+                "--steps",
+                "1",
+                "--out",
+                str(out),
+                "--executor",
+                "ray",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert (out / "grid.png").exists() and len(manifest_keys(out)) == 2
     assert main(["sweep", PROMPT, "--axis", "seed=1-2", "--executor", "ray", "--workers", "0"]) == 2

@@ -48,8 +48,14 @@ def test_flux_schnell_one_prediction_per_image_with_its_seed(fake):
     r = result.records[0]
     assert (r["backend"], r["model"], r["aspect_ratio"], r["output_format"]) == ("replicate", SCHNELL, "16:9", "png")
     assert r["version"].startswith("dp-") and r["prediction_id"] in fake.predictions
-    assert fake.predictions[r["prediction_id"]].input == {"prompt": "a red fox", "seed": 10, "aspect_ratio": "16:9",
-                                                          "num_inference_steps": 4, "num_outputs": 1, "output_format": "png"}
+    assert fake.predictions[r["prediction_id"]].input == {
+        "prompt": "a red fox",
+        "seed": 10,
+        "aspect_ratio": "16:9",
+        "num_inference_steps": 4,
+        "num_outputs": 1,
+        "output_format": "png",
+    }
     assert r["guidance_scale"] is None and r["unused_parameters"] == ["guidance_scale"]
     alone = sdlab.generate(backend, "a red fox", seed=11, width=1024, height=576).image
     assert max_pixel_diff(alone, result.images[1]) == 0  # image 1 of the batch == seed 11 alone
@@ -70,8 +76,16 @@ def test_flux_11_pro_custom_size_single_url_output(fake):
 def test_community_model_by_version_and_negative_prompt(fake):
     backend = make(fake, f"stability-ai/sdxl:{SDXL_VERSION}")
     before = fake.count("POST", "/v1/predictions")
-    result = sdlab.generate(backend, "a castle", negative_prompt="fog", seed=1, width=512, height=512,
-                            num_inference_steps=20, guidance_scale=6.0)
+    result = sdlab.generate(
+        backend,
+        "a castle",
+        negative_prompt="fog",
+        seed=1,
+        width=512,
+        height=512,
+        num_inference_steps=20,
+        guidance_scale=6.0,
+    )
     assert fake.count("POST", "/v1/predictions") - before == 1
     r = result.records[0]
     sent = fake.predictions[r["prediction_id"]].input
@@ -81,9 +95,18 @@ def test_community_model_by_version_and_negative_prompt(fake):
 
 def test_unknown_model_gets_the_generic_mapping(fake):
     backend = make(fake, f"sdlab/fake-diffusion:{GENERIC_VERSION}", output_format=None)
-    result = sdlab.generate(backend, "generic", seed=2, width=256, height=128, num_inference_steps=9, guidance_scale=2.0)
+    result = sdlab.generate(
+        backend, "generic", seed=2, width=256, height=128, num_inference_steps=9, guidance_scale=2.0
+    )
     sent = fake.predictions[result.records[0]["prediction_id"]].input
-    assert sent == {"prompt": "generic", "seed": 2, "width": 256, "height": 128, "num_inference_steps": 9, "guidance_scale": 2.0}
+    assert sent == {
+        "prompt": "generic",
+        "seed": 2,
+        "width": 256,
+        "height": 128,
+        "num_inference_steps": 9,
+        "guidance_scale": 2.0,
+    }
     assert result.image.size == (32, 16)
 
 
@@ -110,7 +133,12 @@ def test_explicit_aspect_ratio_and_extra_inputs_pass_through(fake):
     backend = make(fake, inputs={"go_fast": False, "megapixels": "0.25"})
     result = sdlab.generate(backend, "x", seed=1, aspect_ratio="2:3", output_format="webp")
     sent = fake.predictions[result.records[0]["prediction_id"]].input
-    assert (sent["aspect_ratio"], sent["go_fast"], sent["megapixels"], sent["output_format"]) == ("2:3", False, "0.25", "webp")
+    assert (sent["aspect_ratio"], sent["go_fast"], sent["megapixels"], sent["output_format"]) == (
+        "2:3",
+        False,
+        "0.25",
+        "webp",
+    )
     assert result.records[0]["output_format"] == "webp" and result.image.size == (52, 78)
 
 
@@ -216,7 +244,9 @@ def test_unknown_version_and_invalid_input_are_readable(fake):
     with pytest.raises(BackendError, match="HTTP 422"):
         sdlab.generate(make(fake, "stability-ai/sdxl:" + "0" * 64), "x", seed=1, width=512, height=512)
     with pytest.raises(BackendError, match="guidance_scale: Must be less than or equal to 50"):
-        sdlab.generate(make(fake, f"sdlab/fake-diffusion:{GENERIC_VERSION}"), "x", seed=1, width=64, height=64, guidance_scale=60.0)
+        sdlab.generate(
+            make(fake, f"sdlab/fake-diffusion:{GENERIC_VERSION}"), "x", seed=1, width=64, height=64, guidance_scale=60.0
+        )
 
 
 def test_missing_package_is_a_missing_dependency_error(fake, monkeypatch):
@@ -228,7 +258,9 @@ def test_missing_package_is_a_missing_dependency_error(fake, monkeypatch):
 def test_protocol_identity_and_open_backend(fake, monkeypatch, tmp_path):
     backend = make(fake)
     assert isinstance(backend, sdlab.Backend) and sdlab.as_backend(backend) is backend
-    assert backend.supports_per_image_guidance() is False and backend.max_batch_size == 4 and backend.size_multiple == 16
+    assert (
+        backend.supports_per_image_guidance() is False and backend.max_batch_size == 4 and backend.size_multiple == 16
+    )
     assert backend.identity()["model"] == SCHNELL and backend.identity()["version"] is None
     assert make(fake, output_format="webp").identity() != backend.identity()
     d = backend.defaults
@@ -239,7 +271,9 @@ def test_protocol_identity_and_open_backend(fake, monkeypatch, tmp_path):
     monkeypatch.setenv("REPLICATE_BASE_URL", fake.url)
     from sdlab.cli import main
 
-    assert main(["generate", "a cli fox", "--model", f"replicate:{SCHNELL}", "--seed", "4", "--out", str(tmp_path)]) == 0
+    assert (
+        main(["generate", "a cli fox", "--model", f"replicate:{SCHNELL}", "--seed", "4", "--out", str(tmp_path)]) == 0
+    )
     params = sdlab.read_params(next(tmp_path.glob("*.png")))
     assert params["model"] == SCHNELL and params["prediction_id"] and params["version"].startswith("dp-")
 

@@ -28,7 +28,9 @@ def test_every_a1111_name_builds_and_is_described_back(sd1_pipe, name):
 def test_names_are_matched_loosely_and_class_names_work(sd1_pipe):
     assert type(make_scheduler("dpm++_2m_karras", sd1_pipe.scheduler.config)).__name__ == "DPMSolverMultistepScheduler"
     assert make_scheduler("dpm++ 2m karras", sd1_pipe.scheduler.config).config.use_karras_sigmas
-    assert type(make_scheduler("UniPCMultistepScheduler", sd1_pipe.scheduler.config)).__name__ == "UniPCMultistepScheduler"
+    assert (
+        type(make_scheduler("UniPCMultistepScheduler", sd1_pipe.scheduler.config)).__name__ == "UniPCMultistepScheduler"
+    )
 
 
 def test_karras_does_not_leak_into_other_schedulers(sd1_pipe):
@@ -57,7 +59,10 @@ def test_flux_takes_flow_matching_schedulers_only(flux_pipe):
     assert scheduler_names(flux_pipe) == ["Euler", "Heun"]
     assert type(make_scheduler("Euler", flux_pipe.scheduler.config)).__name__ == "FlowMatchEulerDiscreteScheduler"
     # Forge's FLUX text says "Sampler: Euler, Schedule type: Simple": the model's own flow schedule
-    assert type(make_scheduler(from_a1111("Euler", "Simple"), flux_pipe.scheduler.config)).__name__ == "FlowMatchEulerDiscreteScheduler"
+    assert (
+        type(make_scheduler(from_a1111("Euler", "Simple"), flux_pipe.scheduler.config)).__name__
+        == "FlowMatchEulerDiscreteScheduler"
+    )
     with pytest.raises(ValueError, match="scheduler"):
         make_scheduler("Euler Karras", flux_pipe.scheduler.config)
     with pytest.raises(ValueError, match="scheduler"):
@@ -67,31 +72,36 @@ def test_flux_takes_flow_matching_schedulers_only(flux_pipe):
 def test_schedule_types_survive_a_config_built_in_memory():
     # A scheduler made in memory lists the options it left at their defaults (`_use_default_values`);
     # diffusers drops those keys when it builds another class from the config: Karras was lost.
-    base = diffusers.EulerDiscreteScheduler(beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading").config
+    base = diffusers.EulerDiscreteScheduler(
+        beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
+    ).config
     assert "use_karras_sigmas" in base["_use_default_values"]
     for name, (_cls, overrides) in A1111_SCHEDULERS.items():
         built = make_scheduler(name, base).config
         assert {k: built[k] for k in overrides} == overrides, name
 
 
-@pytest.mark.parametrize("sampler, schedule, name", [
-    ("DPM++ 2M SDE", "Automatic", "DPM++ 2M SDE Exponential"),  # A1111 v1.10's default schedule per sampler
-    ("DPM++ 2M", "Automatic", "DPM++ 2M Karras"),
-    ("DPM2 a", "Automatic", "DPM2 a Karras"),
-    ("Euler a", "Automatic", "Euler a"),
-    ("DPM++ 2M", "Karras", "DPM++ 2M Karras"),
-    ("DPM++ 2M", "Uniform", "DPM++ 2M"),
-    ("Euler", "SGM Uniform", "Euler SGM Uniform"),
-    ("Euler", "Simple", "Euler Simple"),
-    ("DPM++ 3M SDE", "Exponential", "DPM++ 3M SDE Exponential"),
-    ("DPM++ 2M SDE Heun", "Beta", "DPM++ 2M SDE Heun Beta"),
-    ("DPM++ 2M", "karras", "DPM++ 2M Karras"),  # v1.6-v1.8's global schedule setting, written by its name
-    ("DPM++ 2M", "sgm_uniform", "DPM++ 2M SGM Uniform"),
-    ("DPM++ 2M Karras", None, "DPM++ 2M Karras"),  # before v1.9: the schedule is in the sampler's name
-    ("DPM++ 2M SDE Exponential", None, "DPM++ 2M SDE Exponential"),
-    ("DPM++ 2M", None, "DPM++ 2M"),
-    ("DDIM", "Karras", "DDIM"),  # A1111 runs DDIM on its own timesteps whatever the schedule type
-])
+@pytest.mark.parametrize(
+    "sampler, schedule, name",
+    [
+        ("DPM++ 2M SDE", "Automatic", "DPM++ 2M SDE Exponential"),  # A1111 v1.10's default schedule per sampler
+        ("DPM++ 2M", "Automatic", "DPM++ 2M Karras"),
+        ("DPM2 a", "Automatic", "DPM2 a Karras"),
+        ("Euler a", "Automatic", "Euler a"),
+        ("DPM++ 2M", "Karras", "DPM++ 2M Karras"),
+        ("DPM++ 2M", "Uniform", "DPM++ 2M"),
+        ("Euler", "SGM Uniform", "Euler SGM Uniform"),
+        ("Euler", "Simple", "Euler Simple"),
+        ("DPM++ 3M SDE", "Exponential", "DPM++ 3M SDE Exponential"),
+        ("DPM++ 2M SDE Heun", "Beta", "DPM++ 2M SDE Heun Beta"),
+        ("DPM++ 2M", "karras", "DPM++ 2M Karras"),  # v1.6-v1.8's global schedule setting, written by its name
+        ("DPM++ 2M", "sgm_uniform", "DPM++ 2M SGM Uniform"),
+        ("DPM++ 2M Karras", None, "DPM++ 2M Karras"),  # before v1.9: the schedule is in the sampler's name
+        ("DPM++ 2M SDE Exponential", None, "DPM++ 2M SDE Exponential"),
+        ("DPM++ 2M", None, "DPM++ 2M"),
+        ("DDIM", "Karras", "DDIM"),  # A1111 runs DDIM on its own timesteps whatever the schedule type
+    ],
+)
 def test_a1111_sampler_and_schedule_type_pairs(sd1_pipe, sampler, schedule, name):
     assert from_a1111(sampler, schedule) == name
     make_scheduler(name, sd1_pipe.scheduler.config)  # sdlab builds it
@@ -130,13 +140,20 @@ def test_a_schedule_type_changes_the_image_and_does_not_stick(sd1_pipe):
     assert again.config.timestep_spacing == make_scheduler("Euler", sd1_pipe.scheduler.config).config.timestep_spacing
 
 
-@pytest.mark.parametrize("name, reason, near", [
-    ("Euler a Karras", "cannot build A1111's 'Euler a' with schedule type 'Karras'", "Euler Karras"),
-    ("DPM++ 2S a", "A1111's 'DPM++ 2S a' sampler has no diffusers scheduler", "DPM2 a"),
-    ("DPM++ 2M Align Your Steps", "schedule type 'Align Your Steps'", "DPM++ 2M Karras"),
-    ("DPM++ 2M Karas", "", "DPM++ 2M Karras"),
-    ("UniPC Karras", "cannot build A1111's 'UniPC' with schedule type 'Karras'", "UniPC"),  # never silently plain UniPC
-])
+@pytest.mark.parametrize(
+    "name, reason, near",
+    [
+        ("Euler a Karras", "cannot build A1111's 'Euler a' with schedule type 'Karras'", "Euler Karras"),
+        ("DPM++ 2S a", "A1111's 'DPM++ 2S a' sampler has no diffusers scheduler", "DPM2 a"),
+        ("DPM++ 2M Align Your Steps", "schedule type 'Align Your Steps'", "DPM++ 2M Karras"),
+        ("DPM++ 2M Karas", "", "DPM++ 2M Karras"),
+        (
+            "UniPC Karras",
+            "cannot build A1111's 'UniPC' with schedule type 'Karras'",
+            "UniPC",
+        ),  # never silently plain UniPC
+    ],
+)
 def test_names_sdlab_cannot_build_list_the_near_names(sd1_pipe, name, reason, near):
     with pytest.raises(ValueError) as info:
         make_scheduler(name, sd1_pipe.scheduler.config)

@@ -20,12 +20,12 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from helpers import max_pixel_diff
 from PIL import Image
 
-from helpers import max_pixel_diff
 import sdlab
 from sdlab import generate, read_params
-from sdlab.server import Limits, serve_in_thread
+from sdlab.server import Limits
 
 STEPS = 2
 TIMEOUT = 120  # seconds for one HTTP exchange: generous, the machine may be shared and busy
@@ -44,23 +44,6 @@ def shared_machine(request):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture
-def serve(sd1_pipe, tmp_path):
-    """Start servers on the tiny pipeline (stopped, in reverse order, after the test)."""
-    handles = []
-
-    def start(model=None, **kwargs):
-        kwargs.setdefault("cleanup_interval", 0.25)
-        kwargs.setdefault("data_dir", tmp_path / f"server{len(handles)}")
-        handle = serve_in_thread(sd1_pipe if model is None else model, **kwargs)
-        handles.append(handle)
-        return handle
-
-    yield start
-    for handle in reversed(handles):
-        handle.stop()
 
 
 def wait_until(client, job_ids, states=("done",), timeout=180.0):
@@ -94,7 +77,9 @@ def assert_completed_once(db_path, results_dir, job_ids):
         (job,) = db_rows(db_path, "SELECT * FROM jobs WHERE id = ?", (job_id,))
         assert job["state"] == "done", job
         assert job["denoising_started_at"] is not None  # marked by the worker's first progress callback
-        events = [e["state"] for e in db_rows(db_path, "SELECT state FROM events WHERE job_id = ? ORDER BY id", (job_id,))]
+        events = [
+            e["state"] for e in db_rows(db_path, "SELECT state FROM events WHERE job_id = ? ORDER BY id", (job_id,))
+        ]
         assert events.count("done") == 1 and events[-1] == "done", events
         images = db_rows(db_path, "SELECT * FROM images WHERE job_id = ? ORDER BY k", (job_id,))
         assert [i["k"] for i in images] == list(range(job["num_images"]))
@@ -116,14 +101,18 @@ def test_concurrent_clients_every_job_completes_exactly_once(serve, sd1_pipe):
             with httpx.Client(base_url=server.url, timeout=TIMEOUT) as client:
                 ids = []
                 for j in range(2):
-                    body = {"prompt": f"a {['red', 'blue'][j % 2]} circle", "seed": 100 * n + j,
-                            "num_images": 1 + (n + j) % 2, "num_inference_steps": STEPS + (n % 2)}
+                    body = {
+                        "prompt": f"a {['red', 'blue'][j % 2]} circle",
+                        "seed": 100 * n + j,
+                        "num_images": 1 + (n + j) % 2,
+                        "num_inference_steps": STEPS + (n % 2),
+                    }
                     r = client.post("/generate", json=body)
                     assert r.status_code == 202, r.text
                     assert r.headers["location"] == f"/jobs/{r.json()['id']}"
                     ids.append(r.json()["id"])
                     submitted[r.json()["id"]] = body
-                for job_id, status in wait_until(client, ids).items():
+                for status in wait_until(client, ids).values():
                     for url in status["images"]:
                         first, second = client.get(url), client.get(url)
                         assert first.status_code == second.status_code == 200
@@ -157,8 +146,11 @@ def test_concurrent_clients_every_job_completes_exactly_once(serve, sd1_pipe):
     assert client.get("/jobs", params={"status": "queued"}).json()["total"] == 0
     from prometheus_client.parser import text_string_to_metric_families
 
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for family in text_string_to_metric_families(client.get("/metrics").text) for s in family.samples}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(client.get("/metrics").text)
+        for s in family.samples
+    }
     assert samples[("sdlab_queue_depth", ())] == 0
     assert samples[("sdlab_jobs_finished_total", (("state", "done"),))] == 12
     assert samples[("sdlab_jobs_finished_total", (("state", "failed"),))] == 0
@@ -228,8 +220,10 @@ def test_a_failing_job_fails_alone_with_its_error(serve, sd1_pipe):
 
     server = serve(Flaky(sd1_pipe), batch_size=3)  # a batch with the bad job fails, then each runs alone
     with httpx.Client(base_url=server.url, timeout=TIMEOUT) as client:
-        ids = [client.post("/generate", json={"prompt": p, "num_inference_steps": STEPS}).json()["id"]
-               for p in ("fine", "boom", "fine again")]
+        ids = [
+            client.post("/generate", json={"prompt": p, "num_inference_steps": STEPS}).json()["id"]
+            for p in ("fine", "boom", "fine again")
+        ]
         bodies = wait_until(client, ids, states=("done", "failed"))
         assert [bodies[i]["status"] for i in ids] == ["done", "failed", "done"]
         assert bodies[ids[1]]["error"] == "RuntimeError: the GPU caught fire" and bodies[ids[1]]["images"] == []
@@ -273,8 +267,12 @@ def test_bad_bodies_answer_422_with_a_message_per_field(serve):
     for raw in (b"not json", b'{"prompt": "x", "guidance_scale": NaN}', b"[1, 2]"):
         r = client.post("/generate", content=raw, headers={"content-type": "application/json"})
         assert r.status_code == 422, (raw, r.text)
-    assert client.post("/generate", content=b'{"prompt": "' + b"x" * 100_000 + b'"}',
-                       headers={"content-type": "application/json"}).status_code == 413
+    assert (
+        client.post(
+            "/generate", content=b'{"prompt": "' + b"x" * 100_000 + b'"}', headers={"content-type": "application/json"}
+        ).status_code
+        == 413
+    )
     assert server.store.counts()["queued"] == 0
     assert client.get("/jobs").json()["total"] == 0
     client.close()
@@ -291,8 +289,16 @@ def test_token_is_required_everywhere_but_health(serve):
         r = client.post("/generate", json=body, headers=good)
         assert r.status_code == 202
         job_id = r.json()["id"]
-        for path in (f"/jobs/{job_id}", "/jobs", "/metrics", f"/jobs/{job_id}/images/0",
-                     "/openapi.json", "/docs", "/redoc", "/docs/oauth2-redirect"):
+        for path in (
+            f"/jobs/{job_id}",
+            "/jobs",
+            "/metrics",
+            f"/jobs/{job_id}/images/0",
+            "/openapi.json",
+            "/docs",
+            "/redoc",
+            "/docs/oauth2-redirect",
+        ):
             assert client.get(path).status_code == 401, path
         for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):  # and served with it
             r = client.get(path, headers=good)
@@ -395,9 +401,27 @@ class CliServer:
         self.data_dir, self.log_path = Path(data_dir), Path(log_path)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "sdlab.cli", "serve", "--model", "tiny", "--device", "cpu", "--port", "0",
-                 "--data-dir", str(self.data_dir), "--log-level", "warning", "--max-queue", "50"],
-                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                [
+                    sys.executable,
+                    "-m",
+                    "sdlab.cli",
+                    "serve",
+                    "--model",
+                    "tiny",
+                    "--device",
+                    "cpu",
+                    "--port",
+                    "0",
+                    "--data-dir",
+                    str(self.data_dir),
+                    "--log-level",
+                    "warning",
+                    "--max-queue",
+                    "50",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "OMP_NUM_THREADS": "1"},
             )
 
     def wait_ready(self, timeout=300.0) -> str:
@@ -430,8 +454,12 @@ def cli_server(tmp_path_factory):
 def test_killed_server_restarts_and_every_job_completes(cli_server, serve, sd1_pipe):
     url = cli_server.wait_ready()
     with httpx.Client(base_url=url, timeout=TIMEOUT) as client:
-        ids = [client.post("/generate", json={"prompt": "a green square", "seed": i, "num_inference_steps": 5}).json()["id"]
-               for i in range(8)]
+        ids = [
+            client.post("/generate", json={"prompt": "a green square", "seed": i, "num_inference_steps": 5}).json()[
+                "id"
+            ]
+            for i in range(8)
+        ]
         deadline = time.monotonic() + 180
         while sum(client.get(f"/jobs/{i}").json()["status"] == "done" for i in ids) < 2:
             assert time.monotonic() < deadline
@@ -466,8 +494,15 @@ def test_a_job_that_keeps_killing_the_server_fails_after_max_attempts(tmp_path):
     from sdlab.request import GenerationRequest
     from sdlab.server.store import JobStore
 
-    request = GenerationRequest(prompt=("x",), negative_prompt=(None,), seed=(1,), guidance_scale=(5.0,),
-                                width=64, height=64, num_inference_steps=2)
+    request = GenerationRequest(
+        prompt=("x",),
+        negative_prompt=(None,),
+        seed=(1,),
+        guidance_scale=(5.0,),
+        width=64,
+        height=64,
+        num_inference_steps=2,
+    )
     store = JobStore(tmp_path / "jobs.db", tmp_path / "results")
     job, position = store.submit(request, {"prompt": "x"}, batch_key="k", max_queue=10)
     assert position == 1
@@ -489,8 +524,15 @@ def test_deaths_before_a_job_starts_denoising_do_not_count_against_it(tmp_path):
     from sdlab.request import GenerationRequest
     from sdlab.server.store import JobStore
 
-    request = GenerationRequest(prompt=("x",), negative_prompt=(None,), seed=(1,), guidance_scale=(5.0,),
-                                width=64, height=64, num_inference_steps=2)
+    request = GenerationRequest(
+        prompt=("x",),
+        negative_prompt=(None,),
+        seed=(1,),
+        guidance_scale=(5.0,),
+        width=64,
+        height=64,
+        num_inference_steps=2,
+    )
     store = JobStore(tmp_path / "jobs.db", tmp_path / "results")
     job, _ = store.submit(request, {"prompt": "x"}, batch_key="k", max_queue=10)
     for attempt in range(1, 7):  # twice max_attempts deaths, none of them while denoising
@@ -513,10 +555,21 @@ def test_deaths_before_a_job_starts_denoising_do_not_count_against_it(tmp_path):
     store.close()
 
 
-@pytest.mark.parametrize("field, value", [
-    ("seed", -5), ("seed", 2**64), ("num_inference_steps", 0), ("guidance_scale", -1.0), ("guidance_scale", float("nan")),
-    ("width", 60), ("width", 8), ("num_images", 0), ("clip_skip", -1), ("clip_skip", 13),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("seed", -5),
+        ("seed", 2**64),
+        ("num_inference_steps", 0),
+        ("guidance_scale", -1.0),
+        ("guidance_scale", float("nan")),
+        ("width", 60),
+        ("width", 8),
+        ("num_images", 0),
+        ("clip_skip", -1),
+        ("clip_skip", 13),
+    ],
+)
 def test_the_server_refuses_what_generate_refuses_with_the_same_message(serve, sd1_pipe, field, value):
     import json
 
@@ -534,7 +587,9 @@ def test_the_server_refuses_what_generate_refuses_with_the_same_message(serve, s
 def test_clip_skip_reaches_the_image_and_its_record(serve, sd1_pipe):
     server = serve()
     with httpx.Client(base_url=server.url, timeout=TIMEOUT) as client:
-        job = client.post("/generate", json={"prompt": "a red circle", "seed": 4, "num_inference_steps": 2, "clip_skip": 1}).json()
+        job = client.post(
+            "/generate", json={"prompt": "a red circle", "seed": 4, "num_inference_steps": 2, "clip_skip": 1}
+        ).json()
         wait_until(client, [job["id"]])
         png = client.get(f"/jobs/{job['id']}/images/0").content
     image = Image.open(io.BytesIO(png))

@@ -14,8 +14,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-
-from test_server import STEPS, TIMEOUT, serve, wait_until  # noqa: F401  (serve is a fixture)
+from test_server import STEPS, TIMEOUT, wait_until
 
 
 def make_store_with_results(data_dir: Path, n: int = 3):
@@ -26,8 +25,15 @@ def make_store_with_results(data_dir: Path, n: int = 3):
     store = JobStore(data_dir / "jobs.db", data_dir / "results")
     ids = []
     for i in range(n):
-        request = GenerationRequest(prompt=("x",), negative_prompt=(None,), seed=(i,), guidance_scale=(5.0,),
-                                    width=64, height=64, num_inference_steps=2)
+        request = GenerationRequest(
+            prompt=("x",),
+            negative_prompt=(None,),
+            seed=(i,),
+            guidance_scale=(5.0,),
+            width=64,
+            height=64,
+            num_inference_steps=2,
+        )
         store.submit(request, {"prompt": "x"}, batch_key="k", max_queue=10)
         (job,) = store.claim(batch_size=1, max_images=8)
         folder = store.job_dir(job.id)
@@ -196,7 +202,7 @@ def test_a_damaged_result_png_is_refused_with_410_not_served(serve, damage):
         if damage == "flipped":
             data[len(data) // 2] ^= 0xFF  # one byte inside the image data, same length
         else:
-            del data[len(data) // 2:]
+            del data[len(data) // 2 :]
         path.write_bytes(bytes(data))
         r = client.get(url)
         assert r.status_code == 410, r.status_code
@@ -207,11 +213,14 @@ def test_a_damaged_result_png_is_refused_with_410_not_served(serve, damage):
 # ---------------------------------------------------------------------------- item 11: sizes the model cannot run
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"width": 8, "height": 8, "guidance_scale": 0.0}, "width"),
-    ({"height": 16}, "height"),
-    ({"width": 56}, "width"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"width": 8, "height": 8, "guidance_scale": 0.0}, "width"),
+        ({"height": 16}, "height"),
+        ({"width": 56}, "width"),
+    ],
+)
 def test_sizes_below_the_familys_minimum_are_refused_at_submission(serve, body, field):
     server = serve()
     with httpx.Client(base_url=server.url, timeout=TIMEOUT) as client:
@@ -282,8 +291,10 @@ def test_compatible_jobs_share_one_pipeline_call_by_default(serve):
 
     server = serve(batch_wait=10.0)
     with httpx.Client(base_url=server.url, timeout=TIMEOUT) as client:
-        ids = [client.post("/generate", json={"prompt": f"job {i}", "seed": i, "num_inference_steps": STEPS}).json()["id"]
-               for i in range(4)]
+        ids = [
+            client.post("/generate", json={"prompt": f"job {i}", "seed": i, "num_inference_steps": STEPS}).json()["id"]
+            for i in range(4)
+        ]
         bodies = wait_until(client, ids)
     assert all(body["status"] == "done" for body in bodies.values())
     runs = {server.store.get(i).run_token for i in ids}
@@ -298,8 +309,15 @@ def test_a_filling_batch_waits_only_while_fewer_compatible_jobs_are_queued(tmp_p
     assert store.filling_batch(3) is None  # nothing queued: nothing to wait for
 
     def submit(key):
-        request = GenerationRequest(prompt=("x",), negative_prompt=(None,), seed=(1,), guidance_scale=(5.0,),
-                                    width=64, height=64, num_inference_steps=2)
+        request = GenerationRequest(
+            prompt=("x",),
+            negative_prompt=(None,),
+            seed=(1,),
+            guidance_scale=(5.0,),
+            width=64,
+            height=64,
+            num_inference_steps=2,
+        )
         return store.submit(request, {"prompt": "x"}, batch_key=key, max_queue=10)[0]
 
     first = submit("a")

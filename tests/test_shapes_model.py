@@ -17,7 +17,8 @@ SKETCH = ROOT / "data" / "sketches" / "circle.png"
 
 pytestmark = pytest.mark.skipif(
     not (MODEL_DIR / "model_index.json").exists(),
-    reason=f"no bundled model weights at {MODEL_DIR} (train them: training/README.md)")
+    reason=f"no bundled model weights at {MODEL_DIR} (train them: training/README.md)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +42,14 @@ def test_loads_unchanged_in_float32(pipe):
 
 
 def _run(pipe, prompts, seeds, guidance_scale=5.0):
-    return pipe(prompt=prompts, generator=[torch.Generator().manual_seed(s) for s in seeds],
-                height=64, width=64, num_inference_steps=20, guidance_scale=guidance_scale).images
+    return pipe(
+        prompt=prompts,
+        generator=[torch.Generator().manual_seed(s) for s in seeds],
+        height=64,
+        width=64,
+        num_inference_steps=20,
+        guidance_scale=guidance_scale,
+    ).images
 
 
 def test_seeds_are_deterministic_and_vary(pipe):
@@ -78,6 +85,13 @@ def test_controlnet_follows_a_sketch(pipe):
     cn = StableDiffusionControlNetPipeline(**pipe.components, controlnet=controlnet)
     cn.set_progress_bar_config(disable=True)
     edges = world.sketch_edges(Image.open(SKETCH), 64)
-    img = cn(prompt="a large red circle on a white background", image=edges, height=64, width=64,
-             num_inference_steps=20, guidance_scale=5.0, generator=torch.Generator().manual_seed(0)).images[0]
+    img = cn(
+        prompt="a large red circle on a white background",
+        image=edges,
+        height=64,
+        width=64,
+        num_inference_steps=20,
+        guidance_scale=5.0,
+        generator=torch.Generator().manual_seed(0),
+    ).images[0]
     assert iou(judge(img).mask, filled_mask(edges)) >= 0.7  # 0.79 with the shipped weights

@@ -65,7 +65,9 @@ class CountingBackend:
 
 def grid_sweep(backend, out_dir, **kwargs):
     kwargs.setdefault("axes", {"seed": "1-4", "guidance_scale": [1.5, 3, 5, 7]})
-    return sdlab.sweep(backend, "a red circle", batch_size=16, out_dir=out_dir, num_inference_steps=STEPS, verbose=False, **kwargs)
+    return sdlab.sweep(
+        backend, "a red circle", batch_size=16, out_dir=out_dir, num_inference_steps=STEPS, verbose=False, **kwargs
+    )
 
 
 @pytest.fixture
@@ -83,8 +85,14 @@ def test_seed_by_guidance_grid_is_one_batched_call(counting, tmp_path, sd1_pipe)
 
 
 def test_sdxl_cells_match_generate(sdxl_pipe, tmp_path):
-    result = sdlab.sweep(sdxl_pipe, "a red circle", axes={"seed": [1, 2], "guidance_scale": [1.0, 6.0]},
-                         out_dir=tmp_path, num_inference_steps=STEPS, verbose=False)
+    result = sdlab.sweep(
+        sdxl_pipe,
+        "a red circle",
+        axes={"seed": [1, 2], "guidance_scale": [1.0, 6.0]},
+        out_dir=tmp_path,
+        num_inference_steps=STEPS,
+        verbose=False,
+    )
     alone = sdlab.generate(sdxl_pipe, "a red circle", seed=2, guidance_scale=6.0, num_inference_steps=STEPS)
     assert max_pixel_diff(result.image(seed=2, guidance_scale=6.0), alone.image) <= 2
 
@@ -102,7 +110,9 @@ def test_identical_rerun_generates_nothing_and_extension_only_new_cells(counting
 def test_changing_a_fixed_parameter_misses_the_cache(counting, tmp_path):
     grid_sweep(counting, tmp_path, axes={"seed": [1, 2]})
     counting.calls.clear()
-    sdlab.sweep(counting, "a red circle", axes={"seed": [1, 2]}, out_dir=tmp_path, num_inference_steps=STEPS + 1, verbose=False)
+    sdlab.sweep(
+        counting, "a red circle", axes={"seed": [1, 2]}, out_dir=tmp_path, num_inference_steps=STEPS + 1, verbose=False
+    )
     assert counting.calls == [2]
 
 
@@ -120,12 +130,28 @@ def test_corrupt_and_missing_files_are_regenerated(counting, tmp_path):
 def test_interrupted_sweep_resumes_where_it_stopped(sd1_pipe, tmp_path):
     stopping = CountingBackend(sd1_pipe, interrupt_after=2)
     with pytest.raises(KeyboardInterrupt):
-        sdlab.sweep(stopping, "a red circle", axes={"seed": "1-8"}, batch_size=2, out_dir=tmp_path, num_inference_steps=STEPS, verbose=False)
+        sdlab.sweep(
+            stopping,
+            "a red circle",
+            axes={"seed": "1-8"},
+            batch_size=2,
+            out_dir=tmp_path,
+            num_inference_steps=STEPS,
+            verbose=False,
+        )
     # a crash can also leave half a manifest line behind
     with open(tmp_path / "manifest.jsonl", "a") as f:
         f.write('{"key": "abc", "fi')
     resumed = CountingBackend(sd1_pipe)
-    result = sdlab.sweep(resumed, "a red circle", axes={"seed": "1-8"}, batch_size=2, out_dir=tmp_path, num_inference_steps=STEPS, verbose=False)
+    result = sdlab.sweep(
+        resumed,
+        "a red circle",
+        axes={"seed": "1-8"},
+        batch_size=2,
+        out_dir=tmp_path,
+        num_inference_steps=STEPS,
+        verbose=False,
+    )
     assert sum(resumed.calls) == 4 and sum(c.cached for c in result.cells) == 4
     assert all(c.ok for c in result.cells)
 
@@ -152,20 +178,30 @@ def test_out_of_memory_splits_the_batch(sd1_pipe, tmp_path):
 
 
 def test_linked_axes_move_together(counting, tmp_path):
-    result = grid_sweep(counting, tmp_path, axes={"guidance_scale": [2, 4, 6], "num_inference_steps": [1, 2, 3]},
-                        link=[("guidance_scale", "num_inference_steps")])
+    result = grid_sweep(
+        counting,
+        tmp_path,
+        axes={"guidance_scale": [2, 4, 6], "num_inference_steps": [1, 2, 3]},
+        link=[("guidance_scale", "num_inference_steps")],
+    )
     assert len(result) == 3
     assert [(r["guidance_scale"], r["num_inference_steps"]) for r in result.table] == [(2, 1), (4, 2), (6, 3)]
     with pytest.raises(ValueError, match="same number"):
-        grid_sweep(counting, tmp_path, axes={"guidance_scale": [2, 4], "num_inference_steps": [1, 2, 3]},
-                   link=[("guidance_scale", "num_inference_steps")])
+        grid_sweep(
+            counting,
+            tmp_path,
+            axes={"guidance_scale": [2, 4], "num_inference_steps": [1, 2, 3]},
+            link=[("guidance_scale", "num_inference_steps")],
+        )
 
 
 def test_seeds_fixed_random_and_varied(counting, tmp_path):
     r = grid_sweep(counting, tmp_path, axes={"guidance_scale": [2, 4]}, seed=None)
     seeds = {row["seed"] for row in r.table}
     assert len(seeds) == 1 and r.spec["fixed"]["seed"] == seeds.pop()
-    v = grid_sweep(counting, tmp_path, axes={"guidance_scale": [2, 4], "num_inference_steps": [1, 2]}, seed=10, vary_seeds=True)
+    v = grid_sweep(
+        counting, tmp_path, axes={"guidance_scale": [2, 4], "num_inference_steps": [1, 2]}, seed=10, vary_seeds=True
+    )
     assert [row["seed"] for row in v.table] == [10, 11, 12, 13]
     s = grid_sweep(counting, tmp_path, axes={"seed": [-1, 5]})
     assert s.table[0]["seed"] != -1 and s.axis("seed").values[1] == 5
@@ -173,9 +209,12 @@ def test_seeds_fixed_random_and_varied(counting, tmp_path):
 
 def test_prompt_axes_in_one_sweep(counting, tmp_path):
     result = sdlab.sweep(
-        counting, "a {shape} red circle on a blue background",
+        counting,
+        "a {shape} red circle on a blue background",
         axes={"shape": ["large", "small"], "sr1": sdlab.prompt_sr("red, blue"), "sr2": sdlab.prompt_sr("blue, red")},
-        out_dir=tmp_path, num_inference_steps=1, verbose=False,
+        out_dir=tmp_path,
+        num_inference_steps=1,
+        verbose=False,
     )
     prompts = {(r["shape"], r["sr1"], r["sr2"]): r["prompt"] for r in result.table}
     assert prompts[("small", "blue", "red")] == "a small blue circle on a red background"
@@ -185,11 +224,24 @@ def test_prompt_axes_in_one_sweep(counting, tmp_path):
 
 
 def test_matrix_and_prompt_axis(counting, tmp_path):
-    m = sdlab.sweep(counting, None, axes={"matrix": sdlab.prompt_matrix("a circle|red|large")}, out_dir=tmp_path,
-                    num_inference_steps=1, verbose=False)
+    m = sdlab.sweep(
+        counting,
+        None,
+        axes={"matrix": sdlab.prompt_matrix("a circle|red|large")},
+        out_dir=tmp_path,
+        num_inference_steps=1,
+        verbose=False,
+    )
     assert [r["prompt"] for r in m.table] == ["a circle", "a circle, red", "a circle, large", "a circle, red, large"]
     assert counting.calls[-1] == 4  # different prompts share one call
-    p = sdlab.sweep(counting, None, axes={"prompt": ["a red circle", "a blue square"]}, out_dir=tmp_path, num_inference_steps=1, verbose=False)
+    p = sdlab.sweep(
+        counting,
+        None,
+        axes={"prompt": ["a red circle", "a blue square"]},
+        out_dir=tmp_path,
+        num_inference_steps=1,
+        verbose=False,
+    )
     assert len(p) == 2
 
 
@@ -223,12 +275,26 @@ def test_model_axis_loads_each_model_once_and_not_when_cached(tiny_dirs, tmp_pat
     loads = []
     counting = LocalExecutor(open_model=lambda spec: loads.append(spec) or open_model(spec))
     models = ["tiny", str(tiny_dirs["sd1"])]
-    r = sdlab.sweep(None, "a red circle", axes={"model": models, "seed": [1, 2]}, out_dir=tmp_path, num_inference_steps=1,
-                    verbose=False, executor=counting)
+    r = sdlab.sweep(
+        None,
+        "a red circle",
+        axes={"model": models, "seed": [1, 2]},
+        out_dir=tmp_path,
+        num_inference_steps=1,
+        verbose=False,
+        executor=counting,
+    )
     assert loads == models and all(c.ok for c in r.cells)
     loads.clear()
-    sdlab.sweep(None, "a red circle", axes={"model": models, "seed": [1, 2]}, out_dir=tmp_path, num_inference_steps=1,
-                verbose=False, executor=counting)
+    sdlab.sweep(
+        None,
+        "a red circle",
+        axes={"model": models, "seed": [1, 2]},
+        out_dir=tmp_path,
+        num_inference_steps=1,
+        verbose=False,
+        executor=counting,
+    )
     assert loads == []
 
 
@@ -271,8 +337,25 @@ def test_cli_sweep(tmp_path, capsys):
     from sdlab.cli import main
 
     out = tmp_path / "run"
-    assert main(["sweep", "a red circle", "--model", "tiny", "--axis", "seed=1-2", "--axis", "guidance_scale=1,5",
-                 "--steps", "1", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "a red circle",
+                "--model",
+                "tiny",
+                "--axis",
+                "seed=1-2",
+                "--axis",
+                "guidance_scale=1,5",
+                "--steps",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert (out / "grid.png").exists() and len(list((out / "cells").glob("*.png"))) == 4
     assert main(["sweep", "x", "--model", "tiny", "--axis", "seed=1,zz", "--out", str(out)]) == 2
     assert "zz" in capsys.readouterr().err
@@ -302,10 +385,22 @@ def test_weights_overwritten_in_place_regenerate_every_cell(tiny_dirs, tmp_path,
 
     def run():
         if as_axis:
-            return sdlab.sweep(None, "a red circle", axes={"model": [str(folder)], "seed": [1, 2]}, out_dir=tmp_path / "run",
-                               num_inference_steps=2, verbose=False)
-        return sdlab.sweep(str(folder), "a red circle", axes={"seed": [1, 2]}, out_dir=tmp_path / "run",
-                           num_inference_steps=2, verbose=False)
+            return sdlab.sweep(
+                None,
+                "a red circle",
+                axes={"model": [str(folder)], "seed": [1, 2]},
+                out_dir=tmp_path / "run",
+                num_inference_steps=2,
+                verbose=False,
+            )
+        return sdlab.sweep(
+            str(folder),
+            "a red circle",
+            axes={"seed": [1, 2]},
+            out_dir=tmp_path / "run",
+            num_inference_steps=2,
+            verbose=False,
+        )
 
     first = run()
     again = run()
@@ -333,21 +428,38 @@ def test_weights_changed_in_memory_regenerate_every_cell(tmp_path):
     assert after.cells[0].key != first.cells[0].key
 
 
-@pytest.mark.parametrize("where, value", [
-    ("seed", -5), ("seed", 1.5), ("seed", 2**64), ("guidance_scale", float("nan")), ("guidance_scale", 1e308),
-    ("num_inference_steps", 0), ("clip_skip", -1), ("width", 0),
-])
+@pytest.mark.parametrize(
+    "where, value",
+    [
+        ("seed", -5),
+        ("seed", 1.5),
+        ("seed", 2**64),
+        ("guidance_scale", float("nan")),
+        ("guidance_scale", 1e308),
+        ("num_inference_steps", 0),
+        ("clip_skip", -1),
+        ("width", 0),
+    ],
+)
 def test_sweeps_refuse_what_generate_refuses_with_the_same_message(counting, sd1_pipe, tmp_path, where, value):
     kwargs = {"seed": 0, "num_inference_steps": 1, where: value}
     with pytest.raises(ValueError) as by_generate:
         sdlab.generate(sd1_pipe, "a red circle", **kwargs)
     with pytest.raises(ValueError) as by_axis:
-        sdlab.sweep(counting, "a red circle", axes={where: [value]}, out_dir=tmp_path, num_inference_steps=1, verbose=False)
+        sdlab.sweep(
+            counting, "a red circle", axes={where: [value]}, out_dir=tmp_path, num_inference_steps=1, verbose=False
+        )
     assert str(by_axis.value) == str(by_generate.value)
     if where != "seed":  # the sweep's base value (its seed argument resolves -1 only)
         with pytest.raises(ValueError) as by_base:
-            sdlab.sweep(counting, "a red circle", axes={"seed": [1]}, out_dir=tmp_path, verbose=False,
-                        **{"num_inference_steps": 1, where: value})
+            sdlab.sweep(
+                counting,
+                "a red circle",
+                axes={"seed": [1]},
+                out_dir=tmp_path,
+                verbose=False,
+                **{"num_inference_steps": 1, where: value},
+            )
         assert str(by_base.value) == str(by_generate.value)
     assert counting.calls == [] and not (tmp_path / "cells").exists()  # refused before any model work
 
@@ -356,13 +468,21 @@ def test_reserved_keywords_are_refused_by_a_sweep_too(counting, tmp_path):
     import torch
 
     with pytest.raises(ValueError, match="`prompt_embeds`"):
-        sdlab.sweep(counting, "x", axes={"seed": [1]}, out_dir=tmp_path, verbose=False, prompt_embeds=torch.zeros(1, 77, 32))
+        sdlab.sweep(
+            counting, "x", axes={"seed": [1]}, out_dir=tmp_path, verbose=False, prompt_embeds=torch.zeros(1, 77, 32)
+        )
     assert counting.calls == []
 
 
 def test_clip_skip_axis_makes_different_cells(counting, tmp_path):
-    r = sdlab.sweep(counting, "a red circle", axes={"clip_skip": [0, 1], "seed": [1]}, out_dir=tmp_path,
-                    num_inference_steps=2, verbose=False)
+    r = sdlab.sweep(
+        counting,
+        "a red circle",
+        axes={"clip_skip": [0, 1], "seed": [1]},
+        out_dir=tmp_path,
+        num_inference_steps=2,
+        verbose=False,
+    )
     a, b = r.cells
     assert a.key != b.key and max_pixel_diff(r.images[0], r.images[1]) > 0
     assert sdlab.read_params(b.path)["clip_skip"] == 1 and "clip_skip" not in sdlab.read_params(a.path)
@@ -395,9 +515,21 @@ def test_manifest_rows_carry_the_request_in_its_json_form(counting, tmp_path):
 
 def test_search_replace_axes_that_overlap_are_refused(counting, tmp_path):
     with pytest.raises(ValueError, match="`sr_a`.*`sr_b`.*overlap"):
-        sdlab.sweep(counting, "a dog on a hill", axes={"sr_a": sdlab.prompt_sr("dog, cat"), "sr_b": sdlab.prompt_sr("dog, bird")},
-                    out_dir=tmp_path, num_inference_steps=1, verbose=False)
+        sdlab.sweep(
+            counting,
+            "a dog on a hill",
+            axes={"sr_a": sdlab.prompt_sr("dog, cat"), "sr_b": sdlab.prompt_sr("dog, bird")},
+            out_dir=tmp_path,
+            num_inference_steps=1,
+            verbose=False,
+        )
     with pytest.raises(ValueError, match="`sr_a`.*`sr_b`.*overlap"):
-        sdlab.sweep(counting, "a hot dog", axes={"sr_a": sdlab.prompt_sr("hot dog, pizza"), "sr_b": sdlab.prompt_sr("dog, cat")},
-                    out_dir=tmp_path, num_inference_steps=1, verbose=False)
+        sdlab.sweep(
+            counting,
+            "a hot dog",
+            axes={"sr_a": sdlab.prompt_sr("hot dog, pizza"), "sr_b": sdlab.prompt_sr("dog, cat")},
+            out_dir=tmp_path,
+            num_inference_steps=1,
+            verbose=False,
+        )
     assert counting.calls == []

@@ -8,15 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import diffusers
 import huggingface_hub
 import numpy as np
 import pytest
 import torch
+from diffusers.loaders.single_file_utils import infer_diffusers_model_type, load_single_file_checkpoint
 from PIL import Image
 from transformers import AutoTokenizer
 
-import diffusers
-from diffusers.loaders.single_file_utils import infer_diffusers_model_type, load_single_file_checkpoint
 from sdlab import testing
 from sdlab.testing.clip_tokenizer import read_vocabulary
 from sdlab.testing.t5_tokenizer import T5_TOKENIZER_DIR, build_t5_tokenizer, load_t5_tokenizer
@@ -79,6 +79,7 @@ def offline(monkeypatch):
 
 
 # --- components and pipelines -------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("family", testing.FAMILIES)
 def test_components_fit_their_pipeline_class(family):
@@ -154,8 +155,8 @@ def test_controlnet_pipeline_follows_the_control_image(family):
     assert np.abs(_generate(pipe, image=_control_image(1)) - image).max() > 1e-3
     # the ControlNet is added to the plain pipeline's UNet: at scale 0 it is the plain pipeline
     np.testing.assert_allclose(
-        _generate(pipe, image=_control_image(0), controlnet_conditioning_scale=0.0), _reference_image(family),
-        atol=1e-6)
+        _generate(pipe, image=_control_image(0), controlnet_conditioning_scale=0.0), _reference_image(family), atol=1e-6
+    )
 
 
 def test_invalid_arguments_are_refused(tmp_path):
@@ -174,6 +175,7 @@ def test_invalid_arguments_are_refused(tmp_path):
 
 
 # --- on disk --------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("family", testing.FAMILIES)
 def test_save_and_from_pretrained_round_trip(family, saved):
@@ -223,7 +225,8 @@ def test_hub_cache_pinned_to_a_commit(tmp_path, saved, offline):
     snapshot = testing.fill_hf_cache(folder, "sdlab-test/pinned", tmp_path / "hub", revision=commit)
     assert snapshot.name == commit
     path = huggingface_hub.hf_hub_download(
-        "sdlab-test/pinned", "unet/config.json", cache_dir=tmp_path / "hub", revision=commit)
+        "sdlab-test/pinned", "unet/config.json", cache_dir=tmp_path / "hub", revision=commit
+    )
     assert Path(path).as_posix().endswith(f"snapshots/{commit}/unet/config.json")
     assert Path(path).read_text() == (folder / "unet" / "config.json").read_text()
     assert not (tmp_path / "hub" / "models--sdlab-test--pinned" / "refs").exists()
@@ -231,8 +234,11 @@ def test_hub_cache_pinned_to_a_commit(tmp_path, saved, offline):
 
 # --- original single-file checkpoints --------------------------------------------------------------
 
-_PIPELINE_FOR = {"sd1": diffusers.StableDiffusionPipeline, "sd2": diffusers.StableDiffusionPipeline,
-                 "sdxl": diffusers.StableDiffusionXLPipeline}
+_PIPELINE_FOR = {
+    "sd1": diffusers.StableDiffusionPipeline,
+    "sd2": diffusers.StableDiffusionPipeline,
+    "sdxl": diffusers.StableDiffusionXLPipeline,
+}
 _DETECTED_AS = {"sd1": "v1", "sd2": "v1", "sdxl": "xl_base"}
 
 
@@ -256,8 +262,10 @@ def test_single_file_round_trip(family, tmp_path, saved, offline):
 def test_single_file_without_config_reads_the_default_repo_from_the_cache(family, tmp_path, saved, offline):
     # With no `config=`, diffusers looks up the config repo of the detected model type
     # (DIFFUSERS_DEFAULT_PIPELINE_PATHS) in the hub cache: a tiny folder filled in under that name serves.
-    default_repo = {"sd1": "stable-diffusion-v1-5/stable-diffusion-v1-5",
-                    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0"}[family]
+    default_repo = {
+        "sd1": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
+    }[family]
     testing.fill_hf_cache(saved(family), default_repo, tmp_path / "hub")
     path = testing.save_single_file(family, tmp_path / f"{family}.safetensors")
     loaded = _PIPELINE_FOR[family].from_single_file(str(path), cache_dir=str(tmp_path / "hub"))
@@ -265,6 +273,7 @@ def test_single_file_without_config_reads_the_default_repo_from_the_cache(family
 
 
 # --- the shipped T5 tokenizer ------------------------------------------------------------------------
+
 
 def test_t5_tokenizer_is_shaped_like_t5s(tmp_path):
     tokenizer = load_t5_tokenizer()
@@ -284,9 +293,12 @@ def test_t5_tokenizer_is_shaped_like_t5s(tmp_path):
 
 # --- the testing wing: light to import; the stand-ins have their own extra ---------------------------
 
+
 def test_importing_the_testing_wing_loads_no_model_library():
-    code = ("import sys, sdlab.testing, sdlab.testing.fakes, sdlab.testing.clip_tokenizer; "
-            "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'aiohttp') if m in sys.modules))")
+    code = (
+        "import sys, sdlab.testing, sdlab.testing.fakes, sdlab.testing.clip_tokenizer; "
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'aiohttp') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -70,7 +70,12 @@ def test_reuse_restores_controls_and_image(lab):
     lab.seed.value, lab.guidance_scale.value = 5, 3.0
     lab.generate_button.click()
     image = lab.last_result.image
-    lab.prompt.value, lab.seed.value, lab.guidance_scale.value, lab.num_inference_steps.value = "a blue square", 9, 7.0, 4
+    lab.prompt.value, lab.seed.value, lab.guidance_scale.value, lab.num_inference_steps.value = (
+        "a blue square",
+        9,
+        7.0,
+        4,
+    )
     lab.reuse(0)
     assert (lab.prompt.value, lab.seed.value, lab.guidance_scale.value) == (PROMPT, 5, 3.0)
     assert lab.num_inference_steps.value == 2 and lab.lock_seed.value
@@ -117,8 +122,13 @@ def test_send_to_sweep_runs_and_explores(lab):
 def test_sweep_explorer_axes_filters_and_cells(lab):
     import sdlab
 
-    result = sdlab.sweep(lab.pipe, PROMPT, axes={"seed": [1, 2, 3], "guidance_scale": [2, 5], "num_inference_steps": [1, 2]},
-                         out_dir=lab.sweep_dir, verbose=False)
+    result = sdlab.sweep(
+        lab.pipe,
+        PROMPT,
+        axes={"seed": [1, 2, 3], "guidance_scale": [2, 5], "num_inference_steps": [1, 2]},
+        out_dir=lab.sweep_dir,
+        verbose=False,
+    )
     explorer = SweepExplorer(result)
     assert (explorer.x.value, explorer.y.value, explorer.z.value) == ("seed", "guidance_scale", "num_inference_steps")
     full = explorer.grid_image.size
@@ -150,7 +160,12 @@ def test_scheduler_bench_widget(sd1_pipe):
     bench.run_button.click()
     assert bench.error is None, bench.status.value
     rows = bench.last_result.table
-    assert [(r["scheduler"], r["num_inference_steps"]) for r in rows] == [("Euler", 1), ("Euler", 2), ("DDIM", 1), ("DDIM", 2)]
+    assert [(r["scheduler"], r["num_inference_steps"]) for r in rows] == [
+        ("Euler", 1),
+        ("Euler", 2),
+        ("DDIM", 1),
+        ("DDIM", 2),
+    ]
     assert "Euler" in bench.table.value and len(bench.plots.children) == 2
     assert bench.progress.value == bench.progress.max
 

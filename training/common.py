@@ -30,25 +30,44 @@ IMAGE_SIZE = 64
 N_SCENES = 32_000  # training scenes (seeds 0.. skipping held-out combinations)
 
 VAE_CONFIG = dict(
-    in_channels=3, out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-    block_out_channels=(16, 32, 64), layers_per_block=1, latent_channels=4,
-    norm_num_groups=2, sample_size=IMAGE_SIZE,  # few groups: a group per channel would erase flat colours
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 3,
+    up_block_types=("UpDecoderBlock2D",) * 3,
+    block_out_channels=(16, 32, 64),
+    layers_per_block=1,
+    latent_channels=4,
+    norm_num_groups=2,
+    sample_size=IMAGE_SIZE,  # few groups: a group per channel would erase flat colours
 )
 UNET_CONFIG = dict(
-    sample_size=IMAGE_SIZE // 4, in_channels=4, out_channels=4,
+    sample_size=IMAGE_SIZE // 4,
+    in_channels=4,
+    out_channels=4,
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
     up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    block_out_channels=(32, 64, 64), layers_per_block=1, cross_attention_dim=64,
-    attention_head_dim=4, norm_num_groups=8,
+    block_out_channels=(32, 64, 64),
+    layers_per_block=1,
+    cross_attention_dim=64,
+    attention_head_dim=4,
+    norm_num_groups=8,
 )
 TEXT_CONFIG = dict(
-    hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
-    max_position_embeddings=77, projection_dim=64,
+    hidden_size=64,
+    intermediate_size=256,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    max_position_embeddings=77,
+    projection_dim=64,
 )
 SCHEDULER_TRAIN_CONFIG = dict(
-    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-    prediction_type="epsilon", clip_sample=False, steps_offset=1,
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    prediction_type="epsilon",
+    clip_sample=False,
+    steps_offset=1,
 )
 
 
@@ -198,15 +217,24 @@ class StageLoop:
         if self.step % self.log_every == 0:
             rate = (time.time() - self._t0) / self.log_every
             self._t0 = time.time()
-            log(self.stage, f"step {self.step} loss {sum(self._losses) / len(self._losses):.4f} "
-                            f"{rate:.2f} s/step {self.budget.elapsed / 60:.1f} min "
-                            f"lr {self.opt.param_groups[0]['lr']:.2e}")
+            log(
+                self.stage,
+                f"step {self.step} loss {sum(self._losses) / len(self._losses):.4f} "
+                f"{rate:.2f} s/step {self.budget.elapsed / 60:.1f} min "
+                f"lr {self.opt.param_groups[0]['lr']:.2e}",
+            )
             self._losses = []
         return time.time() - self._last_save > self.args.checkpoint_minutes * 60 or self.budget.done(self.step)
 
     def save(self) -> None:
-        save_checkpoint(self.path, {**{name: part.state_dict() for name, part in self.parts.items()},
-                                    "step": self.step, "elapsed": self.budget.elapsed})
+        save_checkpoint(
+            self.path,
+            {
+                **{name: part.state_dict() for name, part in self.parts.items()},
+                "step": self.step,
+                "elapsed": self.budget.elapsed,
+            },
+        )
         self._last_save = time.time()
 
     def finished(self) -> None:
@@ -239,8 +267,9 @@ def stage_arguments(doc: str, **defaults) -> argparse.ArgumentParser:
         raise ValueError(f"unknown stage options {sorted(unknown)}; expected some of {sorted(options)}")
     for name, default in defaults.items():
         kind, help_text = options[name]
-        p.add_argument("--" + name.replace("_", "-"), type=kind, default=default,
-                       help=f"{help_text} (default {default})")
+        p.add_argument(
+            "--" + name.replace("_", "-"), type=kind, default=default, help=f"{help_text} (default {default})"
+        )
     return p
 
 
@@ -253,15 +282,16 @@ def training_data(n_scenes: int) -> tuple[list[int], np.ndarray, list]:
     return seeds, images, [world.sample_scene(s) for s in seeds]
 
 
-def caption_ids(tokenizer, stage: str, seed: int, step: int, dropout: float,
-                scenes_: list, seeds: list[int], idx: list[int]) -> torch.Tensor:
+def caption_ids(
+    tokenizer, stage: str, seed: int, step: int, dropout: float, scenes_: list, seeds: list[int], idx: list[int]
+) -> torch.Tensor:
     """Token ids of one step's captions: varied training captions, ``dropout`` of them empty.
     A function of (stage, seed, step) only, so a resumed run is identical."""
     rng = random.Random(f"{stage}-step-{seed}-{step}")
-    texts = ["" if rng.random() < dropout
-             else world.training_caption(scenes_[i], seeds[i] * 7919 + step) for i in idx]
-    return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length,
-                     truncation=True, return_tensors="pt").input_ids
+    texts = ["" if rng.random() < dropout else world.training_caption(scenes_[i], seeds[i] * 7919 + step) for i in idx]
+    return tokenizer(
+        texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
 
 
 def noised(noise_sched, x0: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -272,8 +302,9 @@ def noised(noise_sched, x0: torch.Tensor, seed: int) -> tuple[torch.Tensor, torc
     return noise_sched.add_noise(x0, noise, t), noise, t
 
 
-def min_snr_loss(pred: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, snr: torch.Tensor,
-                 gamma: float = 5.0) -> torch.Tensor:
+def min_snr_loss(
+    pred: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, snr: torch.Tensor, gamma: float = 5.0
+) -> torch.Tensor:
     """Epsilon-prediction MSE with min-SNR-gamma weighting (Hang et al. 2023)."""
     weight = torch.clamp(snr[t], max=gamma) / snr[t]
     return (F.mse_loss(pred, noise, reduction="none").mean((1, 2, 3)) * weight).mean()

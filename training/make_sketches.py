@@ -33,15 +33,26 @@ def outline(shape: str, cx: float, cy: float, r: float, n: int = 240) -> list[tu
     """Points around a clean outline, in pixels, starting at the top."""
     cx, cy, r = cx * SIZE, cy * SIZE, r * SIZE
     if shape == "circle":
-        return [(cx + r * math.cos(-math.pi / 2 + 2 * math.pi * k / n),
-                 cy + r * math.sin(-math.pi / 2 + 2 * math.pi * k / n)) for k in range(n)]
-    corners = {"square": [(r * math.cos(a), r * math.sin(a))
-                          for a in (math.radians(d) for d in (-135, -45, 45, 135))],
-               "triangle": [(r * math.cos(a), r * math.sin(a) + 0.1 * r)
-                            for a in (-math.pi / 2 + k * 2 * math.pi / 3 for k in range(3))],
-               "star": [((r if k % 2 == 0 else 0.45 * r) * math.cos(-math.pi / 2 + k * math.pi / 5),
-                         (r if k % 2 == 0 else 0.45 * r) * math.sin(-math.pi / 2 + k * math.pi / 5) + 0.05 * r)
-                        for k in range(10)]}[shape]
+        return [
+            (
+                cx + r * math.cos(-math.pi / 2 + 2 * math.pi * k / n),
+                cy + r * math.sin(-math.pi / 2 + 2 * math.pi * k / n),
+            )
+            for k in range(n)
+        ]
+    corners = {
+        "square": [(r * math.cos(a), r * math.sin(a)) for a in (math.radians(d) for d in (-135, -45, 45, 135))],
+        "triangle": [
+            (r * math.cos(a), r * math.sin(a) + 0.1 * r) for a in (-math.pi / 2 + k * 2 * math.pi / 3 for k in range(3))
+        ],
+        "star": [
+            (
+                (r if k % 2 == 0 else 0.45 * r) * math.cos(-math.pi / 2 + k * math.pi / 5),
+                (r if k % 2 == 0 else 0.45 * r) * math.sin(-math.pi / 2 + k * math.pi / 5) + 0.05 * r,
+            )
+            for k in range(10)
+        ],
+    }[shape]
     pts = []
     per_side = n // len(corners)
     for i, (x0, y0) in enumerate(corners):

@@ -12,7 +12,6 @@ Every checkpoint exports the EMA weights to sdlab/models/shapes-controlnet/.
 
 from __future__ import annotations
 
-
 import common
 import numpy as np
 import torch
@@ -23,8 +22,17 @@ def main():
     from transformers import CLIPTextModel
 
     args = common.stage_arguments(
-        __doc__, steps=20_000, minutes=20.0, batch=32, scenes=24_000, lr=1e-3, ema=0.99,
-        caption_dropout=0.3, seed=0, checkpoint_minutes=4.0).parse_args()
+        __doc__,
+        steps=20_000,
+        minutes=20.0,
+        batch=32,
+        scenes=24_000,
+        lr=1e-3,
+        ema=0.99,
+        caption_dropout=0.3,
+        seed=0,
+        checkpoint_minutes=4.0,
+    ).parse_args()
 
     # 1. data: the cached latents of stage 2, the renders for the edge maps, captions
     common.setup(args.seed)
@@ -44,15 +52,16 @@ def main():
     snr = noise_sched.alphas_cumprod / (1 - noise_sched.alphas_cumprod)
     loop = common.StageLoop("controlnet", args, opt, {"model": controlnet, "opt": opt, "ema": ema}, warmup=50)
     n_params = sum(p.numel() for p in controlnet.parameters())
-    common.log("controlnet", f"{n_params / 1e6:.2f} M parameters; budget {args.steps} steps or "
-                             f"{args.minutes} min, batch {args.batch}")
+    common.log(
+        "controlnet",
+        f"{n_params / 1e6:.2f} M parameters; budget {args.steps} steps or {args.minutes} min, batch {args.batch}",
+    )
 
     # 3. train
     controlnet.train()
     for step in loop:
         idx = common.batch_indices(args.seed + 1, step, len(seeds), args.batch).tolist()
-        ids = common.caption_ids(tokenizer, "controlnet", args.seed, step, args.caption_dropout,
-                                 scenes, seeds, idx)
+        ids = common.caption_ids(tokenizer, "controlnet", args.seed, step, args.caption_dropout, scenes, seeds, idx)
         cond = torch.from_numpy(np.stack([common.canny(images[i]) for i in idx])).permute(0, 3, 1, 2).float() / 255
         xt, noise, t = common.noised(noise_sched, latents[idx], args.seed * 1_000_003 + step + 17)
         with torch.no_grad():

@@ -11,7 +11,6 @@ sdlab/models/shapes/, so a usable model exists as soon as the first checkpoint i
 
 from __future__ import annotations
 
-
 import common
 import torch
 
@@ -24,7 +23,7 @@ def encode_latents(vae, seeds, images) -> torch.Tensor:
     out = []
     with torch.no_grad():
         for i in range(0, len(seeds), 128):
-            out.append(vae.encode(common.to_tensor(images[i:i + 128])).latent_dist.mean)
+            out.append(vae.encode(common.to_tensor(images[i : i + 128])).latent_dist.mean)
             if i % 2048 == 0:
                 common.log("unet", f"encoded {i}/{len(seeds)}")
     latents = torch.cat(out) * vae.config.scaling_factor
@@ -37,8 +36,12 @@ def build_models(tokenizer):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     text_config = CLIPTextConfig(
-        vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **common.TEXT_CONFIG)
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **common.TEXT_CONFIG,
+    )
     return UNet2DConditionModel(**common.UNET_CONFIG), CLIPTextModel(text_config)
 
 
@@ -48,10 +51,18 @@ def export(unet, text_encoder, vae, tokenizer, out_dir) -> None:
 
     train_sched = DDPMScheduler(**common.SCHEDULER_TRAIN_CONFIG)
     scheduler = DPMSolverMultistepScheduler.from_config(
-        train_sched.config, algorithm_type="dpmsolver++", solver_order=2)
+        train_sched.config, algorithm_type="dpmsolver++", solver_order=2
+    )
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     # diffusers loads fp16 weights into float32 models; transformers 5 would keep the text encoder
     # in fp16 (dtype "auto"), so it stays float32 (it is small).
     unet.to(torch.float16)
@@ -65,8 +76,17 @@ def main():
     from diffusers import AutoencoderKL, DDPMScheduler
 
     args = common.stage_arguments(
-        __doc__, steps=20_000, minutes=72.0, batch=64, scenes=24_000, lr=1e-3, ema=0.999,
-        caption_dropout=0.1, seed=0, checkpoint_minutes=4.0).parse_args()
+        __doc__,
+        steps=20_000,
+        minutes=72.0,
+        batch=64,
+        scenes=24_000,
+        lr=1e-3,
+        ema=0.999,
+        caption_dropout=0.1,
+        seed=0,
+        checkpoint_minutes=4.0,
+    ).parse_args()
 
     # 1. data: scenes, their latents, their scenes' attributes for captions
     common.setup(args.seed)
@@ -84,12 +104,20 @@ def main():
     noise_sched = DDPMScheduler(**common.SCHEDULER_TRAIN_CONFIG)
     alphas = noise_sched.alphas_cumprod
     snr = alphas / (1 - alphas)
-    loop = common.StageLoop("unet", args, opt, {
-        "unet": unet, "text": text_encoder, "opt": opt, "ema_unet": ema_unet, "ema_text": ema_text}, warmup=100)
+    loop = common.StageLoop(
+        "unet",
+        args,
+        opt,
+        {"unet": unet, "text": text_encoder, "opt": opt, "ema_unet": ema_unet, "ema_text": ema_text},
+        warmup=100,
+    )
     n_unet = sum(p.numel() for p in unet.parameters())
     n_text = sum(p.numel() for p in text_encoder.parameters())
-    common.log("unet", f"UNet {n_unet / 1e6:.2f} M, text encoder {n_text / 1e6:.2f} M parameters; "
-                       f"budget {args.steps} steps or {args.minutes} min, batch {args.batch}")
+    common.log(
+        "unet",
+        f"UNet {n_unet / 1e6:.2f} M, text encoder {n_text / 1e6:.2f} M parameters; "
+        f"budget {args.steps} steps or {args.minutes} min, batch {args.batch}",
+    )
 
     # 3. train
     unet.train()

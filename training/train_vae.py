@@ -10,7 +10,6 @@ into sdlab/models/shapes/vae/.
 
 from __future__ import annotations
 
-
 import common
 import torch
 import torch.nn.functional as F
@@ -29,8 +28,9 @@ def export(vae, images, out_dir) -> float:
     """Measure the latent std on 2,048 scenes, set the scaling factor and save."""
     vae.eval()
     with torch.no_grad():
-        lat = torch.cat([vae.encode(common.to_tensor(images[i:i + 256])).latent_dist.mean
-                         for i in range(0, 2048, 256)])
+        lat = torch.cat(
+            [vae.encode(common.to_tensor(images[i : i + 256])).latent_dist.mean for i in range(0, 2048, 256)]
+        )
     std = lat.std().item()
     vae.register_to_config(scaling_factor=round(1.0 / std, 5))
     vae.to(torch.float16).save_pretrained(out_dir, safe_serialization=True)
@@ -42,8 +42,8 @@ def main():
     from diffusers import AutoencoderKL
 
     args = common.stage_arguments(
-        __doc__, steps=3000, minutes=24.0, batch=16, lr=2e-3, ema=0.99, seed=0,
-        checkpoint_minutes=3.0).parse_args()
+        __doc__, steps=3000, minutes=24.0, batch=16, lr=2e-3, ema=0.99, seed=0, checkpoint_minutes=3.0
+    ).parse_args()
     stage = "vae"
 
     # 1. data and model
@@ -55,8 +55,10 @@ def main():
     ema = common.EMA(vae, args.ema)
     loop = common.StageLoop(stage, args, opt, {"model": vae, "opt": opt, "ema": ema}, warmup=50, log_every=10)
     n_params = sum(p.numel() for p in vae.parameters())
-    common.log(stage, f"{n_params / 1e6:.2f} M parameters, {len(images)} scenes, "
-               f"budget {args.steps} steps or {args.minutes} min")
+    common.log(
+        stage,
+        f"{n_params / 1e6:.2f} M parameters, {len(images)} scenes, budget {args.steps} steps or {args.minutes} min",
+    )
 
     # 2. train
     vae.train()

@@ -16,8 +16,17 @@ from ..request import Defaults
 from .base import Backend, BackendOutput
 
 __all__ = [
-    "Backend", "BackendOutput", "ComfyUIBackend", "ComfyUIClient", "Defaults", "ReplicateBackend", "Workflow",
-    "as_backend", "model_facts", "open_backend", "open_model",
+    "Backend",
+    "BackendOutput",
+    "ComfyUIBackend",
+    "ComfyUIClient",
+    "Defaults",
+    "ReplicateBackend",
+    "Workflow",
+    "as_backend",
+    "model_facts",
+    "open_backend",
+    "open_model",
 ]
 
 _LAZY = {
@@ -39,7 +48,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-_BACKENDS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+_BACKENDS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
 def as_backend(pipe_or_backend: Any) -> Backend:
@@ -125,7 +134,9 @@ def open_model(model: Any = None, **load_kwargs: Any) -> Backend:
     id or path loaded by `load_pipeline(model, **load_kwargs)` (None: the embedded default)."""
     if model is not None and not isinstance(model, (str, Path)):
         if load_kwargs:
-            raise ValueError(f"load options {sorted(load_kwargs)} apply to a model given by name, not to a loaded pipeline")
+            raise ValueError(
+                f"load options {sorted(load_kwargs)} apply to a model given by name, not to a loaded pipeline"
+            )
         return as_backend(model)
     if is_remote_spec(model):
         if load_kwargs:

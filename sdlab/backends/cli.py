@@ -19,8 +19,11 @@ def _cmd_run(args) -> int:
     client = ComfyUIClient(args.server)
     result = client.run(workflow, timeout=args.timeout, partial=args.partial)
     if result.refused_outputs:
-        print(f"ComfyUI refused output node(s) {', '.join(result.refused_outputs)} of prompt {result.prompt_id}; "
-              f"the outputs it accepted ran and are collected below:", file=sys.stderr)
+        print(
+            f"ComfyUI refused output node(s) {', '.join(result.refused_outputs)} of prompt {result.prompt_id}; "
+            f"the outputs it accepted ran and are collected below:",
+            file=sys.stderr,
+        )
         for line in node_error_lines(result.node_errors):
             print(f"  {line}", file=sys.stderr)
     out = Path(args.out)
@@ -73,24 +76,36 @@ def _cmd_workflow(args) -> int:
     for m in workflow.sampler_maps():
         print(f"{m.label} ({m.class_type})")
     for name in PARAMETERS:
-        places = ", ".join(f"{nid}.{inp} ({graph[nid]['class_type']})" + (f" [{'; '.join(labels)}]" if labels else "")
-                           for nid, inp, labels in workflow.places(name)) or "-"
+        places = (
+            ", ".join(
+                f"{nid}.{inp} ({graph[nid]['class_type']})" + (f" [{'; '.join(labels)}]" if labels else "")
+                for nid, inp, labels in workflow.places(name)
+            )
+            or "-"
+        )
         print(f"{name:20} {places}")
     print(json.dumps({"outputs": workflow.output_nodes()}))
     return 0
 
 
 def register_cli(subparsers) -> None:
-    p = subparsers.add_parser("comfyui", help="run a raw ComfyUI workflow, show the queue, interrupt",
-                              description="Talk to a ComfyUI server (default http://127.0.0.1:8188).")
+    p = subparsers.add_parser(
+        "comfyui",
+        help="run a raw ComfyUI workflow, show the queue, interrupt",
+        description="Talk to a ComfyUI server (default http://127.0.0.1:8188).",
+    )
     sub = p.add_subparsers(dest="comfyui_command", metavar="ACTION")
     run = sub.add_parser("run", help="run an API-format workflow JSON and save its output files (images, videos)")
     run.add_argument("workflow", help="a workflow exported with 'Save (API Format)'")
     run.add_argument("--server", default="http://127.0.0.1:8188")
     run.add_argument("--out", default="outputs/comfyui")
     run.add_argument("--timeout", type=float, default=600.0)
-    run.add_argument("--partial", choices=("collect", "cancel"), default="collect",
-                     help="when ComfyUI refuses some outputs and queues the rest: collect what runs (default) or cancel it")
+    run.add_argument(
+        "--partial",
+        choices=("collect", "cancel"),
+        default="collect",
+        help="when ComfyUI refuses some outputs and queues the rest: collect what runs (default) or cancel it",
+    )
     run.set_defaults(func=_cmd_run)
     q = sub.add_parser("queue", help="the server's running and pending prompts")
     q.add_argument("--server", default="http://127.0.0.1:8188")

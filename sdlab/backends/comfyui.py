@@ -11,8 +11,9 @@ its first frame, recorded as such. A prompt ComfyUI only partly accepts is cance
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import BackendError
 from ..request import GenerationRequest, check_size, is_prompt_object, prompt_text
@@ -69,16 +70,20 @@ class ComfyUIBackend:
         if ckpt_name is not None:
             self.workflow, unused = self.workflow.apply(self.mapping, ckpt_name=ckpt_name)
             if unused:
-                raise ValueError(f"`ckpt_name`: the workflow has no checkpoint loader feeding a base sampler's model; "
-                                 f"pass mapping={{'ckpt_name': 'node.ckpt_name'}} (nodes: {self.workflow.describe()})")
+                raise ValueError(
+                    f"`ckpt_name`: the workflow has no checkpoint loader feeding a base sampler's model; "
+                    f"pass mapping={{'ckpt_name': 'node.ckpt_name'}} (nodes: {self.workflow.describe()})"
+                )
         self.allow_size_mismatch = allow_size_mismatch
         self.timeout = float(timeout)
         self._max_batch_size = int(max_batch_size)
         self._values = self.workflow.values(self.mapping)
         self._comfyui_version: str | None = None
         if not self.workflow.output_nodes():
-            raise ValueError(f"`workflow` has no output node the ComfyUI backend takes ({', '.join(OUTPUT_CLASSES)}); "
-                             f"its nodes: {self.workflow.describe()}")
+            raise ValueError(
+                f"`workflow` has no output node the ComfyUI backend takes ({', '.join(OUTPUT_CLASSES)}); "
+                f"its nodes: {self.workflow.describe()}"
+            )
 
     def __repr__(self) -> str:
         return f"ComfyUIBackend({self.server!r}, model={self.model_id!r})"
@@ -132,7 +137,9 @@ class ComfyUIBackend:
         kwargs = dict(request.pipeline_kwargs)
         unknown = sorted(set(kwargs) - set(COMFYUI_KWARGS))
         if unknown:
-            raise ValueError(f"unknown argument(s) {unknown} for the ComfyUI backend; it accepts: {', '.join(COMFYUI_KWARGS)}")
+            raise ValueError(
+                f"unknown argument(s) {unknown} for the ComfyUI backend; it accepts: {', '.join(COMFYUI_KWARGS)}"
+            )
         if "image" in kwargs and not self.workflow.find("LoadImage"):
             raise ValueError("`image` needs a LoadImage node in the workflow, and this workflow has none")
         inputs = kwargs.get("workflow_inputs") or {}
@@ -141,15 +148,26 @@ class ComfyUIBackend:
         for spec in inputs:
             selector, dot, _ = str(spec).rpartition(".")
             if not dot or not self.workflow.find(selector):
-                raise ValueError(f"`workflow_inputs` key {spec!r} must read 'node.input' with a node of this workflow; nodes: {self.workflow.describe()}")
+                raise ValueError(
+                    f"`workflow_inputs` key {spec!r} must read 'node.input' with a node of this workflow; nodes: {self.workflow.describe()}"
+                )
         if len(set(request.guidance_scale)) > 1:
-            raise ValueError("the ComfyUI backend takes one `guidance_scale` per request; split the request by guidance")
+            raise ValueError(
+                "the ComfyUI backend takes one `guidance_scale` per request; split the request by guidance"
+            )
         if not self.workflow.targets("prompt", self.mapping):
-            raise ValueError("the workflow has no text encoder feeding a sampler's positive input; pass mapping={'prompt': 'node.text'}")
+            raise ValueError(
+                "the workflow has no text encoder feeding a sampler's positive input; pass mapping={'prompt': 'node.text'}"
+            )
         steps_places = self.workflow.targets("num_inference_steps", self.mapping)
         for m in self.workflow.sampler_maps():
             start = self.workflow.graph[m.node]["inputs"].get("start_at_step")
-            if (m.node, "steps") in steps_places and isinstance(start, int) and start > 0 and start >= request.num_inference_steps:
+            if (
+                (m.node, "steps") in steps_places
+                and isinstance(start, int)
+                and start > 0
+                and start >= request.num_inference_steps
+            ):
                 raise ValueError(
                     f"`num_inference_steps`={request.num_inference_steps}: the {m.label} ({m.class_type}) starts at step "
                     f"{start} of the workflow, so it would run no step; ask for more than {start} steps or change its start_at_step"
@@ -157,7 +175,9 @@ class ComfyUIBackend:
 
     # ------------------------------------------------------------ running
 
-    def workflow_for(self, request: GenerationRequest, i: int, *, image_name: str | None = None) -> tuple[Workflow, list[str]]:
+    def workflow_for(
+        self, request: GenerationRequest, i: int, *, image_name: str | None = None
+    ) -> tuple[Workflow, list[str]]:
         """The workflow of image `i` of `request` and the request parameters it had no place for."""
         sampler = schedule = None
         if request.scheduler is not None:
@@ -179,7 +199,9 @@ class ComfyUIBackend:
             ckpt_name=kwargs.get("ckpt_name"),
         )
         # batch_size is ours (always 1); an empty negative prompt needs no place to go
-        unused = [u for u in unused if u != "batch_size" and not (u == "negative_prompt" and not request.negative_prompt[i])]
+        unused = [
+            u for u in unused if u != "batch_size" and not (u == "negative_prompt" and not request.negative_prompt[i])
+        ]
         if image_name is not None:
             for nid in workflow.find("LoadImage"):
                 workflow._set(nid, "image", image_name)
@@ -208,7 +230,9 @@ class ComfyUIBackend:
             if progress is not None:
                 progress({**event, "images": n})
 
-        results = self.client.execute([w for w, _ in built], timeout=self.timeout, progress=on_progress, partial="cancel")
+        results = self.client.execute(
+            [w for w, _ in built], timeout=self.timeout, progress=on_progress, partial="cancel"
+        )
         version = self._server_version()
         images, records, files = [], [], []
         for result, (workflow, unused) in zip(results, built):
@@ -239,32 +263,52 @@ class ComfyUIBackend:
             images.append(image.convert("RGB") if image.mode != "RGB" else image)
             records.append(record)
             files.append(result.files)
-        return BackendOutput(images=images, records=records, seconds=time.perf_counter() - start,
-                             info={"prompt_ids": [r.prompt_id for r in results], "files": files})
+        return BackendOutput(
+            images=images,
+            records=records,
+            seconds=time.perf_counter() - start,
+            info={"prompt_ids": [r.prompt_id for r in results], "files": files},
+        )
 
-    def _checked_size(self, image, request: GenerationRequest, result: ComfyUIResult, workflow: Workflow) -> dict[str, Any]:
+    def _checked_size(
+        self, image, request: GenerationRequest, result: ComfyUIResult, workflow: Workflow
+    ) -> dict[str, Any]:
         """The record's width/height: the returned image's. A size other than the request's is an
         error unless `allow_size_mismatch` (then the requested size is recorded beside it)."""
         width, height = image.size
         if (width, height) == (request.width, request.height):
             return {"width": width, "height": height}
         if not self.allow_size_mismatch:
-            places = ", ".join(f"{nid}.{inp}" for nid, inp in workflow.targets("width", self.mapping)) or "no node sdlab sets"
+            places = (
+                ", ".join(f"{nid}.{inp}" for nid, inp in workflow.targets("width", self.mapping))
+                or "no node sdlab sets"
+            )
             raise BackendError(
                 f"ComfyUI prompt {result.prompt_id} returned a {width}x{height} image for a {request.width}x{request.height} "
                 f"request: the workflow does not make the requested size (sdlab set the size in: {places}). Ask for "
                 f"{width}x{height}, fix the workflow, or pass ComfyUIBackend(..., allow_size_mismatch=True) to keep "
                 f"and record the returned size.",
-                backend=self.name, job_id=result.prompt_id,
+                backend=self.name,
+                job_id=result.prompt_id,
             )
         return {"width": width, "height": height, "requested_width": request.width, "requested_height": request.height}
 
-    def run_workflow(self, workflow: str | Path | Mapping | Workflow, *, timeout: float | None = None,
-                     progress: ProgressCallback | None = None, partial: str = "cancel") -> ComfyUIResult:
+    def run_workflow(
+        self,
+        workflow: str | Path | Mapping | Workflow,
+        *,
+        timeout: float | None = None,
+        progress: ProgressCallback | None = None,
+        partial: str = "cancel",
+    ) -> ComfyUIResult:
         """Run a raw API-format workflow as it is and return its files and images (no sdlab parameters).
         `partial`: "cancel" or "collect" a prompt ComfyUI only partly accepts (see ComfyUIClient.execute)."""
-        return self.client.run(Workflow.load(workflow), timeout=self.timeout if timeout is None else timeout,
-                               progress=progress, partial=partial)
+        return self.client.run(
+            Workflow.load(workflow),
+            timeout=self.timeout if timeout is None else timeout,
+            progress=progress,
+            partial=partial,
+        )
 
     def upload_image(self, image, **kwargs) -> dict[str, Any]:
         return self.client.upload_image(image, **kwargs)
@@ -278,7 +322,9 @@ class ComfyUIBackend:
     def _server_version(self) -> str | None:
         if self._comfyui_version is None:
             try:
-                self._comfyui_version = str(self.client.system_stats().get("system", {}).get("comfyui_version") or "unknown")
+                self._comfyui_version = str(
+                    self.client.system_stats().get("system", {}).get("comfyui_version") or "unknown"
+                )
             except BackendError:
                 self._comfyui_version = "unknown"
         return self._comfyui_version
@@ -293,8 +339,11 @@ def _image_of(result: ComfyUIResult):
     if moving:
         return first_frame(moving[0]["data"], moving[0]["filename"]), moving[0], True
     kinds = ", ".join(f"{f['filename']} ({f['kind']})" for f in result.files) or "nothing"
-    raise BackendError(f"ComfyUI prompt {result.prompt_id} produced no image or video (it returned {kinds})",
-                       backend="comfyui", job_id=result.prompt_id)
+    raise BackendError(
+        f"ComfyUI prompt {result.prompt_id} produced no image or video (it returned {kinds})",
+        backend="comfyui",
+        job_id=result.prompt_id,
+    )
 
 
 def comfy_prompt(value: Any) -> str | None:

@@ -25,9 +25,10 @@ import json
 import struct
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 from PIL import Image
@@ -150,21 +151,39 @@ class ComfyUIClient:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.TimeoutException as e:
-            raise BackendError(f"ComfyUI at {self.server} did not answer {method} {path} in time ({e})", backend="comfyui", job_id=job_id) from e
+            raise BackendError(
+                f"ComfyUI at {self.server} did not answer {method} {path} in time ({e})",
+                backend="comfyui",
+                job_id=job_id,
+            ) from e
         except httpx.TransportError as e:
-            raise BackendError(f"cannot reach ComfyUI at {self.server} ({e}); is the server running?", backend="comfyui", job_id=job_id) from e
+            raise BackendError(
+                f"cannot reach ComfyUI at {self.server} ({e}); is the server running?", backend="comfyui", job_id=job_id
+            ) from e
         if response.status_code == 403:
-            raise BackendError(f"ComfyUI at {self.server} refused {method} {path} (403): an Origin header that does not match the server?", backend="comfyui", job_id=job_id)
+            raise BackendError(
+                f"ComfyUI at {self.server} refused {method} {path} (403): an Origin header that does not match the server?",
+                backend="comfyui",
+                job_id=job_id,
+            )
         return response
 
     def _json(self, method: str, path: str, **kwargs) -> Any:
         response = self._request(method, path, **kwargs)
         if response.status_code >= 400:
-            raise BackendError(f"ComfyUI {method} {path} failed ({response.status_code}): {response.text[:500]}", backend="comfyui")
+            raise BackendError(
+                f"ComfyUI {method} {path} failed ({response.status_code}): {response.text[:500]}", backend="comfyui"
+            )
         return response.json() if response.content else None
 
-    def submit(self, workflow: Mapping | Workflow, *, prompt_id: str | None = None, front: bool = False,
-               client_id: str | None = None) -> tuple[str, int | None]:
+    def submit(
+        self,
+        workflow: Mapping | Workflow,
+        *,
+        prompt_id: str | None = None,
+        front: bool = False,
+        client_id: str | None = None,
+    ) -> tuple[str, int | None]:
         """POST /prompt with `client_id` (default: this client's); returns (prompt_id, queue number).
 
         A 400 (validation) becomes a BackendError naming each failing node, class and input. A 200
@@ -174,19 +193,30 @@ class ComfyUIClient:
             raise self._cancel_partial(pid, node_errors, workflow)
         return pid, number
 
-    def _post_prompt(self, workflow: Mapping | Workflow, *, prompt_id: str | None = None, front: bool = False,
-                     client_id: str | None = None) -> tuple[str, int | None, dict[str, Any]]:
+    def _post_prompt(
+        self,
+        workflow: Mapping | Workflow,
+        *,
+        prompt_id: str | None = None,
+        front: bool = False,
+        client_id: str | None = None,
+    ) -> tuple[str, int | None, dict[str, Any]]:
         """POST /prompt: (prompt_id, number, node_errors of outputs ComfyUI refused while queueing the rest)."""
         graph = workflow.to_dict() if isinstance(workflow, Workflow) else dict(workflow)
-        body: dict[str, Any] = {"prompt": graph, "client_id": client_id or self.client_id,
-                                "prompt_id": prompt_id or str(uuid.uuid4())}
+        body: dict[str, Any] = {
+            "prompt": graph,
+            "client_id": client_id or self.client_id,
+            "prompt_id": prompt_id or str(uuid.uuid4()),
+        }
         if front:
             body["front"] = True
         response = self._request("POST", "/prompt", json=body)
         if response.status_code == 400:
             raise prompt_error(response)
         if response.status_code >= 400:
-            raise BackendError(f"ComfyUI POST /prompt failed ({response.status_code}): {response.text[:500]}", backend="comfyui")
+            raise BackendError(
+                f"ComfyUI POST /prompt failed ({response.status_code}): {response.text[:500]}", backend="comfyui"
+            )
         data = response.json()
         if data.get("node_errors") and not data.get("prompt_id"):
             raise prompt_error(response)
@@ -196,9 +226,15 @@ class ComfyUIClient:
         """Cancel a prompt ComfyUI queued with some outputs refused; the error that says so."""
         self.delete([prompt_id])
         self.interrupt(prompt_id)
-        return partial_prompt_error(prompt_id, node_errors, workflow, action=(
-            "sdlab cancelled it: deleted it from ComfyUI's queue and sent an interrupt for it "
-            "(a running prompt stops at its next node)"))
+        return partial_prompt_error(
+            prompt_id,
+            node_errors,
+            workflow,
+            action=(
+                "sdlab cancelled it: deleted it from ComfyUI's queue and sent an interrupt for it "
+                "(a running prompt stops at its next node)"
+            ),
+        )
 
     def history(self, prompt_id: str | None = None, *, max_items: int | None = None) -> dict[str, Any]:
         if prompt_id is None:
@@ -210,13 +246,22 @@ class ComfyUIClient:
         """The bytes of an output/input/temp file (GET /view)."""
         response = self._request("GET", "/view", params={"filename": filename, "subfolder": subfolder, "type": type})
         if response.status_code == 404:
-            raise BackendError(f"ComfyUI has no {type} file {subfolder + '/' if subfolder else ''}{filename}", backend="comfyui")
+            raise BackendError(
+                f"ComfyUI has no {type} file {subfolder + '/' if subfolder else ''}{filename}", backend="comfyui"
+            )
         if response.status_code >= 400:
             raise BackendError(f"ComfyUI GET /view failed ({response.status_code}) for {filename}", backend="comfyui")
         return response.content
 
-    def upload_image(self, image: Image.Image | str | Path | bytes, *, name: str | None = None,
-                     subfolder: str = "", overwrite: bool = False, type: str = "input") -> dict[str, Any]:
+    def upload_image(
+        self,
+        image: Image.Image | str | Path | bytes,
+        *,
+        name: str | None = None,
+        subfolder: str = "",
+        overwrite: bool = False,
+        type: str = "input",
+    ) -> dict[str, Any]:
         """POST /upload/image; returns {"name", "subfolder", "type"} (ComfyUI may rename a clash)."""
         if isinstance(image, Image.Image):
             buf = io.BytesIO()
@@ -232,9 +277,14 @@ class ComfyUIClient:
         else:
             raise ValueError(f"`image` must be a PIL image, a path or bytes, got {image.__class__.__name__}")
         form = {"type": type, "subfolder": subfolder, "overwrite": "true" if overwrite else "false"}
-        response = self._request("POST", "/upload/image", files={"image": (name, data, "application/octet-stream")}, data=form)
+        response = self._request(
+            "POST", "/upload/image", files={"image": (name, data, "application/octet-stream")}, data=form
+        )
         if response.status_code >= 400:
-            raise BackendError(f"ComfyUI refused the upload of {name} ({response.status_code}): {response.text[:300]}", backend="comfyui")
+            raise BackendError(
+                f"ComfyUI refused the upload of {name} ({response.status_code}): {response.text[:300]}",
+                backend="comfyui",
+            )
         return response.json()
 
     def interrupt(self, prompt_id: str | None = None) -> None:
@@ -267,18 +317,31 @@ class ComfyUIClient:
     def connect(self, timeout: float = 10.0, *, client_id: str | None = None):
         """The WebSocket for `client_id` (default: this client's), with no Origin header."""
         websocket = _websocket()
-        return websocket.create_connection(self.ws_url(client_id), timeout=timeout, suppress_origin=True,
-                                           enable_multithread=True)
+        return websocket.create_connection(
+            self.ws_url(client_id), timeout=timeout, suppress_origin=True, enable_multithread=True
+        )
 
     # ------------------------------------------------------------ running prompts
 
-    def run(self, workflow: Mapping | Workflow, *, timeout: float = 600.0,
-            progress: ProgressCallback | None = None, partial: str = "cancel") -> ComfyUIResult:
+    def run(
+        self,
+        workflow: Mapping | Workflow,
+        *,
+        timeout: float = 600.0,
+        progress: ProgressCallback | None = None,
+        partial: str = "cancel",
+    ) -> ComfyUIResult:
         """Run one workflow and return its output files (and decoded still images)."""
         return self.execute([workflow], timeout=timeout, progress=progress, partial=partial)[0]
 
-    def execute(self, workflows: Sequence[Mapping | Workflow], *, timeout: float = 600.0,
-                progress: ProgressCallback | None = None, partial: str = "cancel") -> list[ComfyUIResult]:
+    def execute(
+        self,
+        workflows: Sequence[Mapping | Workflow],
+        *,
+        timeout: float = 600.0,
+        progress: ProgressCallback | None = None,
+        partial: str = "cancel",
+    ) -> list[ComfyUIResult]:
         """Queue `workflows` (in order) and wait for all of them; results in the same order.
 
         The socket is connected before anything is posted. If it cannot be connected or is lost,
@@ -309,8 +372,9 @@ class ComfyUIClient:
                 pid, number, node_errors = self._post_prompt(workflow, client_id=client_id)
                 if node_errors and partial == "cancel":
                     raise self._cancel_partial(pid, node_errors, workflow)
-                states[pid] = _PromptState(pid, number, via="websocket" if ws is not None else "history",
-                                           node_errors=node_errors)
+                states[pid] = _PromptState(
+                    pid, number, via="websocket" if ws is not None else "history", node_errors=node_errors
+                )
             if ws is not None:
                 try:
                     self._follow(ws, states, deadline, progress, workflows)
@@ -367,7 +431,11 @@ class ComfyUIClient:
                 raise _SocketLost("closed by the server")
             if opcode == websocket.ABNF.OPCODE_BINARY:
                 st = states.get(current) if current else None
-                if st is not None and st.current_node and classes[st.prompt_id].get(st.current_node) == "SaveImageWebsocket":
+                if (
+                    st is not None
+                    and st.current_node
+                    and classes[st.prompt_id].get(st.current_node) == "SaveImageWebsocket"
+                ):
                     image = _decode_binary_image(data)
                     if image is not None:
                         st.ws_images.append({"node_id": st.current_node, "data": image})
@@ -392,9 +460,15 @@ class ComfyUIClient:
                     current, st.current_node = st.prompt_id, str(node)
                     st.ran_nodes.append(str(node))
             elif kind == "progress" and progress is not None:
-                progress({"step": int(payload.get("value", 0)), "total": int(payload.get("max", 0)),
-                          "node": payload.get("node"), "prompt_id": st.prompt_id,
-                          "index": list(states).index(st.prompt_id)})
+                progress(
+                    {
+                        "step": int(payload.get("value", 0)),
+                        "total": int(payload.get("max", 0)),
+                        "node": payload.get("node"),
+                        "prompt_id": st.prompt_id,
+                        "index": list(states).index(st.prompt_id),
+                    }
+                )
             elif kind == "execution_error":
                 st.error, st.done = payload, True
             elif kind == "execution_interrupted":
@@ -439,8 +513,9 @@ class ComfyUIClient:
         outputs = (entry or {}).get("outputs") or {}
         graph = workflow.graph if isinstance(workflow, Workflow) else workflow
         order = [nid for nid in graph if nid in outputs] + [nid for nid in outputs if nid not in graph]
-        result = ComfyUIResult(prompt_id=st.prompt_id, outputs=outputs, cached_nodes=st.cached_nodes,
-                               ran_nodes=st.ran_nodes, via=st.via)
+        result = ComfyUIResult(
+            prompt_id=st.prompt_id, outputs=outputs, cached_nodes=st.cached_nodes, ran_nodes=st.ran_nodes, via=st.via
+        )
         result.cached = bool(st.cached_nodes) and not st.ran_nodes and set(graph) <= set(st.cached_nodes)
         if st.node_errors:
             result.node_errors = st.node_errors
@@ -456,15 +531,37 @@ class ComfyUIClient:
                         continue  # text and other non-file outputs
                     flag = bool(animated[i] if i < len(animated) else any(animated))
                     kind = file_kind(info["filename"], animated=flag)
-                    data = self.view(info["filename"], subfolder=info.get("subfolder", ""), type=info.get("type", "output"))
+                    data = self.view(
+                        info["filename"], subfolder=info.get("subfolder", ""), type=info.get("type", "output")
+                    )
                     if kind == "image":
-                        result.images.append(_open_image(data, f"{info['filename']} (node {nid}, prompt {st.prompt_id})"))
-                    result.files.append({"node_id": nid, **info, "key": key, "kind": kind,
-                                         "media_type": media_type(info["filename"]), "data": data})
+                        result.images.append(
+                            _open_image(data, f"{info['filename']} (node {nid}, prompt {st.prompt_id})")
+                        )
+                    result.files.append(
+                        {
+                            "node_id": nid,
+                            **info,
+                            "key": key,
+                            "kind": kind,
+                            "media_type": media_type(info["filename"]),
+                            "data": data,
+                        }
+                    )
         for item in st.ws_images:
             image = _open_image(item["data"], f"SaveImageWebsocket node {item['node_id']}")
-            result.files.append({"node_id": item["node_id"], "filename": None, "subfolder": "", "type": "websocket",
-                                 "key": "websocket", "kind": "image", "media_type": "image/png", "data": item["data"]})
+            result.files.append(
+                {
+                    "node_id": item["node_id"],
+                    "filename": None,
+                    "subfolder": "",
+                    "type": "websocket",
+                    "key": "websocket",
+                    "kind": "image",
+                    "media_type": "image/png",
+                    "data": item["data"],
+                }
+            )
             result.images.append(image)
         return result
 
@@ -519,7 +616,9 @@ def node_error_lines(node_errors: Mapping[str, Any]) -> list[str]:
 
 
 def _refused_outputs(node_errors: Mapping[str, Any]) -> list[str]:
-    return sorted({str(o) for info in node_errors.values() for o in (info.get("dependent_outputs") or [])}, key=_node_order)
+    return sorted(
+        {str(o) for info in node_errors.values() for o in (info.get("dependent_outputs") or [])}, key=_node_order
+    )
 
 
 def _node_order(nid: str):
@@ -530,14 +629,15 @@ def partial_prompt_error(prompt_id: str, node_errors: Mapping[str, Any], workflo
     """The error for a prompt ComfyUI queued with some of its outputs refused, saying what sdlab did."""
     graph = workflow.graph if isinstance(workflow, Workflow) else workflow
     refused = _refused_outputs(node_errors)
-    valid = [nid for nid, node in graph.items()
-             if nid not in refused and nid not in node_errors and _is_output(node)]
+    valid = [nid for nid, node in graph.items() if nid not in refused and nid not in node_errors and _is_output(node)]
 
     def named(ids):
         return ", ".join(f"{nid} ({graph[nid]['class_type']})" if nid in graph else nid for nid in ids) or "-"
 
-    message = (f"ComfyUI refused output node(s) {named(refused)} of the workflow and queued the rest "
-               f"({named(valid)}) as prompt {prompt_id}; {action}.\n  " + "\n  ".join(node_error_lines(node_errors)))
+    message = (
+        f"ComfyUI refused output node(s) {named(refused)} of the workflow and queued the rest "
+        f"({named(valid)}) as prompt {prompt_id}; {action}.\n  " + "\n  ".join(node_error_lines(node_errors))
+    )
     err = BackendError(message, backend="comfyui", job_id=prompt_id)
     err.node_errors = dict(node_errors)
     err.refused_outputs = refused
@@ -555,7 +655,8 @@ def _raise_for_state(st: _PromptState, server: str) -> None:
         err = BackendError(
             f"ComfyUI prompt {st.prompt_id} failed at {node}: {e.get('exception_type', 'error')}: "
             f"{str(e.get('exception_message', '')).strip()}",
-            backend="comfyui", job_id=st.prompt_id,
+            backend="comfyui",
+            job_id=st.prompt_id,
         )
         err.details = e
         raise err
@@ -563,7 +664,8 @@ def _raise_for_state(st: _PromptState, server: str) -> None:
         e = st.interrupted
         err = BackendError(
             f"ComfyUI prompt {st.prompt_id} was interrupted at node {e.get('node_id')} ({e.get('node_type')})",
-            backend="comfyui", job_id=st.prompt_id,
+            backend="comfyui",
+            job_id=st.prompt_id,
         )
         err.details = e
         raise err
@@ -574,7 +676,8 @@ def _timeout_error(states: dict[str, _PromptState], server: str) -> BackendError
     return BackendError(
         f"ComfyUI at {server} did not finish prompt(s) {', '.join(waiting)} in time; they were deleted from the "
         f"queue / interrupted. Raise `timeout` for long workflows.",
-        backend="comfyui", job_id=waiting[0] if waiting else None,
+        backend="comfyui",
+        job_id=waiting[0] if waiting else None,
     )
 
 
@@ -603,7 +706,7 @@ def _decode_binary_image(data: bytes) -> bytes | None:
         return data[8:]
     if event == 4 and len(data) >= 8:  # [u32 4][u32 len][json][image] (clients that sent feature flags)
         (length,) = struct.unpack(">I", data[4:8])
-        return data[8 + length:]
+        return data[8 + length :]
     return None
 
 

@@ -17,8 +17,14 @@ from PIL import Image
 
 from ..errors import BackendError
 
-_VIDEO = {".webm": "video/webm", ".mp4": "video/mp4", ".mov": "video/quicktime", ".mkv": "video/x-matroska",
-          ".avi": "video/x-msvideo", ".gif": "image/gif"}
+_VIDEO = {
+    ".webm": "video/webm",
+    ".mp4": "video/mp4",
+    ".mov": "video/quicktime",
+    ".mkv": "video/x-matroska",
+    ".avi": "video/x-msvideo",
+    ".gif": "image/gif",
+}
 _AUDIO = {".flac": "audio/flac", ".mp3": "audio/mpeg", ".wav": "audio/wav", ".opus": "audio/opus", ".ogg": "audio/ogg"}
 
 
@@ -31,7 +37,7 @@ def media_type(filename: str | None) -> str:
 
 
 def file_kind(filename: str | None, *, animated: bool = False) -> str:
-    """"image" (a still), "animated" (an animated image), "video", "audio" or "file"."""
+    """ "image" (a still), "animated" (an animated image), "video", "audio" or "file"."""
     mime = media_type(filename)
     if mime.startswith("video/"):
         return "video"
@@ -60,7 +66,9 @@ def first_frame(data: bytes, filename: str) -> Image.Image:
             image.seek(0)
             return image.convert("RGB")
         except Exception as e:
-            raise BackendError(f"ComfyUI returned an unreadable animated image {filename}: {e}", backend="comfyui") from e
+            raise BackendError(
+                f"ComfyUI returned an unreadable animated image {filename}: {e}", backend="comfyui"
+            ) from e
     import cv2  # opencv is a dependency of sdlab; its wheels decode webm and mp4
 
     fd, path = tempfile.mkstemp(suffix=os.path.splitext(filename)[1])
@@ -73,5 +81,7 @@ def first_frame(data: bytes, filename: str) -> Image.Image:
     finally:
         os.unlink(path)
     if not ok or frame is None:
-        raise BackendError(f"ComfyUI returned the video {filename}, and its first frame could not be decoded", backend="comfyui")
+        raise BackendError(
+            f"ComfyUI returned the video {filename}, and its first frame could not be decoded", backend="comfyui"
+        )
     return Image.fromarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))

@@ -271,8 +271,12 @@ class DiffusersBackend:
         if self.is_controlnet:  # control image(s) and ControlNet keywords, checked before any model work
             from ..controlnet.images import check_control_kwargs
 
-            check_control_kwargs(request.pipeline_kwargs, width=request.width, height=request.height,
-                                 num_controlnets=self.num_controlnets)
+            check_control_kwargs(
+                request.pipeline_kwargs,
+                width=request.width,
+                height=request.height,
+                num_controlnets=self.num_controlnets,
+            )
         if not self.supports_per_image_guidance() and len(set(request.guidance_scale)) > 1:
             raise ValueError(
                 f"{type(self.pipe).__name__} takes one `guidance_scale` per call; split the request by guidance"
@@ -403,7 +407,9 @@ class DiffusersBackend:
                 images[i], records[i] = out.images[j], out.records[j]
         return BackendOutput(images=images, records=records, seconds=seconds)
 
-    def _call_per_image_guidance(self, request: GenerationRequest, kwargs: dict) -> tuple[dict[str, Any], _GuidanceState]:
+    def _call_per_image_guidance(
+        self, request: GenerationRequest, kwargs: dict
+    ) -> tuple[dict[str, Any], _GuidanceState]:
         """Pipeline CFG off; the guided UNet does per-image guidance in the same batch."""
         device = self._device()
         skip = request.clip_skip
@@ -485,7 +491,11 @@ class DiffusersBackend:
         A prompt object (sdlab.prompts.WeightedPrompt: `.text`, `.encode(pipe)`) encodes itself.
         `clip_skip` (diffusers' convention) is applied here, as the pipeline's encode_prompt does."""
         is_object = text is not None and not isinstance(text, str)
-        key = (self.family, clip_skip, type(text).__name__, text.text) if is_object else (self.family, clip_skip, text, negative and text is None)
+        key = (
+            (self.family, clip_skip, type(text).__name__, text.text)
+            if is_object
+            else (self.family, clip_skip, text, negative and text is None)
+        )
         cached = self._embeddings.get(key)
         if cached is not None:
             self._embeddings.move_to_end(key)
@@ -506,17 +516,24 @@ class DiffusersBackend:
                 value = (embeds, None)
             elif self.family == "sdxl":
                 if text is None and negative and pipe.config.get("force_zeros_for_empty_prompt", False):
-                    pos, _, pooled, _ = pipe.encode_prompt("", device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
+                    pos, _, pooled, _ = pipe.encode_prompt(
+                        "", device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
+                    )
                     value = (torch.zeros_like(pos), torch.zeros_like(pooled))
                 else:
                     embeds, _, pooled, _ = pipe.encode_prompt(
-                        text or "", device=device, num_images_per_prompt=1, do_classifier_free_guidance=False,
+                        text or "",
+                        device=device,
+                        num_images_per_prompt=1,
+                        do_classifier_free_guidance=False,
                         clip_skip=clip_skip,
                     )
                     value = (embeds, pooled)
             elif self.family == "flux":
                 max_len = int(self.info.load_kwargs.get("max_sequence_length", 512))
-                embeds, pooled, _ = pipe.encode_prompt(text or "", None, device=device, num_images_per_prompt=1, max_sequence_length=max_len)
+                embeds, pooled, _ = pipe.encode_prompt(
+                    text or "", None, device=device, num_images_per_prompt=1, max_sequence_length=max_len
+                )
                 value = (embeds, pooled)
             else:  # pragma: no cover
                 raise BackendError(f"unsupported family {self.family!r}", backend=self.name)
@@ -532,11 +549,13 @@ class DiffusersBackend:
         own code reaches `text_encoder.text_model`, which transformers 5 no longer has)."""
         pipe = self.pipe
         tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
-        tokens = tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")
+        tokens = tokenizer(
+            text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        )
         device = self._device()
         mask = tokens.attention_mask.to(device) if getattr(encoder.config, "use_attention_mask", False) else None
         out = encoder(tokens.input_ids.to(device), attention_mask=mask, output_hidden_states=True)
-        norm = getattr(getattr(encoder, "text_model", encoder), "final_layer_norm")
+        norm = getattr(encoder, "text_model", encoder).final_layer_norm
         return norm(out.hidden_states[-(clip_skip + 1)]).to(dtype=encoder.dtype, device=device)
 
     @contextlib.contextmanager

@@ -17,13 +17,21 @@ This module is the adapter; `replicate_models` holds the model table and the inp
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..request import GenerationRequest
 from .base import BackendOutput, Defaults, ProgressCallback
 from .replicate_client import ReplicateClient
 from .replicate_models import (
-    KNOWN_MODELS, PIL_FORMATS, ReplicateModel, describe_input, model_spec, parse_model, plain_prompt, prediction_input,
+    KNOWN_MODELS,
+    PIL_FORMATS,
+    ReplicateModel,
+    describe_input,
+    model_spec,
+    parse_model,
+    plain_prompt,
+    prediction_input,
 )
 
 __all__ = ["KNOWN_MODELS", "ReplicateBackend", "ReplicateClient", "ReplicateModel", "parse_model", "plain_prompt"]
@@ -85,9 +93,18 @@ class ReplicateBackend:
         if not isinstance(max_concurrency, int) or max_concurrency < 1:
             raise ValueError(f"`max_concurrency` must be a positive int, got {max_concurrency!r}")
         self.max_concurrency = max_concurrency
-        self.http = ReplicateClient(self.model, self.version, api_token=api_token, base_url=base_url, timeout=timeout,
-                                    poll_interval=poll_interval, max_retries=max_retries, backoff=backoff,
-                                    max_retry_wait=max_retry_wait, client=client)
+        self.http = ReplicateClient(
+            self.model,
+            self.version,
+            api_token=api_token,
+            base_url=base_url,
+            timeout=timeout,
+            poll_interval=poll_interval,
+            max_retries=max_retries,
+            backoff=backoff,
+            max_retry_wait=max_retry_wait,
+            client=client,
+        )
 
     def __repr__(self) -> str:
         return f"ReplicateBackend({self.model_ref!r})"
@@ -131,7 +148,9 @@ class ReplicateBackend:
         for i in range(len(request)):
             self.model_input(request, i)
         if len(set(request.guidance_scale)) > 1:
-            raise ValueError("the Replicate backend takes one `guidance_scale` per request; split the request by guidance")
+            raise ValueError(
+                "the Replicate backend takes one `guidance_scale` per request; split the request by guidance"
+            )
 
     # ------------------------------------------------------------ inputs
 
@@ -139,8 +158,15 @@ class ReplicateBackend:
         """The prediction input of image `i` and the sdlab parameters the model does not take.
 
         Raises ValueError (naming the argument) for values the model cannot take."""
-        return prediction_input(self.spec, self.model, request, i, inputs=self.inputs,
-                                output_format=self.output_format, output_quality=self.output_quality)
+        return prediction_input(
+            self.spec,
+            self.model,
+            request,
+            i,
+            inputs=self.inputs,
+            output_format=self.output_format,
+            output_quality=self.output_quality,
+        )
 
     # ------------------------------------------------------------ running
 
@@ -164,8 +190,12 @@ class ReplicateBackend:
             record["replicate_input"] = {k: describe_input(v) for k, v in data.items()}
             images.append(image)
             records.append(record)
-        return BackendOutput(images=images, records=records, seconds=time.perf_counter() - start,
-                             info={"prediction_ids": [r["prediction_id"] for r in records]})
+        return BackendOutput(
+            images=images,
+            records=records,
+            seconds=time.perf_counter() - start,
+            info={"prediction_ids": [r["prediction_id"] for r in records]},
+        )
 
     # ------------------------------------------------------------ the client's settings and parts
 

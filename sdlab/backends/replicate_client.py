@@ -16,8 +16,9 @@ import random
 import re
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Mapping
+from typing import Any
 
 from PIL import Image
 
@@ -37,9 +38,20 @@ class ReplicateClient:
 
     name = "replicate"
 
-    def __init__(self, model: str, version: str | None = None, *, api_token: str | None = None,
-                 base_url: str | None = None, timeout: float = 300.0, poll_interval: float = 0.5,
-                 max_retries: int = 5, backoff: float = 0.5, max_retry_wait: float = 60.0, client: Any = None):
+    def __init__(
+        self,
+        model: str,
+        version: str | None = None,
+        *,
+        api_token: str | None = None,
+        base_url: str | None = None,
+        timeout: float = 300.0,
+        poll_interval: float = 0.5,
+        max_retries: int = 5,
+        backoff: float = 0.5,
+        max_retry_wait: float = 60.0,
+        client: Any = None,
+    ):
         self.model, self.version = model, version
         self.timeout = float(timeout)
         self.poll_interval = float(poll_interval)
@@ -59,7 +71,9 @@ class ReplicateClient:
 
     # ------------------------------------------------------------ predictions
 
-    def run_all(self, inputs: list[dict[str, Any]], *, max_workers: int, progress=None) -> list[tuple[Image.Image, dict[str, Any]]]:
+    def run_all(
+        self, inputs: list[dict[str, Any]], *, max_workers: int, progress=None
+    ) -> list[tuple[Image.Image, dict[str, Any]]]:
         """One prediction per input, up to `max_workers` in flight; (image, record) in input order.
 
         The first failure cancels the predictions still running and is raised (Ctrl-C too)."""
@@ -116,15 +130,22 @@ class ReplicateClient:
             logs = (prediction.logs or "").strip().splitlines()[-3:]
             raise BackendError(
                 f"Replicate prediction {pid} ({self.model_ref}) failed: {prediction.error or 'no error message'}"
-                + (f"\n  last log lines: {' | '.join(logs)}" if logs else ""), backend=self.name, job_id=pid)
+                + (f"\n  last log lines: {' | '.join(logs)}" if logs else ""),
+                backend=self.name,
+                job_id=pid,
+            )
         if prediction.status == "canceled":
-            raise BackendError(f"Replicate prediction {pid} ({self.model_ref}) was canceled", backend=self.name, job_id=pid)
+            raise BackendError(
+                f"Replicate prediction {pid} ({self.model_ref}) was canceled", backend=self.name, job_id=pid
+            )
         # 3. download and check the output
         image, url = self._output_image(prediction, data.get("output_format"))
         with self._progress_lock:
             done[0] += 1
             count = done[0]
-        self._progress(progress, {"step": count, "total": n, "image": i, "images": n, "prediction_id": pid, "status": "succeeded"})
+        self._progress(
+            progress, {"step": count, "total": n, "image": i, "images": n, "prediction_id": pid, "status": "succeeded"}
+        )
         metrics = prediction.metrics or {}
         record = {
             "backend": self.name,
@@ -152,13 +173,20 @@ class ReplicateClient:
                 self._cancel(pid)
                 raise BackendError(
                     f"Replicate prediction {pid} ({self.model_ref}) did not finish within {self.timeout:g} s; it was canceled. "
-                    f"Raise `timeout` for slow models or busy queues.", backend=self.name, job_id=pid)
+                    f"Raise `timeout` for slow models or busy queues.",
+                    backend=self.name,
+                    job_id=pid,
+                )
             time.sleep(self.poll_interval)
-            prediction = self._call(f"get prediction {pid}", lambda: self.client.predictions.get(pid), idempotent=True, job_id=pid)
+            prediction = self._call(
+                f"get prediction {pid}", lambda: self.client.predictions.get(pid), idempotent=True, job_id=pid
+            )
             step = _log_progress(prediction)
             if step is not None and step != last_step:
                 last_step = step
-                self._progress(progress, {"step": step[0], "total": step[1], "image": i, "images": n, "prediction_id": pid})
+                self._progress(
+                    progress, {"step": step[0], "total": step[1], "image": i, "images": n, "prediction_id": pid}
+                )
         return prediction
 
     def _progress(self, progress, event: dict[str, Any]) -> None:
@@ -171,20 +199,29 @@ class ReplicateClient:
     def _output_image(self, prediction, output_format: str | None) -> tuple[Image.Image, str]:
         items = _output_items(prediction.output)
         if not items:
-            raise BackendError(f"Replicate prediction {prediction.id} succeeded without an output file (output: {prediction.output!r:.200})",
-                               backend=self.name, job_id=prediction.id)
+            raise BackendError(
+                f"Replicate prediction {prediction.id} succeeded without an output file (output: {prediction.output!r:.200})",
+                backend=self.name,
+                job_id=prediction.id,
+            )
         url = getattr(items[0], "url", items[0])
         data = self.fetch(str(url), prediction.id)
         try:
             image = Image.open(io.BytesIO(data))
             image.load()
         except Exception as e:
-            raise BackendError(f"the output of Replicate prediction {prediction.id} is not an image ({e}): {str(url)[:200]}",
-                               backend=self.name, job_id=prediction.id) from e
+            raise BackendError(
+                f"the output of Replicate prediction {prediction.id} is not an image ({e}): {str(url)[:200]}",
+                backend=self.name,
+                job_id=prediction.id,
+            ) from e
         expected = PIL_FORMATS.get(output_format or "")
         if expected and image.format != expected:
-            raise BackendError(f"Replicate prediction {prediction.id} returned a {image.format} image, expected {output_format}",
-                               backend=self.name, job_id=prediction.id)
+            raise BackendError(
+                f"Replicate prediction {prediction.id} returned a {image.format} image, expected {output_format}",
+                backend=self.name,
+                job_id=prediction.id,
+            )
         fmt = image.format
         if image.mode != "RGB":
             image = image.convert("RGB")
@@ -198,10 +235,19 @@ class ReplicateClient:
                 header, encoded = url.split(",", 1)
                 return base64.b64decode(encoded) if ";base64" in header else encoded.encode()
             except Exception as e:
-                raise BackendError(f"Replicate prediction {pid}: unreadable data URL ({e})", backend=self.name, job_id=pid) from e
+                raise BackendError(
+                    f"Replicate prediction {pid}: unreadable data URL ({e})", backend=self.name, job_id=pid
+                ) from e
         if not url.startswith(("http://", "https://")):
-            raise BackendError(f"Replicate prediction {pid}: output {url[:200]!r} is not a URL", backend=self.name, job_id=pid)
-        return self._call(f"download the output of prediction {pid}", lambda: self._download_once(url, pid), idempotent=True, job_id=pid)
+            raise BackendError(
+                f"Replicate prediction {pid}: output {url[:200]!r} is not a URL", backend=self.name, job_id=pid
+            )
+        return self._call(
+            f"download the output of prediction {pid}",
+            lambda: self._download_once(url, pid),
+            idempotent=True,
+            job_id=pid,
+        )
 
     def _download_once(self, url: str, pid: str) -> bytes:
         client = self._downloader()
@@ -210,14 +256,20 @@ class ReplicateClient:
                 raise _HTTPStatus(response.status_code, response.headers, f"GET {url[:200]}")
             ctype = response.headers.get("content-type", "")
             if ctype and not ctype.startswith(("image/", "application/octet-stream", "binary/")):
-                raise BackendError(f"the output of Replicate prediction {pid} is {ctype}, not an image: {url[:200]}",
-                                   backend=self.name, job_id=pid)
+                raise BackendError(
+                    f"the output of Replicate prediction {pid} is {ctype}, not an image: {url[:200]}",
+                    backend=self.name,
+                    job_id=pid,
+                )
             chunks, size = [], 0
             for chunk in response.iter_bytes():
                 size += len(chunk)
                 if size > MAX_DOWNLOAD_BYTES:
-                    raise BackendError(f"the output of Replicate prediction {pid} is larger than {MAX_DOWNLOAD_BYTES >> 20} MiB",
-                                       backend=self.name, job_id=pid)
+                    raise BackendError(
+                        f"the output of Replicate prediction {pid} is larger than {MAX_DOWNLOAD_BYTES >> 20} MiB",
+                        backend=self.name,
+                        job_id=pid,
+                    )
                 chunks.append(chunk)
         return b"".join(chunks)
 
@@ -241,8 +293,11 @@ class ReplicateClient:
                 raise MissingDependencyError("replicate", "the Replicate backend", "replicate") from None
             token = self._api_token or os.environ.get("REPLICATE_API_TOKEN")
             if not token:
-                raise BackendError("no Replicate API token: set REPLICATE_API_TOKEN or pass api_token= "
-                                   "(https://replicate.com/account/api-tokens)", backend=self.name)
+                raise BackendError(
+                    "no Replicate API token: set REPLICATE_API_TOKEN or pass api_token= "
+                    "(https://replicate.com/account/api-tokens)",
+                    backend=self.name,
+                )
             self._client = replicate.Client(
                 api_token=token,
                 base_url=self._base_url,
@@ -277,16 +332,21 @@ class ReplicateClient:
                 wait = self._retry_after(e) if status == 429 else None
             except httpx.TimeoutException as e:
                 if not idempotent or attempt >= self.max_retries:
-                    raise BackendError(f"Replicate timed out trying to {what} ({type(e).__name__})"
-                                       + ("" if idempotent else "; the prediction may have been created, check your dashboard"),
-                                       backend=self.name, job_id=job_id) from e
+                    raise BackendError(
+                        f"Replicate timed out trying to {what} ({type(e).__name__})"
+                        + ("" if idempotent else "; the prediction may have been created, check your dashboard"),
+                        backend=self.name,
+                        job_id=job_id,
+                    ) from e
                 wait = None
             except httpx.TransportError as e:
                 if (not idempotent and not isinstance(e, httpx.ConnectError)) or attempt >= self.max_retries:
-                    raise BackendError(f"cannot reach Replicate to {what}: {e}", backend=self.name, job_id=job_id) from e
+                    raise BackendError(
+                        f"cannot reach Replicate to {what}: {e}", backend=self.name, job_id=job_id
+                    ) from e
                 wait = None
             if wait is None:
-                wait = self.backoff * (2 ** attempt) * (1 + 0.1 * random.random())
+                wait = self.backoff * (2**attempt) * (1 + 0.1 * random.random())
             time.sleep(min(wait, self.max_retry_wait))
             attempt += 1
 
@@ -314,12 +374,15 @@ class ReplicateClient:
             hint = f": still rate limited after {self.max_retries} retries"
         else:
             hint = ""
-        return BackendError(f"Replicate could not {what} (HTTP {status}){hint}: {str(detail).strip()}",
-                            backend=self.name, job_id=job_id)
+        return BackendError(
+            f"Replicate could not {what} (HTTP {status}){hint}: {str(detail).strip()}", backend=self.name, job_id=job_id
+        )
 
     def _cancel(self, pid: str) -> None:
         try:
-            self._call(f"cancel prediction {pid}", lambda: self.client.predictions.cancel(pid), idempotent=True, job_id=pid)
+            self._call(
+                f"cancel prediction {pid}", lambda: self.client.predictions.cancel(pid), idempotent=True, job_id=pid
+            )
         except BackendError:
             pass  # best effort: the prediction may have ended meanwhile
 

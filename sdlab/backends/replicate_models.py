@@ -11,8 +11,9 @@ import base64
 import io
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any
 
 from PIL import Image
 
@@ -54,36 +55,77 @@ class ReplicateModel:
 
 KNOWN_MODELS: dict[str, ReplicateModel] = {
     "black-forest-labs/flux-1.1-pro": ReplicateModel(
-        size="aspect_ratio_or_custom", aspect_ratios=FLUX_PRO_RATIOS, size_range=(256, 1440), size_multiple=32,
-        negative_prompt=None, num_inference_steps=None, guidance_scale=None, scheduler=None,
+        size="aspect_ratio_or_custom",
+        aspect_ratios=FLUX_PRO_RATIOS,
+        size_range=(256, 1440),
+        size_multiple=32,
+        negative_prompt=None,
+        num_inference_steps=None,
+        guidance_scale=None,
+        scheduler=None,
         output_formats=("webp", "jpg", "png"),
         inputs=("aspect_ratio", "safety_tolerance", "prompt_upsampling", "image_prompt", "output_quality"),
         defaults=Defaults(1024, 1024, 25, 3.0),
     ),
     "black-forest-labs/flux-pro": ReplicateModel(
-        size="aspect_ratio_or_custom", aspect_ratios=FLUX_PRO_RATIOS, size_range=(256, 1440), size_multiple=32,
-        negative_prompt=None, num_inference_steps="steps", steps_range=(1, 50), guidance_scale="guidance",
-        guidance_range=(2.0, 5.0), scheduler=None, output_formats=("webp", "jpg", "png"),
+        size="aspect_ratio_or_custom",
+        aspect_ratios=FLUX_PRO_RATIOS,
+        size_range=(256, 1440),
+        size_multiple=32,
+        negative_prompt=None,
+        num_inference_steps="steps",
+        steps_range=(1, 50),
+        guidance_scale="guidance",
+        guidance_range=(2.0, 5.0),
+        scheduler=None,
+        output_formats=("webp", "jpg", "png"),
         inputs=("aspect_ratio", "safety_tolerance", "prompt_upsampling", "image_prompt", "interval", "output_quality"),
         defaults=Defaults(1024, 1024, 25, 3.0),
     ),
     "black-forest-labs/flux-dev": ReplicateModel(
-        size="aspect_ratio", aspect_ratios=FLUX_RATIOS, size_multiple=16, negative_prompt=None,
-        num_inference_steps="num_inference_steps", steps_range=(1, 50), guidance_scale="guidance",
-        guidance_range=(0.0, 10.0), scheduler=None, num_outputs="num_outputs", output_formats=("webp", "jpg", "png"),
-        inputs=("aspect_ratio", "image", "prompt_strength", "go_fast", "megapixels", "disable_safety_checker", "output_quality"),
+        size="aspect_ratio",
+        aspect_ratios=FLUX_RATIOS,
+        size_multiple=16,
+        negative_prompt=None,
+        num_inference_steps="num_inference_steps",
+        steps_range=(1, 50),
+        guidance_scale="guidance",
+        guidance_range=(0.0, 10.0),
+        scheduler=None,
+        num_outputs="num_outputs",
+        output_formats=("webp", "jpg", "png"),
+        inputs=(
+            "aspect_ratio",
+            "image",
+            "prompt_strength",
+            "go_fast",
+            "megapixels",
+            "disable_safety_checker",
+            "output_quality",
+        ),
         defaults=Defaults(1024, 1024, 28, 3.0),
     ),
     "black-forest-labs/flux-schnell": ReplicateModel(
-        size="aspect_ratio", aspect_ratios=FLUX_RATIOS, size_multiple=16, negative_prompt=None,
-        num_inference_steps="num_inference_steps", steps_range=(1, 4), guidance_scale=None, scheduler=None,
-        num_outputs="num_outputs", output_formats=("webp", "jpg", "png"),
+        size="aspect_ratio",
+        aspect_ratios=FLUX_RATIOS,
+        size_multiple=16,
+        negative_prompt=None,
+        num_inference_steps="num_inference_steps",
+        steps_range=(1, 4),
+        guidance_scale=None,
+        scheduler=None,
+        num_outputs="num_outputs",
+        output_formats=("webp", "jpg", "png"),
         inputs=("aspect_ratio", "go_fast", "megapixels", "disable_safety_checker", "output_quality"),
         defaults=Defaults(1024, 1024, 4, 0.0),
     ),
     "stability-ai/sdxl": ReplicateModel(
-        size="width_height", size_multiple=8, steps_range=(1, 500), guidance_range=(1.0, 50.0),
-        num_outputs="num_outputs", defaults=Defaults(1024, 1024, 30, 7.5),
+        size="width_height",
+        size_multiple=8,
+        steps_range=(1, 500),
+        guidance_range=(1.0, 50.0),
+        num_outputs="num_outputs",
+        defaults=Defaults(1024, 1024, 30, 7.5),
     ),
 }
 
@@ -91,29 +133,41 @@ KNOWN_MODELS: dict[str, ReplicateModel] = {
 def parse_model(ref: str) -> tuple[str, str | None]:
     """'owner/name' or 'owner/name:version' -> ('owner/name', version or None)."""
     if not isinstance(ref, str) or not re.fullmatch(r"[\w.-]+/[\w.-]+(:[\w.-]+)?", ref.strip()):
-        raise ValueError(f"`model` must read 'owner/name' or 'owner/name:version' (e.g. 'black-forest-labs/flux-schnell'), got {ref!r}")
+        raise ValueError(
+            f"`model` must read 'owner/name' or 'owner/name:version' (e.g. 'black-forest-labs/flux-schnell'), got {ref!r}"
+        )
     name, _, version = ref.strip().partition(":")
     return name, version or None
 
 
-def model_spec(model: str, *, input_names: Mapping[str, str | None] | None = None,
-               defaults: Defaults | None = None) -> ReplicateModel:
+def model_spec(
+    model: str, *, input_names: Mapping[str, str | None] | None = None, defaults: Defaults | None = None
+) -> ReplicateModel:
     """The mapping of `model` ('owner/name'): its known entry or the generic one, with `input_names`
     and `defaults` overridden."""
     spec = KNOWN_MODELS.get(model, ReplicateModel())
     if input_names:
         bad = sorted(set(input_names) - set(RENAMABLE))
         if bad:
-            raise ValueError(f"`input_names` keys {bad} are not sdlab parameters; known: {', '.join(sorted(RENAMABLE))}")
+            raise ValueError(
+                f"`input_names` keys {bad} are not sdlab parameters; known: {', '.join(sorted(RENAMABLE))}"
+            )
         spec = replace(spec, **dict(input_names))
     if defaults is not None:
         spec = replace(spec, defaults=defaults)
     return spec
 
 
-def prediction_input(spec: ReplicateModel, model: str, request: GenerationRequest, i: int, *,
-                     inputs: Mapping[str, Any], output_format: str | None,
-                     output_quality: int | None) -> tuple[dict[str, Any], list[str]]:
+def prediction_input(
+    spec: ReplicateModel,
+    model: str,
+    request: GenerationRequest,
+    i: int,
+    *,
+    inputs: Mapping[str, Any],
+    output_format: str | None,
+    output_quality: int | None,
+) -> tuple[dict[str, Any], list[str]]:
     """The prediction input of image `i` for `model` and the sdlab parameters it does not take.
 
     `inputs` are sent with every prediction; `output_format`/`output_quality` are the backend's
@@ -125,8 +179,7 @@ def prediction_input(spec: ReplicateModel, model: str, request: GenerationReques
         unknown = sorted(set(kwargs) - allowed)
         if unknown:
             raise ValueError(f"unknown argument(s) {unknown} for {model}; it takes: {', '.join(sorted(allowed))}")
-    data: dict[str, Any] = {"prompt": plain_prompt(request.prompt[i], "prompt", model),
-                            "seed": int(request.seed[i])}
+    data: dict[str, Any] = {"prompt": plain_prompt(request.prompt[i], "prompt", model), "seed": int(request.seed[i])}
     if data["seed"] >= 2**63:
         raise ValueError(f"`seed`={data['seed']} is too large for Replicate's integer inputs (use < 2**63)")
     unused: list[str] = []
@@ -184,7 +237,9 @@ def _size_input(spec: ReplicateModel, model: str, width: int, height: int, kwarg
         if explicit == "custom" and custom_ok:
             return {"aspect_ratio": "custom", "width": width, "height": height}
         if explicit not in spec.aspect_ratios:
-            raise ValueError(f"`aspect_ratio`={explicit!r}: {model} takes {', '.join(spec.aspect_ratios + (('custom',) if custom_ok else ()))}")
+            raise ValueError(
+                f"`aspect_ratio`={explicit!r}: {model} takes {', '.join(spec.aspect_ratios + (('custom',) if custom_ok else ()))}"
+            )
         return {"aspect_ratio": explicit}
     lo, hi = spec.size_range
     if custom_ok and lo <= width <= hi and lo <= height <= hi:
@@ -216,7 +271,9 @@ def jsonable_input(value: Any, name: str) -> Any:
         return [jsonable_input(v, name) for v in value]
     if isinstance(value, Mapping):
         return {str(k): jsonable_input(v, name) for k, v in value.items()}
-    raise ValueError(f"`{name}`: a {type(value).__name__} cannot be sent to Replicate (use numbers, strings, lists or PIL images)")
+    raise ValueError(
+        f"`{name}`: a {type(value).__name__} cannot be sent to Replicate (use numbers, strings, lists or PIL images)"
+    )
 
 
 def describe_input(value: Any) -> Any:

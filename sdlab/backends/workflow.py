@@ -21,11 +21,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
-from .workflow_map import (CHECKPOINT_INPUTS, PARAMETERS, SAMPLER_CLASSES, TEXT_INPUTS, SamplerMap,  # noqa: F401
-                           is_link as _is_link, map_samplers)
+from .workflow_map import CHECKPOINT_INPUTS, PARAMETERS, SAMPLER_CLASSES, TEXT_INPUTS, SamplerMap, map_samplers  # noqa: F401
+from .workflow_map import is_link as _is_link
 
 WORKFLOWS_DIR = Path(__file__).parent / "workflows"
 DEFAULT_WORKFLOW = WORKFLOWS_DIR / "txt2img_api.json"
@@ -39,28 +40,76 @@ OUTPUT_CLASSES = IMAGE_OUTPUT_CLASSES + ANIMATED_OUTPUT_CLASSES + VIDEO_OUTPUT_C
 
 # A1111 sampler names (sdlab's `scheduler`) as ComfyUI (sampler_name, scheduler) pairs.
 _COMFY_SAMPLERS = {
-    "euler": "euler", "euler a": "euler_ancestral", "heun": "heun", "lms": "lms", "dpm2": "dpm_2",
-    "dpm2 a": "dpm_2_ancestral", "dpm++ 2m": "dpmpp_2m", "dpm++ 2m sde": "dpmpp_2m_sde",
-    "dpm++ sde": "dpmpp_sde", "dpm++ 2s a": "dpmpp_2s_ancestral", "dpm++ 3m sde": "dpmpp_3m_sde",
-    "dpm fast": "dpm_fast", "dpm adaptive": "dpm_adaptive", "ddim": "ddim", "ddpm": "ddpm",
-    "unipc": "uni_pc", "lcm": "lcm", "deis": "deis",
+    "euler": "euler",
+    "euler a": "euler_ancestral",
+    "heun": "heun",
+    "lms": "lms",
+    "dpm2": "dpm_2",
+    "dpm2 a": "dpm_2_ancestral",
+    "dpm++ 2m": "dpmpp_2m",
+    "dpm++ 2m sde": "dpmpp_2m_sde",
+    "dpm++ sde": "dpmpp_sde",
+    "dpm++ 2s a": "dpmpp_2s_ancestral",
+    "dpm++ 3m sde": "dpmpp_3m_sde",
+    "dpm fast": "dpm_fast",
+    "dpm adaptive": "dpm_adaptive",
+    "ddim": "ddim",
+    "ddpm": "ddpm",
+    "unipc": "uni_pc",
+    "lcm": "lcm",
+    "deis": "deis",
 }
-_COMFY_SCHEDULE_SUFFIXES = {"karras": "karras", "exponential": "exponential", "sgm uniform": "sgm_uniform",
-                            "simple": "simple", "beta": "beta", "normal": "normal"}
+_COMFY_SCHEDULE_SUFFIXES = {
+    "karras": "karras",
+    "exponential": "exponential",
+    "sgm uniform": "sgm_uniform",
+    "simple": "simple",
+    "beta": "beta",
+    "normal": "normal",
+}
 COMFY_SAMPLER_NAMES = frozenset(_COMFY_SAMPLERS.values()) | {
-    "euler_cfg_pp", "euler_ancestral_cfg_pp", "heun", "heunpp2", "dpmpp_2s_ancestral_cfg_pp", "dpmpp_sde_gpu",
-    "dpmpp_2m_cfg_pp", "dpmpp_2m_sde_gpu", "dpmpp_3m_sde_gpu", "ipndm", "ipndm_v", "deis", "res_multistep",
-    "gradient_estimation", "er_sde", "seeds_2", "seeds_3", "uni_pc_bh2", "lcm",
+    "euler_cfg_pp",
+    "euler_ancestral_cfg_pp",
+    "heun",
+    "heunpp2",
+    "dpmpp_2s_ancestral_cfg_pp",
+    "dpmpp_sde_gpu",
+    "dpmpp_2m_cfg_pp",
+    "dpmpp_2m_sde_gpu",
+    "dpmpp_3m_sde_gpu",
+    "ipndm",
+    "ipndm_v",
+    "deis",
+    "res_multistep",
+    "gradient_estimation",
+    "er_sde",
+    "seeds_2",
+    "seeds_3",
+    "uni_pc_bh2",
+    "lcm",
 }
-COMFY_SCHEDULER_NAMES = frozenset({"normal", "karras", "exponential", "sgm_uniform", "simple", "ddim_uniform",
-                                   "beta", "linear_quadratic", "kl_optimal"})
+COMFY_SCHEDULER_NAMES = frozenset(
+    {
+        "normal",
+        "karras",
+        "exponential",
+        "sgm_uniform",
+        "simple",
+        "ddim_uniform",
+        "beta",
+        "linear_quadratic",
+        "kl_optimal",
+    }
+)
 
 
 def comfy_sampler(name: str) -> tuple[str, str]:
     """ComfyUI's (sampler_name, scheduler) for an A1111 name ("DPM++ 2M Karras") or a ComfyUI pair
     written "dpmpp_2m:karras" (or a bare ComfyUI sampler name, with the "normal" schedule)."""
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"`scheduler` must be a sampler name such as 'DPM++ 2M Karras' or 'dpmpp_2m:karras', got {name!r}")
+        raise ValueError(
+            f"`scheduler` must be a sampler name such as 'DPM++ 2M Karras' or 'dpmpp_2m:karras', got {name!r}"
+        )
     text = name.strip()
     if ":" in text:
         sampler, _, schedule = text.partition(":")
@@ -96,7 +145,7 @@ class Workflow:
     # ------------------------------------------------------------ loading
 
     @classmethod
-    def load(cls, source: "str | Path | Mapping | Workflow | None" = None) -> "Workflow":
+    def load(cls, source: str | Path | Mapping | Workflow | None = None) -> Workflow:
         """A workflow from a JSON file, a dict or a Workflow; None gives sdlab's default txt2img."""
         if source is None:
             source = DEFAULT_WORKFLOW
@@ -113,7 +162,7 @@ class Workflow:
             raise ValueError(f"`workflow`: {path} is not valid JSON ({e})") from None
         return cls(graph, name=path.name)
 
-    def copy(self) -> "Workflow":
+    def copy(self) -> Workflow:
         return Workflow(copy.deepcopy(self.graph), name=self.name)
 
     def to_dict(self) -> dict[str, Any]:
@@ -149,16 +198,20 @@ class Workflow:
         return found[0]
 
     def describe(self) -> str:
-        return ", ".join(f"{nid} {n['class_type']}" + (f" ({n['_meta']['title']})" if n.get("_meta", {}).get("title") else "")
-                         for nid, n in self.graph.items())
+        return ", ".join(
+            f"{nid} {n['class_type']}" + (f" ({n['_meta']['title']})" if n.get("_meta", {}).get("title") else "")
+            for nid, n in self.graph.items()
+        )
 
     def get(self, selector: str, input_name: str) -> Any:
         node = self.graph[self.node(selector)]
         if input_name not in node["inputs"]:
-            raise ValueError(f"node {selector!r} ({node['class_type']}) has no input {input_name!r}; it has {sorted(node['inputs'])}")
+            raise ValueError(
+                f"node {selector!r} ({node['class_type']}) has no input {input_name!r}; it has {sorted(node['inputs'])}"
+            )
         return node["inputs"][input_name]
 
-    def set(self, selector: str, input_name: str, value: Any) -> "Workflow":
+    def set(self, selector: str, input_name: str, value: Any) -> Workflow:
         """A copy with input `input_name` of the node `selector` set to `value`."""
         out = self.copy()
         out._set(out.node(selector), input_name, value)
@@ -215,8 +268,12 @@ class Workflow:
             for spec in specs:
                 selector, dot, input_name = str(spec).rpartition(".")
                 if not dot or not selector:
-                    raise ValueError(f"`mapping[{parameter!r}]`={spec!r} must read 'node.input' (node by id, title or class)")
-                out += [(nid, input_name, ["mapping"]) for nid in self._find_required(selector, f"mapping[{parameter!r}]")]
+                    raise ValueError(
+                        f"`mapping[{parameter!r}]`={spec!r} must read 'node.input' (node by id, title or class)"
+                    )
+                out += [
+                    (nid, input_name, ["mapping"]) for nid in self._find_required(selector, f"mapping[{parameter!r}]")
+                ]
             return out
         maps, problems = map_samplers(self.graph)
         if problems and parameter in ("prompt", "negative_prompt"):
@@ -236,10 +293,12 @@ class Workflow:
     def _find_required(self, selector: str, what: str) -> list[str]:
         found = self.find(selector)
         if not found:
-            raise ValueError(f"`{what}`: workflow has no node with id, title or class {selector!r}; nodes: {self.describe()}")
+            raise ValueError(
+                f"`{what}`: workflow has no node with id, title or class {selector!r}; nodes: {self.describe()}"
+            )
         return found
 
-    def apply(self, mapping: Mapping[str, Any] | None = None, **params: Any) -> tuple["Workflow", list[str]]:
+    def apply(self, mapping: Mapping[str, Any] | None = None, **params: Any) -> tuple[Workflow, list[str]]:
         """A copy with sdlab parameters set (None values are left as the template has them).
 
         Returns the new workflow and the names of given parameters it has no place for."""
@@ -284,7 +343,9 @@ def _check_api_format(graph: Any) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for node_id, node in graph.items():
         if not isinstance(node, Mapping) or "class_type" not in node or not isinstance(node.get("inputs", {}), Mapping):
-            raise ValueError(f"`workflow` node {node_id!r} is not an API-format node {{'class_type': ..., 'inputs': {{...}}}}")
+            raise ValueError(
+                f"`workflow` node {node_id!r} is not an API-format node {{'class_type': ..., 'inputs': {{...}}}}"
+            )
         out[str(node_id)] = {**node, "inputs": dict(node.get("inputs", {}))}
     if not out:
         raise ValueError("`workflow` has no nodes")

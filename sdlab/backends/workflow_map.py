@@ -16,13 +16,18 @@ reported as a problem, naming the nodes, and never guessed.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 SAMPLER_CLASSES = ("KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced")
 TEXT_INPUTS = ("text", "text_g", "text_l", "clip_l", "t5xxl")
-CHECKPOINT_INPUTS = {"CheckpointLoaderSimple": "ckpt_name", "CheckpointLoader": "ckpt_name",
-                     "UNETLoader": "unet_name", "ImageOnlyCheckpointLoader": "ckpt_name"}
+CHECKPOINT_INPUTS = {
+    "CheckpointLoaderSimple": "ckpt_name",
+    "CheckpointLoader": "ckpt_name",
+    "UNETLoader": "unet_name",
+    "ImageOnlyCheckpointLoader": "ckpt_name",
+}
 # Nodes with several outputs: output slot -> the inputs that slot is made from (as ComfyUI defines them).
 SLOT_INPUTS: dict[str, dict[int, tuple[str, ...]]] = {
     "ControlNetApplyAdvanced": {0: ("positive",), 1: ("negative",)},
@@ -32,8 +37,18 @@ SLOT_INPUTS: dict[str, dict[int, tuple[str, ...]]] = {
 }
 
 PARAMETERS = (
-    "prompt", "negative_prompt", "seed", "num_inference_steps", "guidance_scale", "width", "height",
-    "batch_size", "sampler_name", "scheduler", "denoise", "ckpt_name",
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "num_inference_steps",
+    "guidance_scale",
+    "width",
+    "height",
+    "batch_size",
+    "sampler_name",
+    "scheduler",
+    "denoise",
+    "ckpt_name",
 )
 
 
@@ -69,8 +84,14 @@ class SamplerMap:
         return f"{self.stage} sampler {self.node}"
 
 
-def walk(graph: Mapping[str, Any], link: Any, accept: Callable[[Mapping[str, Any]], bool], *,
-         visited: list[str] | None = None, problems: list[str] | None = None) -> list[str]:
+def walk(
+    graph: Mapping[str, Any],
+    link: Any,
+    accept: Callable[[Mapping[str, Any]], bool],
+    *,
+    visited: list[str] | None = None,
+    problems: list[str] | None = None,
+) -> list[str]:
     """Nodes satisfying `accept`, reached from `link` upstream (breadth first, stopping at accepted
     nodes). Through a node of SLOT_INPUTS only the inputs of the output slot used are followed.
     With `problems` (a conditioning walk), an unknown node that takes both `positive` and
@@ -96,8 +117,10 @@ def walk(graph: Mapping[str, Any], link: Any, accept: Callable[[Mapping[str, Any
         if cls in SLOT_INPUTS:
             names: Any = SLOT_INPUTS[cls].get(slot, ())
         elif problems is not None and "positive" in inputs and "negative" in inputs:
-            problems.append(f"node {nid} ({cls}) takes both a positive and a negative conditioning and sdlab "
-                            f"does not know which of its outputs carries which")
+            problems.append(
+                f"node {nid} ({cls}) takes both a positive and a negative conditioning and sdlab "
+                f"does not know which of its outputs carries which"
+            )
             continue
         else:
             names = list(inputs)
@@ -134,13 +157,18 @@ def map_sampler(graph: Mapping[str, Any], sid: str) -> SamplerMap:
     on_positive: list[str] = []
     positive, negative = [], []
     for root in positive_roots:
-        positive += [t for t in walk(graph, root, _is_text_encoder, visited=on_positive, problems=m.problems) if t not in positive]
+        positive += [
+            t
+            for t in walk(graph, root, _is_text_encoder, visited=on_positive, problems=m.problems)
+            if t not in positive
+        ]
     for root in negative_roots:
         negative += [t for t in walk(graph, root, _is_text_encoder, problems=m.problems) if t not in negative]
     both = [t for t in positive if t in negative]
     if both:
-        m.problems.append(f"text encoder(s) {', '.join(both)} feed both the positive and the negative "
-                          f"conditioning of sampler {sid}")
+        m.problems.append(
+            f"text encoder(s) {', '.join(both)} feed both the positive and the negative conditioning of sampler {sid}"
+        )
     for t in positive:
         for k in text_inputs(graph[t]):
             add("prompt", t, k)
@@ -159,7 +187,12 @@ def map_sampler(graph: Mapping[str, Any], sid: str) -> SamplerMap:
             break
     for nid in walk(graph, inputs.get("noise"), lambda n: "noise_seed" in n["inputs"]):
         add("seed", nid, "noise_seed")
-    own = (("steps", "num_inference_steps"), ("sampler_name", "sampler_name"), ("scheduler", "scheduler"), ("denoise", "denoise"))
+    own = (
+        ("steps", "num_inference_steps"),
+        ("sampler_name", "sampler_name"),
+        ("scheduler", "scheduler"),
+        ("denoise", "denoise"),
+    )
     for name, parameter in own:
         if name in inputs:
             add(parameter, sid, name)
@@ -189,6 +222,8 @@ def map_samplers(graph: Mapping[str, Any]) -> tuple[list[SamplerMap], list[str]]
     for m in maps:
         for t, _ in m.targets["negative_prompt"]:
             if t in positive and positive[t] is not m:
-                problems.append(f"text encoder {t} is the positive prompt of sampler {positive[t].node} "
-                                f"and the negative prompt of sampler {m.node}")
+                problems.append(
+                    f"text encoder {t} is the positive prompt of sampler {positive[t].node} "
+                    f"and the negative prompt of sampler {m.node}"
+                )
     return maps, list(dict.fromkeys(problems))

@@ -32,8 +32,14 @@ class Judgement:
     features: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        return {"shape": self.shape, "colour": self.colour, "background": self.background,
-                "position": self.position, "size": self.size, **self.features}
+        return {
+            "shape": self.shape,
+            "colour": self.colour,
+            "background": self.background,
+            "position": self.position,
+            "size": self.size,
+            **self.features,
+        }
 
 
 def _lab(rgb: np.ndarray) -> np.ndarray:
@@ -72,8 +78,12 @@ def classify_outline(contour) -> tuple[str, dict]:
     rect_fill = area / (w * h + 1e-6)
     tri_area, _ = cv2.minEnclosingTriangle(hull)
     tri_fill = area / (tri_area + 1e-6)
-    feats = {"solidity": round(solidity, 3), "circle_fill": round(circle_fill, 3),
-             "rect_fill": round(rect_fill, 3), "triangle_fill": round(tri_fill, 3)}
+    feats = {
+        "solidity": round(solidity, 3),
+        "circle_fill": round(circle_fill, 3),
+        "rect_fill": round(rect_fill, 3),
+        "triangle_fill": round(tri_fill, 3),
+    }
     if solidity < STAR_SOLIDITY:
         return "star", feats
     # A circle fills its enclosing circle (1.0) and its rectangle at pi/4; a square its rectangle
@@ -90,11 +100,13 @@ def judge(image) -> Judgement:
     # 1. a working copy, and the background colour from the border
     rgb = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.uint8)
     in_h, in_w = rgb.shape[:2]
-    work = cv2.resize(rgb, (WORK_SIZE, WORK_SIZE), interpolation=cv2.INTER_AREA if in_w > WORK_SIZE
-                      else cv2.INTER_LINEAR)
+    work = cv2.resize(
+        rgb, (WORK_SIZE, WORK_SIZE), interpolation=cv2.INTER_AREA if in_w > WORK_SIZE else cv2.INTER_LINEAR
+    )
     b = max(2, WORK_SIZE // 32)
-    border = np.concatenate([work[:b].reshape(-1, 3), work[-b:].reshape(-1, 3),
-                             work[:, :b].reshape(-1, 3), work[:, -b:].reshape(-1, 3)])
+    border = np.concatenate(
+        [work[:b].reshape(-1, 3), work[-b:].reshape(-1, 3), work[:, :b].reshape(-1, 3), work[:, -b:].reshape(-1, 3)]
+    )
     bg_rgb = np.median(border, axis=0)
     background = nearest_colour(bg_rgb)
 
@@ -127,11 +139,13 @@ def judge(image) -> Judgement:
     diameter = 2 * radius / WORK_SIZE
     m = cv2.moments(mask, binaryImage=True)
     cx, cy = m["m10"] / m["m00"] / WORK_SIZE, m["m01"] / m["m00"] / WORK_SIZE
-    feats.update(found=True, diameter=round(diameter, 3), cx=round(cx, 3), cy=round(cy, 3),
-                 area=round(float(mask.mean()), 4))
+    feats.update(
+        found=True, diameter=round(diameter, 3), cx=round(cx, 3), cy=round(cy, 3), area=round(float(mask.mean()), 4)
+    )
     full = cv2.resize(mask, (in_w, in_h), interpolation=cv2.INTER_NEAREST).astype(bool)
-    return Judgement(shape, colour, background, _position(cx, cy),
-                     "large" if diameter > LARGE_DIAMETER else "small", full, feats)
+    return Judgement(
+        shape, colour, background, _position(cx, cy), "large" if diameter > LARGE_DIAMETER else "small", full, feats
+    )
 
 
 def filled_mask(edges) -> np.ndarray:

@@ -33,8 +33,7 @@ SIZES = ("large", "small")
 # Positions of small shapes: a 3x3 grid, named (vertical, horizontal).
 VERTICAL = ("top", "center", "bottom")
 HORIZONTAL = ("left", "center", "right")
-POSITIONS = tuple(f"{v} {h}" if (v, h) != ("center", "center") else "center"
-                  for v in VERTICAL for h in HORIZONTAL)
+POSITIONS = tuple(f"{v} {h}" if (v, h) != ("center", "center") else "center" for v in VERTICAL for h in HORIZONTAL)
 _GRID = (0.25, 0.5, 0.75)  # centres of the grid cells, as a fraction of the image side
 
 # Shape size as a fraction of the image side (the diameter of the circumscribed circle).
@@ -79,9 +78,15 @@ def _jitter(rgb: tuple[int, int, int], rng: random.Random) -> tuple[int, int, in
     return tuple(min(255, max(0, c + rng.randint(-COLOUR_JITTER, COLOUR_JITTER))) for c in rgb)
 
 
-def sample_scene(seed: int, *, shape: str | None = None, colour: str | None = None,
-                 background: str | None = None, size: str | None = None,
-                 position: str | None = None) -> Scene:
+def sample_scene(
+    seed: int,
+    *,
+    shape: str | None = None,
+    colour: str | None = None,
+    background: str | None = None,
+    size: str | None = None,
+    position: str | None = None,
+) -> Scene:
     """A scene drawn from ``seed``; any attribute may be fixed by keyword."""
     rng = random.Random(f"shapes-scene-{seed}")
     shape = shape or rng.choice(SHAPES)
@@ -105,10 +110,25 @@ def sample_scene(seed: int, *, shape: str | None = None, colour: str | None = No
         cy = _GRID[VERTICAL.index(v)] + rng.uniform(-0.025, 0.025)
     lo, hi = SIZE_RANGE[size]
     radius = rng.uniform(lo, hi) / 2
-    angle = {"circle": 0.0, "square": rng.uniform(-12, 12), "triangle": rng.uniform(-10, 10),
-             "star": rng.uniform(-15, 15)}[shape]
-    return Scene(shape, colour, background, size, position, cx, cy, radius, angle,
-                 _jitter(COLOURS[colour], rng), _jitter(COLOURS[background], rng))
+    angle = {
+        "circle": 0.0,
+        "square": rng.uniform(-12, 12),
+        "triangle": rng.uniform(-10, 10),
+        "star": rng.uniform(-15, 15),
+    }[shape]
+    return Scene(
+        shape,
+        colour,
+        background,
+        size,
+        position,
+        cx,
+        cy,
+        radius,
+        angle,
+        _jitter(COLOURS[colour], rng),
+        _jitter(COLOURS[background], rng),
+    )
 
 
 def shape_polygon(scene: Scene, side: float) -> list[tuple[float, float]] | None:
@@ -118,14 +138,21 @@ def shape_polygon(scene: Scene, side: float) -> list[tuple[float, float]] | None
     if scene.shape == "circle":
         return None
     if scene.shape == "square":
-        pts = [(r * math.cos(a0 + math.pi / 4 + k * math.pi / 2), r * math.sin(a0 + math.pi / 4 + k * math.pi / 2))
-               for k in range(4)]
+        pts = [
+            (r * math.cos(a0 + math.pi / 4 + k * math.pi / 2), r * math.sin(a0 + math.pi / 4 + k * math.pi / 2))
+            for k in range(4)
+        ]
     elif scene.shape == "triangle":
         # equilateral, pointing up, a little larger than its circle so that it weighs as much;
         # shifted down a little so that its area is centred on (cx, cy)
         r *= 1.12
-        pts = [(r * math.cos(a0 - math.pi / 2 + k * 2 * math.pi / 3),
-                r * math.sin(a0 - math.pi / 2 + k * 2 * math.pi / 3) + 0.12 * r) for k in range(3)]
+        pts = [
+            (
+                r * math.cos(a0 - math.pi / 2 + k * 2 * math.pi / 3),
+                r * math.sin(a0 - math.pi / 2 + k * 2 * math.pi / 3) + 0.12 * r,
+            )
+            for k in range(3)
+        ]
     elif scene.shape == "star":
         pts = []
         for k in range(10):
@@ -189,7 +216,11 @@ def caption(scene: Scene, seed: int | None = None, *, variant: bool = True) -> s
     """A caption of the scene. With ``variant`` the wording varies with ``seed``; without it
     the canonical form, e.g. "a small yellow star at the top left on a black background"."""
     if not variant:
-        pos = "" if scene.position == "center" or scene.size == "large" else " " + _position_phrase_canonical(scene.position)
+        pos = (
+            ""
+            if scene.position == "center" or scene.size == "large"
+            else " " + _position_phrase_canonical(scene.position)
+        )
         return f"a {scene.size} {scene.colour} {scene.shape}{pos} on a {scene.background} background"
     rng = random.Random(f"shapes-caption-{seed}")
     size_word = rng.choice(_SIZE_WORDS[scene.size])
@@ -225,8 +256,11 @@ def training_caption(scene: Scene, seed: int) -> str:
     text = caption(scene, seed)
     roll = rng.random()
     if roll < 0.08:  # no background
-        for tail in (f" on a {scene.background} background", f", {scene.background} background",
-                     f" on {scene.background}"):
+        for tail in (
+            f" on a {scene.background} background",
+            f", {scene.background} background",
+            f" on {scene.background}",
+        ):
             text = text.replace(tail, "")
     elif roll < 0.14:  # no colour
         text = text.replace(f" {scene.colour} {scene.shape}", f" {scene.shape}")
@@ -270,8 +304,7 @@ def canny_edges(image):
     from PIL import Image
 
     rgb = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.uint8)
-    edges = np.max([cv2.Canny(np.ascontiguousarray(rgb[:, :, c]), CANNY_LOW, CANNY_HIGH)
-                    for c in range(3)], axis=0)
+    edges = np.max([cv2.Canny(np.ascontiguousarray(rgb[:, :, c]), CANNY_LOW, CANNY_HIGH) for c in range(3)], axis=0)
     return Image.fromarray(np.repeat(edges[:, :, None], 3, axis=2))
 
 

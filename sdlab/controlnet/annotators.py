@@ -18,9 +18,10 @@ import itertools
 import math
 import numbers
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from PIL import Image
 
@@ -61,29 +62,54 @@ class Annotator:
 
 
 def _weighted(name, detector, files, description, **parameters) -> Annotator:
-    return Annotator(name, description, {**parameters, "detect_resolution": 512}, ANNOTATOR_WEIGHTS, tuple(files), detector)
+    return Annotator(
+        name, description, {**parameters, "detect_resolution": 512}, ANNOTATOR_WEIGHTS, tuple(files), detector
+    )
 
 
 ANNOTATORS: dict[str, Annotator] = {
     a.name: a
     for a in [
-        Annotator("canny", "Canny edges (OpenCV): white edges on black",
-                  {"low_threshold": 100, "high_threshold": 200}),
-        Annotator("scribble", "a drawing used directly: inverted and thresholded to white lines on black",
-                  {"threshold": 128, "invert": True}),
-        Annotator("lineart_standard", "line art by difference of Gaussians (controlnet-aux), no weights",
-                  {"gaussian_sigma": 6.0, "intensity_threshold": 8}, detector="LineartStandardDetector"),
-        Annotator("shuffle", "content shuffle (controlnet-aux): the image's colours, randomly warped",
-                  {"seed": 0}, detector="ContentShuffleDetector"),
+        Annotator("canny", "Canny edges (OpenCV): white edges on black", {"low_threshold": 100, "high_threshold": 200}),
+        Annotator(
+            "scribble",
+            "a drawing used directly: inverted and thresholded to white lines on black",
+            {"threshold": 128, "invert": True},
+        ),
+        Annotator(
+            "lineart_standard",
+            "line art by difference of Gaussians (controlnet-aux), no weights",
+            {"gaussian_sigma": 6.0, "intensity_threshold": 8},
+            detector="LineartStandardDetector",
+        ),
+        Annotator(
+            "shuffle",
+            "content shuffle (controlnet-aux): the image's colours, randomly warped",
+            {"seed": 0},
+            detector="ContentShuffleDetector",
+        ),
         _weighted("hed", "HEDdetector", ["ControlNetHED.pth"], "soft edges (HED)", safe=False, scribble=False),
-        _weighted("pidinet", "PidiNetDetector", ["table5_pidinet.pth"], "soft edges (PiDiNet)",
-                  safe=False, scribble=False),
+        _weighted(
+            "pidinet", "PidiNetDetector", ["table5_pidinet.pth"], "soft edges (PiDiNet)", safe=False, scribble=False
+        ),
         _weighted("depth_midas", "MidasDetector", ["dpt_hybrid-midas-501f0c75.pt"], "MiDaS depth", bg_th=0.1),
-        _weighted("openpose", "OpenposeDetector", ["body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"],
-                  "OpenPose skeletons", include_body=True, include_hand=False, include_face=False),
+        _weighted(
+            "openpose",
+            "OpenposeDetector",
+            ["body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"],
+            "OpenPose skeletons",
+            include_body=True,
+            include_hand=False,
+            include_face=False,
+        ),
         _weighted("mlsd", "MLSDdetector", ["mlsd_large_512_fp32.pth"], "straight lines (M-LSD)", thr_v=0.1, thr_d=0.1),
-        _weighted("lineart", "LineartDetector", ["sk_model.pth", "sk_model2.pth"], "line art (realistic or coarse)",
-                  coarse=False),
+        _weighted(
+            "lineart",
+            "LineartDetector",
+            ["sk_model.pth", "sk_model2.pth"],
+            "line art (realistic or coarse)",
+            coarse=False,
+        ),
         _weighted("lineart_anime", "LineartAnimeDetector", ["netG.pth"], "line art of anime drawings"),
         _weighted("normal_bae", "NormalBaeDetector", ["scannet.pt"], "surface normals (BAE)"),
     ]
@@ -203,8 +229,13 @@ def _controlnet_aux():
 def _lineart_standard(rgb, p):
     detector = _controlnet_aux().LineartStandardDetector()
     h, w = rgb.shape[:2]
-    return detector(rgb, guassian_sigma=float(p["gaussian_sigma"]), intensity_threshold=p["intensity_threshold"],
-                    detect_resolution=min(h, w), output_type="np")
+    return detector(
+        rgb,
+        guassian_sigma=float(p["gaussian_sigma"]),
+        intensity_threshold=p["intensity_threshold"],
+        detect_resolution=min(h, w),
+        output_type="np",
+    )
 
 
 def _shuffle(rgb, p):
@@ -258,9 +289,7 @@ def weights_folder(annotator: Annotator, weights: str | Path | None = None, *, c
             )
         return path
     if location.count("/") != 1 or location.startswith((".", "/", "~")):
-        raise ValueError(
-            f"`weights`={location!r} is neither an existing folder nor a hub repo id (org/name)"
-        )
+        raise ValueError(f"`weights`={location!r} is neither an existing folder nor a hub repo id (org/name)")
     from huggingface_hub import hf_hub_download
 
     try:

@@ -9,8 +9,9 @@ kept, padded) and refuses, before any model work, a control image that does not 
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from PIL import Image
 
@@ -124,8 +125,11 @@ def check_control_image(value: Any, *, width: int, height: int, name: str = "ima
             "sdlab.controlnet.prepare_sketch(path, width=..., height=...) for a drawing"
         )
     if isinstance(value, Image.Image) and value.mode not in CONTROL_MODES:
-        hint = ("it has an alpha channel, which diffusers would drop (a transparent background turns black); "
-                if value.mode in ("RGBA", "LA", "PA", "P") else "")
+        hint = (
+            "it has an alpha channel, which diffusers would drop (a transparent background turns black); "
+            if value.mode in ("RGBA", "LA", "PA", "P")
+            else ""
+        )
         raise ValueError(
             f"`{name}` is a {value.mode} image; {hint}control images must be RGB, L or 1: "
             "convert it with sdlab.controlnet.load_image(image) (flattens transparency onto white)"
@@ -188,8 +192,9 @@ def check_control_kwargs(kwargs: dict, *, width: int, height: int, num_controlne
             )
         for i, one in enumerate(image):
             check_control_image(one, width=width, height=height, name=f"image[{i}]")
-    for value in _per_controlnet(kwargs.get("controlnet_conditioning_scale", 1.0), "controlnet_conditioning_scale",
-                                 num_controlnets):
+    for value in _per_controlnet(
+        kwargs.get("controlnet_conditioning_scale", 1.0), "controlnet_conditioning_scale", num_controlnets
+    ):
         _check_number(value, "controlnet_conditioning_scale")
     starts = _per_controlnet(kwargs.get("control_guidance_start", 0.0), "control_guidance_start", num_controlnets)
     ends = _per_controlnet(kwargs.get("control_guidance_end", 1.0), "control_guidance_end", num_controlnets)

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from PIL import Image, ImageFilter, ImageOps
 
@@ -40,7 +41,10 @@ def _thicken_lines(image: Image.Image, width: int, height: int) -> Image.Image:
 
 def _pad_to_aspect(image: Image.Image, width: int, height: int) -> Image.Image:
     """`image` padded with white (centred, at its own resolution) to the aspect of `width` x `height`."""
-    target = (max(image.width, round(image.height * width / height)), max(image.height, round(image.width * height / width)))
+    target = (
+        max(image.width, round(image.height * width / height)),
+        max(image.height, round(image.width * height / width)),
+    )
     if target == image.size:
         return image
     canvas = Image.new("RGB", target, (255, 255, 255))
@@ -137,8 +141,10 @@ def generate_from_sketch(
             "`pipe` has no ControlNet: load one, e.g. sdlab.load_pipeline('sd15', controlnet='canny-sd15')"
         )
     if getattr(backend, "num_controlnets", 1) > 1:
-        raise ValueError("`pipe` has several ControlNets; one sketch makes one control image: use sdlab.generate "
-                         "with image=[...] (one per ControlNet)")
+        raise ValueError(
+            "`pipe` has several ControlNets; one sketch makes one control image: use sdlab.generate "
+            "with image=[...] (one per ControlNet)"
+        )
     for kind in _controlnet_kinds(pipe):
         if kind in SKETCH_MODES and kind != mode:
             warnings.warn(f"the pipeline's ControlNet expects {kind} images but mode={mode!r}", stacklevel=2)
@@ -146,8 +152,15 @@ def generate_from_sketch(
     width = defaults.width if width is None else width
     height = defaults.height if height is None else height
     control = prepare_sketch(sketch, width=width, height=height, mode=mode, **(sketch_params or {}))
-    result = generate(pipe, prompt, width=width, height=height, image=control,
-                      controlnet_conditioning_scale=controlnet_conditioning_scale, **generate_kwargs)
+    result = generate(
+        pipe,
+        prompt,
+        width=width,
+        height=height,
+        image=control,
+        controlnet_conditioning_scale=controlnet_conditioning_scale,
+        **generate_kwargs,
+    )
     described = dict(control.info[PARAMS_KEY])
     if isinstance(sketch, (str, Path)):
         described["sketch"] = str(sketch)
@@ -213,7 +226,9 @@ def side_by_side(
         raise ValueError("`result` holds no images")
     controls = list(control) if isinstance(control, (list, tuple)) else [control]
     if len(controls) not in (1, len(results)):
-        raise ValueError(f"`control` has {len(controls)} images for {len(results)} results; give one, or one per result")
+        raise ValueError(
+            f"`control` has {len(controls)} images for {len(results)} results; give one, or one per result"
+        )
     labels = [str(x) for x in labels]
     if len(labels) == 2 + len(results):
         result_labels = labels[2:]

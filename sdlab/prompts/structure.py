@@ -11,15 +11,17 @@ same layout with `load_presets(path)`.
 
 from __future__ import annotations
 
-import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+
+import tomllib
 
 PRESETS_FILE = Path(__file__).resolve().parent.parent / "data" / "prompt_presets.toml"
 PRESET_KEYS = ("description", "style", "quality", "negative_prompt")
 
-_registry: dict[str, "PromptPreset"] | None = None
+_registry: dict[str, PromptPreset] | None = None
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,10 @@ def build_prompt(
     if preset is not None:
         p = get_preset(preset)
         if not (p.style or p.quality):
-            raise ValueError(f"preset {preset!r} has no style or quality tags (it is a negative-prompt preset); "
-                             f"use build_negative_prompt(preset={preset!r})")
+            raise ValueError(
+                f"preset {preset!r} has no style or quality tags (it is a negative-prompt preset); "
+                f"use build_negative_prompt(preset={preset!r})"
+            )
         style_tags = list(p.style) + style_tags
         quality_tags = list(p.quality) + quality_tags
     return ", ".join(_unique([subject.strip().rstrip(",").strip()] + style_tags + quality_tags))
@@ -80,8 +84,10 @@ def build_negative_prompt(preset: str | None = None, *, extra: str | Sequence[st
     if preset is not None:
         p = get_preset(preset)
         if not p.negative_prompt:
-            raise ValueError(f"preset {preset!r} has no negative_prompt; presets with one: "
-                             f"{', '.join(q.name for q in list_presets() if q.negative_prompt)}")
+            raise ValueError(
+                f"preset {preset!r} has no negative_prompt; presets with one: "
+                f"{', '.join(q.name for q in list_presets() if q.negative_prompt)}"
+            )
         tags = list(p.negative_prompt)
     tags += _tags(extra, "extra")
     if not tags:
@@ -170,11 +176,11 @@ def register_preset(
 def load_presets(path: str | Path, *, replace: bool = False) -> list[PromptPreset]:
     """Register every preset of a TOML file laid out like `sdlab/data/prompt_presets.toml`:
 
-        [my-style]
-        description = "what it is for"
-        style = ["tag", "tag"]
-        quality = ["tag"]
-        negative_prompt = ["tag"]
+    [my-style]
+    description = "what it is for"
+    style = ["tag", "tag"]
+    quality = ["tag"]
+    negative_prompt = ["tag"]
     """
     presets = _read_presets(Path(path))
     existing = _presets()
@@ -199,7 +205,9 @@ def _read_presets(path: Path) -> list[PromptPreset]:
             raise ValueError(f"{path}: `{name}` must be a table ([{name}]) with keys {', '.join(PRESET_KEYS)}")
         unknown = sorted(set(table) - set(PRESET_KEYS))
         if unknown:
-            raise ValueError(f"{path}: preset [{name}] has unknown key(s) {unknown}; accepted: {', '.join(PRESET_KEYS)}")
+            raise ValueError(
+                f"{path}: preset [{name}] has unknown key(s) {unknown}; accepted: {', '.join(PRESET_KEYS)}"
+            )
         fields: dict[str, Any] = {k: table.get(k) for k in ("style", "quality", "negative_prompt")}
         try:
             preset = PromptPreset(

@@ -18,8 +18,8 @@ import html
 import math
 import re
 import warnings
-from pathlib import Path
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 _WORD = re.compile(r"[^\s,;|]+")
@@ -117,7 +117,11 @@ class TokenBudget:
         advice = "shorten it or move what matters to the front"
         if self.family in ("sd1", "sd2", "sdxl"):
             advice += "; sdlab.prompts.weighted(prompt) encodes all of it in 77-token chunks"
-        return f"prompt {self.prompt[:60]!r}{'...' if len(self.prompt) > 60 else ''}: " + "; ".join(parts) + f". To keep those words, {advice}."
+        return (
+            f"prompt {self.prompt[:60]!r}{'...' if len(self.prompt) > 60 else ''}: "
+            + "; ".join(parts)
+            + f". To keep those words, {advice}."
+        )
 
 
 def token_budget(pipe: Any, prompt: Any) -> TokenBudget:
@@ -150,11 +154,14 @@ def token_budget(pipe: Any, prompt: Any) -> TokenBudget:
         counts.append(count)
     if not counts:
         raise ValueError(f"{type(pipe).__name__} has no tokenizer to count with")
-    return TokenBudget(prompt=text if not is_weighted else prompt.text, family=family, counts=tuple(counts), weighted=is_weighted)
+    return TokenBudget(
+        prompt=text if not is_weighted else prompt.text, family=family, counts=tuple(counts), weighted=is_weighted
+    )
 
 
 def _encoders(pipe, family: str) -> list[tuple[str, str, int, str]]:
     """(attribute, label, limit, role) of each tokenizer the pipeline uses for the prompt."""
+
     def limit(attr):
         return int(getattr(pipe, attr).model_max_length)
 
@@ -169,8 +176,11 @@ def _encoders(pipe, family: str) -> list[tuple[str, str, int, str]]:
         out = [("tokenizer", "CLIP", None, "pooled"), ("tokenizer_2", "T5", t5, "sequence")]
     else:
         out = [(a, a, None, "sequence") for a in ("tokenizer", "tokenizer_2", "tokenizer_3")]
-    return [(a, label, n if n is not None else limit(a), role) for a, label, n, role in out
-            if getattr(pipe, a, None) is not None]
+    return [
+        (a, label, n if n is not None else limit(a), role)
+        for a, label, n, role in out
+        if getattr(pipe, a, None) is not None
+    ]
 
 
 def _count(tokenizer, attr: str, label: str, limit: int, role: str, text: str, *, chunked: bool) -> TokenCount:

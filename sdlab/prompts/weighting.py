@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import MissingDependencyError
 from ..request import PROMPT_TYPES
@@ -197,19 +198,35 @@ class WeightedPrompt:
         with torch.no_grad(), quiet_long_sequence_log():
             if family in ("sd1", "sd2"):
                 # clip_skip=1: the penultimate layer through the final layer norm, as diffusers' encode_prompt
-                states = (compel.ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NORMALIZED if clip_skip
-                          else compel.ReturnedEmbeddingsType.LAST_HIDDEN_STATES_NORMALIZED)
-                encoder = compel.Compel(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder,
-                                        returned_embeddings_type=states, truncate_long_prompts=False)
+                states = (
+                    compel.ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NORMALIZED
+                    if clip_skip
+                    else compel.ReturnedEmbeddingsType.LAST_HIDDEN_STATES_NORMALIZED
+                )
+                encoder = compel.Compel(
+                    tokenizer=pipe.tokenizer,
+                    text_encoder=pipe.text_encoder,
+                    returned_embeddings_type=states,
+                    truncate_long_prompts=False,
+                )
                 with _text_model_alias(pipe.text_encoder):
                     return self._embeds(encoder), None
             if pipe.text_encoder is None or pipe.tokenizer is None:
                 raise ValueError("weighted prompts for SDXL need both text encoders (a refiner has only one)")
             states = compel.ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED
-            first = compel.Compel(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder,
-                                  returned_embeddings_type=states, truncate_long_prompts=False)
-            second = compel.Compel(tokenizer=pipe.tokenizer_2, text_encoder=pipe.text_encoder_2,
-                                   returned_embeddings_type=states, truncate_long_prompts=False, requires_pooled=True)
+            first = compel.Compel(
+                tokenizer=pipe.tokenizer,
+                text_encoder=pipe.text_encoder,
+                returned_embeddings_type=states,
+                truncate_long_prompts=False,
+            )
+            second = compel.Compel(
+                tokenizer=pipe.tokenizer_2,
+                text_encoder=pipe.text_encoder_2,
+                returned_embeddings_type=states,
+                truncate_long_prompts=False,
+                requires_pooled=True,
+            )
             left, right = self._embeds(first), self._embeds(second)
             length = max(left.shape[1], right.shape[1])
             left = pad_embeddings(left, length, first.conditioning_provider.empty_z)

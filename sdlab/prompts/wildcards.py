@@ -24,9 +24,9 @@ import math
 import random
 import re
 import secrets
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence, Union
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "data" / "wildcards"
 MAX_COMBINATIONS = 10_000
@@ -44,7 +44,7 @@ _SPACES = re.compile(r"[ \t]{2,}")
 
 @dataclass(frozen=True)
 class _Seq:
-    nodes: tuple["_Node", ...]
+    nodes: tuple[_Node, ...]
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class _Wildcard:
     options: tuple[_Seq, ...]
 
 
-_Node = Union[str, _Seq, _Variants, _Wildcard]
+_Node = str | _Seq | _Variants | _Wildcard
 
 
 class _Parser:
@@ -98,7 +98,9 @@ class _Parser:
                 node, pos = self._variants(text, pos, where)
                 nodes.append(node)
             elif c == "}":
-                raise ValueError(f"{where}: unbalanced '}}' at position {pos} in {text!r}; write \\}} for a literal brace")
+                raise ValueError(
+                    f"{where}: unbalanced '}}' at position {pos} in {text!r}; write \\}} for a literal brace"
+                )
             elif text.startswith("__", pos) and (m := _WILDCARD.match(text, pos)):
                 flush()
                 nodes.append(self._wildcard(m.group(1), where))

@@ -72,7 +72,7 @@ class ServerHandle:
         self._server.should_exit = True
         self._thread.join(timeout)
 
-    def __enter__(self) -> "ServerHandle":
+    def __enter__(self) -> ServerHandle:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -101,8 +101,16 @@ def serve_in_thread(
 
     data_dir = Path(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix="sdlab-server-"))
     app = create_app(model, db_path=data_dir / "jobs.db", results_dir=data_dir / "results", **app_kwargs)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
-                                                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level=log_level,
+            lifespan="on",
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        )
+    )
     thread = threading.Thread(target=server.run, name="sdlab-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + startup_timeout
@@ -140,12 +148,18 @@ def _cmd_serve(args) -> int:
 
     token = args.token or os.environ.get(TOKEN_ENV) or None
     if not _is_loopback(args.host) and token is None:
-        print(f"sdlab serve: warning: listening on {args.host} without --token (or {TOKEN_ENV}): "
-              f"anyone who can reach it can queue jobs (only with a loopback name or one of --allowed-hosts "
-              f"in the Host header)", file=sys.stderr)
+        print(
+            f"sdlab serve: warning: listening on {args.host} without --token (or {TOKEN_ENV}): "
+            f"anyone who can reach it can queue jobs (only with a loopback name or one of --allowed-hosts "
+            f"in the Host header)",
+            file=sys.stderr,
+        )
     limits = Limits(
-        max_width=args.max_width, max_height=args.max_height, max_num_inference_steps=args.max_num_inference_steps,
-        max_images=args.max_images, extra_keys=tuple(k for k in args.extra_keys.split(",") if k),
+        max_width=args.max_width,
+        max_height=args.max_height,
+        max_num_inference_steps=args.max_num_inference_steps,
+        max_images=args.max_images,
+        extra_keys=tuple(k for k in args.extra_keys.split(",") if k),
     )
     load_kwargs = {"device": args.device, "dtype": args.dtype, "offload": args.offload, "attention": args.attention}
     if args.controlnet:
@@ -156,17 +170,36 @@ def _cmd_serve(args) -> int:
     if args.executor == "ray":  # each Ray worker loads --model with these options
         from ..executors import RayExecutor
 
-        executor = RayExecutor(args.ray_address, num_workers=args.workers, num_gpus_per_worker=args.gpus_per_worker,
-                               load_kwargs=load_kwargs)
+        executor = RayExecutor(
+            args.ray_address,
+            num_workers=args.workers,
+            num_gpus_per_worker=args.gpus_per_worker,
+            load_kwargs=load_kwargs,
+        )
     data_dir = Path(args.data_dir)
     app = create_app(
-        args.model, db_path=data_dir / "jobs.db", results_dir=data_dir / "results", max_queue=args.max_queue,
-        limits=limits, token=token, retention_seconds=args.retention_hours * 3600 if args.retention_hours > 0 else None,
-        batch_size=args.batch_size, batch_wait=args.batch_wait, load_kwargs=load_kwargs, executor=executor,
+        args.model,
+        db_path=data_dir / "jobs.db",
+        results_dir=data_dir / "results",
+        max_queue=args.max_queue,
+        limits=limits,
+        token=token,
+        retention_seconds=args.retention_hours * 3600 if args.retention_hours > 0 else None,
+        batch_size=args.batch_size,
+        batch_wait=args.batch_wait,
+        load_kwargs=load_kwargs,
+        executor=executor,
         allowed_hosts=tuple(h for h in args.allowed_hosts.split(",") if h),
     )
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                                                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        )
+    )
 
     def announce():  # print the real URL once bound (the port may have been 0)
         while not server.started and not server.should_exit:
@@ -184,34 +217,70 @@ def register_cli(subparsers) -> None:
 
     defaults = Limits()
     p = subparsers.add_parser(
-        "serve", help="run the generation server (HTTP job queue in front of one model)",
+        "serve",
+        help="run the generation server (HTTP job queue in front of one model)",
         description="Serve a model over HTTP: POST /generate queues a job, GET /jobs/{id} polls it, "
-                    "GET /jobs/{id}/images/{k} returns its PNGs. Jobs persist in --data-dir.",
+        "GET /jobs/{id}/images/{k} returns its PNGs. Jobs persist in --data-dir.",
     )
     add_model_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed at start)")
     p.add_argument("--data-dir", default="sdlab-server", help="holds jobs.db and results/ (default: ./sdlab-server)")
     p.add_argument("--token", default=None, help=f"require 'Authorization: Bearer TOKEN' (default: ${TOKEN_ENV})")
-    p.add_argument("--allowed-hosts", default="",
-                   help="without a token, Host names accepted besides localhost, 127.0.0.1 and [::1] "
-                        "(comma-separated; '*' for any). Others get 421: this blocks DNS rebinding")
+    p.add_argument(
+        "--allowed-hosts",
+        default="",
+        help="without a token, Host names accepted besides localhost, 127.0.0.1 and [::1] "
+        "(comma-separated; '*' for any). Others get 421: this blocks DNS rebinding",
+    )
     p.add_argument("--max-queue", type=int, default=100, help="queued jobs before 429 (default: 100)")
-    p.add_argument("--batch-size", type=int, default=4,
-                   help="up to this many compatible queued jobs run in one pipeline call (default: 4; 1: one job a call)")
-    p.add_argument("--batch-wait", type=float, default=0.05,
-                   help="seconds a just-queued job waits for compatible jobs to join its call (default: 0.05; 0: never)")
-    p.add_argument("--retention-hours", type=float, default=168.0, help="delete finished jobs after this long; 0 keeps them (default: 168)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=4,
+        help="up to this many compatible queued jobs run in one pipeline call (default: 4; 1: one job a call)",
+    )
+    p.add_argument(
+        "--batch-wait",
+        type=float,
+        default=0.05,
+        help="seconds a just-queued job waits for compatible jobs to join its call (default: 0.05; 0: never)",
+    )
+    p.add_argument(
+        "--retention-hours",
+        type=float,
+        default=168.0,
+        help="delete finished jobs after this long; 0 keeps them (default: 168)",
+    )
     p.add_argument("--max-width", type=int, default=defaults.max_width)
     p.add_argument("--max-height", type=int, default=defaults.max_height)
-    p.add_argument("--max-num-inference-steps", "--max-steps", dest="max_num_inference_steps", type=int, default=defaults.max_num_inference_steps)
+    p.add_argument(
+        "--max-num-inference-steps",
+        "--max-steps",
+        dest="max_num_inference_steps",
+        type=int,
+        default=defaults.max_num_inference_steps,
+    )
     p.add_argument("--max-images", type=int, default=defaults.max_images, help="images per job")
-    p.add_argument("--extra-keys", default=",".join(defaults.extra_keys),
-                   help=f"pipeline keywords jobs may set, comma-separated, among {','.join(EXTRA_KEYS)} ('' for none)")
+    p.add_argument(
+        "--extra-keys",
+        default=",".join(defaults.extra_keys),
+        help=f"pipeline keywords jobs may set, comma-separated, among {','.join(EXTRA_KEYS)} ('' for none)",
+    )
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    p.add_argument("--executor", choices=["local", "ray"], default="local",
-                   help="ray: run jobs on a pool of Ray workers, each loading --model (pip install 'sdlab[ray]')")
+    p.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="ray: run jobs on a pool of Ray workers, each loading --model (pip install 'sdlab[ray]')",
+    )
     p.add_argument("--workers", type=int, default=2, help="Ray workers, with --executor ray (one batch each at once)")
-    p.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per Ray worker (default: 1 if the cluster has GPUs)")
-    p.add_argument("--ray-address", default=None, help="Ray cluster address, e.g. ray://head:10001 (default: RAY_ADDRESS, else a local one)")
+    p.add_argument(
+        "--gpus-per-worker", type=float, default=None, help="GPUs per Ray worker (default: 1 if the cluster has GPUs)"
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        help="Ray cluster address, e.g. ray://head:10001 (default: RAY_ADDRESS, else a local one)",
+    )
     p.set_defaults(func=_cmd_serve)

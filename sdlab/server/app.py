@@ -14,9 +14,10 @@ import re
 import secrets
 import uuid
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Path as PathParam, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -52,8 +53,10 @@ class LoopbackHostOnly:
         if name is None or name in self.allowed:
             return await self.app(scope, receive, send)
         response = JSONResponse(
-            {"detail": f"this server has no token and answers only the host names {sorted(self.allowed)}, not "
-                       f"{name!r}; add it with --allowed-hosts (or `allowed_hosts`), or set a token"},
+            {
+                "detail": f"this server has no token and answers only the host names {sorted(self.allowed)}, not "
+                f"{name!r}; add it with --allowed-hosts (or `allowed_hosts`), or set a token"
+            },
             status_code=421,
         )
         return await response(scope, receive, send)
@@ -85,9 +88,7 @@ class BodySizeLimit:
             body += message.get("body", b"")
             more = message.get("more_body", False)
             if len(body) > self.max_bytes:
-                response = JSONResponse(
-                    {"detail": f"the request body is over {self.max_bytes} bytes"}, status_code=413
-                )
+                response = JSONResponse({"detail": f"the request body is over {self.max_bytes} bytes"}, status_code=413)
                 return await response(scope, receive, send)
         replayed = False
 
@@ -105,7 +106,7 @@ class _Waiters:
     """Long-polling requests waiting for a job's state to change, woken from the worker thread."""
 
     def __init__(self):
-        self.loop: Optional[asyncio.AbstractEventLoop] = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._events: dict[str, set[asyncio.Event]] = {}
 
     def event(self, job_id: str) -> asyncio.Event:
@@ -145,17 +146,21 @@ async def _wait_until_ended(event: asyncio.Event, load) -> None:
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     """422 with one message per field; the input is not echoed (it may be huge, or NaN)."""
-    detail = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))} for e in exc.errors()]
+    detail = [
+        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+        for e in exc.errors()
+    ]
     return JSONResponse({"detail": detail}, status_code=422)
 
 
 async def _storage_full(request: Request, exc: StorageFull) -> JSONResponse:
     """Any write that found the disk full (POST /generate says more): 507, nothing was changed."""
-    return JSONResponse({"detail": f"{exc}; retry once the operator has freed space"}, status_code=507,
-                        headers={"Retry-After": "60"})
+    return JSONResponse(
+        {"detail": f"{exc}; retry once the operator has freed space"}, status_code=507, headers={"Retry-After": "60"}
+    )
 
 
-def _iso(t: Optional[float]) -> Optional[str]:
+def _iso(t: float | None) -> str | None:
     return None if t is None else dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
@@ -170,14 +175,14 @@ def create_app(
     db_path: "str | Path",
     results_dir: "str | Path",
     max_queue: int = 100,
-    limits: Optional[Limits] = None,
-    token: Optional[str] = None,
-    retention_seconds: Optional[float] = 7 * 24 * 3600.0,
+    limits: Limits | None = None,
+    token: str | None = None,
+    retention_seconds: float | None = 7 * 24 * 3600.0,
     batch_size: int = 4,
     batch_wait: float = 0.05,
     cleanup_interval: float = 60.0,
     max_attempts: int = 3,
-    load_kwargs: Optional[dict] = None,
+    load_kwargs: dict | None = None,
     executor: Any = None,
     allowed_hosts: "tuple[str, ...] | list[str]" = (),
 ) -> FastAPI:
@@ -230,7 +235,9 @@ def create_app(
     elif not isinstance(executor, (LocalExecutor, RayExecutor)):
         raise ValueError(f"`executor` must be 'local', 'ray' or an executor from sdlab.executors, got {executor!r}")
     if isinstance(executor, RayExecutor) and model is not None and not isinstance(model, (str, Path)):
-        raise ValueError("`executor`='ray' needs `model` as a name or path (each Ray worker loads it), not a loaded pipeline")
+        raise ValueError(
+            "`executor`='ray' needs `model` as a name or path (each Ray worker loads it), not a loaded pipeline"
+        )
     allowed = {_host_name(h) for h in allowed_hosts}
     if any(not h for h in allowed):
         raise ValueError(f"`allowed_hosts` must be host names, got {list(allowed_hosts)!r}")
@@ -238,8 +245,16 @@ def create_app(
     metrics = ServerMetrics(store.counts, lambda: worker.backend is not None)
     waiters = _Waiters()
     worker = Worker(
-        store, model, load_kwargs=load_kwargs, batch_size=batch_size, batch_wait=batch_wait, retention_seconds=retention_seconds,
-        cleanup_interval=cleanup_interval, max_attempts=max_attempts, metrics=metrics, on_change=waiters.notify,
+        store,
+        model,
+        load_kwargs=load_kwargs,
+        batch_size=batch_size,
+        batch_wait=batch_wait,
+        retention_seconds=retention_seconds,
+        cleanup_interval=cleanup_interval,
+        max_attempts=max_attempts,
+        metrics=metrics,
+        on_change=waiters.notify,
         executor=executor,
     )
     GenerateRequest = generate_model(limits)
@@ -272,7 +287,7 @@ def create_app(
 
     bearer = HTTPBearer(auto_error=False, description="--token / SDLAB_SERVER_TOKEN")
 
-    def authorize(credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> None:
+    def authorize(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         if token is None:
             return
         given = credentials.credentials if credentials is not None else ""
@@ -317,8 +332,11 @@ def create_app(
 
         @app.get("/docs", dependencies=auth, include_in_schema=False)
         def swagger_docs():
-            return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - Swagger UI",
-                                       oauth2_redirect_url="/docs/oauth2-redirect")
+            return get_swagger_ui_html(
+                openapi_url="/openapi.json",
+                title=f"{app.title} - Swagger UI",
+                oauth2_redirect_url="/docs/oauth2-redirect",
+            )
 
         @app.get("/docs/oauth2-redirect", dependencies=auth, include_in_schema=False)
         def swagger_oauth2_redirect():
@@ -328,23 +346,31 @@ def create_app(
         def redoc_docs():
             return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - ReDoc")
 
-    def unavailable() -> Optional[JSONResponse]:
+    def unavailable() -> JSONResponse | None:
         if worker.backend is not None:
             return None
         metrics.rejected.labels("not_ready").inc()
         if worker.status == "error":
             return JSONResponse({"detail": f"the model failed to load: {worker.error}"}, status_code=503)
-        return JSONResponse({"detail": "the model is loading; try again shortly"}, status_code=503, headers={"Retry-After": "5"})
+        return JSONResponse(
+            {"detail": "the model is loading; try again shortly"}, status_code=503, headers={"Retry-After": "5"}
+        )
 
     job_id_path = PathParam(description="the job's id (a UUID)")
     errors = {401: {"description": "missing or wrong bearer token"}}
 
     @app.post(
-        "/generate", status_code=202, response_model=Submitted, dependencies=auth,
-        responses={**errors, 422: {"description": "invalid parameters, one message per field"},
-                   429: {"description": "the queue is full; see Retry-After"},
-                   507: {"description": "the server's disk is full: the job was not queued (reads still work)"},
-                   503: {"description": "the model is not loaded (yet)"}},
+        "/generate",
+        status_code=202,
+        response_model=Submitted,
+        dependencies=auth,
+        responses={
+            **errors,
+            422: {"description": "invalid parameters, one message per field"},
+            429: {"description": "the queue is full; see Retry-After"},
+            507: {"description": "the server's disk is full: the job was not queued (reads still work)"},
+            503: {"description": "the model is not loaded (yet)"},
+        },
     )
     def submit(body: GenerateRequest):
         """Queue a job: `sdlab.generate`'s parameters. Seeds are resolved now and stored."""
@@ -360,31 +386,46 @@ def create_app(
             return JSONResponse({"detail": [{"loc": loc, "msg": str(e), "type": "value_error"}]}, status_code=422)
         try:
             job, position = store.submit(
-                gen_request, body.model_dump(exclude_none=True),
-                batch_key=batch_key(worker.backend, gen_request), max_queue=max_queue,
+                gen_request,
+                body.model_dump(exclude_none=True),
+                batch_key=batch_key(worker.backend, gen_request),
+                max_queue=max_queue,
             )
         except QueueFull as e:
             metrics.rejected.labels("queue_full").inc()
-            return JSONResponse({"detail": f"{e}; retry later"}, status_code=429, headers={"Retry-After": str(worker.retry_after())})
+            return JSONResponse(
+                {"detail": f"{e}; retry later"}, status_code=429, headers={"Retry-After": str(worker.retry_after())}
+            )
         except StorageFull:
             metrics.rejected.labels("disk_full").inc()
             return JSONResponse(
-                {"detail": "the server's disk is full: the job was not queued (queued jobs and results are "
-                           "still readable); retry once the operator has freed space"},
-                status_code=507, headers={"Retry-After": "60"},
+                {
+                    "detail": "the server's disk is full: the job was not queued (queued jobs and results are "
+                    "still readable); retry once the operator has freed space"
+                },
+                status_code=507,
+                headers={"Retry-After": "60"},
             )
         metrics.submitted.inc()
         worker.wake()
         url = f"/jobs/{job.id}"
         return JSONResponse(
             Submitted(id=job.id, status=job.state, position=position, seeds=job.seeds, url=url).model_dump(),
-            status_code=202, headers={"Location": url},
+            status_code=202,
+            headers={"Location": url},
         )
 
-    @app.get("/jobs/{job_id}", response_model=JobStatus, dependencies=auth, responses={**errors, 404: {"description": "no such job"}})
+    @app.get(
+        "/jobs/{job_id}",
+        response_model=JobStatus,
+        dependencies=auth,
+        responses={**errors, 404: {"description": "no such job"}},
+    )
     async def get_job(
         job_id: uuid.UUID = job_id_path,
-        wait: float = Query(0.0, ge=0.0, le=60.0, description="long poll: answer once the job has ended, or after this many seconds"),
+        wait: float = Query(
+            0.0, ge=0.0, le=60.0, description="long poll: answer once the job has ended, or after this many seconds"
+        ),
     ):
         """A job's status: queued (with its position), running (step i of n), done, failed, cancelled."""
         job = await run_in_threadpool(find, job_id)
@@ -399,12 +440,20 @@ def create_app(
         return await run_in_threadpool(job_status, job)
 
     @app.get(
-        "/jobs/{job_id}/images/{k}", dependencies=auth, response_class=FileResponse,
-        responses={**errors, 200: {"content": {"image/png": {}}, "description": "the PNG, with `parameters` and `sdlab` text chunks"},
-                   404: {"description": "no such job or image"}, 409: {"description": "the job is not done"},
-                   410: {"description": "the stored PNG is damaged (it does not match the digest taken when it was written)"}},
+        "/jobs/{job_id}/images/{k}",
+        dependencies=auth,
+        response_class=FileResponse,
+        responses={
+            **errors,
+            200: {"content": {"image/png": {}}, "description": "the PNG, with `parameters` and `sdlab` text chunks"},
+            404: {"description": "no such job or image"},
+            409: {"description": "the job is not done"},
+            410: {"description": "the stored PNG is damaged (it does not match the digest taken when it was written)"},
+        },
     )
-    def get_image(job_id: uuid.UUID = job_id_path, k: int = PathParam(ge=0, le=10_000, description="image index, from 0")):
+    def get_image(
+        job_id: uuid.UUID = job_id_path, k: int = PathParam(ge=0, le=10_000, description="image index, from 0")
+    ):
         """Image `k` of a done job, as often as needed."""
         job = find(job_id)
         if job.state != "done":
@@ -418,14 +467,20 @@ def create_app(
         content = path.read_bytes()
         if digest is not None and bytes_digest(content) != digest:
             raise HTTPException(
-                410, f"image {k} of job {job.id} is damaged on the server's disk (it no longer matches the digest "
-                     f"taken when it was written); submit the job again with its seeds {job.seeds} to remake it",
+                410,
+                f"image {k} of job {job.id} is damaged on the server's disk (it no longer matches the digest "
+                f"taken when it was written); submit the job again with its seeds {job.seeds} to remake it",
             )
-        return Response(content, media_type="image/png",
-                        headers={"Content-Disposition": f'inline; filename="{job.id}-{k}.png"'})
+        return Response(
+            content, media_type="image/png", headers={"Content-Disposition": f'inline; filename="{job.id}-{k}.png"'}
+        )
 
-    @app.delete("/jobs/{job_id}", response_model=JobStatus, dependencies=auth,
-                responses={**errors, 404: {"description": "no such job"}, 409: {"description": "the job has ended already"}})
+    @app.delete(
+        "/jobs/{job_id}",
+        response_model=JobStatus,
+        dependencies=auth,
+        responses={**errors, 404: {"description": "no such job"}, 409: {"description": "the job has ended already"}},
+    )
     def cancel_job(job_id: uuid.UUID = job_id_path):
         """Cancel a job: a queued job never runs; a running job stops at its next step."""
         previous = store.cancel(str(job_id))
@@ -441,7 +496,7 @@ def create_app(
 
     @app.get("/jobs", response_model=JobList, dependencies=auth, responses=errors)
     def list_jobs(
-        status: Optional[JobState] = Query(None, description="only jobs in this state"),
+        status: JobState | None = Query(None, description="only jobs in this state"),
         limit: int = Query(20, ge=1, le=200),
         offset: int = Query(0, ge=0, le=MAX_OFFSET),
     ):
@@ -453,10 +508,21 @@ def create_app(
     def health():
         """Liveness and readiness (no authentication): 200 once the model is loaded, else 503."""
         counts = store.counts()
-        body = Health(status=worker.status, model=worker.model_name, queued=counts["queued"], running=counts["running"], error=worker.error)
+        body = Health(
+            status=worker.status,
+            model=worker.model_name,
+            queued=counts["queued"],
+            running=counts["running"],
+            error=worker.error,
+        )
         return JSONResponse(body.model_dump(), status_code=200 if worker.status == "ok" else 503)
 
-    @app.get("/metrics", dependencies=auth, response_class=Response, responses={**errors, 200: {"content": {"text/plain": {}}}})
+    @app.get(
+        "/metrics",
+        dependencies=auth,
+        response_class=Response,
+        responses={**errors, 200: {"content": {"text/plain": {}}}},
+    )
     def prometheus_metrics():
         """Queue depth, jobs by state, latency histograms: Prometheus text format."""
         return Response(metrics.render(), media_type=CONTENT_TYPE)

@@ -35,10 +35,19 @@ class Limits:
         """The operator's guidance limit, once the request has checked its own values."""
         for g in request.guidance_scale:
             if g > self.max_guidance_scale:
-                raise ValueError(f"`guidance_scale` must be at most {self.max_guidance_scale:g} on this server, got {g:g}")
+                raise ValueError(
+                    f"`guidance_scale` must be at most {self.max_guidance_scale:g} on this server, got {g:g}"
+                )
 
     def __post_init__(self):
-        for name in ("max_width", "max_height", "max_num_inference_steps", "max_images", "max_prompt_length", "max_body_bytes"):
+        for name in (
+            "max_width",
+            "max_height",
+            "max_num_inference_steps",
+            "max_images",
+            "max_prompt_length",
+            "max_body_bytes",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive int, got {value!r}")
@@ -48,4 +57,3 @@ class Limits:
         if unknown:
             raise ValueError(f"`extra_keys` {unknown} are not known; choose among {sorted(EXTRA_KEYS)}")
         object.__setattr__(self, "extra_keys", tuple(self.extra_keys))
-

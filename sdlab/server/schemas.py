@@ -50,15 +50,27 @@ def generate_model(limits: Limits) -> type[_GenerateBase]:
     seeds = Annotated[list[seed], Field(min_length=1, max_length=limits.max_images)]
     fields: dict[str, Any] = {
         "prompt": (text | texts, Field(description="a prompt, or a list of prompts (num_images images each)")),
-        "negative_prompt": (text | texts | None, Field(None, description="one, or one per prompt; default: the model's")),
+        "negative_prompt": (
+            text | texts | None,
+            Field(None, description="one, or one per prompt; default: the model's"),
+        ),
         "width": (int | None, Field(None, le=limits.max_width, description="default: the model's native width")),
         "height": (int | None, Field(None, le=limits.max_height, description="default: the model's native height")),
         "num_inference_steps": (int | None, Field(None, le=limits.max_num_inference_steps)),
         # the operator's maximum is checked after the request's own checks (NaN gets the request's message)
         "guidance_scale": (float | None, Field(None, json_schema_extra={"maximum": limits.max_guidance_scale})),
-        "seed": (seed | seeds | None, Field(None, description="an int (image i gets seed+i), one per image, or null/-1 for random; resolved at submission")),
+        "seed": (
+            seed | seeds | None,
+            Field(
+                None,
+                description="an int (image i gets seed+i), one per image, or null/-1 for random; resolved at submission",
+            ),
+        ),
         "num_images": (int, Field(1, le=limits.max_images, description="images per prompt")),
-        "scheduler": (str | None, Field(None, max_length=64, description='an A1111 name ("DPM++ 2M Karras") or a diffusers class')),
+        "scheduler": (
+            str | None,
+            Field(None, max_length=64, description='an A1111 name ("DPM++ 2M Karras") or a diffusers class'),
+        ),
     }
     for key in limits.extra_keys:
         kind, low, high = EXTRA_KEYS[key]

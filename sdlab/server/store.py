@@ -28,9 +28,10 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from ..errors import SdlabError
 from ..request import GenerationRequest
@@ -202,7 +203,11 @@ class JobStore:
             if in_db is not None and in_db == in_folder:
                 self._owns_results = True
                 return in_db
-            what = f"store id {in_folder}, {folders} result folder(s)" if in_folder else f"{folders} result folder(s) without a store id"
+            what = (
+                f"store id {in_folder}, {folders} result folder(s)"
+                if in_folder
+                else f"{folders} result folder(s) without a store id"
+            )
             if in_db is None and jobs == 0:
                 if folders:
                     raise StoreMismatch(
@@ -211,7 +216,9 @@ class JobStore:
                         f"its -wal file), or move {self.results_dir} aside to start empty, or pass a new --data-dir"
                     )
                 store_id = in_folder or uuid.uuid4().hex  # a new store (or one that died while being created)
-            elif (in_folder is not None and in_folder != in_db) or (in_folder is None and in_db is not None and folders):
+            elif (in_folder is not None and in_folder != in_db) or (
+                in_folder is None and in_db is not None and folders
+            ):
                 raise StoreMismatch(
                     f"{self.db_path} (store id {in_db or 'none'}) did not make the results in {self.results_dir} "
                     f"({what}); nothing was deleted. Put each jobs.db beside its own results/, or pass a new --data-dir"
@@ -302,7 +309,9 @@ class JobStore:
 
     # ------------------------------------------------------------------ submitting and reading
 
-    def submit(self, request: GenerationRequest, params: dict[str, Any], *, batch_key: str, max_queue: int) -> tuple[Job, int]:
+    def submit(
+        self, request: GenerationRequest, params: dict[str, Any], *, batch_key: str, max_queue: int
+    ) -> tuple[Job, int]:
         """Queue a job unless `max_queue` jobs wait already (QueueFull). Returns (job, position)."""
         job_id = str(uuid.uuid4())
         with self._transaction() as db:
@@ -357,7 +366,12 @@ class JobStore:
         return out
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
-        return [dict(r) for r in self._query("SELECT state, attempt, at, detail FROM events WHERE job_id = ? ORDER BY id", (job_id,))]
+        return [
+            dict(r)
+            for r in self._query(
+                "SELECT state, attempt, at, detail FROM events WHERE job_id = ? ORDER BY id", (job_id,)
+            )
+        ]
 
     def job_dir(self, job_id: str) -> Path:
         return self.results_dir / str(uuid.UUID(job_id))
@@ -401,7 +415,7 @@ class JobStore:
             for row in rows:
                 db.execute(
                     "UPDATE jobs SET state = 'running', run_token = ?, attempts = attempts + 1, started_at = ?, "
-                "denoising_started_at = NULL "
+                    "denoising_started_at = NULL "
                     "WHERE id = ? AND state = 'queued'",
                     (token, now, row["id"]),
                 )
@@ -411,7 +425,9 @@ class JobStore:
             ).fetchall()
         return [self._job(r) for r in claimed]
 
-    def finish(self, job: Job, paths: Sequence[Path], seconds: float, digests: Sequence[str | None] | None = None) -> bool:
+    def finish(
+        self, job: Job, paths: Sequence[Path], seconds: float, digests: Sequence[str | None] | None = None
+    ) -> bool:
         """running -> done with its images (and their SHA-256 as written); False (nothing written)
         if the job left `running`."""
         digests = list(digests) if digests is not None else [None] * len(paths)
@@ -425,8 +441,10 @@ class JobStore:
                 return False
             db.executemany(
                 "INSERT OR REPLACE INTO images (job_id, k, path, sha256) VALUES (?, ?, ?, ?)",
-                [(job.id, k, str(Path(p).resolve().relative_to(self.results_dir)), digest)
-                 for k, (p, digest) in enumerate(zip(paths, digests, strict=True))],
+                [
+                    (job.id, k, str(Path(p).resolve().relative_to(self.results_dir)), digest)
+                    for k, (p, digest) in enumerate(zip(paths, digests, strict=True))
+                ],
             )
             self._event(db, job.id, "done", job.attempts)
         return True
@@ -484,7 +502,9 @@ class JobStore:
         A death before a job's first denoising step (a crash loop shorter than one job) is not its fault."""
         out = {"requeued": 0, "failed": 0}
         with self._transaction() as db:
-            for row in db.execute("SELECT id, attempts, crashes, denoising_started_at FROM jobs WHERE state = 'running'").fetchall():
+            for row in db.execute(
+                "SELECT id, attempts, crashes, denoising_started_at FROM jobs WHERE state = 'running'"
+            ).fetchall():
                 crashes = row["crashes"] + (row["denoising_started_at"] is not None)
                 if crashes >= max_attempts:
                     error = f"the server stopped {crashes} times while denoising this job; not retried"
@@ -495,10 +515,13 @@ class JobStore:
                     self._event(db, row["id"], "failed", row["attempts"], error)
                     out["failed"] += 1
                 else:
-                    db.execute("UPDATE jobs SET state = 'queued', run_token = NULL, crashes = ? WHERE id = ?",
-                               (crashes, row["id"]))
-                    detail = "recovered after a restart" + ("" if row["denoising_started_at"] is not None else
-                                                            " (it had not started denoising)")
+                    db.execute(
+                        "UPDATE jobs SET state = 'queued', run_token = NULL, crashes = ? WHERE id = ?",
+                        (crashes, row["id"]),
+                    )
+                    detail = "recovered after a restart" + (
+                        "" if row["denoising_started_at"] is not None else " (it had not started denoising)"
+                    )
                     self._event(db, row["id"], "queued", row["attempts"], detail)
                     out["requeued"] += 1
         return out

@@ -20,8 +20,9 @@ import math
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..backends import Backend, as_backend
 from ..executors import Interrupted, LocalExecutor

@@ -24,9 +24,10 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -92,8 +93,15 @@ def _seeded(seed: int) -> Iterator[None]:
         yield
 
 
-def _clip_text_encoder(tokenizer, *, hidden_size: int, hidden_act: str, projection_dim: int,
-                       num_hidden_layers: int = 5, with_projection: bool = False):
+def _clip_text_encoder(
+    tokenizer,
+    *,
+    hidden_size: int,
+    hidden_act: str,
+    projection_dim: int,
+    num_hidden_layers: int = 5,
+    with_projection: bool = False,
+):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     config = CLIPTextConfig(
@@ -188,27 +196,36 @@ def tiny_components(family: str, *, seed: int = 0, controlnet: bool = False) -> 
     if family == "sd1":
         with _seeded(seed):
             components["text_encoder"] = _clip_text_encoder(
-                tokenizer, hidden_size=32, hidden_act="quick_gelu", projection_dim=32)
+                tokenizer, hidden_size=32, hidden_act="quick_gelu", projection_dim=32
+            )
     elif family == "sd2":
         with _seeded(seed):
             components["text_encoder"] = _clip_text_encoder(
-                tokenizer, hidden_size=64, hidden_act="gelu", projection_dim=64)
+                tokenizer, hidden_size=64, hidden_act="gelu", projection_dim=64
+            )
     elif family == "sdxl":
         with _seeded(seed):
             components["text_encoder"] = _clip_text_encoder(
-                tokenizer, hidden_size=32, hidden_act="quick_gelu", projection_dim=32)
+                tokenizer, hidden_size=32, hidden_act="quick_gelu", projection_dim=32
+            )
         # Wider than text_encoder, as in SDXL: diffusers' single-file loader takes any CLIP whose width
         # matches text_encoder's from `conditioner.embedders.0`.
         with _seeded(seed + 1):
             components["text_encoder_2"] = _clip_text_encoder(
-                tokenizer, hidden_size=64, hidden_act="gelu", projection_dim=64, num_hidden_layers=10,
-                with_projection=True)
+                tokenizer,
+                hidden_size=64,
+                hidden_act="gelu",
+                projection_dim=64,
+                num_hidden_layers=10,
+                with_projection=True,
+            )
         components["tokenizer_2"] = load_clip_tokenizer()
     else:
         t5_tokenizer = load_t5_tokenizer()
         with _seeded(seed):
             components["text_encoder"] = _clip_text_encoder(
-                tokenizer, hidden_size=32, hidden_act="quick_gelu", projection_dim=32)
+                tokenizer, hidden_size=32, hidden_act="quick_gelu", projection_dim=32
+            )
         with _seeded(seed + 1):
             components["text_encoder_2"] = _t5_text_encoder(t5_tokenizer)
         components["tokenizer_2"] = t5_tokenizer
@@ -266,26 +283,38 @@ def tiny_components(family: str, *, seed: int = 0, controlnet: bool = False) -> 
     # 3. the VAE
     with _seeded(seed + 3):
         if family == "flux":
-            vae = AutoencoderKL(**_VAE, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False,
-                                scaling_factor=0.3611, shift_factor=0.1159)
+            vae = AutoencoderKL(
+                **_VAE,
+                latent_channels=16,
+                use_quant_conv=False,
+                use_post_quant_conv=False,
+                scaling_factor=0.3611,
+                shift_factor=0.1159,
+            )
         else:
-            vae = AutoencoderKL(**_VAE, latent_channels=4,
-                                scaling_factor=0.13025 if family == "sdxl" else 0.18215)
+            vae = AutoencoderKL(**_VAE, latent_channels=4, scaling_factor=0.13025 if family == "sdxl" else 0.18215)
     components["vae"] = vae.eval()
 
     # 4. the scheduler
     if family == "sd1":
-        components["scheduler"] = PNDMScheduler(**_SD_BETAS, skip_prk_steps=True, steps_offset=1,
-                                                set_alpha_to_one=False)
+        components["scheduler"] = PNDMScheduler(
+            **_SD_BETAS, skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False
+        )
     elif family == "sd2":
-        components["scheduler"] = DDIMScheduler(**_SD_BETAS, prediction_type="v_prediction", clip_sample=False,
-                                                set_alpha_to_one=False, steps_offset=1)
+        components["scheduler"] = DDIMScheduler(
+            **_SD_BETAS, prediction_type="v_prediction", clip_sample=False, set_alpha_to_one=False, steps_offset=1
+        )
     elif family == "sdxl":
         components["scheduler"] = EulerDiscreteScheduler(**_SD_BETAS, steps_offset=1, timestep_spacing="leading")
     else:
         components["scheduler"] = FlowMatchEulerDiscreteScheduler(
-            shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
-            base_image_seq_len=256, max_image_seq_len=4096)
+            shift=3.0,
+            use_dynamic_shifting=True,
+            base_shift=0.5,
+            max_shift=1.15,
+            base_image_seq_len=256,
+            max_image_seq_len=4096,
+        )
 
     # 5. the optional pieces the pipeline classes expect
     if family in ("sd1", "sd2"):
@@ -361,8 +390,9 @@ def _git_blob_sha1(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
-def fill_hf_cache(folder: str | os.PathLike, repo_id: str, cache_dir: str | os.PathLike, *,
-                  revision: str = "main") -> Path:
+def fill_hf_cache(
+    folder: str | os.PathLike, repo_id: str, cache_dir: str | os.PathLike, *, revision: str = "main"
+) -> Path:
     """Copy the local diffusers ``folder`` into a hub cache as model repo ``repo_id``; returns the snapshot.
 
     The layout is the one ``huggingface_hub`` writes when it downloads::
@@ -405,8 +435,12 @@ def fill_hf_cache(folder: str | os.PathLike, repo_id: str, cache_dir: str | os.P
         if path.suffix in _LFS_SUFFIXES:
             sha256 = hashlib.sha256(data).hexdigest()
             pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {len(data)}\n"
-            entries[rel] = {"size": len(data), "blob_id": _git_blob_sha1(pointer.encode()),
-                            "lfs_sha256": sha256, "lfs_size": len(data)}
+            entries[rel] = {
+                "size": len(data),
+                "blob_id": _git_blob_sha1(pointer.encode()),
+                "lfs_sha256": sha256,
+                "lfs_size": len(data),
+            }
             blob_names[rel] = sha256
         else:
             entries[rel] = {"size": len(data), "blob_id": _git_blob_sha1(data)}
@@ -445,6 +479,7 @@ def fill_hf_cache(folder: str | os.PathLike, repo_id: str, cache_dir: str | os.P
 
 # --- original single-file checkpoints ---------------------------------------------------------
 
+
 def _ldm_state_dict(pipe, family: str) -> dict[str, torch.Tensor]:
     """The pipeline's weights in the original layout of ``family``'s checkpoints."""
     state = ldm.with_prefix(ldm.UNET_PREFIX, ldm.unet_to_ldm(pipe.unet.state_dict(), pipe.unet.config))
@@ -454,10 +489,12 @@ def _ldm_state_dict(pipe, family: str) -> dict[str, torch.Tensor]:
     elif family == "sd2":  # OpenCLIP ViT-H
         state |= ldm.with_prefix("cond_stage_model.model.", ldm.open_clip_to_ldm(pipe.text_encoder.state_dict()))
     else:  # SDXL: CLIP ViT-L in transformers' names, OpenCLIP ViT-bigG
-        state |= ldm.with_prefix("conditioner.embedders.0.transformer.",
-                                 ldm.clip_to_ldm(pipe.text_encoder.state_dict()))
-        state |= ldm.with_prefix("conditioner.embedders.1.model.",
-                                 ldm.open_clip_to_ldm(pipe.text_encoder_2.state_dict()))
+        state |= ldm.with_prefix(
+            "conditioner.embedders.0.transformer.", ldm.clip_to_ldm(pipe.text_encoder.state_dict())
+        )
+        state |= ldm.with_prefix(
+            "conditioner.embedders.1.model.", ldm.open_clip_to_ldm(pipe.text_encoder_2.state_dict())
+        )
     return {k: v.detach().contiguous() for k, v in state.items()}
 
 
@@ -478,8 +515,10 @@ def save_single_file(family: str, path: str | os.PathLike, *, seed: int = 0) -> 
     from safetensors.torch import save_file
 
     if family == "flux":
-        raise ValueError("`family` 'flux' has no tiny single-file checkpoint: diffusers' FLUX converter fixes "
-                         "the transformer width at 3072; use save_tiny_pipeline or fill_hf_cache instead")
+        raise ValueError(
+            "`family` 'flux' has no tiny single-file checkpoint: diffusers' FLUX converter fixes "
+            "the transformer width at 3072; use save_tiny_pipeline or fill_hf_cache instead"
+        )
     _check_family(family, allowed=SINGLE_FILE_FAMILIES)
     path = Path(path)
     if path.suffix != ".safetensors":

@@ -64,8 +64,10 @@ def params_html(params: dict[str, Any], *, keys=PARAM_LABELS, max_chars: int = 1
         text = f"{value:g}" if isinstance(value, float) else str(value)
         if len(text) > max_chars:
             text = text[: max_chars - 1] + "…"
-        rows.append(f"<tr><td style='padding-right:6px;color:#666'>{html.escape(label)}</td>"
-                    f"<td style='text-align:left'>{html.escape(text)}</td></tr>")
+        rows.append(
+            f"<tr><td style='padding-right:6px;color:#666'>{html.escape(label)}</td>"
+            f"<td style='text-align:left'>{html.escape(text)}</td></tr>"
+        )
     return "<table style='font-size:11px;line-height:1.2'>" + "".join(rows) + "</table>"
 
 

@@ -82,15 +82,24 @@ class PromptLab(widgets.VBox):
         wide = widgets.Layout(width="100%")
 
         # 1. prompt, presets, token budget
-        self.prompt = widgets.Textarea(value=prompt, placeholder="a large red circle on a blue background",
-                                       description="Prompt", layout=widgets.Layout(width="100%", height="4em"))
-        self.negative_prompt = widgets.Textarea(value=negative_prompt or (defaults.negative_prompt or ""),
-                                                placeholder="what the image should not show",
-                                                description="Negative", layout=widgets.Layout(width="100%", height="3em"))
+        self.prompt = widgets.Textarea(
+            value=prompt,
+            placeholder="a large red circle on a blue background",
+            description="Prompt",
+            layout=widgets.Layout(width="100%", height="4em"),
+        )
+        self.negative_prompt = widgets.Textarea(
+            value=negative_prompt or (defaults.negative_prompt or ""),
+            placeholder="what the image should not show",
+            description="Negative",
+            layout=widgets.Layout(width="100%", height="3em"),
+        )
         self._prompts = _prompts_module()
         styles, negatives = self._preset_names()
         self.style_preset = widgets.Dropdown(options=[NO_PRESET] + styles, value=NO_PRESET, description="Style")
-        self.negative_preset = widgets.Dropdown(options=[NO_PRESET] + negatives, value=NO_PRESET, description="Neg. preset")
+        self.negative_preset = widgets.Dropdown(
+            options=[NO_PRESET] + negatives, value=NO_PRESET, description="Neg. preset"
+        )
         presets_row = widgets.HBox([self.style_preset, self.negative_preset])
         if not styles and not negatives:
             presets_row.layout.display = "none"
@@ -100,23 +109,41 @@ class PromptLab(widgets.VBox):
 
         # 2. sampling controls
         self.seed = widgets.IntText(value=seed, description="Seed", layout=widgets.Layout(width="220px"))
-        self.lock_seed = widgets.ToggleButton(value=True, description="locked", icon="lock",
-                                              tooltip="locked: use this seed; unlocked: a new random seed each time")
+        self.lock_seed = widgets.ToggleButton(
+            value=True,
+            description="locked",
+            icon="lock",
+            tooltip="locked: use this seed; unlocked: a new random seed each time",
+        )
         self.new_seed_button = widgets.Button(description="new seed", icon="random", tooltip="draw a random seed now")
-        self.guidance_scale = widgets.FloatSlider(value=float(defaults.guidance_scale), min=0.0,
-                                                  max=max(20.0, float(defaults.guidance_scale)), step=0.5,
-                                                  description="CFG scale", continuous_update=False)
-        self.num_inference_steps = widgets.IntSlider(value=int(defaults.num_inference_steps), min=1,
-                                                     max=max(100, int(defaults.num_inference_steps)),
-                                                     description="Steps", continuous_update=False)
+        self.guidance_scale = widgets.FloatSlider(
+            value=float(defaults.guidance_scale),
+            min=0.0,
+            max=max(20.0, float(defaults.guidance_scale)),
+            step=0.5,
+            description="CFG scale",
+            continuous_update=False,
+        )
+        self.num_inference_steps = widgets.IntSlider(
+            value=int(defaults.num_inference_steps),
+            min=1,
+            max=max(100, int(defaults.num_inference_steps)),
+            description="Steps",
+            continuous_update=False,
+        )
         names = scheduler_names(getattr(self.backend, "pipe", None))
         default_name = defaults.scheduler or "model's own"
-        self.scheduler = widgets.Dropdown(options=[(f"default ({default_name})", DEFAULT)] + [(n, n) for n in names],
-                                          value=DEFAULT, description="Scheduler")
-        self.width = widgets.IntText(value=int(defaults.width), step=multiple, description="Width",
-                                     layout=widgets.Layout(width="180px"))
-        self.height = widgets.IntText(value=int(defaults.height), step=multiple, description="Height",
-                                      layout=widgets.Layout(width="180px"))
+        self.scheduler = widgets.Dropdown(
+            options=[(f"default ({default_name})", DEFAULT)] + [(n, n) for n in names],
+            value=DEFAULT,
+            description="Scheduler",
+        )
+        self.width = widgets.IntText(
+            value=int(defaults.width), step=multiple, description="Width", layout=widgets.Layout(width="180px")
+        )
+        self.height = widgets.IntText(
+            value=int(defaults.height), step=multiple, description="Height", layout=widgets.Layout(width="180px")
+        )
         self.num_images = widgets.IntSlider(value=1, min=1, max=8, description="Images", continuous_update=False)
 
         # 3. run, progress, status, images, errors, gallery, sweep form
@@ -140,18 +167,27 @@ class PromptLab(widgets.VBox):
             control.observe(lambda _change: self._update_prompt_info(), names="value")
         self._update_prompt_info()
 
-        super().__init__(children=[
-            widgets.HTML(PIXELATED_STYLE),
-            self.prompt, self.negative_prompt, presets_row, self.final_prompt, self.tokens,
-            widgets.HBox([self.seed, self.lock_seed, self.new_seed_button]),
-            widgets.HBox([self.guidance_scale, self.num_inference_steps]),
-            widgets.HBox([self.scheduler, self.num_images]),
-            widgets.HBox([self.width, self.height]),
-            widgets.HBox([self.generate_button, self.progress, self.status]),
-            self.images, self.output,
-            widgets.HTML("<b>Recent</b> (newest first)"), self.gallery,
-            self.sweep_form, self.sweep_view,
-        ])
+        super().__init__(
+            children=[
+                widgets.HTML(PIXELATED_STYLE),
+                self.prompt,
+                self.negative_prompt,
+                presets_row,
+                self.final_prompt,
+                self.tokens,
+                widgets.HBox([self.seed, self.lock_seed, self.new_seed_button]),
+                widgets.HBox([self.guidance_scale, self.num_inference_steps]),
+                widgets.HBox([self.scheduler, self.num_images]),
+                widgets.HBox([self.width, self.height]),
+                widgets.HBox([self.generate_button, self.progress, self.status]),
+                self.images,
+                self.output,
+                widgets.HTML("<b>Recent</b> (newest first)"),
+                self.gallery,
+                self.sweep_form,
+                self.sweep_view,
+            ]
+        )
         self.add_class("sdlab-promptlab")
 
     # ------------------------------------------------------------ presets and token budget
@@ -283,7 +319,7 @@ class PromptLab(widgets.VBox):
         for i, (image, record) in enumerate(zip(result.images, result.records)):
             path = result.paths[i] if i < len(result.paths) else None
             self.history.insert(0, {"image": image, "params": record, "path": path})
-        del self.history[self.max_history:]
+        del self.history[self.max_history :]
         self._render_gallery()
         seeds = ", ".join(str(s) for s in result.seeds)
         self.status.value = status_html(f"done: {len(result)} image(s) in {seconds:.1f} s (seed {seeds})", "ok")
@@ -301,17 +337,27 @@ class PromptLab(widgets.VBox):
     def _render_gallery(self) -> None:
         cards = []
         for i, entry in enumerate(self.history):
-            reuse = widgets.Button(description="reuse", icon="undo", tooltip="fill the controls with these settings",
-                                   layout=widgets.Layout(width="90px"))
-            to_sweep = widgets.Button(description="sweep", icon="th", tooltip="a seeds x CFG sweep around these settings",
-                                      layout=widgets.Layout(width="90px"))
+            reuse = widgets.Button(
+                description="reuse",
+                icon="undo",
+                tooltip="fill the controls with these settings",
+                layout=widgets.Layout(width="90px"),
+            )
+            to_sweep = widgets.Button(
+                description="sweep",
+                icon="th",
+                tooltip="a seeds x CFG sweep around these settings",
+                layout=widgets.Layout(width="90px"),
+            )
             reuse.on_click(lambda _b, i=i: self.reuse(i))
             to_sweep.on_click(lambda _b, i=i: self.send_to_sweep(i))
-            card = widgets.HBox([
-                image_widget(entry["image"], width="96px", css_class="sdlab-thumb"),
-                widgets.HTML(params_html(entry["params"]), layout=widgets.Layout(width="420px")),
-                widgets.VBox([reuse, to_sweep]),
-            ])
+            card = widgets.HBox(
+                [
+                    image_widget(entry["image"], width="96px", css_class="sdlab-thumb"),
+                    widgets.HTML(params_html(entry["params"]), layout=widgets.Layout(width="420px")),
+                    widgets.VBox([reuse, to_sweep]),
+                ]
+            )
             card.add_class("sdlab-card")
             cards.append(card)
         self.gallery.children = cards
@@ -357,10 +403,12 @@ class PromptLab(widgets.VBox):
         self.sweep_button = widgets.Button(description="Run sweep", icon="th", button_style="info")
         self.sweep_button.add_class("sdlab-run-sweep")
         self.sweep_button.on_click(lambda _: self.run_sweep())
-        self.sweep_form = widgets.VBox([
-            widgets.HTML("<b>Sweep</b> around the chosen settings (seeds x CFG scale)"),
-            widgets.HBox([self.sweep_seeds, self.sweep_guidance, self.sweep_button]),
-        ])
+        self.sweep_form = widgets.VBox(
+            [
+                widgets.HTML("<b>Sweep</b> around the chosen settings (seeds x CFG scale)"),
+                widgets.HBox([self.sweep_seeds, self.sweep_guidance, self.sweep_button]),
+            ]
+        )
         self.sweep_form.layout.display = "none"
         self.sweep_view = widgets.VBox()
 

@@ -56,16 +56,21 @@ class SchedulerBench(widgets.VBox):
         defaults = self.backend.defaults
         self.prompt = widgets.Text(value=prompt, description="Prompt", layout=widgets.Layout(width="100%"))
         self.schedulers = widgets.SelectMultiple(options=names, value=chosen, rows=8, description="Schedulers")
-        self.num_inference_steps = widgets.Text(value="5, 10, 20", description="Steps", placeholder="5, 10, 20 or 5-20 (+5)")
+        self.num_inference_steps = widgets.Text(
+            value="5, 10, 20", description="Steps", placeholder="5, 10, 20 or 5-20 (+5)"
+        )
         self.seeds = widgets.BoundedIntText(value=2, min=1, max=16, description="Seeds")
         self.repeats = widgets.BoundedIntText(value=3, min=1, max=20, description="Repeats")
         self.warmup = widgets.BoundedIntText(value=1, min=0, max=10, description="Warm-up")
         self.reference_steps = widgets.BoundedIntText(value=100, min=1, max=1000, description="Ref. steps")
         self.reference_scheduler = widgets.Dropdown(
             options=[(f"default ({defaults.scheduler or 'model'})", DEFAULT)] + [(n, n) for n in names],
-            value=DEFAULT, description="Ref. sched.")
-        self.peak_tflops = widgets.FloatText(value=0.0, description="Peak TFLOP/s",
-                                             tooltip="the GPU's peak for model FLOP utilisation (0: not reported)")
+            value=DEFAULT,
+            description="Ref. sched.",
+        )
+        self.peak_tflops = widgets.FloatText(
+            value=0.0, description="Peak TFLOP/s", tooltip="the GPU's peak for model FLOP utilisation (0: not reported)"
+        )
         self.run_button = widgets.Button(description="Run", button_style="primary", icon="play")
         self.run_button.add_class("sdlab-run-bench")
         self.progress = widgets.IntProgress(value=0, min=0, max=1, layout=widgets.Layout(width="300px"))
@@ -76,13 +81,19 @@ class SchedulerBench(widgets.VBox):
         self.plots = widgets.HBox(layout=widgets.Layout(flex_flow="row wrap"))
         self.output = widgets.Output()
         self.run_button.on_click(lambda _: self.run())
-        super().__init__(children=[
-            self.prompt,
-            widgets.HBox([self.schedulers, widgets.VBox([self.num_inference_steps, self.seeds, self.repeats, self.warmup])]),
-            widgets.HBox([self.reference_steps, self.reference_scheduler, self.peak_tflops]),
-            widgets.HBox([self.run_button, self.progress, self.status]),
-            self.output, self.table, self.plots,
-        ])
+        super().__init__(
+            children=[
+                self.prompt,
+                widgets.HBox(
+                    [self.schedulers, widgets.VBox([self.num_inference_steps, self.seeds, self.repeats, self.warmup])]
+                ),
+                widgets.HBox([self.reference_steps, self.reference_scheduler, self.peak_tflops]),
+                widgets.HBox([self.run_button, self.progress, self.status]),
+                self.output,
+                self.table,
+                self.plots,
+            ]
+        )
         self.add_class("sdlab-scheduler-bench")
 
     def arguments(self) -> dict[str, Any]:
@@ -125,7 +136,9 @@ class SchedulerBench(widgets.VBox):
             self.run_button.disabled = False
         self.last_result = result
         self.table.value = result.to_html()
-        self.plots.children = [widgets.Image(value=png, format="png", layout=widgets.Layout(width="480px")) for png in plots]
+        self.plots.children = [
+            widgets.Image(value=png, format="png", layout=widgets.Layout(width="480px")) for png in plots
+        ]
         failed = sum(1 for r in result.rows if r.get("error"))
         text = f"done: {len(result.rows)} settings" + (f", {failed} failed" if failed else "")
         self.status.value = status_html(text, "error" if failed else "ok")

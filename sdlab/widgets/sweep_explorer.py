@@ -39,18 +39,29 @@ class SweepExplorer(widgets.VBox):
         self.cell_params: dict[str, Any] | None = None
         names = list(result.axis_names)
         self.x = widgets.Dropdown(options=names or [NONE], value=names[0] if names else NONE, description="x (across)")
-        self.y = widgets.Dropdown(options=[NONE] + names, value=names[1] if len(names) > 1 else NONE, description="y (down)")
-        self.z = widgets.Dropdown(options=[NONE] + names, value=names[2] if len(names) > 2 else NONE, description="z (grids)")
+        self.y = widgets.Dropdown(
+            options=[NONE] + names, value=names[1] if len(names) > 1 else NONE, description="y (down)"
+        )
+        self.z = widgets.Dropdown(
+            options=[NONE] + names, value=names[2] if len(names) > 2 else NONE, description="z (grids)"
+        )
         self.filters: dict[str, widgets.SelectMultiple] = {}
         self.pick: dict[str, widgets.Dropdown] = {}
         for axis in result.axes:
             labels = list(axis.labels)
             self.filters[axis.name] = widgets.SelectMultiple(
-                options=labels, value=tuple(labels), rows=min(6, len(labels)), description=axis.name,
-                layout=widgets.Layout(width="260px"))
+                options=labels,
+                value=tuple(labels),
+                rows=min(6, len(labels)),
+                description=axis.name,
+                layout=widgets.Layout(width="260px"),
+            )
             self.pick[axis.name] = widgets.Dropdown(
-                options=[(label, i) for i, label in enumerate(labels)], value=0, description=axis.name,
-                layout=widgets.Layout(width="260px"))
+                options=[(label, i) for i, label in enumerate(labels)],
+                value=0,
+                description=axis.name,
+                layout=widgets.Layout(width="260px"),
+            )
         self.status = widgets.HTML(value=status_html("ready"))
         self.status.add_class("sdlab-status")
         self.grid = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
@@ -65,18 +76,20 @@ class SweepExplorer(widgets.VBox):
             control.observe(lambda _change: self.show_cell(), names="value")
 
         title = result.title or f"sweep of {len(result)} cells in {result.out_dir}"
-        super().__init__(children=[
-            widgets.HTML(PIXELATED_STYLE),
-            widgets.HTML(f"<b>{_escape(title)}</b>"),
-            widgets.HBox([self.x, self.y, self.z]),
-            widgets.HTML("<small>values shown (ctrl/shift-click to choose several)</small>"),
-            widgets.HBox(list(self.filters.values()), layout=widgets.Layout(flex_flow="row wrap")),
-            self.status,
-            self.grid,
-            widgets.HTML("<b>Cell</b>"),
-            widgets.HBox(list(self.pick.values()), layout=widgets.Layout(flex_flow="row wrap")),
-            widgets.HBox([self.cell_image, self.cell_info]),
-        ])
+        super().__init__(
+            children=[
+                widgets.HTML(PIXELATED_STYLE),
+                widgets.HTML(f"<b>{_escape(title)}</b>"),
+                widgets.HBox([self.x, self.y, self.z]),
+                widgets.HTML("<small>values shown (ctrl/shift-click to choose several)</small>"),
+                widgets.HBox(list(self.filters.values()), layout=widgets.Layout(flex_flow="row wrap")),
+                self.status,
+                self.grid,
+                widgets.HTML("<b>Cell</b>"),
+                widgets.HBox(list(self.pick.values()), layout=widgets.Layout(flex_flow="row wrap")),
+                widgets.HBox([self.cell_image, self.cell_info]),
+            ]
+        )
         self.add_class("sdlab-sweep-explorer")
         self.refresh()
         self.show_cell()
@@ -92,8 +105,16 @@ class SweepExplorer(widgets.VBox):
             if not indices:
                 raise ValueError(f"no value of `{axis.name}` is selected; select at least one")
             keep[axis.name] = {old: new for new, old in enumerate(indices)}
-            axes.append(Axis(axis.name, tuple(axis.values[i] for i in indices), tuple(axis.labels[i] for i in indices),
-                             axis.kind, axis.search, axis.parts))
+            axes.append(
+                Axis(
+                    axis.name,
+                    tuple(axis.values[i] for i in indices),
+                    tuple(axis.labels[i] for i in indices),
+                    axis.kind,
+                    axis.search,
+                    axis.parts,
+                )
+            )
         cells = []
         for cell in self.result.cells:
             if all(cell.coords[n] in keep[n] for n in keep):
@@ -137,8 +158,9 @@ class SweepExplorer(widgets.VBox):
         self.grid.layout.width = f"{min(image.width * 2, 1200)}px" if image.width < 600 else None
         failed = sum(1 for c in self.result.cells if c.error)
         text = f"{image.width}x{image.height} grid of {len(subset.cells)} cells"
-        self.status.value = status_html(text + (f"; {failed} failed cells in the sweep" if failed else ""),
-                                        "error" if failed else "ok")
+        self.status.value = status_html(
+            text + (f"; {failed} failed cells in the sweep" if failed else ""), "error" if failed else "ok"
+        )
 
     # ------------------------------------------------------------ one cell
 

@@ -6,7 +6,8 @@ import asyncio
 import hashlib
 import random
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from PIL import Image, ImageDraw
 
@@ -24,7 +25,7 @@ def aiohttp_web():
 def fake_image(prompt: str, seed: int, width: int, height: int, *, detail: str = "") -> Image.Image:
     """A picture whose colours come from `prompt` (and `detail`) and whose layout comes from `seed`:
     same arguments, same pixels; another seed or prompt, another picture."""
-    digest = hashlib.sha256(f"{prompt}\x00{detail}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{prompt}\x00{detail}".encode()).digest()
     rng = random.Random(int(seed))
     background = tuple(64 + b // 2 for b in digest[:3])
     image = Image.new("RGB", (int(width), int(height)), background)
@@ -40,7 +41,10 @@ def fake_image(prompt: str, seed: int, width: int, height: int, *, detail: str =
             draw.rectangle([x - r, y - r, x + r, y + r], fill=color)
     # a bar whose length encodes `detail` (steps, guidance, ...) at the bottom edge
     bar = max(1, int(width * (digest[20] / 255)))
-    draw.rectangle([0, height - max(1, height // 32), bar, height], fill=(255 - background[0], 255 - background[1], 255 - background[2]))
+    draw.rectangle(
+        [0, height - max(1, height // 32), bar, height],
+        fill=(255 - background[0], 255 - background[1], 255 - background[2]),
+    )
     return image
 
 
@@ -70,7 +74,7 @@ class ServerThread:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> "ServerThread":
+    def start(self) -> ServerThread:
         if self._thread is not None:
             return self
         aiohttp_web()
@@ -120,6 +124,7 @@ class ServerThread:
 
     def call(self, fn: Callable[[], Any], timeout: float = 10.0) -> Any:
         """Run `fn()` (a coroutine function or a plain function) in the server loop; its result."""
+
         async def wrapper():
             result = fn()
             if asyncio.iscoroutine(result):

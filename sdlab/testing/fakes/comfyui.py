@@ -41,11 +41,33 @@ from PIL import Image, ImageFilter, ImageOps, PngImagePlugin
 
 from ._common import ServerThread, aiohttp_web, fake_image
 
-CHECKPOINTS = ["v1-5-pruned-emaonly.safetensors", "sd_xl_base_1.0.safetensors", "sd_xl_refiner_1.0.safetensors",
-               "broken.safetensors"]
+CHECKPOINTS = [
+    "v1-5-pruned-emaonly.safetensors",
+    "sd_xl_base_1.0.safetensors",
+    "sd_xl_refiner_1.0.safetensors",
+    "broken.safetensors",
+]
 CONTROLNETS = ["control_v11p_sd15_canny.safetensors"]
-SAMPLERS = ["euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive",
-            "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "ddpm", "lcm", "ddim", "uni_pc", "deis"]
+SAMPLERS = [
+    "euler",
+    "euler_ancestral",
+    "heun",
+    "dpm_2",
+    "dpm_2_ancestral",
+    "lms",
+    "dpm_fast",
+    "dpm_adaptive",
+    "dpmpp_2s_ancestral",
+    "dpmpp_sde",
+    "dpmpp_2m",
+    "dpmpp_2m_sde",
+    "dpmpp_3m_sde",
+    "ddpm",
+    "lcm",
+    "ddim",
+    "uni_pc",
+    "deis",
+]
 SCHEDULERS = ["normal", "karras", "exponential", "sgm_uniform", "simple", "ddim_uniform", "beta"]
 COMFYUI_VERSION = "0.3.64"
 
@@ -59,64 +81,169 @@ FPS = ("FLOAT", {"default": 6.0, "min": 0.01, "max": 1000.0})
 
 NODES: dict[str, dict[str, Any]] = {
     "CheckpointLoaderSimple": {"required": {"ckpt_name": (CHECKPOINTS, {})}, "output": ["MODEL", "CLIP", "VAE"]},
-    "CLIPTextEncode": {"required": {"text": ("STRING", {"multiline": True}), "clip": ("CLIP", {})}, "output": ["CONDITIONING"]},
-    "EmptyLatentImage": {"required": {"width": SIZE, "height": SIZE, "batch_size": ("INT", {"default": 1, "min": 1, "max": 4096})},
-                         "output": ["LATENT"]},
-    "KSampler": {"required": {
-        "model": ("MODEL", {}), "seed": INT, "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
-        "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0}), "sampler_name": (SAMPLERS, {}),
-        "scheduler": (SCHEDULERS, {}), "positive": ("CONDITIONING", {}), "negative": ("CONDITIONING", {}),
-        "latent_image": ("LATENT", {}), "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0})},
-        "output": ["LATENT"]},
+    "CLIPTextEncode": {
+        "required": {"text": ("STRING", {"multiline": True}), "clip": ("CLIP", {})},
+        "output": ["CONDITIONING"],
+    },
+    "EmptyLatentImage": {
+        "required": {"width": SIZE, "height": SIZE, "batch_size": ("INT", {"default": 1, "min": 1, "max": 4096})},
+        "output": ["LATENT"],
+    },
+    "KSampler": {
+        "required": {
+            "model": ("MODEL", {}),
+            "seed": INT,
+            "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
+            "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0}),
+            "sampler_name": (SAMPLERS, {}),
+            "scheduler": (SCHEDULERS, {}),
+            "positive": ("CONDITIONING", {}),
+            "negative": ("CONDITIONING", {}),
+            "latent_image": ("LATENT", {}),
+            "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0}),
+        },
+        "output": ["LATENT"],
+    },
     "VAEDecode": {"required": {"samples": ("LATENT", {}), "vae": ("VAE", {})}, "output": ["IMAGE"]},
-    "SaveImage": {"required": {"images": ("IMAGE", {}), "filename_prefix": ("STRING", {"default": "ComfyUI"})},
-                  "output": [], "output_node": True},
+    "SaveImage": {
+        "required": {"images": ("IMAGE", {}), "filename_prefix": ("STRING", {"default": "ComfyUI"})},
+        "output": [],
+        "output_node": True,
+    },
     "PreviewImage": {"required": {"images": ("IMAGE", {})}, "output": [], "output_node": True},
     "SaveImageWebsocket": {"required": {"images": ("IMAGE", {})}, "output": [], "output_node": True},
-    "EmptyImage": {"required": {"width": SIZE, "height": SIZE, "batch_size": ("INT", {"default": 1, "min": 1, "max": 4096}),
-                                "color": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFF})}, "output": ["IMAGE"]},
+    "EmptyImage": {
+        "required": {
+            "width": SIZE,
+            "height": SIZE,
+            "batch_size": ("INT", {"default": 1, "min": 1, "max": 4096}),
+            "color": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFF}),
+        },
+        "output": ["IMAGE"],
+    },
     "ImageInvert": {"required": {"image": ("IMAGE", {})}, "output": ["IMAGE"]},
-    "ImageBlur": {"required": {"image": ("IMAGE", {}), "blur_radius": ("INT", {"default": 1, "min": 1, "max": 31}),
-                               "sigma": ("FLOAT", {"default": 1.0, "min": 0.1, "max": 10.0})}, "output": ["IMAGE"]},
+    "ImageBlur": {
+        "required": {
+            "image": ("IMAGE", {}),
+            "blur_radius": ("INT", {"default": 1, "min": 1, "max": 31}),
+            "sigma": ("FLOAT", {"default": 1.0, "min": 0.1, "max": 10.0}),
+        },
+        "output": ["IMAGE"],
+    },
     "LoadImage": {"required": {"image": ("INPUT_FILES", {})}, "output": ["IMAGE", "MASK"]},
-    "ImageScale": {"required": {"image": ("IMAGE", {}), "upscale_method": (["nearest-exact", "bilinear", "area", "bicubic", "lanczos"], {}),
-                                "width": ("INT", {"default": 512, "min": 0, "max": 16384}),
-                                "height": ("INT", {"default": 512, "min": 0, "max": 16384}), "crop": (["disabled", "center"], {})},
-                   "output": ["IMAGE"]},
+    "ImageScale": {
+        "required": {
+            "image": ("IMAGE", {}),
+            "upscale_method": (["nearest-exact", "bilinear", "area", "bicubic", "lanczos"], {}),
+            "width": ("INT", {"default": 512, "min": 0, "max": 16384}),
+            "height": ("INT", {"default": 512, "min": 0, "max": 16384}),
+            "crop": (["disabled", "center"], {}),
+        },
+        "output": ["IMAGE"],
+    },
     # two-conditioning nodes: outputs [positive, negative(, latent)] as slots 0, 1 (, 2)
     "ControlNetLoader": {"required": {"control_net_name": (CONTROLNETS, {})}, "output": ["CONTROL_NET"]},
-    "ControlNetApplyAdvanced": {"required": {
-        "positive": ("CONDITIONING", {}), "negative": ("CONDITIONING", {}), "control_net": ("CONTROL_NET", {}),
-        "image": ("IMAGE", {}), "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0}),
-        "start_percent": PERCENT, "end_percent": PERCENT}, "output": ["CONDITIONING", "CONDITIONING"]},
-    "InpaintModelConditioning": {"required": {
-        "positive": ("CONDITIONING", {}), "negative": ("CONDITIONING", {}), "vae": ("VAE", {}), "pixels": ("IMAGE", {}),
-        "mask": ("MASK", {}), "noise_mask": ("BOOLEAN", {"default": True})}, "output": ["CONDITIONING", "CONDITIONING", "LATENT"]},
+    "ControlNetApplyAdvanced": {
+        "required": {
+            "positive": ("CONDITIONING", {}),
+            "negative": ("CONDITIONING", {}),
+            "control_net": ("CONTROL_NET", {}),
+            "image": ("IMAGE", {}),
+            "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0}),
+            "start_percent": PERCENT,
+            "end_percent": PERCENT,
+        },
+        "output": ["CONDITIONING", "CONDITIONING"],
+    },
+    "InpaintModelConditioning": {
+        "required": {
+            "positive": ("CONDITIONING", {}),
+            "negative": ("CONDITIONING", {}),
+            "vae": ("VAE", {}),
+            "pixels": ("IMAGE", {}),
+            "mask": ("MASK", {}),
+            "noise_mask": ("BOOLEAN", {"default": True}),
+        },
+        "output": ["CONDITIONING", "CONDITIONING", "LATENT"],
+    },
     # SDXL base + refiner
-    "KSamplerAdvanced": {"required": {
-        "model": ("MODEL", {}), "add_noise": (["enable", "disable"], {}), "noise_seed": INT, "steps": STEPS,
-        "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0}), "sampler_name": (SAMPLERS, {}), "scheduler": (SCHEDULERS, {}),
-        "positive": ("CONDITIONING", {}), "negative": ("CONDITIONING", {}), "latent_image": ("LATENT", {}),
-        "start_at_step": STEP_AT, "end_at_step": STEP_AT, "return_with_leftover_noise": (["disable", "enable"], {})},
-        "output": ["LATENT"]},
-    "CLIPTextEncodeSDXL": {"required": {
-        "clip": ("CLIP", {}), "width": COND_SIZE, "height": COND_SIZE, "crop_w": COND_SIZE, "crop_h": COND_SIZE,
-        "target_width": COND_SIZE, "target_height": COND_SIZE, "text_g": ("STRING", {"multiline": True}),
-        "text_l": ("STRING", {"multiline": True})}, "output": ["CONDITIONING"]},
-    "CLIPTextEncodeSDXLRefiner": {"required": {
-        "ascore": ("FLOAT", {"default": 6.0, "min": 0.0, "max": 1000.0}), "width": COND_SIZE, "height": COND_SIZE,
-        "text": ("STRING", {"multiline": True}), "clip": ("CLIP", {})}, "output": ["CONDITIONING"]},
+    "KSamplerAdvanced": {
+        "required": {
+            "model": ("MODEL", {}),
+            "add_noise": (["enable", "disable"], {}),
+            "noise_seed": INT,
+            "steps": STEPS,
+            "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0}),
+            "sampler_name": (SAMPLERS, {}),
+            "scheduler": (SCHEDULERS, {}),
+            "positive": ("CONDITIONING", {}),
+            "negative": ("CONDITIONING", {}),
+            "latent_image": ("LATENT", {}),
+            "start_at_step": STEP_AT,
+            "end_at_step": STEP_AT,
+            "return_with_leftover_noise": (["disable", "enable"], {}),
+        },
+        "output": ["LATENT"],
+    },
+    "CLIPTextEncodeSDXL": {
+        "required": {
+            "clip": ("CLIP", {}),
+            "width": COND_SIZE,
+            "height": COND_SIZE,
+            "crop_w": COND_SIZE,
+            "crop_h": COND_SIZE,
+            "target_width": COND_SIZE,
+            "target_height": COND_SIZE,
+            "text_g": ("STRING", {"multiline": True}),
+            "text_l": ("STRING", {"multiline": True}),
+        },
+        "output": ["CONDITIONING"],
+    },
+    "CLIPTextEncodeSDXLRefiner": {
+        "required": {
+            "ascore": ("FLOAT", {"default": 6.0, "min": 0.0, "max": 1000.0}),
+            "width": COND_SIZE,
+            "height": COND_SIZE,
+            "text": ("STRING", {"multiline": True}),
+            "clip": ("CLIP", {}),
+        },
+        "output": ["CONDITIONING"],
+    },
     # video and animated outputs: their files are listed under "images", with "animated": [true]
-    "SaveWEBM": {"required": {"images": ("IMAGE", {}), "filename_prefix": ("STRING", {"default": "ComfyUI"}),
-                              "codec": (["vp9", "av1"], {}), "fps": FPS, "crf": ("FLOAT", {"default": 32.0, "min": 0.0, "max": 63.0})},
-                 "output": [], "output_node": True},
+    "SaveWEBM": {
+        "required": {
+            "images": ("IMAGE", {}),
+            "filename_prefix": ("STRING", {"default": "ComfyUI"}),
+            "codec": (["vp9", "av1"], {}),
+            "fps": FPS,
+            "crf": ("FLOAT", {"default": 32.0, "min": 0.0, "max": 63.0}),
+        },
+        "output": [],
+        "output_node": True,
+    },
     "CreateVideo": {"required": {"images": ("IMAGE", {}), "fps": FPS}, "output": ["VIDEO"]},
-    "SaveVideo": {"required": {"video": ("VIDEO", {}), "filename_prefix": ("STRING", {"default": "video/ComfyUI"}),
-                               "format": (["auto", "mp4"], {}), "codec": (["auto", "h264"], {})}, "output": [], "output_node": True},
-    "SaveAnimatedWEBP": {"required": {"images": ("IMAGE", {}), "filename_prefix": ("STRING", {"default": "ComfyUI"}), "fps": FPS,
-                                      "lossless": ("BOOLEAN", {"default": True}),
-                                      "quality": ("INT", {"default": 80, "min": 0, "max": 100}),
-                                      "method": (["default", "fastest", "slowest"], {})}, "output": [], "output_node": True},
+    "SaveVideo": {
+        "required": {
+            "video": ("VIDEO", {}),
+            "filename_prefix": ("STRING", {"default": "video/ComfyUI"}),
+            "format": (["auto", "mp4"], {}),
+            "codec": (["auto", "h264"], {}),
+        },
+        "output": [],
+        "output_node": True,
+    },
+    "SaveAnimatedWEBP": {
+        "required": {
+            "images": ("IMAGE", {}),
+            "filename_prefix": ("STRING", {"default": "ComfyUI"}),
+            "fps": FPS,
+            "lossless": ("BOOLEAN", {"default": True}),
+            "quality": ("INT", {"default": 80, "min": 0, "max": 100}),
+            "method": (["default", "fastest", "slowest"], {}),
+        },
+        "output": [],
+        "output_node": True,
+    },
 }
 
 
@@ -168,8 +295,16 @@ def _now_ms() -> int:
 class FakeComfyUI(ServerThread):
     """A ComfyUI server on 127.0.0.1 (see the module docstring). `start()`, use `.url`, `stop()`."""
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, root: str | Path | None = None,
-                 step_delay: float = 0.0, noisy_status: bool = False, previews: bool = False):
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        root: str | Path | None = None,
+        step_delay: float = 0.0,
+        noisy_status: bool = False,
+        previews: bool = False,
+    ):
         super().__init__(host=host, port=port)
         self._tmp = None
         if root is None:
@@ -217,13 +352,22 @@ class FakeComfyUI(ServerThread):
 
         app = web.Application(middlewares=[middleware], client_max_size=100 * 2**20)
         routes = [
-            ("GET", "/ws", self._ws), ("POST", "/prompt", self._post_prompt), ("GET", "/prompt", self._get_prompt),
-            ("GET", "/history", self._get_history), ("GET", "/history/{prompt_id}", self._get_history_one),
-            ("POST", "/history", self._post_history), ("GET", "/view", self._view),
-            ("POST", "/upload/image", self._upload), ("GET", "/queue", self._get_queue), ("POST", "/queue", self._post_queue),
-            ("POST", "/interrupt", self._post_interrupt), ("GET", "/object_info", self._object_info),
-            ("GET", "/object_info/{node_class}", self._object_info_one), ("GET", "/system_stats", self._system_stats),
-            ("GET", "/features", self._features), ("POST", "/free", self._free),
+            ("GET", "/ws", self._ws),
+            ("POST", "/prompt", self._post_prompt),
+            ("GET", "/prompt", self._get_prompt),
+            ("GET", "/history", self._get_history),
+            ("GET", "/history/{prompt_id}", self._get_history_one),
+            ("POST", "/history", self._post_history),
+            ("GET", "/view", self._view),
+            ("POST", "/upload/image", self._upload),
+            ("GET", "/queue", self._get_queue),
+            ("POST", "/queue", self._post_queue),
+            ("POST", "/interrupt", self._post_interrupt),
+            ("GET", "/object_info", self._object_info),
+            ("GET", "/object_info/{node_class}", self._object_info_one),
+            ("GET", "/system_stats", self._system_stats),
+            ("GET", "/features", self._features),
+            ("POST", "/free", self._free),
         ]
         for method, path, handler in routes:
             app.router.add_route(method, path, handler)
@@ -311,7 +455,9 @@ class FakeComfyUI(ServerThread):
     async def _status(self) -> None:
         await self._broadcast("status", {"status": self._status_data()})
 
-    async def _emit(self, item: _Item, kind: str, data: dict[str, Any], *, broadcast_without_client: bool = False) -> None:
+    async def _emit(
+        self, item: _Item, kind: str, data: dict[str, Any], *, broadcast_without_client: bool = False
+    ) -> None:
         """A frame for the prompt's client (with noisy status frames around it when asked)."""
         if self.noisy_status:
             await self._status()
@@ -329,10 +475,22 @@ class FakeComfyUI(ServerThread):
         try:
             body = await request.json()
         except (ValueError, UnicodeDecodeError):
-            return web.Response(status=500, text="500 Internal Server Error\n\nServer got itself in trouble", content_type="text/plain")
+            return web.Response(
+                status=500, text="500 Internal Server Error\n\nServer got itself in trouble", content_type="text/plain"
+            )
         if not isinstance(body, dict) or "prompt" not in body:
-            return web.json_response({"error": {"type": "no_prompt", "message": "No prompt provided",
-                                                "details": "No prompt provided", "extra_info": {}}, "node_errors": {}}, status=400)
+            return web.json_response(
+                {
+                    "error": {
+                        "type": "no_prompt",
+                        "message": "No prompt provided",
+                        "details": "No prompt provided",
+                        "extra_info": {},
+                    },
+                    "node_errors": {},
+                },
+                status=400,
+            )
         graph = body["prompt"]
         error, node_errors, outputs = self._validate(graph)
         if error is not None:
@@ -359,7 +517,7 @@ class FakeComfyUI(ServerThread):
         items = list(self.history.items())
         max_items = request.query.get("max_items")
         if max_items:
-            items = items[-int(max_items):]
+            items = items[-int(max_items) :]
         return web.json_response(dict(items))
 
     async def _get_history_one(self, request):
@@ -388,10 +546,17 @@ class FakeComfyUI(ServerThread):
             return web.Response(status=403)
         if not path.is_file():
             return web.Response(status=404)
-        ctype = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp", ".webm": "video/webm",
-                 ".mp4": "video/mp4"}.get(path.suffix.lower(), "application/octet-stream")
-        return web.Response(body=path.read_bytes(), content_type=ctype,
-                            headers={"Content-Disposition": f'filename="{filename}"'})
+        ctype = {
+            ".png": "image/png",
+            ".jpg": "image/jpeg",
+            ".jpeg": "image/jpeg",
+            ".webp": "image/webp",
+            ".webm": "video/webm",
+            ".mp4": "video/mp4",
+        }.get(path.suffix.lower(), "application/octet-stream")
+        return web.Response(
+            body=path.read_bytes(), content_type=ctype, headers={"Content-Disposition": f'filename="{filename}"'}
+        )
 
     async def _upload(self, request):
         web = aiohttp_web()
@@ -426,8 +591,12 @@ class FakeComfyUI(ServerThread):
         def row(item: _Item):
             return [item.number, item.prompt_id, item.graph, item.extra_data, item.outputs]
 
-        return web.json_response({"queue_running": [row(self._running)] if self._running else [],
-                                  "queue_pending": [row(i) for i in self._pending]})
+        return web.json_response(
+            {
+                "queue_running": [row(self._running)] if self._running else [],
+                "queue_pending": [row(i) for i in self._pending],
+            }
+        )
 
     async def _post_queue(self, request):
         web = aiohttp_web()
@@ -467,15 +636,33 @@ class FakeComfyUI(ServerThread):
             if kind == "INPUT_FILES":
                 kind = sorted(p.name for p in (self.root / "input").iterdir() if p.is_file())
             required[key] = [kind, options] if options else [kind]
-        return {"input": {"required": required}, "input_order": {"required": list(required)}, "output": spec["output"],
-                "output_name": spec["output"], "name": name, "display_name": name, "category": "sdlab-fake",
-                "output_node": bool(spec.get("output_node"))}
+        return {
+            "input": {"required": required},
+            "input_order": {"required": list(required)},
+            "output": spec["output"],
+            "output_name": spec["output"],
+            "name": name,
+            "display_name": name,
+            "category": "sdlab-fake",
+            "output_node": bool(spec.get("output_node")),
+        }
 
     async def _system_stats(self, request):
         web = aiohttp_web()
-        return web.json_response({"system": {"os": "posix", "ram_total": 0, "ram_free": 0, "comfyui_version": COMFYUI_VERSION,
-                                             "python_version": "3.11", "pytorch_version": "2.13.0+cpu", "argv": ["main.py", "--cpu"]},
-                                  "devices": [{"name": "cpu", "type": "cpu", "index": None, "vram_total": 0, "vram_free": 0}]})
+        return web.json_response(
+            {
+                "system": {
+                    "os": "posix",
+                    "ram_total": 0,
+                    "ram_free": 0,
+                    "comfyui_version": COMFYUI_VERSION,
+                    "python_version": "3.11",
+                    "pytorch_version": "2.13.0+cpu",
+                    "argv": ["main.py", "--cpu"],
+                },
+                "devices": [{"name": "cpu", "type": "cpu", "index": None, "vram_total": 0, "vram_free": 0}],
+            }
+        )
 
     def _features_data(self) -> dict[str, Any]:
         return {"supports_preview_metadata": True, "max_upload_size": 104857600}
@@ -490,30 +677,64 @@ class FakeComfyUI(ServerThread):
 
     def _validate(self, graph: Any):
         if not isinstance(graph, dict):
-            return {"type": "invalid_prompt", "message": "Prompt is not a dict", "details": "", "extra_info": {}}, {}, []
+            return (
+                {"type": "invalid_prompt", "message": "Prompt is not a dict", "details": "", "extra_info": {}},
+                {},
+                [],
+            )
         for nid, node in graph.items():
             if not isinstance(node, dict) or "class_type" not in node:
-                return {"type": "invalid_prompt", "message": "Cannot execute because a node is missing the class_type property.",
-                        "details": f"Node ID '#{nid}'", "extra_info": {}}, {}, []
+                return (
+                    {
+                        "type": "invalid_prompt",
+                        "message": "Cannot execute because a node is missing the class_type property.",
+                        "details": f"Node ID '#{nid}'",
+                        "extra_info": {},
+                    },
+                    {},
+                    [],
+                )
             if node["class_type"] not in NODES:
-                return {"type": "invalid_prompt", "message": f"Cannot execute because node {node['class_type']} does not exist.",
-                        "details": f"Node ID '#{nid}'", "extra_info": {}}, {}, []
+                return (
+                    {
+                        "type": "invalid_prompt",
+                        "message": f"Cannot execute because node {node['class_type']} does not exist.",
+                        "details": f"Node ID '#{nid}'",
+                        "extra_info": {},
+                    },
+                    {},
+                    [],
+                )
         outputs = [nid for nid, node in graph.items() if NODES[node["class_type"]].get("output_node")]
         if not outputs:
-            return {"type": "prompt_no_outputs", "message": "Prompt has no outputs", "details": "", "extra_info": {}}, {}, []
+            return (
+                {"type": "prompt_no_outputs", "message": "Prompt has no outputs", "details": "", "extra_info": {}},
+                {},
+                [],
+            )
         node_errors: dict[str, Any] = {}
         for out in outputs:
             for nid in self._upstream(graph, out):
                 errors = self._node_errors(graph, nid)
                 if errors:
-                    entry = node_errors.setdefault(nid, {"errors": errors, "dependent_outputs": [], "class_type": graph[nid]["class_type"]})
+                    entry = node_errors.setdefault(
+                        nid, {"errors": errors, "dependent_outputs": [], "class_type": graph[nid]["class_type"]}
+                    )
                     if out not in entry["dependent_outputs"]:
                         entry["dependent_outputs"].append(out)
         failed = {out for entry in node_errors.values() for out in entry["dependent_outputs"]}
         good = [out for out in outputs if out not in failed]
         if not good:
-            return {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
-                    "details": "", "extra_info": {}}, node_errors, outputs
+            return (
+                {
+                    "type": "prompt_outputs_failed_validation",
+                    "message": "Prompt outputs failed validation",
+                    "details": "",
+                    "extra_info": {},
+                },
+                node_errors,
+                outputs,
+            )
         # As ComfyUI: some outputs valid -> 200 with the node_errors, and only the valid outputs are queued.
         return None, node_errors, good
 
@@ -535,65 +756,136 @@ class FakeComfyUI(ServerThread):
         for name, (kind, options) in NODES[node["class_type"]]["required"].items():
             info = [kind, options] if options else [kind]
             if name not in inputs:
-                errors.append({"type": "required_input_missing", "message": "Required input is missing", "details": name,
-                               "extra_info": {"input_name": name}})
+                errors.append(
+                    {
+                        "type": "required_input_missing",
+                        "message": "Required input is missing",
+                        "details": name,
+                        "extra_info": {"input_name": name},
+                    }
+                )
                 continue
             value = inputs[name]
             if _is_link(value):
                 src = graph.get(value[0])
                 if src is None or src.get("class_type") not in NODES:
-                    errors.append({"type": "exception_during_validation", "message": "Exception when validating inner node",
-                                   "details": f"'{value[0]}'", "extra_info": {"input_name": name}})
+                    errors.append(
+                        {
+                            "type": "exception_during_validation",
+                            "message": "Exception when validating inner node",
+                            "details": f"'{value[0]}'",
+                            "extra_info": {"input_name": name},
+                        }
+                    )
                     continue
                 out_types = NODES[src["class_type"]]["output"]
                 received = out_types[value[1]] if value[1] < len(out_types) else None
                 if received != kind:
-                    errors.append({"type": "return_type_mismatch", "message": "Return type mismatch between linked nodes",
-                                   "details": f"{name}, received_type({received}) mismatch input_type({kind})",
-                                   "extra_info": {"input_name": name, "input_config": info, "received_type": received,
-                                                  "linked_node": value}})
+                    errors.append(
+                        {
+                            "type": "return_type_mismatch",
+                            "message": "Return type mismatch between linked nodes",
+                            "details": f"{name}, received_type({received}) mismatch input_type({kind})",
+                            "extra_info": {
+                                "input_name": name,
+                                "input_config": info,
+                                "received_type": received,
+                                "linked_node": value,
+                            },
+                        }
+                    )
                 continue
             if kind in ("INT", "FLOAT"):
                 try:
                     number = int(value) if kind == "INT" else float(value)
-                    if isinstance(value, bool) or (kind == "INT" and isinstance(value, float) and not value.is_integer()):
+                    if isinstance(value, bool) or (
+                        kind == "INT" and isinstance(value, float) and not value.is_integer()
+                    ):
                         raise ValueError(f"invalid literal for int() with base 10: '{value}'")
                     if isinstance(value, str):
                         raise ValueError(f"invalid literal for {kind.lower()}() with base 10: '{value}'")
                 except (TypeError, ValueError) as e:
-                    errors.append({"type": "invalid_input_type", "message": f"Failed to convert an input value to a {kind} value",
-                                   "details": f"{name}, {value}, {e}",
-                                   "extra_info": {"input_name": name, "input_config": info, "received_value": value,
-                                                  "exception_message": str(e)}})
+                    errors.append(
+                        {
+                            "type": "invalid_input_type",
+                            "message": f"Failed to convert an input value to a {kind} value",
+                            "details": f"{name}, {value}, {e}",
+                            "extra_info": {
+                                "input_name": name,
+                                "input_config": info,
+                                "received_value": value,
+                                "exception_message": str(e),
+                            },
+                        }
+                    )
                     continue
                 if "min" in options and number < options["min"]:
-                    errors.append({"type": "value_smaller_than_min", "message": f"Value {number} smaller than min of {options['min']}",
-                                   "details": name, "extra_info": {"input_name": name, "input_config": info, "received_value": value}})
+                    errors.append(
+                        {
+                            "type": "value_smaller_than_min",
+                            "message": f"Value {number} smaller than min of {options['min']}",
+                            "details": name,
+                            "extra_info": {"input_name": name, "input_config": info, "received_value": value},
+                        }
+                    )
                 elif "max" in options and number > options["max"]:
-                    errors.append({"type": "value_bigger_than_max", "message": f"Value {number} bigger than max of {options['max']}",
-                                   "details": name, "extra_info": {"input_name": name, "input_config": info, "received_value": value}})
+                    errors.append(
+                        {
+                            "type": "value_bigger_than_max",
+                            "message": f"Value {number} bigger than max of {options['max']}",
+                            "details": name,
+                            "extra_info": {"input_name": name, "input_config": info, "received_value": value},
+                        }
+                    )
             elif kind == "STRING":
                 if not isinstance(value, str):
-                    errors.append({"type": "invalid_input_type", "message": "Failed to convert an input value to a STRING value",
-                                   "details": f"{name}, {value}", "extra_info": {"input_name": name, "input_config": info,
-                                                                                  "received_value": value}})
+                    errors.append(
+                        {
+                            "type": "invalid_input_type",
+                            "message": "Failed to convert an input value to a STRING value",
+                            "details": f"{name}, {value}",
+                            "extra_info": {"input_name": name, "input_config": info, "received_value": value},
+                        }
+                    )
             elif isinstance(kind, list):
                 if value not in kind:
-                    errors.append({"type": "value_not_in_list", "message": "Value not in list",
-                                   "details": f"{name}: '{value}' not in {kind}",
-                                   "extra_info": {"input_name": name, "input_config": info, "received_value": value}})
+                    errors.append(
+                        {
+                            "type": "value_not_in_list",
+                            "message": "Value not in list",
+                            "details": f"{name}: '{value}' not in {kind}",
+                            "extra_info": {"input_name": name, "input_config": info, "received_value": value},
+                        }
+                    )
             elif kind == "BOOLEAN":
                 if not isinstance(value, bool):
-                    errors.append({"type": "invalid_input_type", "message": "Failed to convert an input value to a BOOLEAN value",
-                                   "details": f"{name}, {value}", "extra_info": {"input_name": name, "input_config": info,
-                                                                                  "received_value": value}})
+                    errors.append(
+                        {
+                            "type": "invalid_input_type",
+                            "message": "Failed to convert an input value to a BOOLEAN value",
+                            "details": f"{name}, {value}",
+                            "extra_info": {"input_name": name, "input_config": info, "received_value": value},
+                        }
+                    )
             elif kind == "INPUT_FILES":
                 if not isinstance(value, str) or ".." in value or not (self.root / "input" / value).is_file():
-                    errors.append({"type": "custom_validation_failed", "message": "Custom validation failed for node",
-                                   "details": f"{name} - Invalid image file: {value}", "extra_info": {"input_name": name}})
+                    errors.append(
+                        {
+                            "type": "custom_validation_failed",
+                            "message": "Custom validation failed for node",
+                            "details": f"{name} - Invalid image file: {value}",
+                            "extra_info": {"input_name": name},
+                        }
+                    )
             else:
-                errors.append({"type": "exception_during_validation", "message": "Exception when validating node",
-                               "details": f"{name} must be a link to a {kind} output", "extra_info": {"input_name": name}})
+                errors.append(
+                    {
+                        "type": "exception_during_validation",
+                        "message": "Exception when validating node",
+                        "details": f"{name} must be a link to a {kind} output",
+                        "extra_info": {"input_name": name},
+                    }
+                )
         return errors
 
     # ------------------------------------------------------------ execution
@@ -654,15 +946,29 @@ class FakeComfyUI(ServerThread):
                 _, values[nid], ui = self._cache[nid]
                 if ui is not None:
                     ui_outputs[nid] = ui
-                    await self._emit(item, "executed", {"node": nid, "display_node": nid, "output": ui, "prompt_id": pid})
+                    await self._emit(
+                        item, "executed", {"node": nid, "display_node": nid, "output": ui, "prompt_id": pid}
+                    )
                 continue
             if self._interrupt:
                 await self._interrupted(item, run, nid, executed)
                 return
-            states[nid] = {"value": 0, "max": 1, "state": "running", "node_id": nid, "prompt_id": pid, "display_node_id": nid,
-                           "parent_node_id": None, "real_node_id": nid}
-            await self._emit(item, "progress_state", {"prompt_id": pid, "nodes": json.loads(json.dumps(states))},
-                             broadcast_without_client=True)
+            states[nid] = {
+                "value": 0,
+                "max": 1,
+                "state": "running",
+                "node_id": nid,
+                "prompt_id": pid,
+                "display_node_id": nid,
+                "parent_node_id": None,
+                "real_node_id": nid,
+            }
+            await self._emit(
+                item,
+                "progress_state",
+                {"prompt_id": pid, "nodes": json.loads(json.dumps(states))},
+                broadcast_without_client=True,
+            )
             await self._emit(item, "executing", {"node": nid, "display_node": nid, "prompt_id": pid})
             inputs = {k: (values[v[0]][v[1]] if _is_link(v) else v) for k, v in node.get("inputs", {}).items()}
             try:
@@ -680,8 +986,12 @@ class FakeComfyUI(ServerThread):
             if ui is not None:
                 ui_outputs[nid] = ui
                 await self._emit(item, "executed", {"node": nid, "display_node": nid, "output": ui, "prompt_id": pid})
-            await self._emit(item, "progress_state", {"prompt_id": pid, "nodes": json.loads(json.dumps(states))},
-                             broadcast_without_client=True)
+            await self._emit(
+                item,
+                "progress_state",
+                {"prompt_id": pid, "nodes": json.loads(json.dumps(states))},
+                broadcast_without_client=True,
+            )
         success = {"prompt_id": pid, "timestamp": _now_ms()}
         run.messages.append(["execution_success", success])
         self._store(item, run, "success", True, ui_outputs)
@@ -698,12 +1008,19 @@ class FakeComfyUI(ServerThread):
             "prompt": [item.number, item.prompt_id, item.graph, item.extra_data, item.outputs],
             "outputs": outputs,
             "status": {"status_str": status, "completed": completed, "messages": run.messages},
-            "meta": {nid: {"node_id": nid, "display_node": nid, "parent_node": None, "real_node_id": nid} for nid in outputs},
+            "meta": {
+                nid: {"node_id": nid, "display_node": nid, "parent_node": None, "real_node_id": nid} for nid in outputs
+            },
         }
 
     async def _interrupted(self, item: _Item, run: _Run, nid: str, executed: list[str]) -> None:
-        data = {"prompt_id": item.prompt_id, "node_id": nid, "node_type": item.graph[nid]["class_type"],
-                "executed": list(executed), "timestamp": _now_ms()}
+        data = {
+            "prompt_id": item.prompt_id,
+            "node_id": nid,
+            "node_type": item.graph[nid]["class_type"],
+            "executed": list(executed),
+            "timestamp": _now_ms(),
+        }
         run.messages.append(["execution_interrupted", data])
         self._store(item, run, "error", False, {})
         self._interrupt = False
@@ -712,10 +1029,15 @@ class FakeComfyUI(ServerThread):
 
     async def _failed(self, item, run, nid, node, e: Exception, executed, inputs) -> None:
         data = {
-            "prompt_id": item.prompt_id, "node_id": nid, "node_type": node["class_type"], "executed": list(executed),
-            "exception_message": f"{e}\n", "exception_type": f"{type(e).__module__}.{type(e).__name__}",
+            "prompt_id": item.prompt_id,
+            "node_id": nid,
+            "node_type": node["class_type"],
+            "executed": list(executed),
+            "exception_message": f"{e}\n",
+            "exception_type": f"{type(e).__module__}.{type(e).__name__}",
             "traceback": traceback.format_exception(type(e), e, e.__traceback__)[-3:],
-            "current_inputs": {k: [repr(v)[:100]] for k, v in inputs.items()}, "current_outputs": {},
+            "current_inputs": {k: [repr(v)[:100]] for k, v in inputs.items()},
+            "current_outputs": {},
             "timestamp": _now_ms(),
         }
         run.messages.append(["execution_error", data])
@@ -735,12 +1057,14 @@ class FakeComfyUI(ServerThread):
         if cls == "CLIPTextEncode":
             return ({"text": inputs["text"], "ckpt": inputs["clip"]["ckpt"]},), None
         if cls == "EmptyLatentImage":
-            return ({"width": int(inputs["width"]), "height": int(inputs["height"]), "batch": int(inputs["batch_size"])},), None
+            return (
+                {"width": int(inputs["width"]), "height": int(inputs["height"]), "batch": int(inputs["batch_size"])},
+            ), None
         if cls in ("KSampler", "KSamplerAdvanced"):
             return await self._sample(item, nid, cls, inputs), None
         if cls == "CLIPTextEncodeSDXL":
-            g, l = inputs["text_g"], inputs["text_l"]
-            return ({"text": g if g == l else f"{g} | {l}", "ckpt": inputs["clip"]["ckpt"]},), None
+            g, local = inputs["text_g"], inputs["text_l"]
+            return ({"text": g if g == local else f"{g} | {local}", "ckpt": inputs["clip"]["ckpt"]},), None
         if cls == "CLIPTextEncodeSDXLRefiner":
             return ({"text": inputs["text"], "ckpt": inputs["clip"]["ckpt"]},), None
         if cls == "ControlNetLoader":
@@ -753,13 +1077,20 @@ class FakeComfyUI(ServerThread):
             return (inputs["positive"], inputs["negative"], {"width": w, "height": h, "batch": 1}), None
         if cls == "VAEDecode":
             lat = inputs["samples"]
-            images = [fake_image(lat["text"], lat["seed"] + b, lat["width"], lat["height"], detail=lat["detail"])
-                      for b in range(lat["batch"])]
+            images = [
+                fake_image(lat["text"], lat["seed"] + b, lat["width"], lat["height"], detail=lat["detail"])
+                for b in range(lat["batch"])
+            ]
             return (images,), None
         if cls == "EmptyImage":
             c = int(inputs["color"])
             color = ((c >> 16) & 255, (c >> 8) & 255, c & 255)
-            return ([Image.new("RGB", (int(inputs["width"]), int(inputs["height"])), color) for _ in range(int(inputs["batch_size"]))],), None
+            return (
+                [
+                    Image.new("RGB", (int(inputs["width"]), int(inputs["height"])), color)
+                    for _ in range(int(inputs["batch_size"]))
+                ],
+            ), None
         if cls == "ImageInvert":
             return ([ImageOps.invert(im.convert("RGB")) for im in inputs["image"]],), None
         if cls == "ImageBlur":
@@ -778,7 +1109,11 @@ class FakeComfyUI(ServerThread):
             return (), self._save_animation(item, cls, inputs)
         if cls in ("SaveImage", "PreviewImage"):
             kind = "output" if cls == "SaveImage" else "temp"
-            prefix = inputs.get("filename_prefix", "ComfyUI") if cls == "SaveImage" else "ComfyUI_temp_" + uuid.uuid4().hex[:5]
+            prefix = (
+                inputs.get("filename_prefix", "ComfyUI")
+                if cls == "SaveImage"
+                else "ComfyUI_temp_" + uuid.uuid4().hex[:5]
+            )
             results = []
             for image in inputs["images"]:
                 filename = self._next_filename(kind, prefix)
@@ -790,7 +1125,9 @@ class FakeComfyUI(ServerThread):
         if cls == "SaveImageWebsocket":
             images = inputs["images"]
             for i, image in enumerate(images):
-                await self._emit(item, "progress", {"value": i, "max": len(images), "prompt_id": item.prompt_id, "node": nid})
+                await self._emit(
+                    item, "progress", {"value": i, "max": len(images), "prompt_id": item.prompt_id, "node": nid}
+                )
                 buf = io.BytesIO()
                 image.save(buf, format="PNG", compress_level=1)
                 await self._binary(item, struct.pack(">II", 1, 2) + buf.getvalue())
@@ -817,18 +1154,32 @@ class FakeComfyUI(ServerThread):
                 raise _Interrupted()
             if self.step_delay:
                 await asyncio.sleep(self.step_delay)
-            await self._emit(item, "progress", {"value": step + 1, "max": steps, "prompt_id": item.prompt_id, "node": nid})
+            await self._emit(
+                item, "progress", {"value": step + 1, "max": steps, "prompt_id": item.prompt_id, "node": nid}
+            )
             if self.previews:
                 preview = io.BytesIO()
                 Image.new("RGB", (8, 8), (step * 10 % 255, 0, 0)).save(preview, format="JPEG")
                 await self._binary(item, struct.pack(">II", 1, 1) + preview.getvalue())
         latent = inputs["latent_image"]
         seed = int(inputs["seed"] if cls == "KSampler" else inputs["noise_seed"])
-        detail = json.dumps([inputs["negative"]["text"], steps, float(inputs["cfg"]), inputs["sampler_name"], inputs["scheduler"],
-                             float(inputs.get("denoise", 1.0)), inputs["model"]["ckpt"], inputs["positive"].get("control"),
-                             inputs["negative"].get("control")])
+        detail = json.dumps(
+            [
+                inputs["negative"]["text"],
+                steps,
+                float(inputs["cfg"]),
+                inputs["sampler_name"],
+                inputs["scheduler"],
+                float(inputs.get("denoise", 1.0)),
+                inputs["model"]["ckpt"],
+                inputs["positive"].get("control"),
+                inputs["negative"].get("control"),
+            ]
+        )
         if "text" in latent:  # a second pass (refiner) over a sampled latent
-            return ({**latent, "detail": latent["detail"] + " > " + json.dumps([inputs["positive"]["text"], seed, detail])},)
+            return (
+                {**latent, "detail": latent["detail"] + " > " + json.dumps([inputs["positive"]["text"], seed, detail])},
+            )
         return ({**latent, "seed": seed, "text": inputs["positive"]["text"], "detail": detail},)
 
     def _save_animation(self, item: _Item, cls: str, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -841,13 +1192,17 @@ class FakeComfyUI(ServerThread):
         filename = self._next_filename(f"output/{subfolder}" if subfolder else "output", prefix, ext)
         path = self.root / "output" / subfolder / filename
         if cls == "SaveAnimatedWEBP":
-            frames[0].save(path, format="WEBP", save_all=True, append_images=frames[1:], duration=int(1000 / fps), lossless=True)
+            frames[0].save(
+                path, format="WEBP", save_all=True, append_images=frames[1:], duration=int(1000 / fps), lossless=True
+            )
         else:
             import cv2
             import numpy as np
 
             size = frames[0].size
-            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*("VP80" if ext == "webm" else "mp4v")), fps, size)
+            writer = cv2.VideoWriter(
+                str(path), cv2.VideoWriter_fourcc(*("VP80" if ext == "webm" else "mp4v")), fps, size
+            )
             for frame in frames:
                 writer.write(cv2.cvtColor(np.asarray(frame.convert("RGB").resize(size)), cv2.COLOR_RGB2BGR))
             writer.release()

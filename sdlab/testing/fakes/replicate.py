@@ -44,36 +44,107 @@ class FakeModel:
 
 MODELS: dict[str, FakeModel] = {
     "black-forest-labs/flux-1.1-pro": FakeModel(
-        {"prompt": ("str",), "aspect_ratio": ("enum", PRO_RATIOS), "width": ("int", 256, 1440), "height": ("int", 256, 1440),
-         "seed": ("int", None, None), "safety_tolerance": ("int", 1, 6), "prompt_upsampling": ("bool",),
-         "output_format": ("enum", FORMATS), "output_quality": ("int", 0, 100), "image_prompt": ("str",)},
-        single_output=True, sizing="aspect_ratio_or_custom"),
+        {
+            "prompt": ("str",),
+            "aspect_ratio": ("enum", PRO_RATIOS),
+            "width": ("int", 256, 1440),
+            "height": ("int", 256, 1440),
+            "seed": ("int", None, None),
+            "safety_tolerance": ("int", 1, 6),
+            "prompt_upsampling": ("bool",),
+            "output_format": ("enum", FORMATS),
+            "output_quality": ("int", 0, 100),
+            "image_prompt": ("str",),
+        },
+        single_output=True,
+        sizing="aspect_ratio_or_custom",
+    ),
     "black-forest-labs/flux-pro": FakeModel(
-        {"prompt": ("str",), "aspect_ratio": ("enum", PRO_RATIOS), "width": ("int", 256, 1440), "height": ("int", 256, 1440),
-         "steps": ("int", 1, 50), "guidance": ("float", 2, 5), "interval": ("float", 1, 4), "seed": ("int", None, None),
-         "safety_tolerance": ("int", 1, 6), "prompt_upsampling": ("bool",), "output_format": ("enum", FORMATS),
-         "output_quality": ("int", 0, 100), "image_prompt": ("str",)},
-        single_output=True, sizing="aspect_ratio_or_custom"),
+        {
+            "prompt": ("str",),
+            "aspect_ratio": ("enum", PRO_RATIOS),
+            "width": ("int", 256, 1440),
+            "height": ("int", 256, 1440),
+            "steps": ("int", 1, 50),
+            "guidance": ("float", 2, 5),
+            "interval": ("float", 1, 4),
+            "seed": ("int", None, None),
+            "safety_tolerance": ("int", 1, 6),
+            "prompt_upsampling": ("bool",),
+            "output_format": ("enum", FORMATS),
+            "output_quality": ("int", 0, 100),
+            "image_prompt": ("str",),
+        },
+        single_output=True,
+        sizing="aspect_ratio_or_custom",
+    ),
     "black-forest-labs/flux-schnell": FakeModel(
-        {"prompt": ("str",), "aspect_ratio": ("enum", RATIOS), "num_outputs": ("int", 1, 4), "num_inference_steps": ("int", 1, 4),
-         "seed": ("int", None, None), "output_format": ("enum", FORMATS), "output_quality": ("int", 0, 100),
-         "disable_safety_checker": ("bool",), "go_fast": ("bool",), "megapixels": ("enum", ("1", "0.25"))},
-        single_output=False, sizing="aspect_ratio"),
+        {
+            "prompt": ("str",),
+            "aspect_ratio": ("enum", RATIOS),
+            "num_outputs": ("int", 1, 4),
+            "num_inference_steps": ("int", 1, 4),
+            "seed": ("int", None, None),
+            "output_format": ("enum", FORMATS),
+            "output_quality": ("int", 0, 100),
+            "disable_safety_checker": ("bool",),
+            "go_fast": ("bool",),
+            "megapixels": ("enum", ("1", "0.25")),
+        },
+        single_output=False,
+        sizing="aspect_ratio",
+    ),
     "black-forest-labs/flux-dev": FakeModel(
-        {"prompt": ("str",), "aspect_ratio": ("enum", RATIOS), "num_outputs": ("int", 1, 4), "num_inference_steps": ("int", 1, 50),
-         "guidance": ("float", 0, 10), "seed": ("int", None, None), "output_format": ("enum", FORMATS),
-         "output_quality": ("int", 0, 100), "disable_safety_checker": ("bool",), "go_fast": ("bool",),
-         "megapixels": ("enum", ("1", "0.25")), "image": ("str",), "prompt_strength": ("float", 0, 1)},
-        single_output=False, sizing="aspect_ratio"),
+        {
+            "prompt": ("str",),
+            "aspect_ratio": ("enum", RATIOS),
+            "num_outputs": ("int", 1, 4),
+            "num_inference_steps": ("int", 1, 50),
+            "guidance": ("float", 0, 10),
+            "seed": ("int", None, None),
+            "output_format": ("enum", FORMATS),
+            "output_quality": ("int", 0, 100),
+            "disable_safety_checker": ("bool",),
+            "go_fast": ("bool",),
+            "megapixels": ("enum", ("1", "0.25")),
+            "image": ("str",),
+            "prompt_strength": ("float", 0, 1),
+        },
+        single_output=False,
+        sizing="aspect_ratio",
+    ),
     "stability-ai/sdxl": FakeModel(
-        {"prompt": ("str",), "negative_prompt": ("str",), "width": ("int", 64, 2048), "height": ("int", 64, 2048),
-         "num_outputs": ("int", 1, 4), "num_inference_steps": ("int", 1, 500), "guidance_scale": ("float", 1, 50),
-         "scheduler": ("str",), "seed": ("int", None, None)},
-        single_output=False, sizing="width_height", official=False, versions=(SDXL_VERSION,)),
+        {
+            "prompt": ("str",),
+            "negative_prompt": ("str",),
+            "width": ("int", 64, 2048),
+            "height": ("int", 64, 2048),
+            "num_outputs": ("int", 1, 4),
+            "num_inference_steps": ("int", 1, 500),
+            "guidance_scale": ("float", 1, 50),
+            "scheduler": ("str",),
+            "seed": ("int", None, None),
+        },
+        single_output=False,
+        sizing="width_height",
+        official=False,
+        versions=(SDXL_VERSION,),
+    ),
     "sdlab/fake-diffusion": FakeModel(
-        {"prompt": ("str",), "negative_prompt": ("str",), "width": ("int", 64, 2048), "height": ("int", 64, 2048),
-         "num_inference_steps": ("int", 1, 500), "guidance_scale": ("float", 0, 50), "seed": ("int", None, None)},
-        single_output=True, sizing="width_height", official=False, versions=(GENERIC_VERSION,)),
+        {
+            "prompt": ("str",),
+            "negative_prompt": ("str",),
+            "width": ("int", 64, 2048),
+            "height": ("int", 64, 2048),
+            "num_inference_steps": ("int", 1, 500),
+            "guidance_scale": ("float", 0, 50),
+            "seed": ("int", None, None),
+        },
+        single_output=True,
+        sizing="width_height",
+        official=False,
+        versions=(GENERIC_VERSION,),
+    ),
 }
 
 PIL_FORMAT = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
@@ -117,8 +188,15 @@ class FakeReplicate(ServerThread):
         size_scale: images are made at this fraction of the real size (tests use small ones).
     """
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, token: str = "r8_sdlab_fake_token",
-                 polls_to_finish: int = 2, size_scale: float = 1.0):
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: str = "r8_sdlab_fake_token",
+        polls_to_finish: int = 2,
+        size_scale: float = 1.0,
+    ):
         super().__init__(host=host, port=port)
         self.token = token
         self.polls_to_finish = max(1, int(polls_to_finish))
@@ -188,19 +266,26 @@ class FakeReplicate(ServerThread):
             return self._problem(401, "Unauthenticated", "You did not pass a valid authentication token")
         if self._throttles and self._throttles[0][0] == kind:
             _, seconds = self._throttles.popleft()
-            response = self._problem(429, "Request was throttled", f"Request was throttled. Expected available in {seconds} second.")
+            response = self._problem(
+                429, "Request was throttled", f"Request was throttled. Expected available in {seconds} second."
+            )
             response.headers["Retry-After"] = str(seconds)
             return response
         if self._errors and self._errors[0][0] == kind:
             _, status = self._errors.popleft()
             if status >= 502:
-                return web.Response(status=status, text="<html><body>upstream error</body></html>", content_type="text/html")
+                return web.Response(
+                    status=status, text="<html><body>upstream error</body></html>", content_type="text/html"
+                )
             return self._problem(status, "Internal Server Error", "Something went wrong on our side")
         return await handler(request)
 
     def _problem(self, status: int, title: str, detail: str, **extra):
-        return aiohttp_web().json_response({"title": title, "detail": detail, "status": status, **extra}, status=status,
-                                           content_type="application/problem+json")
+        return aiohttp_web().json_response(
+            {"title": title, "detail": detail, "status": status, **extra},
+            status=status,
+            content_type="application/problem+json",
+        )
 
     # ------------------------------------------------------------ predictions
 
@@ -210,7 +295,9 @@ class FakeReplicate(ServerThread):
         if spec is None:
             return self._problem(404, "Not found", "The requested resource could not be found.")
         if not spec.official:
-            return self._problem(404, "Not found", f"{model} is not an official model; create predictions with a version")
+            return self._problem(
+                404, "Not found", f"{model} is not an official model; create predictions with a version"
+            )
         body = await request.json()
         return await self._create(request, model, "dp-" + secrets.token_hex(16), spec, body)
 
@@ -227,19 +314,28 @@ class FakeReplicate(ServerThread):
             version = ref
         spec = MODELS.get(model or "")
         if spec is None or (not spec.official and version not in spec.versions):
-            return self._problem(422, "Invalid version",
-                                 "The specified version does not exist (or perhaps you don't have permission to use it?)")
+            return self._problem(
+                422,
+                "Invalid version",
+                "The specified version does not exist (or perhaps you don't have permission to use it?)",
+            )
         return await self._create(request, model, version, spec, body)
 
     async def _create(self, request, model: str, version: str, spec: FakeModel, body: dict[str, Any]):
         web = aiohttp_web()
         data = body.get("input")
         if not isinstance(data, dict):
-            return self._problem(422, "Input validation failed", "- input: Invalid type. Expected: object, given: null\n")
+            return self._problem(
+                422, "Input validation failed", "- input: Invalid type. Expected: object, given: null\n"
+            )
         problems = _validate(spec, data)
         if problems:
-            return self._problem(422, "Input validation failed", "".join(f"- input.{k}: {v}\n" for k, v in problems),
-                                 invalid_fields=[{"type": "invalid", "field": f"input.{k}", "description": v} for k, v in problems])
+            return self._problem(
+                422,
+                "Input validation failed",
+                "".join(f"- input.{k}: {v}\n" for k, v in problems),
+                invalid_fields=[{"type": "invalid", "field": f"input.{k}", "description": v} for k, v in problems],
+            )
         plan = self._plans.popleft() if self._plans else "succeed"
         prediction = _Prediction(_new_id(), model, version, dict(data), plan=plan)
         self.predictions[prediction.id] = prediction
@@ -269,10 +365,23 @@ class FakeReplicate(ServerThread):
         if spec is None:
             return self._problem(404, "Not found", "The requested resource could not be found.")
         owner, name = model.split("/")
-        latest = {"id": spec.versions[0], "created_at": _now(), "cog_version": "0.13.6", "openapi_schema": {}} if spec.versions else None
-        return web.json_response({"url": f"https://replicate.com/{model}", "owner": owner, "name": name, "description": "fake",
-                                  "visibility": "public", "run_count": 0, "latest_version": latest,
-                                  "is_official": spec.official})
+        latest = (
+            {"id": spec.versions[0], "created_at": _now(), "cog_version": "0.13.6", "openapi_schema": {}}
+            if spec.versions
+            else None
+        )
+        return web.json_response(
+            {
+                "url": f"https://replicate.com/{model}",
+                "owner": owner,
+                "name": name,
+                "description": "fake",
+                "visibility": "public",
+                "run_count": 0,
+                "latest_version": latest,
+                "is_official": spec.official,
+            }
+        )
 
     async def _file(self, request):
         web = aiohttp_web()
@@ -284,10 +393,22 @@ class FakeReplicate(ServerThread):
 
     def _json(self, p: _Prediction) -> dict[str, Any]:
         base = f"http://{self.host}:{self.port}/v1/predictions/{p.id}"
-        return {"id": p.id, "model": p.model, "version": p.version, "input": p.input, "logs": p.logs, "output": p.output,
-                "data_removed": False, "error": p.error, "status": p.status, "created_at": p.created_at,
-                "started_at": p.started_at, "completed_at": p.completed_at, "metrics": p.metrics,
-                "urls": {"get": base, "cancel": f"{base}/cancel", "web": f"https://replicate.com/p/{p.id}"}}
+        return {
+            "id": p.id,
+            "model": p.model,
+            "version": p.version,
+            "input": p.input,
+            "logs": p.logs,
+            "output": p.output,
+            "data_removed": False,
+            "error": p.error,
+            "status": p.status,
+            "created_at": p.created_at,
+            "started_at": p.started_at,
+            "completed_at": p.completed_at,
+            "metrics": p.metrics,
+            "urls": {"get": base, "cancel": f"{base}/cancel", "web": f"https://replicate.com/p/{p.id}"},
+        }
 
     def _advance(self, p: _Prediction) -> None:
         """One step of the prediction's life per GET."""
@@ -319,7 +440,9 @@ class FakeReplicate(ServerThread):
         spec = MODELS[p.model]
         width, height = _size(spec, p.input, self.size_scale)
         fmt = p.input.get("output_format", "webp" if spec.sizing != "width_height" else "png")
-        detail = repr(sorted((k, v) for k, v in p.input.items() if k not in ("prompt", "seed", "output_format", "output_quality")))
+        detail = repr(
+            sorted((k, v) for k, v in p.input.items() if k not in ("prompt", "seed", "output_format", "output_quality"))
+        )
         urls = []
         for i in range(int(p.input.get("num_outputs", 1) or 1)):
             image = fake_image(p.input["prompt"], int(p.input["seed"]) + i, width, height, detail=detail)
@@ -354,7 +477,12 @@ def _validate(spec: FakeModel, data: dict[str, Any]) -> list[tuple[str, str]]:
         elif kind in ("int", "float"):
             ok = isinstance(value, int) if kind == "int" else isinstance(value, (int, float))
             if not ok or isinstance(value, bool):
-                problems.append((key, f"Invalid type. Expected: {'integer' if kind == 'int' else 'number'}, given: {type(value).__name__}"))
+                problems.append(
+                    (
+                        key,
+                        f"Invalid type. Expected: {'integer' if kind == 'int' else 'number'}, given: {type(value).__name__}",
+                    )
+                )
                 continue
             lo, hi = rule[1], rule[2]
             if lo is not None and value < lo:
