@@ -30,7 +30,7 @@ import numpy as np
 
 import sdlab
 from sdlab.loading import pipeline_info
-from sdlab.server import serve_in_thread
+from sdlab.server import cpu_threads, serve_in_thread
 
 PROMPTS = ["a large red circle on a blue background", "a small yellow star on a black background"]
 
@@ -120,13 +120,16 @@ def main(argv=None) -> int:
         default="default,1",
         help="comma-separated worker batch sizes to measure ('default': the server's defaults)",
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads for both sides (default: what `sdlab serve` uses)"
+    )
     args = parser.parse_args(argv)
 
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = cpu_threads("auto", args.threads)  # as `sdlab serve` sets them
+    if threads is not None:
+        torch.set_num_threads(threads)
     pipe = sdlab.load_pipeline(args.model, progress_bar=False)
     info = pipeline_info(pipe)
     bodies = job_bodies(args.jobs, args.num_inference_steps)

@@ -418,6 +418,8 @@ class CliServer:
                     "warning",
                     "--max-queue",
                     "50",
+                    "--batch-size",  # batches of 2: jobs still queued and running when the test kills it
+                    "2",
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

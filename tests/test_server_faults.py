@@ -277,7 +277,7 @@ def test_allowed_hosts_flag_reaches_the_app():
 
 
 def test_compatible_jobs_share_one_pipeline_call_by_default(serve):
-    """The defaults batch up to 4 compatible jobs; a batch that is still filling waits for more
+    """The defaults batch up to 8 compatible jobs; a batch that is still filling waits for more
     (here a long `batch_wait`, so that a busy machine cannot make the test flaky: a full batch runs at once)."""
     import inspect
 
@@ -286,19 +286,19 @@ def test_compatible_jobs_share_one_pipeline_call_by_default(serve):
 
     args = build_parser().parse_args(["serve"])
     signature = inspect.signature(create_app).parameters
-    assert args.batch_size == signature["batch_size"].default == 4
+    assert args.batch_size == signature["batch_size"].default == 8
     assert args.batch_wait == signature["batch_wait"].default == 0.05
 
     server = serve(batch_wait=10.0)
     with httpx.Client(base_url=server.url, timeout=TIMEOUT) as client:
         ids = [
             client.post("/generate", json={"prompt": f"job {i}", "seed": i, "num_inference_steps": STEPS}).json()["id"]
-            for i in range(4)
+            for i in range(8)
         ]
         bodies = wait_until(client, ids)
     assert all(body["status"] == "done" for body in bodies.values())
     runs = {server.store.get(i).run_token for i in ids}
-    assert len(runs) == 1, "the four compatible jobs ran in more than one pipeline call"
+    assert len(runs) == 1, "the eight compatible jobs ran in more than one pipeline call"
 
 
 def test_a_filling_batch_waits_only_while_fewer_compatible_jobs_are_queued(tmp_path):

@@ -178,7 +178,7 @@ def create_app(
     limits: Limits | None = None,
     token: str | None = None,
     retention_seconds: float | None = 7 * 24 * 3600.0,
-    batch_size: int = 4,
+    batch_size: int = 8,
     batch_wait: float = 0.05,
     cleanup_interval: float = 60.0,
     max_attempts: int = 3,

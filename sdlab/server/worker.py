@@ -51,7 +51,7 @@ class Worker:
         model: Any,
         *,
         load_kwargs: dict[str, Any] | None = None,
-        batch_size: int = 4,
+        batch_size: int = 8,
         batch_wait: float = 0.05,
         retention_seconds: float | None = None,
         cleanup_interval: float = 60.0,
