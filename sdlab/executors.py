@@ -290,6 +290,7 @@ class _RayWorker:
             "size_multiple": b.size_multiple,
             "max_batch_size": b.max_batch_size,
             "supports_per_image_guidance": bool(b.supports_per_image_guidance()),
+            "num_controlnets": b.num_controlnets,
             "pid": self.pid,
         }
 
@@ -523,6 +524,7 @@ class RemoteBackend:
         self.size_multiple = info["size_multiple"]
         self.max_batch_size = info["max_batch_size"]
         self._per_image_guidance = info["supports_per_image_guidance"]
+        self.num_controlnets = info["num_controlnets"]
         self._identity = info["identity"]
 
     def supports_per_image_guidance(self) -> bool:

@@ -53,6 +53,10 @@ class Backend(Protocol):
     def max_batch_size(self) -> int:
         """How many images one `run` may carry (1 for backends that make one image a call)."""
 
+    @property
+    def num_controlnets(self) -> int:
+        """ControlNets the model applies (0: none); a request then carries one control image each."""
+
     def supports_per_image_guidance(self) -> bool:
         """True if one `run` may mix guidance scales (sdlab's batched guidance)."""
 

@@ -46,6 +46,8 @@ class ComfyUIBackend:
             by default such an image is an error.
     """
 
+    num_controlnets = 0  # ControlNet images are not mapped to remote models
+
     name = "comfyui"
 
     def __init__(

@@ -57,6 +57,8 @@ class ReplicateBackend:
     (`self.http`); the model table and input mapping are in `replicate_models`.
     """
 
+    num_controlnets = 0  # ControlNet images are not mapped to remote models
+
     name = "replicate"
 
     def __init__(

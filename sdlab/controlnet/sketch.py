@@ -136,11 +136,11 @@ def generate_from_sketch(
     if "image" in generate_kwargs:
         raise ValueError("`image` is made from `sketch` here; to pass a control image yourself, use sdlab.generate")
     backend = as_backend(pipe)
-    if getattr(pipe, "controlnet", 0) is None or getattr(backend, "is_controlnet", True) is False:
+    if backend.num_controlnets == 0:
         raise ValueError(
             "`pipe` has no ControlNet: load one, e.g. sdlab.load_pipeline('sd15', controlnet='canny-sd15')"
         )
-    if getattr(backend, "num_controlnets", 1) > 1:
+    if backend.num_controlnets > 1:
         raise ValueError(
             "`pipe` has several ControlNets; one sketch makes one control image: use sdlab.generate "
             "with image=[...] (one per ControlNet)"
