@@ -180,9 +180,10 @@ def _measure(backend, request, cuda: bool) -> _Call:
     vae_times: list[float] = []
     evaluations = 0
 
-    def count(_info: dict) -> None:
+    def count(info: dict) -> None:
         nonlocal evaluations
-        evaluations += 1
+        if info.get("step"):  # step 0 announces the call; each later step is one denoiser evaluation
+            evaluations += 1
 
     if cuda:
         import torch

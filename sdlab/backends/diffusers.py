@@ -330,6 +330,8 @@ class DiffusersBackend:
             return callback_kwargs
 
         self._check_encoders()
+        if progress is not None:  # step 0: the call starts (a server counts a crash from here on against the job)
+            progress({"step": 0, "total": steps, "images": n})
         with self._scheduler(request.scheduler) as scheduler_name, self._progress_bar(progress_bar):
             scheduler_class = type(pipe.scheduler).__name__
             # 2. prompt embeddings (cached per distinct prompt) and the call
