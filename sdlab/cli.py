@@ -82,6 +82,36 @@ def generation_kwargs(args) -> dict:
     }
 
 
+def add_executor_arguments(parser: argparse.ArgumentParser, ray_help: str) -> None:
+    """Where the work runs: here, or on Ray workers (`executor_from_args`)."""
+    parser.add_argument(
+        "--executor", choices=["local", "ray"], default="local", help=f"ray: {ray_help} (pip install 'sdlab[ray]')"
+    )
+    parser.add_argument("--workers", type=int, default=2, help="Ray workers (model copies; one batch each at once)")
+    parser.add_argument(
+        "--gpus-per-worker", type=float, default=None, help="GPUs per Ray worker (default: 1 if the cluster has GPUs)"
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        help="Ray cluster address, e.g. ray://head:10001 (default: RAY_ADDRESS, else a local one)",
+    )
+
+
+def executor_from_args(args):
+    """A `RayExecutor` whose workers load the model with the load options, or None (this process)."""
+    if args.executor != "ray":
+        return None
+    from .executors import RayExecutor  # imports nothing of Ray until used
+
+    return RayExecutor(
+        args.ray_address,
+        num_workers=args.workers,
+        num_gpus_per_worker=args.gpus_per_worker,
+        load_kwargs=load_kwargs(args),
+    )
+
+
 def load_from_args(args):
     """The backend of the model arguments: "replicate:owner/name", "comfyui:http://host:8188", or
     a local model loaded with the load options."""
@@ -176,16 +206,8 @@ def _cmd_sweep(args) -> int:
         axes["matrix"] = prompt_matrix(args.matrix)
     link = [tuple(n.strip() for n in group.split(",")) for group in (args.link or [])]
     model_axis = "model" in axes
-    executor = None
-    if args.executor == "ray":  # each worker loads the model itself, with these options
-        from .executors import RayExecutor  # imports nothing of Ray until used
-
-        executor = RayExecutor(
-            args.ray_address,
-            num_workers=args.workers,
-            num_gpus_per_worker=args.gpus_per_worker,
-            load_kwargs=load_kwargs(args),
-        )
+    executor = executor_from_args(args)
+    if executor is not None:  # each Ray worker loads the model itself
         pipe = None if model_axis else (args.model or default_model())
     else:
         pipe = None if model_axis else load_from_args(args)
@@ -245,21 +267,7 @@ def _register_sweep(subparsers) -> None:
     p.add_argument("-x", default=None, help="axis across the grid")
     p.add_argument("-y", default=None, help="axis down the grid")
     p.add_argument("-z", default=None, help="axis of sub-grids")
-    p.add_argument(
-        "--executor",
-        choices=["local", "ray"],
-        default="local",
-        help="ray: spread the batches over Ray workers, each loading --model itself (pip install 'sdlab[ray]')",
-    )
-    p.add_argument("--workers", type=int, default=2, help="Ray workers (model copies), with --executor ray")
-    p.add_argument(
-        "--gpus-per-worker", type=float, default=None, help="GPUs per Ray worker (default: 1 if the cluster has GPUs)"
-    )
-    p.add_argument(
-        "--ray-address",
-        default=None,
-        help="Ray cluster address, e.g. ray://head:10001 (default: RAY_ADDRESS, else a local one)",
-    )
+    add_executor_arguments(p, "spread the batches over Ray workers, each loading --model itself")
     p.set_defaults(func=_cmd_sweep)
 
 

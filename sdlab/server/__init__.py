@@ -176,26 +176,16 @@ def _cmd_serve(args) -> int:
         max_images=args.max_images,
         extra_keys=tuple(k for k in args.extra_keys.split(",") if k),
     )
-    load_kwargs = {"device": args.device, "dtype": args.dtype, "offload": args.offload, "attention": args.attention}
+    from ..cli import executor_from_args, load_kwargs
+    from .app import create_app
+
     threads = cpu_threads(args.device, args.threads)
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
-    if args.controlnet:
-        load_kwargs["controlnet"] = args.controlnet[0] if len(args.controlnet) == 1 else args.controlnet
-    from .app import create_app
 
-    executor = None
-    if args.executor == "ray":  # each Ray worker loads --model with these options
-        from ..executors import RayExecutor
-
-        executor = RayExecutor(
-            args.ray_address,
-            num_workers=args.workers,
-            num_gpus_per_worker=args.gpus_per_worker,
-            load_kwargs=load_kwargs,
-        )
+    executor = executor_from_args(args)
     data_dir = Path(args.data_dir)
     app = create_app(
         args.model,
@@ -207,7 +197,7 @@ def _cmd_serve(args) -> int:
         retention_seconds=args.retention_hours * 3600 if args.retention_hours > 0 else None,
         batch_size=args.batch_size,
         batch_wait=args.batch_wait,
-        load_kwargs=load_kwargs,
+        load_kwargs=load_kwargs(args),
         executor=executor,
         allowed_hosts=tuple(h for h in args.allowed_hosts.split(",") if h),
     )
@@ -233,7 +223,7 @@ def _cmd_serve(args) -> int:
 
 
 def register_cli(subparsers) -> None:
-    from ..cli import add_model_arguments
+    from ..cli import add_executor_arguments, add_model_arguments
 
     defaults = Limits()
     p = subparsers.add_parser(
@@ -294,19 +284,5 @@ def register_cli(subparsers) -> None:
         help=f"pipeline keywords jobs may set, comma-separated, among {','.join(EXTRA_KEYS)} ('' for none)",
     )
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    p.add_argument(
-        "--executor",
-        choices=["local", "ray"],
-        default="local",
-        help="ray: run jobs on a pool of Ray workers, each loading --model (pip install 'sdlab[ray]')",
-    )
-    p.add_argument("--workers", type=int, default=2, help="Ray workers, with --executor ray (one batch each at once)")
-    p.add_argument(
-        "--gpus-per-worker", type=float, default=None, help="GPUs per Ray worker (default: 1 if the cluster has GPUs)"
-    )
-    p.add_argument(
-        "--ray-address",
-        default=None,
-        help="Ray cluster address, e.g. ray://head:10001 (default: RAY_ADDRESS, else a local one)",
-    )
+    add_executor_arguments(p, "run jobs on Ray workers, each loading --model")
     p.set_defaults(func=_cmd_serve)
