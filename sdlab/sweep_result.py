@@ -319,7 +319,8 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
     """The keyword arguments that rebuild a sweep from its grid image or spec JSON:
     `sdlab.sweep(pipe, **load_sweep("grid.png"))`.
 
-    A grid sdlab wrote gives back its sweep exactly. A grid from A1111's X/Y/Z plot gives the
+    A grid sdlab wrote gives back its sweep exactly, with `out_dir`, its run directory, while that
+    folder exists (so the cells already made are reused). A grid from A1111's X/Y/Z plot gives the
     first image's prompts and parameters and the axes A1111 swept, its values expanded as A1111
     expanded them; an axis type sdlab cannot sweep is an error naming it, and settings of the
     infotext the sweep does not apply are a warning naming them. The model is `pipe`'s."""
@@ -360,6 +361,8 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
     extra = fixed.pop("pipeline_kwargs", {}) or {}
     kwargs.update({k: v for k, v in fixed.items() if k in CORE_PARAMS})
     kwargs.update(extra)
+    if spec.get("out_dir") and Path(spec["out_dir"]).is_dir():
+        kwargs["out_dir"] = spec["out_dir"]
     return kwargs
 
 

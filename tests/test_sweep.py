@@ -327,7 +327,7 @@ def test_grid_layouts_and_rebuild_from_the_grid_png(counting, tmp_path):
     path = r.save_grid(tmp_path / "grid.png")
     kwargs = load_sweep(path)
     counting.calls.clear()
-    again = sdlab.sweep(counting, batch_size=16, out_dir=tmp_path, verbose=False, **kwargs)
+    again = sdlab.sweep(counting, batch_size=16, verbose=False, **kwargs)  # out_dir: the run directory
     assert counting.calls == [] and len(again) == len(r)
     fig = r.figure(filter={"num_inference_steps": 1})
     assert len(fig.axes) == 4
@@ -590,7 +590,7 @@ def test_load_sweep_reads_an_a1111_xyz_grid_and_the_sweep_runs(sd1_pipe, tmp_pat
     assert list(kwargs["axes"]) == ["seed", "guidance_scale", "scheduler"]  # x, y, z
     assert kwargs["prompt"] == "a red circle on a blue background" and not kwargs["negative_prompt"]
     assert (kwargs["num_inference_steps"], kwargs["width"], kwargs["height"]) == (2, 64, 64)
-    assert not {"seed", "guidance_scale", "scheduler"} & set(kwargs)
+    assert not {"seed", "guidance_scale", "scheduler", "out_dir"} & set(kwargs)
     result = sdlab.sweep(sd1_pipe, out_dir=tmp_path / "run", verbose=False, **kwargs)
     assert len(result) == 8 and not result.failed
     cell = result.select(seed=5, guidance_scale=6.5, scheduler="DPM++ 2M Karras")[0]
@@ -644,6 +644,22 @@ def test_load_sweep_names_a1111_axes_and_settings_it_does_not_apply(tmp_path):
         load_sweep(a1111_grid_png(tmp_path / "d.png", "x", "", plain))
 
 
+def test_rerunning_a_grid_png_reuses_its_run_directory(counting, tmp_path, monkeypatch):
+    import shutil
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)  # the default run directory would be a new, empty runs/sweeps here
+    r = grid_sweep(counting, tmp_path / "run", axes={"seed": [1, 2], "guidance_scale": [2, 4]})
+    grid = r.save_grid(tmp_path / "shared" / "grid.png")
+    kwargs = load_sweep(grid)
+    assert Path(kwargs["out_dir"]) == (tmp_path / "run").resolve()
+    counting.calls.clear()
+    again = sdlab.sweep(counting, verbose=False, **kwargs)
+    assert counting.calls == [] and all(c.cached for c in again.cells) and len(again) == 4
+    shutil.rmtree(tmp_path / "run")
+    assert "out_dir" not in load_sweep(grid)  # the folder is gone: nothing to reuse
+
+
 def test_the_grid_a1111_text_alone_rebuilds_the_same_sweep(counting, tmp_path):
     from sdlab.metadata import read_text_chunks
 
@@ -659,7 +675,7 @@ def test_the_grid_a1111_text_alone_rebuilds_the_same_sweep(counting, tmp_path):
     info.add_text("parameters", text)  # as A1111 (or any tool keeping only `parameters`) would pass it on
     Image.new("RGB", (8, 8)).save(tmp_path / "a1111.png", pnginfo=info)
     kwargs = load_sweep(tmp_path / "a1111.png")
-    assert [len(v) for v in kwargs["axes"].values()] == [2, 2, 2, 2]
+    assert [len(v) for v in kwargs["axes"].values()] == [2, 2, 2, 2] and "out_dir" not in kwargs
     counting.calls.clear()
     again = sdlab.sweep(counting, out_dir=tmp_path, batch_size=16, verbose=False, **kwargs)
     assert counting.calls == [] and [c.key for c in again.cells] == [c.key for c in r.cells]
