@@ -102,6 +102,21 @@ def infotext(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def add_infotext_params(text: str, params: list[tuple[str, str]]) -> str:
+    """`text` (from `infotext`) with more labelled parameters, placed as A1111's `create_infotext`
+    places a script's (its `extra_generation_params`): before `Version`."""
+    if not params:
+        return text
+    head, newline, line = text.rpartition("\n")
+    added = ", ".join(f"{label}: {_quote(value)}" for label, value in params)
+    m = re.search(r"(?:^|, )Version: [^,]*$", line)
+    if m:
+        line = f"{line[: m.start()]}, {added}{line[m.start() :]}" if m.start() else f"{added}, {line}"
+    else:
+        line = f"{line}, {added}" if line else added
+    return head + newline + line
+
+
 def parse_infotext(text: str) -> dict[str, Any]:
     """A1111's infotext as a dict: `prompt`, `negative_prompt` and the labelled parameters."""
     lines = text.strip().split("\n")
@@ -157,20 +172,27 @@ def params_from_infotext(text: str) -> dict[str, Any]:
     return params
 
 
-def png_info(record: dict[str, Any]) -> PngImagePlugin.PngInfo:
+def png_info(record: dict[str, Any], *, parameters: str | None = None) -> PngImagePlugin.PngInfo:
+    """The PNG text chunks of a record: A1111's `parameters` (`infotext(record)` unless given) and sdlab's."""
     info = PngImagePlugin.PngInfo()
-    info.add_text(PARAMETERS_KEY, infotext(record))
+    info.add_text(PARAMETERS_KEY, infotext(record) if parameters is None else parameters)
     info.add_itxt(SDLAB_KEY, json.dumps(record, ensure_ascii=False, sort_keys=True, default=str))
     return info
 
 
 def save_png(
-    image: Image.Image, path: str | Path, record: dict[str, Any], *, extra_text: dict[str, str] | None = None
+    image: Image.Image,
+    path: str | Path,
+    record: dict[str, Any],
+    *,
+    extra_text: dict[str, str] | None = None,
+    parameters: str | None = None,
 ) -> Path:
-    """Write `image` with its record, atomically (a temporary file renamed into place)."""
+    """Write `image` with its record, atomically (a temporary file renamed into place); `parameters`
+    replaces the A1111 text made from the record (a grid's carries its X/Y/Z plot keys)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    info = png_info(record)
+    info = png_info(record, parameters=parameters)
     for key, value in (extra_text or {}).items():
         info.add_itxt(key, value)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=str(path.parent))

@@ -15,8 +15,9 @@ from PIL import Image
 
 from .axes import Axis, prompt_sr
 from .grid import Label, fit_pixels, join_horizontally, labelled_grid
-from .metadata import read_text_chunks, save_png
+from .metadata import PARAMETERS_KEY, add_infotext_params, infotext, parse_infotext, read_text_chunks, save_png
 from .request import GenerationRequest
+from .xyz_plot import is_xyz_text, sweep_from_xyz, xyz_params
 
 SPEC_KEY = "sdlab_sweep"
 CORE_PARAMS = (
@@ -258,13 +259,18 @@ class SweepResult:
         return fit_pixels(image, max_pixels)
 
     def save_grid(self, path: str | Path | None = None, **grid_kwargs) -> Path:
-        """Write the grid as a PNG carrying the sweep's definition (`load_sweep` reads it back)."""
+        """Write the grid as a PNG carrying the sweep's definition (`load_sweep` reads it back), and
+        in its A1111 text the first cell's parameters with A1111's X/Y/Z plot keys."""
         path = Path(path) if path is not None else self.out_dir / "grid.png"
         image = self.grid(**grid_kwargs)
-        first = next((c for c in self.cells if c.ok), None)
-        record = first.request.image_params(0) if first else {}
+        record = self.cells[0].request.image_params(0) if self.cells else {}  # A1111's: the first cell's
+        parameters = add_infotext_params(
+            infotext(record),
+            xyz_params(self.axes, link=self.spec.get("link"), vary_seeds=bool(self.spec.get("vary_seeds"))),
+        )
         record["sweep"] = self.spec
-        return save_png(image, path, record, extra_text={SPEC_KEY: json.dumps(self.spec, default=str)})
+        extra = {SPEC_KEY: json.dumps(self.spec, default=str)}
+        return save_png(image, path, record, extra_text=extra, parameters=parameters)
 
     def figure(
         self, x: str | None = None, y: str | None = None, *, filter: dict[str, Any] | None = None, size: float = 2.0
@@ -310,13 +316,19 @@ class SweepResult:
 
 
 def load_sweep(path: str | Path) -> dict[str, Any]:
-    """The keyword arguments that rebuild a sweep from its grid PNG or spec JSON:
-    `sdlab.sweep(pipe, **load_sweep("grid.png"))`."""
+    """The keyword arguments that rebuild a sweep from its grid image or spec JSON:
+    `sdlab.sweep(pipe, **load_sweep("grid.png"))`.
+
+    A grid sdlab wrote gives back its sweep exactly, with `out_dir`, its run directory, while that
+    folder exists (so the cells already made are reused). A grid from A1111's X/Y/Z plot gives the
+    first image's prompts and parameters and the axes A1111 swept, its values expanded as A1111
+    expanded them; an axis type sdlab cannot sweep is an error naming it, and settings of the
+    infotext the sweep does not apply are a warning naming them. The model is `pipe`'s."""
     path = Path(path)
-    if path.suffix.lower() == ".png":
+    if path.suffix.lower() != ".json":
         chunks = read_text_chunks(path)
         if SPEC_KEY not in chunks:
-            raise ValueError(f"{path} carries no sweep definition (no '{SPEC_KEY}' text chunk)")
+            return _load_xyz(path, chunks)
         spec = json.loads(chunks[SPEC_KEY])
     else:
         spec = json.loads(path.read_text(encoding="utf-8"))
@@ -349,4 +361,17 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
     extra = fixed.pop("pipeline_kwargs", {}) or {}
     kwargs.update({k: v for k, v in fixed.items() if k in CORE_PARAMS})
     kwargs.update(extra)
+    if spec.get("out_dir") and Path(spec["out_dir"]).is_dir():
+        kwargs["out_dir"] = spec["out_dir"]
     return kwargs
+
+
+def _load_xyz(path: Path, chunks: dict[str, str]) -> dict[str, Any]:
+    """A sweep from a grid's A1111 text (A1111's X/Y/Z plot keys, or the ones sdlab writes)."""
+    text = chunks.get(PARAMETERS_KEY)
+    if text is None or not is_xyz_text(parse_infotext(text)):
+        raise ValueError(
+            f"{path} carries no sweep definition (no '{SPEC_KEY}' text chunk, and no A1111 X/Y/Z plot keys "
+            "in its parameters)"
+        )
+    return sweep_from_xyz(text, source=str(path))

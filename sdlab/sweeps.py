@@ -514,7 +514,7 @@ def sweep(
             cell.seconds, cell.peak_memory_mb, cell.cached = row.get("seconds"), row.get("peak_memory_mb"), True
         else:
             todo.append(cell)
-    spec = _spec(prompt, negative_prompt, axes_list, link, vary_seeds, base, title, model_values)
+    spec = _spec(prompt, negative_prompt, axes_list, link, vary_seeds, base, title, model_values, run.root)
     (run.root / "sweeps").mkdir(exist_ok=True)
     spec_text = json.dumps(spec, sort_keys=True, default=str)
     spec_path = run.root / "sweeps" / f"{hashlib.sha256(spec_text.encode()).hexdigest()[:16]}.json"
@@ -573,8 +573,8 @@ def _progress_bar(total: int, enabled: bool):
     return tqdm(total=total, unit="img", desc="sweep", disable=not enabled or total == 0, leave=True)
 
 
-def _spec(prompt, negative_prompt, axes, link, vary_seeds, base, title, model_values) -> dict:
-    """The sweep's definition, JSON-able: enough to run it again (`load_sweep`)."""
+def _spec(prompt, negative_prompt, axes, link, vary_seeds, base, title, model_values, out_dir) -> dict:
+    """The sweep's definition, JSON-able: enough to run it again (`load_sweep`), and its run directory."""
     return {
         "version": 1,
         "prompt": prompt,
@@ -596,4 +596,5 @@ def _spec(prompt, negative_prompt, axes, link, vary_seeds, base, title, model_va
             k: describe_value(v) for k, v in base.items() if k not in ("prompt", "negative_prompt") and v is not None
         },
         "title": title,
+        "out_dir": str(Path(out_dir).resolve()),
     }

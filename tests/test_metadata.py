@@ -424,3 +424,62 @@ def test_regenerate_applies_eta_ddim_from_a1111_text(sd1_pipe, tmp_path):
     path = tmp_path / "ddim.png"
     r.image.save(path, pnginfo=info)
     assert max_pixel_diff(sdlab.regenerate(path, sd1_pipe).image, r.image) == 0
+
+
+def a1111_axis_values(text, type_):
+    """A1111's X/Y/Z plot reading a plain comma list (csv_string_to_list_strip, then the axis type)."""
+    import csv
+    import io
+
+    return [type_(v.strip()) for row in csv.reader(io.StringIO(text)) for v in row]
+
+
+def test_grid_text_carries_a1111_xyz_plot_keys(sd1_pipe, tmp_path):
+    axes = {
+        "seed": [1, 2],
+        "guidance_scale": [2, 4.5],
+        "sr": sdlab.prompt_sr(["circle", "square, big", 'say "hi"']),
+        "size": ["64x64", "64x96"],  # no A1111 axis type: sdlab's own key
+    }
+    r = sdlab.sweep(sd1_pipe, "a red circle", axes=axes, out_dir=tmp_path, num_inference_steps=1, verbose=False)
+    text = sdlab.metadata.read_text_chunks(r.save_grid())["parameters"]
+    res = a1111_parse_generation_parameters(text)
+    assert res["Prompt"] == "a red circle" and res["Seed"] == "1" and float(res["CFG scale"]) == 2.0  # the first cell
+    assert res["Script"] == "X/Y/Z plot"
+    assert (res["X Type"], a1111_axis_values(res["X Values"], int), res["Fixed X Values"]) == ("Seed", [1, 2], "1, 2")
+    assert (res["Y Type"], a1111_axis_values(res["Y Values"], float)) == ("CFG Scale", [2.0, 4.5])
+    assert res["Z Type"] == "Prompt S/R"
+    assert a1111_axis_values(res["Z Values"], str) == ["circle", "square, big", 'say "hi"']
+    assert res["sdlab axis 4 size"] == "64x64, 64x96"
+    keys = list(res)
+    assert keys.index("Script") < keys.index("X Type") < keys.index("X Values") < keys.index("Fixed X Values")
+    assert keys.index("Fixed X Values") < keys.index("Y Type") < keys.index("Z Type") < keys.index("Z Values")
+
+
+@pytest.mark.parametrize(
+    "values, axis_type, written",
+    [
+        (["DPM++ 2M Karras", "Euler Karras"], "Sampler", "DPM++ 2M, Euler"),
+        (["DPM++ 2M Karras", "DPM++ 2M SDE Karras"], "Sampler", "DPM++ 2M, DPM++ 2M SDE"),
+        (["DPM++ 2M Karras", "DPM++ 2M Exponential"], "Schedule type", "Karras, Exponential"),
+        (["Euler a", "DPM++ 2M"], None, None),  # A1111 would read DPM++ 2M under Euler a's "Automatic": Karras
+    ],
+)
+def test_scheduler_axes_become_a1111_sampler_or_schedule_type_axes(values, axis_type, written):
+    from sdlab.axes import make_axis
+    from sdlab.xyz_plot import xyz_params
+
+    params = dict(xyz_params([make_axis("scheduler", values)]))
+    if axis_type is None:
+        assert "X Type" not in params and params["sdlab axis 1 scheduler"] == ", ".join(values)
+    else:
+        assert (params["X Type"], params["X Values"]) == (axis_type, written)
+
+
+def test_xyz_keys_go_before_version_as_in_create_infotext():
+    from sdlab.metadata import add_infotext_params
+
+    record = {"prompt": "x", "num_inference_steps": 2, "seed": 1, "width": 64, "height": 64}
+    text = add_infotext_params(infotext({**record, "versions": {"sdlab": "0.1.0"}}), [("Script", "X/Y/Z plot")])
+    assert text.endswith(", Script: X/Y/Z plot, Version: sdlab 0.1.0")
+    assert add_infotext_params(infotext(record), [("X Values", "1, 2")]).endswith(', X Values: "1, 2"')

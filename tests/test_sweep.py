@@ -4,11 +4,11 @@ import json
 
 import pytest
 from helpers import max_pixel_diff
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 import sdlab
 from sdlab.backends import as_backend
-from sdlab.sweeps import SweepResult, load_sweep
+from sdlab.sweeps import Axis, SweepResult, load_sweep
 
 STEPS = 3
 
@@ -327,7 +327,7 @@ def test_grid_layouts_and_rebuild_from_the_grid_png(counting, tmp_path):
     path = r.save_grid(tmp_path / "grid.png")
     kwargs = load_sweep(path)
     counting.calls.clear()
-    again = sdlab.sweep(counting, batch_size=16, out_dir=tmp_path, verbose=False, **kwargs)
+    again = sdlab.sweep(counting, batch_size=16, verbose=False, **kwargs)  # out_dir: the run directory
     assert counting.calls == [] and len(again) == len(r)
     fig = r.figure(filter={"num_inference_steps": 1})
     assert len(fig.axes) == 4
@@ -533,3 +533,149 @@ def test_search_replace_axes_that_overlap_are_refused(counting, tmp_path):
             verbose=False,
         )
     assert counting.calls == []
+
+
+# ------------------------------------------------------------------ grids with A1111's X/Y/Z plot keys
+
+
+def a1111_grid_png(path, prompt, negative_prompt, params):
+    """A grid PNG as A1111 v1.10's X/Y/Z plot saves it: the first cell's infotext (create_infotext's
+    `key: value` list, values quoted as infotext_utils.quote does) with the script's keys."""
+
+    def quote(value):
+        text = str(value)
+        return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",\n:") else text
+
+    lines = [prompt] + ([f"Negative prompt: {negative_prompt}"] if negative_prompt else [])
+    lines.append(", ".join(f"{k}: {quote(v)}" for k, v in params.items()))
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "\n".join(lines))
+    Image.new("RGB", (160, 96), "white").save(path, pnginfo=info)
+    return path
+
+
+A1111_SEED_CFG_SAMPLER = {  # X: Seed (one -1), Y: CFG Scale as a float range, Z: Sampler from the dropdown
+    "Steps": 2,
+    "Sampler": "Euler a",
+    "Schedule type": "Automatic",
+    "CFG scale": 5.0,
+    "Seed": 3713413,
+    "Size": "64x64",
+    "Model hash": "6ce0161689",
+    "Model": "v1-5-pruned-emaonly",
+    "Script": "X/Y/Z plot",
+    "X Type": "Seed",
+    "X Values": "-1, 5",
+    "Fixed X Values": "3713413, 5",
+    "Y Type": "CFG Scale",
+    "Y Values": "5-6 (+1.5)",
+    "Z Type": "Sampler",
+    "Z Values": "Euler a,DPM++ 2M",
+    "Version": "v1.10.1",
+}
+
+
+def test_load_sweep_reads_an_a1111_xyz_grid_and_the_sweep_runs(sd1_pipe, tmp_path):
+    png = a1111_grid_png(
+        tmp_path / "xyz_grid-0001.png", "a red circle on a blue background", "", A1111_SEED_CFG_SAMPLER
+    )
+    kwargs = load_sweep(png)
+    # the seeds A1111 fixed; its float range as A1111 made it (numpy's arange passes the end: 6.5);
+    # the samplers under the grid's "Automatic" schedule type (DPM++ 2M's default is Karras)
+    assert kwargs["axes"] == {
+        "seed": [3713413, 5],
+        "guidance_scale": [5.0, 6.5],
+        "scheduler": ["Euler a", "DPM++ 2M Karras"],
+    }
+    assert list(kwargs["axes"]) == ["seed", "guidance_scale", "scheduler"]  # x, y, z
+    assert kwargs["prompt"] == "a red circle on a blue background" and not kwargs["negative_prompt"]
+    assert (kwargs["num_inference_steps"], kwargs["width"], kwargs["height"]) == (2, 64, 64)
+    assert not {"seed", "guidance_scale", "scheduler", "out_dir"} & set(kwargs)
+    result = sdlab.sweep(sd1_pipe, out_dir=tmp_path / "run", verbose=False, **kwargs)
+    assert len(result) == 8 and not result.failed
+    cell = result.select(seed=5, guidance_scale=6.5, scheduler="DPM++ 2M Karras")[0]
+    record = sdlab.read_params(cell.path)
+    assert (record["seed"], record["guidance_scale"], record["scheduler"]) == (5, 6.5, "DPM++ 2M Karras")
+
+
+def test_load_sweep_reads_prompt_sr_steps_and_clip_skip_axes(tmp_path):
+    params = {
+        "Steps": 3,
+        "Sampler": "DPM++ 2M",
+        "Schedule type": "Karras",
+        "CFG scale": 7,
+        "Seed": 42,
+        "Size": "64x64",
+        "Clip skip": 2,
+        "Script": "X/Y/Z plot",
+        "X Type": "Prompt S/R",
+        "X Values": 'cat, dog,"fox, red"',  # A1111's CSV: a quote opens a value only right after a comma
+        "Y Type": "Steps",
+        "Y Values": "1-10 [4]",
+        "Z Type": "Clip skip",
+        "Z Values": "1-2",
+        "Version": "v1.10.1",
+    }
+    kwargs = load_sweep(a1111_grid_png(tmp_path / "g.png", "a cat on a hill", "blurry, cat", params))
+    sr, steps, clip_skip = kwargs["axes"].values()
+    assert isinstance(sr, Axis) and sr.kind == "sr" and sr.values == ("cat", "dog", "fox, red")
+    assert steps == [1, 4, 7, 10] and clip_skip == [None, 1]  # A1111's "Clip skip: 2" skips one layer
+    assert (kwargs["scheduler"], kwargs["guidance_scale"], kwargs["seed"]) == ("DPM++ 2M Karras", 7.0, 42)
+    assert kwargs["negative_prompt"] == "blurry, cat" and "clip_skip" not in kwargs
+
+
+def test_load_sweep_names_a1111_axes_and_settings_it_does_not_apply(tmp_path):
+    base = {"Steps": 2, "Sampler": "Euler", "CFG scale": 7, "Seed": 1, "Size": "64x64", "Script": "X/Y/Z plot"}
+    hires = {**base, "X Type": "Seed", "X Values": "1, 2", "Y Type": "Hires steps", "Y Values": "10, 20"}
+    with pytest.raises(ValueError, match=r"cannot sweep: 'Hires steps' \(Y\)"):
+        load_sweep(a1111_grid_png(tmp_path / "a.png", "x", "", hires))
+    both = {**base, "X Type": "Sampler", "X Values": "Euler,DPM++ 2M", "Y Type": "Schedule type", "Y Values": "Karras"}
+    with pytest.raises(ValueError, match="'Sampler' and 'Schedule type'"):
+        load_sweep(a1111_grid_png(tmp_path / "b.png", "x", "", both))
+    extras = {**base, "Lora hashes": "a: 1, b: 2", "Hires upscale": 2, "X Type": "Steps", "X Values": "1-3"}
+    with pytest.warns(UserWarning, match="Lora hashes, Hires upscale"):
+        kwargs = load_sweep(a1111_grid_png(tmp_path / "c.png", "x", "", extras))
+    assert kwargs["axes"] == {"num_inference_steps": [1, 2, 3]}
+    models = {**base, "X Type": "Checkpoint name", "X Values": "v1-5-pruned-emaonly.safetensors [6ce0161689],tiny"}
+    kwargs = load_sweep(a1111_grid_png(tmp_path / "e.png", "x", "", models))
+    assert kwargs["axes"] == {"model": ["v1-5-pruned-emaonly.safetensors", "tiny"]}  # A1111's title, hash dropped
+    plain = {k: v for k, v in base.items() if k != "Script"}
+    with pytest.raises(ValueError, match="no sweep definition"):
+        load_sweep(a1111_grid_png(tmp_path / "d.png", "x", "", plain))
+
+
+def test_rerunning_a_grid_png_reuses_its_run_directory(counting, tmp_path, monkeypatch):
+    import shutil
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)  # the default run directory would be a new, empty runs/sweeps here
+    r = grid_sweep(counting, tmp_path / "run", axes={"seed": [1, 2], "guidance_scale": [2, 4]})
+    grid = r.save_grid(tmp_path / "shared" / "grid.png")
+    kwargs = load_sweep(grid)
+    assert Path(kwargs["out_dir"]) == (tmp_path / "run").resolve()
+    counting.calls.clear()
+    again = sdlab.sweep(counting, verbose=False, **kwargs)
+    assert counting.calls == [] and all(c.cached for c in again.cells) and len(again) == 4
+    shutil.rmtree(tmp_path / "run")
+    assert "out_dir" not in load_sweep(grid)  # the folder is gone: nothing to reuse
+
+
+def test_the_grid_a1111_text_alone_rebuilds_the_same_sweep(counting, tmp_path):
+    from sdlab.metadata import read_text_chunks
+
+    axes = {
+        "seed": [1, 2],
+        "guidance_scale": [2, 4.5],
+        "sr": sdlab.prompt_sr("circle, square"),
+        "size": ["64x64", "96x64"],  # no A1111 axis type: sdlab's own key
+    }
+    r = grid_sweep(counting, tmp_path, axes=axes, negative_prompt="blurry, dark")
+    text = read_text_chunks(r.save_grid(tmp_path / "grid.png"))["parameters"]
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", text)  # as A1111 (or any tool keeping only `parameters`) would pass it on
+    Image.new("RGB", (8, 8)).save(tmp_path / "a1111.png", pnginfo=info)
+    kwargs = load_sweep(tmp_path / "a1111.png")
+    assert [len(v) for v in kwargs["axes"].values()] == [2, 2, 2, 2] and "out_dir" not in kwargs
+    counting.calls.clear()
+    again = sdlab.sweep(counting, out_dir=tmp_path, batch_size=16, verbose=False, **kwargs)
+    assert counting.calls == [] and [c.key for c in again.cells] == [c.key for c in r.cells]
