@@ -427,3 +427,19 @@ def test_variation_strength_without_a_seed_draws_one_and_records_it(sd1_pipe):
     assert isinstance(vseed, int)
     b = _gen(sd1_pipe, seed=1, variation_seed=vseed, variation_strength=0.4)
     assert max_pixel_diff(a.image, b.image) == 0
+
+
+def test_variations_are_refused_where_latents_are_not_the_initial_noise(sd1_pipe):
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    img2img = StableDiffusionImg2ImgPipeline(**sd1_pipe.components)
+    with pytest.raises(ValueError, match="`variation_seed`/`variation_strength`.*StableDiffusionImg2ImgPipeline"):
+        sdlab.generate(
+            img2img,
+            "x",
+            image=Image.new("RGB", (64, 64)),
+            seed=1,
+            variation_seed=2,
+            variation_strength=0.5,
+            num_inference_steps=STEPS,
+        )
