@@ -21,9 +21,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-INT_PARAMS = {"seed", "num_inference_steps", "width", "height", "clip_skip", "num_images"}
+INT_PARAMS = {"seed", "num_inference_steps", "width", "height", "clip_skip", "num_images", "variation_seed"}
 FLOAT_PARAMS = {
     "guidance_scale",
+    "variation_strength",
     "controlnet_conditioning_scale",
     "control_guidance_start",
     "control_guidance_end",
@@ -230,7 +231,13 @@ def format_label(name: str, value: Any) -> str:
         return f"{value[0]}x{value[1]}"
     if name in ("prompt", "negative_prompt", "scheduler", "model"):
         return str(value)
-    short = {"guidance_scale": "CFG", "num_inference_steps": "Steps", "seed": "Seed"}.get(name, name)
+    short = {
+        "guidance_scale": "CFG",
+        "num_inference_steps": "Steps",
+        "seed": "Seed",
+        "variation_seed": "Var. seed",
+        "variation_strength": "Var. strength",
+    }.get(name, name)
     text = str(value) if not hasattr(value, "size") or isinstance(value, (str, int, float)) else type(value).__name__
     return f"{short}: {text}"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,6 +140,8 @@ def generate(
     num_images: int = 1,
     scheduler: str | None = None,
     clip_skip: int | None = None,
+    variation_seed: int | Sequence[int] | None = None,
+    variation_strength: float | Sequence[float] = 0.0,
     progress: ProgressCallback | None = None,
     **pipeline_kwargs: Any,
 ) -> GenerationResult:
@@ -153,6 +156,11 @@ def generate(
         width, height, num_inference_steps, guidance_scale, scheduler: default to the model's preset.
         clip_skip: final CLIP layers to skip, in diffusers' convention (A1111's "Clip skip: 2" is
             `clip_skip=1`); applied in sdlab's own prompt encoding (SD 1.x/2.x, SDXL).
+        variation_seed, variation_strength: A1111's "Var. seed" and "Var. strength": each image's
+            initial noise is its seed's, slerped towards its variation seed's by the strength (0: the
+            seed's image, 1: the variation seed's). Per image like `seed` (an int counts up, a list
+            gives one each; None with a strength draws one, recorded). A1111 keeps one seed for a
+            batch of variations: pass `seed=[s] * n` for that. Local backend, text-to-image only.
         progress: called with a dict (`step`, `total`, ...) after every denoising step.
         **pipeline_kwargs: other keywords of the pipeline (e.g. `image` and
             `controlnet_conditioning_scale` for ControlNet); unknown names are an error.
@@ -173,28 +181,47 @@ def generate(
         num_images=num_images,
         scheduler=scheduler,
         clip_skip=clip_skip,
+        variation_seed=variation_seed,
+        variation_strength=variation_strength,
         pipeline_kwargs=pipeline_kwargs,
     )
     return run_request(backend, request, progress=progress)
+
+
+class RegenerateWarning(UserWarning):
+    """`regenerate` could not make the image exactly as recorded: a different model, or settings
+    (named in the message and in `.unapplied`, as the text wrote them) that sdlab does not apply."""
+
+    def __init__(self, message: str, unapplied: Sequence[str] = ()):
+        super().__init__(message)
+        self.unapplied = tuple(unapplied)
+
+
+# A1111 keys that describe the run without changing pixels, or that regenerate checks itself
+_A1111_INFORMATIVE = {"Version", "Model", "User"}
+# A1111's extra networks in a prompt (<lora:name:0.8>): A1111 takes them out of the text it encodes
+_RE_EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
 
 
 def regenerate(path: str | Path, pipe: Any, **overrides: Any) -> GenerationResult:
     """Make the image at `path` again from the parameters it carries (sdlab's or A1111's).
 
     Keyword arguments override recorded parameters (e.g. a different `num_inference_steps`).
+    From A1111's text it applies the sampler and schedule type, clip skip, size, seed, variation
+    seed and strength, DDIM's eta, and A1111's prompt weights (through `sdlab.prompts.weighted`);
+    it compares the `Model hash` with the loaded model's. Whatever else the text holds (hires fix,
+    GPU/NV noise, LoRAs, extensions' keys) is listed in ONE `RegenerateWarning`: the image may differ.
     """
-    import warnings
-
     from .metadata import read_params
 
     params = read_params(path)
     backend = as_backend(pipe)
-    recorded_model = params.get("model")
-    if recorded_model and recorded_model != backend.model_id:
-        warnings.warn(
-            f"{Path(path).name} was made with model {recorded_model!r}; regenerating with {backend.model_id!r}",
-            stacklevel=2,
-        )
+    name = Path(path).name if isinstance(path, (str, Path)) else "the image"
+    unapplied: list[str] = []
+    if params.get("source") == "a1111":
+        unapplied = _a1111_unapplied(params, backend, name)
+    else:
+        _check_model(params, backend, name)
     kwargs: dict[str, Any] = {}
     for key in (
         "negative_prompt",
@@ -205,10 +232,20 @@ def regenerate(path: str | Path, pipe: Any, **overrides: Any) -> GenerationResul
         "seed",
         "scheduler",
         "clip_skip",
+        "variation_seed",
+        "variation_strength",
     ):
         if params.get(key) is not None:
             kwargs[key] = params[key]
     prompt = params["prompt"]
+    if params.get("source") == "a1111":
+        prompt, dropped = _without_extra_networks(prompt)
+        unapplied += [f"prompt {tag}" for tag in dropped]
+        if kwargs.get("negative_prompt") is not None:
+            kwargs["negative_prompt"], dropped = _without_extra_networks(kwargs["negative_prompt"])
+            unapplied += [f"negative prompt {tag}" for tag in dropped]
+        params["prompt_weighting"] = _has_a1111_weights(prompt)
+        params["negative_prompt_weighting"] = _has_a1111_weights(kwargs.get("negative_prompt"))
     if params.get("prompt_weighting") or params.get("negative_prompt_weighting"):  # sdlab.prompts.weighted
         from .prompts import weighted
 
@@ -221,11 +258,85 @@ def regenerate(path: str | Path, pipe: Any, **overrides: Any) -> GenerationResul
         if isinstance(value, dict) and value.get("type") in ("image", "tensor", "array"):
             if key not in overrides:
                 raise ValueError(
-                    f"{Path(path).name} was made with a `{key}` {value['type']} that PNG metadata cannot hold; "
+                    f"{name} was made with a `{key}` {value['type']} that PNG metadata cannot hold; "
                     f"pass it again: regenerate(path, pipe, {key}=...)"
                 )
             continue
         pipeline_kwargs[key] = value
     kwargs.update(pipeline_kwargs)
     kwargs.update(overrides)
+    if unapplied:
+        warnings.warn(
+            RegenerateWarning(
+                f"{name}: sdlab does not apply {'; '.join(unapplied)}. The image may differ from the original",
+                unapplied,
+            ),
+            stacklevel=2,
+        )
     return generate(pipe, prompt, **kwargs)
+
+
+def _check_model(params: dict[str, Any], backend: Backend, name: str) -> None:
+    """sdlab's own record: the model it names against the loaded one (by hash when both are known)."""
+    loaded_hash = getattr(getattr(backend, "info", None), "model_hash", None)
+    recorded_hash = params.get("model_hash")
+    if loaded_hash and recorded_hash:
+        if loaded_hash != recorded_hash:
+            warnings.warn(
+                f"{name} was made with a model of hash {recorded_hash}; the loaded model's hash is {loaded_hash}",
+                RegenerateWarning,
+                stacklevel=3,
+            )
+        return
+    recorded_model = params.get("model")
+    if recorded_model and recorded_model != backend.model_id:
+        warnings.warn(
+            f"{name} was made with model {recorded_model!r}; regenerating with {backend.model_id!r}",
+            RegenerateWarning,
+            stacklevel=3,
+        )
+
+
+def _a1111_unapplied(params: dict[str, Any], backend: Backend, name: str) -> list[str]:
+    """The model check for A1111's text, and the keys of it sdlab does not apply (as written)."""
+    extra = dict(params.get("extra") or {})
+    sdlab_text = str(extra.get("Version", "")).startswith("sdlab")
+    unapplied = [f"{key}: {value}" for key, value in extra.items() if key not in _A1111_INFORMATIVE | {"RNG"}]
+    rng = extra.get("RNG")
+    if rng is None and not sdlab_text:  # A1111 writes RNG only for CPU noise; none means GPU (or NV) noise
+        unapplied.append("RNG: GPU (A1111's default, not CPU noise)")
+    elif rng is not None and rng != "CPU":
+        unapplied.append(f"RNG: {rng}")
+    loaded_hash = getattr(getattr(backend, "info", None), "model_hash", None)
+    recorded_hash = params.get("model_hash")
+    if loaded_hash and recorded_hash:
+        if loaded_hash.lower() != str(recorded_hash).lower():
+            warnings.warn(
+                f"{name} was made with Model hash {recorded_hash} ({params.get('model') or 'model name not given'}); "
+                f"the loaded model's hash is {loaded_hash}",
+                RegenerateWarning,
+                stacklevel=3,
+            )
+    elif sdlab_text:
+        _check_model(params, backend, name)
+    elif recorded_hash:
+        unapplied.append(f"Model hash: {recorded_hash} (not checked: the loaded model has no single-file hash)")
+    elif params.get("model"):
+        unapplied.append(f"Model: {params['model']} (not checked: the text has no Model hash)")
+    return unapplied
+
+
+def _without_extra_networks(text: str) -> tuple[str, list[str]]:
+    """A1111's prompt without its <lora:...>-style tags (A1111 removes them before encoding), and the tags."""
+    tags = [m.group(0) for m in _RE_EXTRA_NETWORK.finditer(text)]
+    return _RE_EXTRA_NETWORK.sub("", text), tags
+
+
+def _has_a1111_weights(text: str | None) -> bool:
+    """Whether A1111 would weight `text`: (word:1.3), (word), [word] or escaped brackets."""
+    if not text or not any(c in text for c in "()[]\\"):
+        return False
+    from .prompts.weighting import parse_weights
+
+    fragments = parse_weights(text)
+    return any(w != 1.0 for _, w in fragments) or "".join(f for f, _ in fragments) != text

@@ -34,6 +34,8 @@ _INFOTEXT_FIELDS = [
     ("size", "Size"),
     ("model_hash", "Model hash"),
     ("model", "Model"),
+    ("variation_seed", "Variation seed"),  # A1111 writes both only at a non-zero strength
+    ("variation_strength", "Variation seed strength"),
 ]
 
 
@@ -166,6 +168,10 @@ def params_from_infotext(text: str) -> dict[str, Any]:
         params["model"] = raw.pop("Model")
     if "Model hash" in raw:
         params["model_hash"] = raw.pop("Model hash")
+    if "Variation seed strength" in raw:  # A1111's Var. seed / Var. strength (absent at strength 0)
+        params["variation_strength"] = float(raw.pop("Variation seed strength"))
+        if "Variation seed" in raw:
+            params["variation_seed"] = int(raw.pop("Variation seed"))
     if "Clip skip" in raw:  # A1111's "Clip skip: 2" skips one layer: diffusers' clip_skip=1
         params["clip_skip"] = int(raw.pop("Clip skip")) - 1 or None
     params["extra"] = raw

@@ -161,6 +161,38 @@ def check_clip_skip(value: Any, name: str = "clip_skip") -> int | None:
     return int(value) or None
 
 
+def check_variation_strength(value: Any, name: str = "variation_strength") -> float:
+    """A1111's "Var. strength": 0 keeps the seed's noise, 1 is the variation seed's noise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+        raise ValueError(
+            f"`{name}` must be a number from 0 (the seed's image) to 1 (the variation seed's), got {value!r}"
+        )
+    return float(value)
+
+
+def resolve_variation(
+    variation_seed: int | Sequence[int] | None, variation_strength: float | Sequence[float], count: int
+) -> tuple[tuple[int | None, ...], tuple[float, ...]]:
+    """One variation seed and strength per image, as seeds are resolved: an int `v` gives v, v+1, ...
+    (A1111 counts its variation seeds up the same way), a list gives one per image. A non-zero
+    strength without a variation seed (None or -1) draws one random variation seed, recorded."""
+    if isinstance(variation_strength, (list, tuple)):
+        if len(variation_strength) != count:
+            raise ValueError(f"`variation_strength` has {len(variation_strength)} entries for {count} images")
+        strengths = tuple(check_variation_strength(v) for v in variation_strength)
+    else:
+        strengths = (check_variation_strength(variation_strength),) * count
+    if variation_seed is None and not any(strengths):
+        return (None,) * count, strengths
+    if isinstance(variation_seed, (list, tuple)):
+        if len(variation_seed) != count:
+            raise ValueError(f"`variation_seed` has {len(variation_seed)} entries for {count} images")
+        seeds = tuple(None if v is None else check_seed(v, "variation_seed") for v in variation_seed)
+        return tuple(random_seed() if v is None and s else v for v, s in zip(seeds, strengths)), strengths
+    base = random_seed() if variation_seed is None else check_seed(variation_seed, "variation_seed")
+    return tuple((base + i) % (MAX_SEED + 1) for i in range(count)), strengths
+
+
 def check_size(width: Any, height: Any, multiple: int) -> tuple[int, int]:
     for name, value in (("width", width), ("height", height)):
         check_positive_int(value, name, minimum=multiple)
@@ -212,6 +244,9 @@ class GenerationRequest:
     scheduler: str | None = None
     pipeline_kwargs: Mapping[str, Any] = field(default_factory=dict)
     clip_skip: int | None = None
+    # A1111's "Var. seed" / "Var. strength", per image (None: one tuple of None / of 0.0)
+    variation_seed: tuple[int | None, ...] | None = None
+    variation_strength: tuple[float, ...] | None = None
 
     def __post_init__(self):
         for name in ("prompt", "negative_prompt", "seed", "guidance_scale"):
@@ -241,6 +276,34 @@ class GenerationRequest:
             raise ValueError(f"`scheduler` must be a scheduler name or None, got {self.scheduler!r}")
         set_(self, "clip_skip", check_clip_skip(self.clip_skip))
         set_(self, "pipeline_kwargs", check_pipeline_kwargs(self.pipeline_kwargs))
+        self._check_variation(n)
+
+    def _check_variation(self, n: int) -> None:
+        seeds = (None,) * n if self.variation_seed is None else self.variation_seed
+        strengths = (0.0,) * n if self.variation_strength is None else self.variation_strength
+        for name, value in (("variation_seed", seeds), ("variation_strength", strengths)):
+            if not isinstance(value, tuple):
+                raise ValueError(f"`{name}` of a GenerationRequest is a tuple with one entry per image")
+            if len(value) != n:
+                raise ValueError(f"`{name}` has {len(value)} entries for {n} prompts")
+        strengths = tuple(check_variation_strength(v) for v in strengths)
+        for v, strength in zip(seeds, strengths):
+            if v is not None and not isinstance(v, bool) and v == -1:
+                raise ValueError("a request holds resolved variation seeds; -1 is resolved by GenerationRequest.create")
+            if v is not None:
+                check_seed(v, "variation_seed")
+            if v is None and strength:
+                raise ValueError(
+                    f"`variation_strength` {strength!r} needs a `variation_seed` (a random one is drawn by "
+                    f"GenerationRequest.create)"
+                )
+        object.__setattr__(self, "variation_seed", tuple(None if v is None else int(v) for v in seeds))
+        object.__setattr__(self, "variation_strength", strengths)
+
+    @property
+    def has_variation(self) -> bool:
+        """Whether any image's noise is slerped towards a variation seed's (A1111's Var. seed)."""
+        return any(self.variation_strength)
 
     @classmethod
     def create(
@@ -257,6 +320,8 @@ class GenerationRequest:
         num_images: int = 1,
         scheduler: str | None = None,
         clip_skip: int | None = None,
+        variation_seed: int | Sequence[int] | None = None,
+        variation_strength: float | Sequence[float] = 0.0,
         pipeline_kwargs: Mapping[str, Any] | None = None,
     ) -> GenerationRequest:
         """The request `generate` makes: `num_images` images per prompt, the model's `defaults`
@@ -276,6 +341,7 @@ class GenerationRequest:
                 raise ValueError(f"`negative_prompt` has {len(negatives)} entries for {len(prompts)} prompts")
         count = len(prompts) * num_images
         guidance = check_guidance(defaults.guidance_scale if guidance_scale is None else guidance_scale)
+        variation_seeds, variation_strengths = resolve_variation(variation_seed, variation_strength, count)
         return cls(
             prompt=tuple(p for p in prompts for _ in range(num_images)),
             negative_prompt=tuple(n for n in negatives for _ in range(num_images)),
@@ -287,14 +353,17 @@ class GenerationRequest:
             scheduler=scheduler,
             pipeline_kwargs=dict(pipeline_kwargs or {}),
             clip_skip=clip_skip,
+            variation_seed=variation_seeds,
+            variation_strength=variation_strengths,
         )
 
     # ------------------------------------------------------------ the JSON form
 
     def to_dict(self) -> dict[str, Any]:
         """The request as JSON-able values; `from_dict` rebuilds it. Prompt objects are described
-        (text and weighting); images and tensors in pipeline keywords by shape and content hash."""
-        return {
+        (text and weighting); images and tensors in pipeline keywords by shape and content hash.
+        Variation fields are written when any is set (a request without them keeps its old key)."""
+        data = {
             "prompt": [describe_value(p) for p in self.prompt],
             "negative_prompt": [describe_value(p) for p in self.negative_prompt],
             "seed": list(self.seed),
@@ -306,6 +375,10 @@ class GenerationRequest:
             "clip_skip": self.clip_skip,
             "pipeline_kwargs": {k: describe_value(v) for k, v in sorted(self.pipeline_kwargs.items())},
         }
+        if self.has_variation or any(v is not None for v in self.variation_seed):
+            data["variation_seed"] = list(self.variation_seed)
+            data["variation_strength"] = list(self.variation_strength)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GenerationRequest:
@@ -329,6 +402,8 @@ class GenerationRequest:
             scheduler=data.get("scheduler"),
             pipeline_kwargs=kwargs,
             clip_skip=data.get("clip_skip"),
+            variation_seed=None if data.get("variation_seed") is None else tuple(data["variation_seed"]),
+            variation_strength=None if data.get("variation_strength") is None else tuple(data["variation_strength"]),
         )
 
     def key(self) -> str:
@@ -352,6 +427,9 @@ class GenerationRequest:
         }
         if self.clip_skip:
             params["clip_skip"] = self.clip_skip
+        if self.variation_strength[i]:  # A1111 records no variation at strength 0 (it has no effect)
+            params["variation_seed"] = self.variation_seed[i]
+            params["variation_strength"] = self.variation_strength[i]
         for name in ("prompt", "negative_prompt"):  # prompt objects: text above, weighting here
             value = getattr(self, name)[i]
             if is_prompt_object(value):
@@ -368,6 +446,8 @@ class GenerationRequest:
             negative_prompt=tuple(self.negative_prompt[i] for i in indices),
             seed=tuple(self.seed[i] for i in indices),
             guidance_scale=tuple(self.guidance_scale[i] for i in indices),
+            variation_seed=tuple(self.variation_seed[i] for i in indices),
+            variation_strength=tuple(self.variation_strength[i] for i in indices),
         )
 
     def shared_key(self) -> str:
@@ -398,6 +478,8 @@ class GenerationRequest:
             negative_prompt=sum((r.negative_prompt for r in requests), ()),
             seed=sum((r.seed for r in requests), ()),
             guidance_scale=sum((r.guidance_scale for r in requests), ()),
+            variation_seed=sum((r.variation_seed for r in requests), ()),
+            variation_strength=sum((r.variation_strength for r in requests), ()),
         )
 
 

@@ -37,6 +37,7 @@ from .axes import (
     apply_replacements,
     check_search_replace,
     fill_template,
+    format_label,
     make_axis,
     placeholders,
     prompt_matrix,
@@ -60,6 +61,8 @@ CORE_PARAMS = (
     "width",
     "height",
     "clip_skip",
+    "variation_seed",
+    "variation_strength",
 )
 DEFAULT_OUT_DIR = Path("runs") / "sweeps"
 
@@ -212,6 +215,9 @@ def cell_request(params: dict[str, Any], defaults) -> GenerationRequest:
         scheduler=params.get("scheduler"),
         pipeline_kwargs=params.get("pipeline_kwargs") or {},
         clip_skip=params.get("clip_skip"),
+        # strength 0 is no variation (A1111 records none): such a cell is the plain seed's cell
+        variation_seed=(params.get("variation_seed") if params.get("variation_strength") else None,),
+        variation_strength=(params.get("variation_strength") or 0.0,),
     )
 
 
@@ -405,6 +411,8 @@ def sweep(
     guidance_scale: float | None = None,
     scheduler: str | None = None,
     clip_skip: int | None = None,
+    variation_seed: int | None = None,
+    variation_strength: float = 0.0,
     title: str | None = None,
     verbose: bool = True,
     progress: Callable[[dict], None] | None = None,
@@ -430,6 +438,9 @@ def sweep(
         link: groups of axes that move together instead of forming a product,
             e.g. `link=[("model", "size")]`.
         vary_seeds: add the cell's position to its seed (A1111's "vary seeds").
+        variation_seed, variation_strength: A1111's seed variations for every cell (see `generate`);
+            `variation_strength` and `variation_seed` axes explore near a good seed. None (or -1)
+            with a strength draws one variation seed, resolved once and recorded.
         seed: the seed of every cell without a seed axis; None or -1 draws one random seed,
             resolved once and recorded.
         progress: called with a dict (`step`, `total`, ...) after every denoising step; on Ray
@@ -456,6 +467,8 @@ def sweep(
     if seed is None or seed == -1:
         seed = random_seed()
     axes_list = [_resolve_seed_axis(a) for a in axes_list]  # -1 on a seed axis: resolved once, recorded
+    if variation_seed in (None, -1) and (variation_strength or "variation_strength" in names):
+        variation_seed = random_seed()
     base = {
         "prompt": prompt,
         "negative_prompt": negative_prompt,
@@ -466,6 +479,8 @@ def sweep(
         "width": width,
         "height": height,
         "clip_skip": clip_skip,
+        "variation_seed": variation_seed,
+        "variation_strength": variation_strength,
         "pipeline_kwargs": dict(pipeline_kwargs),
     }
     planned = plan_cells(base, axes_list, link, vary_seeds=vary_seeds)
@@ -561,10 +576,10 @@ def sweep(
 
 
 def _resolve_seed_axis(axis: Axis) -> Axis:
-    if axis.name != "seed" or not any(v in (-1, None) for v in axis.values):
+    if axis.name not in ("seed", "variation_seed") or not any(v in (-1, None) for v in axis.values):
         return axis
     values = tuple(random_seed() if v in (-1, None) else v for v in axis.values)
-    return Axis("seed", values, tuple(f"Seed: {v}" for v in values), axis.kind)
+    return Axis(axis.name, values, tuple(format_label(axis.name, v) for v in values), axis.kind)
 
 
 def _progress_bar(total: int, enabled: bool):

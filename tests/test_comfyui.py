@@ -480,3 +480,8 @@ def test_weighted_prompt_reaches_comfyui_in_its_own_syntax(backend):
     workflow, _ = backend.workflow_for(request, 0)
     assert workflow.graph["6"]["inputs"]["text"] == prompt.as_a1111()
     assert workflow.graph["7"]["inputs"]["text"] == "(blurry:1.4)"
+
+
+def test_seed_variations_are_refused_by_name(backend, fake):
+    with pytest.raises(ValueError, match="seed variations.*ComfyUI backend cannot set the initial noise"):
+        sdlab.generate(backend, "x", seed=1, variation_seed=2, variation_strength=0.5, **SIZE)

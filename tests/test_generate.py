@@ -332,3 +332,114 @@ def test_records_identify_weights_by_content(tiny_dirs, tmp_path):
     b = sdlab.generate(sdlab.load_pipeline(str(copy), progress_bar=False), "x", seed=0, num_inference_steps=1)
     assert a.records[0]["model_weights"] == b.records[0]["model_weights"]  # same content, other path
     assert len(a.records[0]["model_weights"]["folder_sha256"]) == 64
+
+
+# ------------------------------------------------------------ seed variations (A1111's Var. seed / Var. strength)
+
+
+def _gen(pipe, **kwargs):
+    return sdlab.generate(pipe, "a red circle", num_inference_steps=STEPS, guidance_scale=6.0, **kwargs)
+
+
+def test_variation_strength_0_1_and_equal_seeds_match_a1111(unet_pipe):
+    seed_image = _gen(unet_pipe, seed=3).image
+    other_image = _gen(unet_pipe, seed=9).image
+    # strength 1 is the variation seed's noise (the seed's generator only advances, as in A1111)
+    full = _gen(unet_pipe, seed=3, variation_seed=9, variation_strength=1.0)
+    assert max_pixel_diff(full.image, other_image) == 0
+    # a variation seed equal to the seed: the seed's own noise, at any strength
+    for strength in (0.3, 0.5, 0.9):
+        same = _gen(unet_pipe, seed=3, variation_seed=3, variation_strength=strength)
+        assert max_pixel_diff(same.image, seed_image) <= 1
+    half = _gen(unet_pipe, seed=3, variation_seed=9, variation_strength=0.5).image
+    assert max_pixel_diff(half, seed_image) > 10 and max_pixel_diff(half, other_image) > 10
+    assert (full.records[0]["variation_seed"], full.records[0]["variation_strength"]) == (9, 1.0)
+
+
+def test_variations_batch_per_image_and_equal_each_image_alone(unet_pipe):
+    # "Euler a": ancestral (the seed's generator must advance as the pipeline's own draw) with
+    # init_noise_sigma far from 1 (the pipeline scales the latents sdlab gives, as its own)
+    kwargs = {"scheduler": "Euler a", "seed": [1, 2, 3], "variation_seed": [7, 8, 9]}
+    batch = _gen(unet_pipe, variation_strength=[0.2, 0.0, 0.6], **kwargs)
+    assert [r.get("variation_strength") for r in batch.records] == [0.2, None, 0.6]
+    for i, (seed, vseed, strength) in enumerate(zip([1, 2, 3], [7, 8, 9], [0.2, 0.0, 0.6])):
+        alone = _gen(unet_pipe, scheduler="Euler a", seed=seed, variation_seed=vseed, variation_strength=strength)
+        assert max_pixel_diff(batch.images[i], alone.image) <= 2
+    plain = _gen(unet_pipe, scheduler="Euler a", seed=2)  # strength 0: exactly the seed's image, no variation
+    assert max_pixel_diff(batch.images[1], plain.image) <= 2
+    assert (
+        max_pixel_diff(
+            _gen(unet_pipe, seed=2, variation_seed=8, variation_strength=0.0).image, _gen(unet_pipe, seed=2).image
+        )
+        == 0
+    )
+
+
+def test_variation_noise_is_a1111s_slerp():
+    import torch
+
+    from sdlab.backends.diffusers import slerp, variation_noise
+
+    shape = (4, 8, 8)
+    low = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(5))
+    high = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(6))
+    mixed = variation_noise(shape, torch.Generator("cpu").manual_seed(5), 6, 0.25)
+    # A1111 (modules/rng.py): norms along dim 1 of one image's [C, H, W] noise
+    low_n, high_n = low / low.norm(dim=1, keepdim=True), high / high.norm(dim=1, keepdim=True)
+    omega = torch.acos((low_n * high_n).sum(1))
+    expected = (torch.sin(0.75 * omega) / torch.sin(omega)).unsqueeze(1) * low + (
+        torch.sin(0.25 * omega) / torch.sin(omega)
+    ).unsqueeze(1) * high
+    assert torch.allclose(mixed, expected, atol=1e-6)
+    assert torch.equal(variation_noise(shape, torch.Generator("cpu").manual_seed(5), 6, 0.0), low)
+    assert torch.equal(slerp(1.0, low, high), high)
+
+
+def test_flux_variations(flux_pipe):
+    def flux(**kwargs):
+        return sdlab.generate(flux_pipe, "a red circle", num_inference_steps=2, width=64, height=64, **kwargs)
+
+    full = flux(seed=3, variation_seed=9, variation_strength=1.0)
+    assert max_pixel_diff(full.image, flux(seed=9).image) == 0
+    batch = flux(seed=[3, 4], variation_seed=[9, 10], variation_strength=[0.0, 0.4])
+    assert max_pixel_diff(batch.images[0], flux(seed=3).image) <= 2
+    assert max_pixel_diff(batch.images[1], flux(seed=4, variation_seed=10, variation_strength=0.4).image) <= 2
+    assert max_pixel_diff(batch.images[1], flux(seed=4).image) > 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"variation_strength": 1.5}, "variation_strength"),
+        ({"variation_strength": "0.5"}, "variation_strength"),
+        ({"variation_seed": "x", "variation_strength": 0.5}, "variation_seed"),
+        ({"variation_seed": [1, 2], "variation_strength": 0.5}, "variation_seed"),
+    ],
+)
+def test_bad_variation_names_the_argument(sd1_pipe, kwargs, name):
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        sdlab.generate(sd1_pipe, "a red circle", seed=1, num_inference_steps=STEPS, **kwargs)
+
+
+def test_variation_strength_without_a_seed_draws_one_and_records_it(sd1_pipe):
+    a = _gen(sd1_pipe, seed=1, variation_strength=0.4)
+    vseed = a.records[0]["variation_seed"]
+    assert isinstance(vseed, int)
+    b = _gen(sd1_pipe, seed=1, variation_seed=vseed, variation_strength=0.4)
+    assert max_pixel_diff(a.image, b.image) == 0
+
+
+def test_variations_are_refused_where_latents_are_not_the_initial_noise(sd1_pipe):
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    img2img = StableDiffusionImg2ImgPipeline(**sd1_pipe.components)
+    with pytest.raises(ValueError, match="`variation_seed`/`variation_strength`.*StableDiffusionImg2ImgPipeline"):
+        sdlab.generate(
+            img2img,
+            "x",
+            image=Image.new("RGB", (64, 64)),
+            seed=1,
+            variation_seed=2,
+            variation_strength=0.5,
+            num_inference_steps=STEPS,
+        )

@@ -358,11 +358,9 @@ def test_a1111_v1_10_text_is_read_into_the_right_fields():
     assert (p["model"], p["model_hash"]) == ("sd_xl_base_1.0", "31e35c80fc")
     extra = p["extra"]
     assert extra["Lora hashes"] == "add_detail: 7c6bad76eb54, other_lora: 0123456789ab"
-    assert (extra["Hires upscale"], extra["Variation seed"], extra["Variation seed strength"]) == (
-        "1.5",
-        "987654321",
-        "0.15",
-    )
+    assert extra["Hires upscale"] == "1.5"
+    assert (p["variation_seed"], p["variation_strength"]) == (987654321, 0.15)
+    assert "Variation seed" not in extra and "Variation seed strength" not in extra
     assert (extra["Version"], extra["TI hashes"], extra["Emphasis"]) == (
         "v1.10.1",
         "easynegative: c74b4e810b03",
@@ -483,3 +481,126 @@ def test_xyz_keys_go_before_version_as_in_create_infotext():
     text = add_infotext_params(infotext({**record, "versions": {"sdlab": "0.1.0"}}), [("Script", "X/Y/Z plot")])
     assert text.endswith(", Script: X/Y/Z plot, Version: sdlab 0.1.0")
     assert add_infotext_params(infotext(record), [("X Values", "1, 2")]).endswith(', X Values: "1, 2"')
+
+
+# ------------------------------------------------------------------ seed variations and regenerating A1111's images
+
+
+def test_variation_is_written_and_read_with_a1111s_keys():
+    record = {"prompt": "x", "num_inference_steps": 20, "guidance_scale": 7.0, "seed": 1, "width": 64, "height": 64}
+    record.update(model="tiny", variation_seed=4294967295, variation_strength=0.15, clip_skip=1)
+    text = infotext(record)
+    assert (
+        "Model: tiny, Variation seed: 4294967295, Variation seed strength: 0.15, Clip skip: 2" in text
+    )  # A1111's order
+    res = a1111_parse_generation_parameters(text)
+    assert (res["Variation seed"], res["Variation seed strength"]) == ("4294967295", "0.15")
+    back = params_from_infotext(text)
+    assert (back["variation_seed"], back["variation_strength"]) == (4294967295, 0.15)
+    assert "Variation seed" not in infotext({**record, "variation_seed": None, "variation_strength": None})
+
+
+def test_regenerate_keeps_a_variation_from_sdlabs_record_and_from_its_text(sd1_pipe, tmp_path):
+    r = sdlab.generate(
+        sd1_pipe, "a red circle", seed=9, num_inference_steps=2, variation_seed=3, variation_strength=0.4
+    )
+    (path,) = r.save(tmp_path)
+    assert max_pixel_diff(sdlab.regenerate(path, sd1_pipe).image, r.image) == 0
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", infotext(r.records[0]))  # A1111 text only
+    r.image.save(tmp_path / "text.png", pnginfo=info)
+    again = sdlab.regenerate(tmp_path / "text.png", sd1_pipe)
+    assert max_pixel_diff(again.image, r.image) == 0
+    assert (again.records[0]["variation_seed"], again.records[0]["variation_strength"]) == (3, 0.4)
+
+
+def a1111_png(path, image, prompt, negative, params):
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", a1111_create_infotext(prompt, negative, params))
+    image.save(path, pnginfo=info)
+    return path
+
+
+A1111_REGENERATE_PARAMS = {  # create_infotext's order; Schedule type and Hires/Lora keys come in extra params
+    "Steps": 3,
+    "Sampler": "DPM++ 2M",
+    "CFG scale": 5.5,
+    "Seed": 77,
+    "Size": "64x64",
+    "Model hash": "31e35c80fc",
+    "Model": "sd_xl_base_1.0",
+    "Variation seed": 12,
+    "Variation seed strength": 0.3,
+    "Clip skip": 2,
+    "Schedule type": "Karras",
+    "Hires upscale": 1.5,
+    "Hires steps": 2,
+    "Hires upscaler": "Latent",
+    "Lora hashes": "add_detail: 7c6bad76eb54",
+    "Version": "v1.10.1",
+}
+
+
+def test_regenerate_an_a1111_png_applies_what_it_can_and_lists_the_rest_once(sd1_pipe, tmp_path):
+    from sdlab.generation import RegenerateWarning
+    from sdlab.prompts import weighted
+
+    blank = Image.new("RGB", (64, 64))
+    path = a1111_png(
+        tmp_path / "a.png", blank, "a (red:1.3) circle <lora:add_detail:0.8>", "blue", A1111_REGENERATE_PARAMS
+    )
+    with pytest.warns(RegenerateWarning) as caught:
+        again = sdlab.regenerate(path, sd1_pipe)
+    (warning,) = [w.message for w in caught if isinstance(w.message, RegenerateWarning)]  # once
+    assert warning.unapplied == (
+        "Hires upscale: 1.5",
+        "Hires steps: 2",
+        "Hires upscaler: Latent",
+        "Lora hashes: add_detail: 7c6bad76eb54",
+        "RNG: GPU (A1111's default, not CPU noise)",
+        "Model hash: 31e35c80fc (not checked: the loaded model has no single-file hash)",
+        "prompt <lora:add_detail:0.8>",
+    )
+    expected = sdlab.generate(
+        sd1_pipe,
+        weighted("a (red:1.3) circle "),
+        negative_prompt="blue",
+        num_inference_steps=3,
+        scheduler="DPM++ 2M Karras",
+        guidance_scale=5.5,
+        seed=77,
+        width=64,
+        height=64,
+        clip_skip=1,
+        variation_seed=12,
+        variation_strength=0.3,
+    )
+    assert max_pixel_diff(again.image, expected.image) == 0
+    record = again.records[0]
+    assert (record["prompt_weighting"], record["variation_seed"], record["clip_skip"]) == ("compel", 12, 1)
+
+
+def test_regenerate_checks_the_model_hash_of_a_single_file_checkpoint(tiny_dirs, tmp_path):
+    import warnings
+
+    from sdlab import testing
+    from sdlab.generation import RegenerateWarning
+    from sdlab.loading import pipeline_info
+
+    checkpoint = testing.save_single_file("sd1", tmp_path / "tiny.safetensors")
+    pipe = sdlab.load_pipeline(checkpoint, config=str(tiny_dirs["sd1"]), progress_bar=False)
+    loaded = pipeline_info(pipe).model_hash
+    assert loaded
+    params = {"Steps": 2, "Sampler": "Euler", "CFG scale": 5.0, "Seed": 3, "Size": "64x64", "RNG": "CPU"}
+    blank = Image.new("RGB", (64, 64))
+    other = a1111_png(tmp_path / "other.png", blank, "a cat", None, {**params, "Model hash": "0123456789"})
+    with pytest.warns(RegenerateWarning, match=f"0123456789.*{loaded}") as caught:
+        sdlab.regenerate(other, pipe)
+    (warning,) = [w.message for w in caught if isinstance(w.message, RegenerateWarning)]
+    assert warning.unapplied == ()
+    same = a1111_png(tmp_path / "same.png", blank, "a cat", None, {**params, "Model hash": loaded, "Model": "tiny"})
+    with warnings.catch_warnings():
+        warnings.simplefilter(
+            "error", RegenerateWarning
+        )  # the right model, CPU noise, nothing unapplied: no warning at all
+        sdlab.regenerate(same, pipe)

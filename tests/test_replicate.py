@@ -292,3 +292,11 @@ def test_prompt_objects_are_sent_as_plain_text_or_refused_if_weighted(fake):
     assert fake.predictions[result.records[0]["prediction_id"]].input["prompt"] == "a red fox"
     with pytest.raises(ValueError, match=r"`prompt` 'a \(red:1.3\) fox' has weights.*'a red fox'"):
         sdlab.generate(backend, weighted("a (red:1.3) fox"), seed=4, width=512, height=512)
+
+
+def test_seed_variations_are_refused_by_name_before_anything_is_sent(fake):
+    before = len(fake.predictions)
+    with pytest.raises(ValueError, match="seed variations.*Replicate backend cannot set the initial noise"):
+        sdlab.generate(make(fake), "x", seed=1, variation_seed=2, variation_strength=0.5)
+    assert len(fake.predictions) == before
+    sdlab.generate(make(fake), "x", seed=1, variation_seed=2, variation_strength=0.0)  # strength 0: no variation

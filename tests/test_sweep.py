@@ -679,3 +679,35 @@ def test_the_grid_a1111_text_alone_rebuilds_the_same_sweep(counting, tmp_path):
     counting.calls.clear()
     again = sdlab.sweep(counting, out_dir=tmp_path, batch_size=16, verbose=False, **kwargs)
     assert counting.calls == [] and [c.key for c in again.cells] == [c.key for c in r.cells]
+
+
+def test_variation_axes_batch_across_cells_and_match_generate(counting, tmp_path, sd1_pipe):
+    axes = {"variation_strength": "0-1 [3]", "variation_seed": [7, 8]}
+    result = grid_sweep(counting, tmp_path, axes=axes, seed=5)
+    assert counting.calls == [6]  # one batch: variations are per image
+    for vseed, strength in [(7, 0.0), (8, 0.5), (7, 1.0)]:
+        alone = sdlab.generate(
+            sd1_pipe,
+            "a red circle",
+            seed=5,
+            variation_seed=vseed,
+            variation_strength=strength,
+            num_inference_steps=STEPS,
+        )
+        assert max_pixel_diff(result.image(variation_seed=vseed, variation_strength=strength), alone.image) <= 2
+    params = [c.request.image_params(0) for c in result.cells]
+    records = {(p.get("variation_seed"), p.get("variation_strength")) for p in params}
+    assert records == {(None, None), (7, 0.5), (8, 0.5), (7, 1.0), (8, 1.0)}
+    assert list(result.axis("variation_strength").labels) == [
+        "Var. strength: 0",
+        "Var. strength: 0.5",
+        "Var. strength: 1",
+    ]
+    again = grid_sweep(counting, tmp_path, axes=axes, seed=5)  # cached: nothing runs again
+    assert counting.calls == [6] and len(again) == 6
+
+
+def test_a_variation_strength_axis_draws_one_variation_seed(counting, tmp_path):
+    result = grid_sweep(counting, tmp_path, axes={"variation_strength": [0.3, 0.6]}, seed=5)
+    seeds = {c.request.image_params(0)["variation_seed"] for c in result.cells}
+    assert len(seeds) == 1 and isinstance(seeds.pop(), int)

@@ -133,6 +133,11 @@ class ComfyUIBackend:
         }
 
     def validate(self, request: GenerationRequest) -> None:
+        if request.has_variation:
+            raise ValueError(
+                "`variation_seed`/`variation_strength` (A1111's seed variations) need the local backend; "
+                "the ComfyUI backend cannot set the initial noise"
+            )
         check_size(request.width, request.height, self.size_multiple)
         if request.scheduler is not None:
             comfy_sampler(request.scheduler)

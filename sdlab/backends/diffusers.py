@@ -3,6 +3,8 @@
 What it adds to a plain pipeline call:
 - one CPU `torch.Generator` per image, so an image made in a batch equals the same seed made alone;
 - prompt embeddings computed once per distinct prompt (an LRU cache on the backend);
+- A1111's seed variations: each image's initial noise slerped from its seed's towards its variation
+  seed's (`variation_noise`), built here and passed as `latents`;
 - per-image guidance scales in ONE batched denoising loop (SD 1.x/2.x and SDXL). Diffusers'
   pipelines take one float, so the pipeline's own classifier-free guidance is switched off for the
   call and the UNet is wrapped: it runs the unconditional rows of the images that need guidance
@@ -30,6 +32,33 @@ from .base import BackendOutput, Defaults, ProgressCallback
 EMBEDDING_CACHE_SIZE = 256
 MIN_SIZE = 64  # below this the UNet/transformer of every supported family fails (GroupNorm) or makes noise
 _MISSING = object()
+
+
+def slerp(val: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """A1111's slerp (modules/rng.py), as it is: on one image's noise [C, H, W], per column along H;
+    nearly equal noises (mean cosine above 0.9995) are mixed linearly, as A1111 mixes them."""
+    low_norm = low / torch.norm(low, dim=1, keepdim=True)
+    high_norm = high / torch.norm(high, dim=1, keepdim=True)
+    dot = (low_norm * high_norm).sum(1)
+    if dot.mean() > 0.9995:
+        return low * val + high * (1 - val)
+    omega = torch.acos(dot)
+    so = torch.sin(omega)
+    return (torch.sin((1.0 - val) * omega) / so).unsqueeze(1) * low + (torch.sin(val * omega) / so).unsqueeze(1) * high
+
+
+def variation_noise(
+    shape: tuple[int, ...], generator: torch.Generator, variation_seed: int | None, strength: float
+) -> torch.Tensor:
+    """One image's initial noise [C, H, W] (float32, CPU) as A1111 makes it: the seed's noise from
+    `generator` (the pipeline's own draw: the generator advances as in diffusers' prepare_latents),
+    slerped towards the noise of `variation_seed` by `strength`; no variation noise at strength 0."""
+    noise = torch.randn((1, *shape), generator=generator, device="cpu", dtype=torch.float32)[0]
+    if not strength:
+        return noise
+    other = torch.Generator("cpu").manual_seed(int(variation_seed))
+    subnoise = torch.randn((1, *shape), generator=other, device="cpu", dtype=torch.float32)[0]
+    return slerp(strength, noise, subnoise)
 
 
 @dataclass
@@ -259,6 +288,11 @@ class DiffusersBackend:
                 f"unknown argument(s) {unknown} for {type(self.pipe).__name__}; "
                 f"it accepts: {', '.join(sorted(self._call_params - RESERVED_KWARGS))}"
             )
+        if request.has_variation and not self.supports_variation():
+            raise ValueError(
+                f"`variation_seed`/`variation_strength` need a text-to-image pipeline that takes `latents` "
+                f"(SD 1.x/2.x, SDXL, FLUX); {type(self.pipe).__name__} does not"
+            )
         if request.clip_skip and self.family not in ("sd1", "sd2", "sdxl"):
             raise ValueError(
                 f"`clip_skip` applies to CLIP-encoded SD 1.x/2.x and SDXL models; this one is {self.family!r}"
@@ -285,6 +319,36 @@ class DiffusersBackend:
         for p in (*request.prompt, *request.negative_prompt):
             if p is not None and not isinstance(p, str) and hasattr(p, "validate"):
                 p.validate(self.pipe, clip_skip=request.clip_skip)
+
+    def supports_variation(self) -> bool:
+        """Seed variations replace the initial noise: text-to-image pipelines only (an img2img or
+        inpainting pipeline's `latents` are not its starting noise)."""
+        return (
+            self.family in ("sd1", "sd2", "sdxl", "flux")
+            and "latents" in self._call_params
+            and not {"strength", "mask_image"} & self._call_params
+        )
+
+    def _initial_latents(self, request: GenerationRequest, generators: list, dtype) -> torch.Tensor:
+        """The `latents` of a call with seed variations: each image's noise (`variation_noise`), shaped
+        as diffusers' prepare_latents shapes it (FLUX: drawn unpacked, then packed). SD/SDXL pipelines
+        scale given latents by the scheduler's init_noise_sigma themselves, as they scale their own."""
+        pipe, n = self.pipe, len(request)
+        scale = int(getattr(pipe, "vae_scale_factor", 8))
+        if self.family == "flux":
+            channels = pipe.transformer.config.in_channels // 4
+            h, w = 2 * (request.height // (scale * 2)), 2 * (request.width // (scale * 2))
+        else:
+            channels = pipe.unet.config.in_channels
+            h, w = request.height // scale, request.width // scale
+        noises = [
+            variation_noise((channels, h, w), g, v, s)
+            for g, v, s in zip(generators, request.variation_seed, request.variation_strength)
+        ]
+        latents = torch.stack(noises).to(device=self._device(), dtype=dtype)
+        if self.family == "flux":
+            latents = pipe._pack_latents(latents, n, channels, h, w)
+        return latents
 
     def validate_many(self, requests) -> None:
         for request in requests:
@@ -340,6 +404,8 @@ class DiffusersBackend:
                 call, state = self._call_per_image_guidance(request, kwargs)
             else:
                 call = self._call_native(request, kwargs)
+            if request.has_variation:  # A1111's seed variations: sdlab makes the initial noise
+                call["latents"] = self._initial_latents(request, generators, call["prompt_embeds"].dtype)
             # 3. the call; sdlab's guided UNet/ControlNet only for its duration
             with self._guided_forward(state), torch.inference_mode():
                 output = pipe(

@@ -147,6 +147,11 @@ class ReplicateBackend:
         }
 
     def validate(self, request: GenerationRequest) -> None:
+        if request.has_variation:
+            raise ValueError(
+                "`variation_seed`/`variation_strength` (A1111's seed variations) need the local backend; "
+                "the Replicate backend cannot set the initial noise"
+            )
         for i in range(len(request)):
             self.model_input(request, i)
         if len(set(request.guidance_scale)) > 1:
