@@ -443,3 +443,39 @@ def test_variations_are_refused_where_latents_are_not_the_initial_noise(sd1_pipe
             variation_strength=0.5,
             num_inference_steps=STEPS,
         )
+
+
+def test_concurrent_calls_on_one_pipeline_wait_for_each_other():
+    """A widget's thread and a notebook cell on the same pipeline: both finish, each image as if alone."""
+    import threading
+
+    from sdlab import testing
+
+    pipe = testing.tiny_pipeline("sd1")
+    errors, results = [], {}
+
+    def work(name, size, guidance):
+        try:
+            for _ in range(3):
+                results[name] = sdlab.generate(
+                    pipe,
+                    "a red circle",
+                    seed=1,
+                    width=size,
+                    height=size,
+                    guidance_scale=guidance,
+                    num_inference_steps=4,
+                )
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=("a", 64, 5.0)), threading.Thread(target=work, args=("b", 128, 1.0))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    alone = sdlab.generate(
+        pipe, "a red circle", seed=1, width=128, height=128, guidance_scale=1.0, num_inference_steps=4
+    )
+    assert max_pixel_diff(results["b"].image, alone.image) == 0

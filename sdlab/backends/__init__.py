@@ -6,6 +6,7 @@ touches no network and imports no HTTP or model library.
 
 from __future__ import annotations
 
+import threading
 import weakref
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ def __getattr__(name: str) -> Any:
 
 
 _BACKENDS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_BACKENDS_LOCK = threading.Lock()
 
 
 def as_backend(pipe_or_backend: Any) -> Backend:
@@ -58,9 +60,10 @@ def as_backend(pipe_or_backend: Any) -> Backend:
     if _is_diffusers_pipeline(pipe_or_backend):
         from .diffusers import DiffusersBackend  # imports torch: only once a pipeline exists
 
-        backend = _BACKENDS.get(pipe_or_backend)
-        if backend is None:  # one backend a pipeline: its embedding cache lives as long as the pipeline
-            backend = _BACKENDS[pipe_or_backend] = DiffusersBackend(pipe_or_backend)
+        with _BACKENDS_LOCK:  # one backend a pipeline (its lock and embedding cache), even from two threads at once
+            backend = _BACKENDS.get(pipe_or_backend)
+            if backend is None:
+                backend = _BACKENDS[pipe_or_backend] = DiffusersBackend(pipe_or_backend)
         return backend
     raise TypeError(
         f"expected a diffusers pipeline (from sdlab.load_pipeline) or an sdlab backend, "

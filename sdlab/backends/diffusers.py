@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -196,6 +197,7 @@ class DiffusersBackend:
         self.family: str = self.info.family
         self._embeddings: OrderedDict[tuple, Any] = OrderedDict()
         self._encoders_stamp: tuple = ()
+        self._lock = threading.RLock()  # one call at a time on this pipeline (the backend is one per pipeline)
         self._call_params = set(inspect.signature(type(pipe).__call__).parameters) - {"self"}
 
     # ------------------------------------------------------------ protocol properties
@@ -357,6 +359,19 @@ class DiffusersBackend:
     # ------------------------------------------------------------ running
 
     def run(
+        self,
+        request: GenerationRequest,
+        *,
+        progress: ProgressCallback | None = None,
+        progress_bar: bool | None = None,
+    ) -> BackendOutput:
+        """Make the images of `request`. One call at a time per pipeline: a notebook cell and a
+        widget (or any two threads) using the same pipeline wait for each other instead of
+        interleaving their denoising steps, schedulers and guidance state."""
+        with self._lock:
+            return self._run(request, progress=progress, progress_bar=progress_bar)
+
+    def _run(
         self,
         request: GenerationRequest,
         *,
