@@ -209,13 +209,13 @@ def regenerate(path: str | Path, pipe: Any, **overrides: Any) -> GenerationResul
         if params.get(key) is not None:
             kwargs[key] = params[key]
     prompt = params["prompt"]
-    if params.get("prompt_weighting") or params.get("negative_prompt_weighting"):  # sdlab.prompts.weighted
-        from .prompts import weighted
+    if params.get("prompt_weighting") or params.get("negative_prompt_weighting"):  # sdlab.prompts.weighted, verbatim
+        from .prompts import prompt_object
 
         if params.get("prompt_weighting"):
-            prompt = weighted(prompt)
+            prompt = prompt_object(params["prompt_weighting"], prompt)
         if params.get("negative_prompt_weighting") and kwargs.get("negative_prompt") is not None:
-            kwargs["negative_prompt"] = weighted(kwargs["negative_prompt"])
+            kwargs["negative_prompt"] = prompt_object(params["negative_prompt_weighting"], kwargs["negative_prompt"])
     pipeline_kwargs = {}
     for key, value in (params.get("pipeline_kwargs") or {}).items():
         if isinstance(value, dict) and value.get("type") in ("image", "tensor", "array"):
