@@ -291,3 +291,15 @@ def test_verbatim_and_syntax_survive_from_dict_and_regenerate(sd1_pipe, tmp_path
         assert again.records[0]["prompt_encoding"] == first.records[0]["prompt_encoding"]
     assert type(request.prompt[0]) is str
     assert str(verbatim("a (x)").as_a1111()) == r"a \(x\)"
+
+
+def test_verbatim_prompt_written_for_a1111_reads_back_as_the_same_text(sd1_pipe):
+    from sdlab.metadata import infotext, params_from_infotext
+
+    first = run(sd1_pipe, verbatim("a (red:1.5) circle"))
+    text = infotext(first.records[0])
+    assert text.splitlines()[0] == r"a \(red:1.5\) circle"  # A1111 would weight unescaped brackets
+    prompt = params_from_infotext(text)["prompt"]
+    assert a1111.parse_attention(prompt) == [("a (red:1.5) circle", 1.0)]
+    again = run(sd1_pipe, prompt)  # A1111 syntax, no weights: the same embeddings as the verbatim text
+    assert np.array_equal(pixels(again), pixels(first))
