@@ -1,5 +1,6 @@
 """A1111's prompt syntax in plain strings (sdlab.prompts.a1111) on the tiny pipelines."""
 
+import re
 import warnings
 
 import numpy as np
@@ -303,3 +304,40 @@ def test_verbatim_prompt_written_for_a1111_reads_back_as_the_same_text(sd1_pipe)
     assert a1111.parse_attention(prompt) == [("a (red:1.5) circle", 1.0)]
     again = run(sd1_pipe, prompt)  # A1111 syntax, no weights: the same embeddings as the verbatim text
     assert np.array_equal(pixels(again), pixels(first))
+
+
+# ------------------------------------------------------------------ remote backends: refused, never literal
+
+
+def test_remote_backends_refuse_syntax_they_would_read_as_text():
+    from fake_comfyui import FakeComfyUI
+    from fake_replicate import FakeReplicate
+
+    from sdlab.backends import ComfyUIBackend, ReplicateBackend
+
+    comfy, rep = FakeComfyUI(), FakeReplicate(size_scale=0.125)
+    comfy.start()
+    rep.start()
+    try:
+        backend = ComfyUIBackend(comfy.url, poll_interval=0.05, timeout=20)
+        size = {"width": 64, "height": 64, "num_inference_steps": 1}
+        for prompt, piece in (("a [red:blue:0.5] circle", "[red:blue:0.5]"), ("a [small] cat", "[small]")):
+            with pytest.raises(ValueError, match=re.escape(repr(piece))):
+                sdlab.generate(backend, prompt, **size)
+        with pytest.raises(ValueError, match="BREAK"):
+            sdlab.generate(backend, "a cat", negative_prompt="blurry BREAK noisy", **size)
+        with pytest.raises(ValueError, match="extra network"):
+            sdlab.generate(backend, "a cat <lora:pixel:1>", **size)
+        sent_before = len(comfy.prompts)
+        sdlab.generate(backend, verbatim("a [red] (cat:1.2)"), **size)  # escaped for ComfyUI
+        assert comfy.prompts[sent_before]["prompt"]["6"]["inputs"]["text"] == r"a \[red\] \(cat:1.2\)"
+        sdlab.generate(backend, "a (red:1.2) cat", **size)  # ComfyUI weights this itself
+        flux = ReplicateBackend(
+            "black-forest-labs/flux-schnell", api_token=rep.token, base_url=rep.url, poll_interval=0.02, backoff=0.02
+        )
+        with pytest.raises(ValueError, match=r"'\(red:1.2\)'.*plain text"):
+            sdlab.generate(flux, "a (red:1.2) fox", width=1024, height=576)
+        assert sdlab.generate(flux, verbatim("a (red:1.2) fox"), width=1024, height=576).images
+    finally:
+        comfy.stop()
+        rep.stop()

@@ -67,6 +67,22 @@ def check_supported(text: str, name: str = "prompt", *, negative: bool = False) 
         )
 
 
+def check_comfyui(text: Any, name: str = "prompt") -> None:
+    """ComfyUI's CLIPTextEncode weights `(word:1.2)` and `(word)` and reads \\( \\) as A1111 does, but
+    takes square brackets ([word], prompt editing, alternation) and BREAK as plain text: refuse them."""
+    if not isinstance(text, str):
+        return
+    check_supported(text, name, negative=name == "negative_prompt")
+    bare = re.sub(r"\\.", "", text)
+    m = re.search(r"[\[\]]|\bBREAK\b", bare)
+    if m:
+        piece = first_construct(bare[m.start() :]) or m.group()
+        raise ValueError(
+            f"`{name}` {text!r} uses A1111 syntax ComfyUI reads as plain text ({piece!r}): ComfyUI weights only "
+            f"(word:1.2) and (word); write (word:0.91) for [word], or pass sdlab.prompts.verbatim(text) to send it as written"
+        )
+
+
 def first_construct(text: str) -> str:
     """The first piece of A1111 syntax in `text`, for error messages, e.g. "(red:1.5)"."""
     m = _SYNTAX.search(text)
