@@ -341,3 +341,19 @@ def test_remote_backends_refuse_syntax_they_would_read_as_text():
     finally:
         comfy.stop()
         rep.stop()
+
+
+def test_prompt_editing_on_controlnet_and_refused_where_the_pipeline_guides(tmp_path):
+    from PIL import Image
+
+    from sdlab import testing
+
+    pipe = sdlab.load_pipeline(
+        "tiny", controlnet=testing.save_tiny_controlnet("sd1", tmp_path / "cn"), progress_bar=False
+    )
+    control = Image.new("RGB", (64, 64), "white")
+    edited = run(pipe, "a [red:blue:2] circle", image=control)
+    assert edited.records[0]["prompt_schedule"] == [[2, "a red circle"], [4, "a blue circle"]]
+    with pytest.raises(ValueError, match=r"prompt editing / alternation .*StableDiffusionControlNetPipeline"):
+        run(pipe, "a [red:blue:2] circle", image=control, guess_mode=True)
+    run(pipe, "a (red:1.2) circle", image=control, guess_mode=True)  # weights need no per-step change

@@ -341,7 +341,8 @@ class DiffusersBackend:
         if not editing:
             return
         per_image = self.supports_per_image_guidance() and not self._needs_native_guidance(request.pipeline_kwargs)
-        if not per_image or "prompt_embeds" not in getattr(self.pipe, "_callback_tensor_inputs", ()):
+        needed = {"prompt_embeds", "add_text_embeds"} if self.family == "sdxl" else {"prompt_embeds"}
+        if not per_image or not needed <= set(getattr(self.pipe, "_callback_tensor_inputs", ())):
             raise ValueError(
                 f"A1111 prompt editing / alternation ([from:to:when], [a|b]) needs sdlab's per-image guidance "
                 f"path, which {type(self.pipe).__name__} does not use here; write the prompt without it"
