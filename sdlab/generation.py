@@ -238,21 +238,19 @@ def regenerate(path: str | Path, pipe: Any, **overrides: Any) -> GenerationResul
         if params.get(key) is not None:
             kwargs[key] = params[key]
     prompt = params["prompt"]
-    if params.get("source") == "a1111":
+    if params.get("source") == "a1111":  # A1111's prompt syntax is sdlab's default encoding: only extra networks go
         prompt, dropped = _without_extra_networks(prompt)
         unapplied += [f"prompt {tag}" for tag in dropped]
         if kwargs.get("negative_prompt") is not None:
             kwargs["negative_prompt"], dropped = _without_extra_networks(kwargs["negative_prompt"])
             unapplied += [f"negative prompt {tag}" for tag in dropped]
-        params["prompt_weighting"] = _has_a1111_weights(prompt)
-        params["negative_prompt_weighting"] = _has_a1111_weights(kwargs.get("negative_prompt"))
-    if params.get("prompt_weighting") or params.get("negative_prompt_weighting"):  # sdlab.prompts.weighted
-        from .prompts import weighted
+    if params.get("prompt_weighting") or params.get("negative_prompt_weighting"):  # sdlab.prompts.weighted, verbatim
+        from .prompts import prompt_object
 
         if params.get("prompt_weighting"):
-            prompt = weighted(prompt)
+            prompt = prompt_object(params["prompt_weighting"], prompt)
         if params.get("negative_prompt_weighting") and kwargs.get("negative_prompt") is not None:
-            kwargs["negative_prompt"] = weighted(kwargs["negative_prompt"])
+            kwargs["negative_prompt"] = prompt_object(params["negative_prompt_weighting"], kwargs["negative_prompt"])
     pipeline_kwargs = {}
     for key, value in (params.get("pipeline_kwargs") or {}).items():
         if isinstance(value, dict) and value.get("type") in ("image", "tensor", "array"):
@@ -330,13 +328,3 @@ def _without_extra_networks(text: str) -> tuple[str, list[str]]:
     """A1111's prompt without its <lora:...>-style tags (A1111 removes them before encoding), and the tags."""
     tags = [m.group(0) for m in _RE_EXTRA_NETWORK.finditer(text)]
     return _RE_EXTRA_NETWORK.sub("", text), tags
-
-
-def _has_a1111_weights(text: str | None) -> bool:
-    """Whether A1111 would weight `text`: (word:1.3), (word), [word] or escaped brackets."""
-    if not text or not any(c in text for c in "()[]\\"):
-        return False
-    from .prompts.weighting import parse_weights
-
-    fragments = parse_weights(text)
-    return any(w != 1.0 for _, w in fragments) or "".join(f for f, _ in fragments) != text

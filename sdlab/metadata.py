@@ -72,10 +72,18 @@ def _pipeline_label(key: str, record: dict[str, Any]) -> str:
     return key.replace("_", " ").capitalize()
 
 
+def _a1111_prompt(record: dict[str, Any], name: str) -> str | None:
+    """A prompt as A1111 must read it: a verbatim one (sdlab.prompts.verbatim) with its brackets escaped."""
+    text = record.get(name)
+    if text and record.get(f"{name}_weighting") == "verbatim":
+        return re.sub(r"([\\()\[\]])", r"\\\1", text)
+    return text
+
+
 def infotext(record: dict[str, Any]) -> str:
     """A1111's `parameters` text for one image record."""
-    lines = [record.get("prompt", "")]
-    negative = record.get("negative_prompt")
+    lines = [_a1111_prompt(record, "prompt") or ""]
+    negative = _a1111_prompt(record, "negative_prompt")
     if negative:
         lines.append(f"Negative prompt: {negative}")
     params: list[tuple[str, Any]] = []

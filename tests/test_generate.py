@@ -479,3 +479,38 @@ def test_concurrent_calls_on_one_pipeline_wait_for_each_other():
         pipe, "a red circle", seed=1, width=128, height=128, guidance_scale=1.0, num_inference_steps=4
     )
     assert max_pixel_diff(results["b"].image, alone.image) == 0
+
+
+# ------------------------------------------------------------------ A1111 prompt syntax (sdlab.prompts.a1111)
+
+
+def test_plain_string_without_syntax_is_encoded_as_before(unet_pipe):
+    """No brackets, no BREAK: the pipeline's own encoding, pixel for pixel, recorded as "plain"."""
+    import torch
+
+    result = sdlab.generate(unet_pipe, "a red circle", seed=5, num_inference_steps=STEPS, guidance_scale=6.0)
+    direct = unet_pipe(
+        prompt="a red circle",
+        num_inference_steps=STEPS,
+        guidance_scale=6.0,
+        generator=torch.Generator("cpu").manual_seed(5),
+    ).images[0]
+    assert max_pixel_diff(direct, result.image) == 0
+    assert result.records[0]["prompt_encoding"] == "plain"
+    verbatim = sdlab.generate(
+        unet_pipe, sdlab.prompts.verbatim("a red circle"), seed=5, num_inference_steps=STEPS, guidance_scale=6.0
+    )
+    assert max_pixel_diff(verbatim.image, result.image) == 0
+
+
+def test_a1111_weights_in_a_plain_string_are_not_literal_text(sd1_pipe):
+    import torch
+
+    prompt = "a (red:1.5) circle"
+    result = sdlab.generate(sd1_pipe, prompt, seed=5, num_inference_steps=STEPS, guidance_scale=6.0)
+    literal = sd1_pipe(
+        prompt=prompt, num_inference_steps=STEPS, guidance_scale=6.0, generator=torch.Generator("cpu").manual_seed(5)
+    ).images[0]
+    assert max_pixel_diff(literal, result.image) > 0
+    assert result.records[0]["prompt_encoding"] == "a1111"
+    assert result.records[0]["prompt_weights"][1] == ["red", 1.5]

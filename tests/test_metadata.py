@@ -543,7 +543,6 @@ A1111_REGENERATE_PARAMS = {  # create_infotext's order; Schedule type and Hires/
 
 def test_regenerate_an_a1111_png_applies_what_it_can_and_lists_the_rest_once(sd1_pipe, tmp_path):
     from sdlab.generation import RegenerateWarning
-    from sdlab.prompts import weighted
 
     blank = Image.new("RGB", (64, 64))
     path = a1111_png(
@@ -563,7 +562,7 @@ def test_regenerate_an_a1111_png_applies_what_it_can_and_lists_the_rest_once(sd1
     )
     expected = sdlab.generate(
         sd1_pipe,
-        weighted("a (red:1.3) circle "),
+        "a (red:1.3) circle ",  # A1111's syntax in a plain string: encoded as A1111 does
         negative_prompt="blue",
         num_inference_steps=3,
         scheduler="DPM++ 2M Karras",
@@ -577,7 +576,7 @@ def test_regenerate_an_a1111_png_applies_what_it_can_and_lists_the_rest_once(sd1
     )
     assert max_pixel_diff(again.image, expected.image) == 0
     record = again.records[0]
-    assert (record["prompt_weighting"], record["variation_seed"], record["clip_skip"]) == ("compel", 12, 1)
+    assert (record["prompt_encoding"], record["variation_seed"], record["clip_skip"]) == ("a1111", 12, 1)
 
 
 def test_regenerate_checks_the_model_hash_of_a_single_file_checkpoint(tiny_dirs, tmp_path):

@@ -162,6 +162,11 @@ class ComfyUIBackend:
             raise ValueError(
                 "the ComfyUI backend takes one `guidance_scale` per request; split the request by guidance"
             )
+        from ..prompts.a1111 import check_comfyui
+
+        for name in ("prompt", "negative_prompt"):
+            for text in getattr(request, name):
+                check_comfyui(text, name)
         if not self.workflow.targets("prompt", self.mapping):
             raise ValueError(
                 "the workflow has no text encoder feeding a sampler's positive input; pass mapping={'prompt': 'node.text'}"

@@ -74,6 +74,38 @@ class _GuidanceState:
     # ControlNet pipelines: the unconditional rows' residuals (down list, mid) of the current step,
     # left by the guided ControlNet for the guided UNet, which takes them
     residuals: tuple | None = None
+    # A1111 prompt editing / alternation (sdlab.prompts.a1111): the embeddings of every step
+    prompt_steps: _PromptSteps | None = None
+
+
+class _PromptSteps:
+    """Per-image schedules of embeddings ([(end step, (embeds, pooled))], A1111's prompt editing),
+    for the positive prompts and the negative prompts of the guided rows, all padded to one length.
+    `update(step, callback_kwargs)` puts step `step`'s embeddings in place when they change."""
+
+    def __init__(self, positive: list, negative: list, state: _GuidanceState):
+        self.positive, self.negative, self.state = positive, negative, state
+        self.current = self._indices(0)
+
+    def _indices(self, step: int) -> tuple:
+        from ..prompts.a1111 import entry_at
+
+        return tuple(entry_at(s, step) for s in self.positive), tuple(entry_at(s, step) for s in self.negative)
+
+    def update(self, step: int, callback_kwargs: dict) -> None:
+        indices = self._indices(step)
+        if indices == self.current:
+            return
+        self.current = indices
+        positive = [s[i][1] for s, i in zip(self.positive, indices[0])]
+        callback_kwargs["prompt_embeds"] = torch.cat([e[0] for e in positive])
+        if "add_text_embeds" in callback_kwargs:  # SDXL: the pooled embeddings
+            callback_kwargs["add_text_embeds"] = torch.cat([e[1] for e in positive])
+        if self.negative:
+            negative = [s[i][1] for s, i in zip(self.negative, indices[1])]
+            self.state.negative_embeds = torch.cat([e[0] for e in negative])
+            if self.state.negative_pooled is not None:
+                self.state.negative_pooled = torch.cat([e[1] for e in negative])
 
 
 def _expand_rows(state: _GuidanceState, sample, timestep, encoder_hidden_states, kwargs: dict):
@@ -321,6 +353,36 @@ class DiffusersBackend:
         for p in (*request.prompt, *request.negative_prompt):
             if p is not None and not isinstance(p, str) and hasattr(p, "validate"):
                 p.validate(self.pipe, clip_skip=request.clip_skip)
+        self._validate_a1111(request)
+
+    def _validate_a1111(self, request: GenerationRequest) -> None:
+        """Plain strings are read with A1111's syntax (sdlab.prompts.a1111): refuse what cannot be honoured."""
+        from ..prompts import a1111
+
+        editing = False
+        for name, values in (("prompt", request.prompt), ("negative_prompt", request.negative_prompt)):
+            for p in values:
+                if not isinstance(p, str):
+                    continue
+                a1111.check_supported(p, name, negative=name == "negative_prompt")
+                if not a1111.has_syntax(p):
+                    continue
+                if self.family not in ("sd1", "sd2", "sdxl"):
+                    raise ValueError(
+                        f"`{name}` {p!r} uses A1111 prompt syntax ({a1111.first_construct(p)!r}), but this "
+                        f"{self.family!r} model reads prompts with T5, which cannot weight or schedule them; remove "
+                        f"it, or pass sdlab.prompts.verbatim(text) to send the brackets as characters"
+                    )
+                editing = editing or len(a1111.prompt_schedule(p, request.num_inference_steps)) > 1
+        if not editing:
+            return
+        per_image = self.supports_per_image_guidance() and not self._needs_native_guidance(request.pipeline_kwargs)
+        needed = {"prompt_embeds", "add_text_embeds"} if self.family == "sdxl" else {"prompt_embeds"}
+        if not per_image or not needed <= set(getattr(self.pipe, "_callback_tensor_inputs", ())):
+            raise ValueError(
+                f"A1111 prompt editing / alternation ([from:to:when], [a|b]) needs sdlab's per-image guidance "
+                f"path, which {type(self.pipe).__name__} does not use here; write the prompt without it"
+            )
 
     def supports_variation(self) -> bool:
         """Seed variations replace the initial noise: text-to-image pipelines only (an img2img or
@@ -406,6 +468,8 @@ class DiffusersBackend:
                 )
             if progress is not None:
                 progress({"step": step + 1, "total": steps, "timestep": float(timestep), "images": n})
+            if state is not None and state.prompt_steps is not None:  # A1111 prompt editing: next step's text
+                state.prompt_steps.update(step + 1, callback_kwargs)
             return callback_kwargs
 
         self._check_encoders()
@@ -421,6 +485,9 @@ class DiffusersBackend:
                 call = self._call_native(request, kwargs)
             if request.has_variation:  # A1111's seed variations: sdlab makes the initial noise
                 call["latents"] = self._initial_latents(request, generators, call["prompt_embeds"].dtype)
+            if state is not None and state.prompt_steps is not None:
+                inputs = ["latents", "prompt_embeds", "add_text_embeds"] if self.family == "sdxl" else None
+                call["callback_on_step_end_tensor_inputs"] = inputs or ["latents", "prompt_embeds"]
             # 3. the call; sdlab's guided UNet/ControlNet only for its duration
             with self._guided_forward(state), torch.inference_mode():
                 output = pipe(
@@ -454,10 +521,13 @@ class DiffusersBackend:
             record["controlnet"] = self.info.controlnet
         records = [dict(record) for _ in range(n)]
         # what the text encoders were given (sdlab.prompts): weights, the text sent, dropped words
+        from ..prompts.a1111 import describe_encoding
         from ..prompts.tokens import record_fields
 
         for i, r in enumerate(records):
             r.update(record_fields(pipe, request.prompt[i], request.negative_prompt[i]))
+            r.update(describe_encoding(request.prompt[i], steps))
+            r.update(describe_encoding(request.negative_prompt[i], steps, "negative_"))
             if request.clip_skip:
                 r["clip_skip_convention"] = "diffusers (layers skipped; A1111 Clip skip = clip_skip + 1)"
         return BackendOutput(images=images, records=records, seconds=seconds)
@@ -466,16 +536,20 @@ class DiffusersBackend:
         """Image indices grouped by the token length of their embeddings. Only prompt objects
         (sdlab.prompts.weighted) encode past 77 tokens; each group runs as its own call, so an image
         is padded only to its own negative prompt's length and equals the same seed made alone."""
+        from ..prompts.a1111 import has_syntax
+
         everything = list(range(len(request)))
-        if all(p is None or isinstance(p, str) for p in (*request.prompt, *request.negative_prompt)):
+        prompts = (*request.prompt, *request.negative_prompt)
+        if all(p is None or (isinstance(p, str) and not has_syntax(p)) for p in prompts):
             return [everything]
         per_image = self.supports_per_image_guidance() and not self._needs_native_guidance(request.pipeline_kwargs)
         groups: dict[int, list[int]] = {}
+        skip, steps = request.clip_skip, request.num_inference_steps
         for i in everything:
-            length = self._encode(request.prompt[i], negative=False, clip_skip=request.clip_skip)[0].shape[1]
+            length = _max_length(self._conditioning(request.prompt[i], negative=False, clip_skip=skip, steps=steps))
             if not per_image or request.guidance_scale[i] > 1.0:
-                negative = self._encode(request.negative_prompt[i], negative=True, clip_skip=request.clip_skip)
-                length = max(length, negative[0].shape[1])
+                negative = self._conditioning(request.negative_prompt[i], negative=True, clip_skip=skip, steps=steps)
+                length = max(length, _max_length(negative))
             groups.setdefault(length, []).append(i)
         return list(groups.values())
 
@@ -495,12 +569,18 @@ class DiffusersBackend:
     ) -> tuple[dict[str, Any], _GuidanceState]:
         """Pipeline CFG off; the guided UNet does per-image guidance in the same batch."""
         device = self._device()
-        skip = request.clip_skip
-        positive = [self._encode(p, negative=False, clip_skip=skip) for p in request.prompt]
+        skip, steps = request.clip_skip, request.num_inference_steps
+        # per image: [(end step, embeddings)], one entry unless A1111 prompt editing changes the text
+        positive_steps = [self._conditioning(p, negative=False, clip_skip=skip, steps=steps) for p in request.prompt]
         scales = torch.tensor(request.guidance_scale, dtype=torch.float32)
         rows = torch.nonzero(scales > 1.0).flatten()
-        negatives = [self._encode(request.negative_prompt[i], negative=True, clip_skip=skip) for i in rows.tolist()]
-        length = max(e[0].shape[1] for e in positive + negatives)
+        negative_steps = [
+            self._conditioning(request.negative_prompt[i], negative=True, clip_skip=skip, steps=steps)
+            for i in rows.tolist()
+        ]
+        length = max(_max_length(s) for s in positive_steps + negative_steps)
+        positive = [s[0][1] for s in positive_steps]  # denoising step 0 uses each schedule's first entry
+        negatives = [s[0][1] for s in negative_steps]
         call: dict[str, Any] = {"guidance_scale": 1.0}
         call["prompt_embeds"] = self._cat_embeds([p[0] for p in positive], length, skip).to(device)
         negative_embeds = negative_pooled = None
@@ -517,15 +597,41 @@ class DiffusersBackend:
             negative_pooled=negative_pooled,
             guidance_rescale=float(kwargs.pop("guidance_rescale", 0.0) or 0.0),
         )
+        if any(len(s) > 1 for s in positive_steps + negative_steps):
+
+            def ready(schedule):
+                return [(end, self._ready(e, length, skip, device)) for end, e in schedule]
+
+            positive_ready = [ready(s) for s in positive_steps]
+            state.prompt_steps = _PromptSteps(positive_ready, [ready(s) for s in negative_steps], state)
         return call, state
+
+    def _ready(self, embeddings, length: int, clip_skip, device):
+        """(embeds, pooled) of one prompt padded to `length` tokens, on the pipeline's device."""
+        embeds, pooled = embeddings
+        embeds = self._cat_embeds([embeds], length, clip_skip).to(device)
+        return embeds, pooled.to(device) if pooled is not None else None
+
+    def _conditioning(self, prompt, *, negative: bool, clip_skip: int | None, steps: int) -> list[tuple[int, Any]]:
+        """[(end step, (embeds, pooled))] of one prompt: a string with A1111 prompt editing or
+        alternation has one entry per text of its schedule (sdlab.prompts.a1111), anything else one."""
+        from ..prompts.a1111 import has_syntax, prompt_schedule
+
+        if isinstance(prompt, str) and has_syntax(prompt):  # the texts A1111 encodes: brackets of editing resolved
+            return [
+                (end, self._encode(text, negative=negative, clip_skip=clip_skip))
+                for end, text in prompt_schedule(prompt, steps)
+            ]
+        return [(steps, self._encode(prompt, negative=negative, clip_skip=clip_skip))]
 
     def _call_native(self, request: GenerationRequest, kwargs: dict) -> dict[str, Any]:
         """The pipeline's own guidance (one scale for the call), embeddings from the cache."""
         device = self._device()
         guidance = request.guidance_scale[0]
         call: dict[str, Any] = {"guidance_scale": guidance}
-        skip = request.clip_skip
-        positive = [self._encode(p, negative=False, clip_skip=skip) for p in request.prompt]
+        skip, steps = request.clip_skip, request.num_inference_steps
+        # A1111 syntax without prompt editing (validate refuses editing here): one schedule entry
+        positive = [self._conditioning(p, negative=False, clip_skip=skip, steps=steps)[0][1] for p in request.prompt]
         if self.family == "flux":
             call["prompt_embeds"] = torch.cat([p[0] for p in positive]).to(device)
             call["pooled_prompt_embeds"] = torch.cat([p[1] for p in positive]).to(device)
@@ -534,7 +640,9 @@ class DiffusersBackend:
                 call["negative_prompt_embeds"] = torch.cat([e[0] for e in negatives]).to(device)
                 call["negative_pooled_prompt_embeds"] = torch.cat([e[1] for e in negatives]).to(device)
             return call
-        negatives = [self._encode(neg, negative=True, clip_skip=skip) for neg in request.negative_prompt]
+        negatives = [
+            self._conditioning(neg, negative=True, clip_skip=skip, steps=steps)[0][1] for neg in request.negative_prompt
+        ]
         length = max(e[0].shape[1] for e in positive + negatives)
         call["prompt_embeds"] = self._cat_embeds([p[0] for p in positive], length, skip).to(device)
         if self.family == "sdxl":
@@ -573,11 +681,17 @@ class DiffusersBackend:
         pipeline would: "" for SD, zeros for SDXL models with `force_zeros_for_empty_prompt`.
         A prompt object (sdlab.prompts.WeightedPrompt: `.text`, `.encode(pipe)`) encodes itself.
         `clip_skip` (diffusers' convention) is applied here, as the pipeline's encode_prompt does."""
+        if getattr(text, "weighting", None) == "verbatim":  # sdlab.prompts.verbatim: the text as it is
+            text, syntax = text.text, False
+        else:
+            from ..prompts.a1111 import has_syntax
+
+            syntax = has_syntax(text)
         is_object = text is not None and not isinstance(text, str)
         key = (
             (self.family, clip_skip, type(text).__name__, text.text)
             if is_object
-            else (self.family, clip_skip, text, negative and text is None)
+            else (self.family, clip_skip, text, negative and text is None, syntax)
         )
         cached = self._embeddings.get(key)
         if cached is not None:
@@ -585,13 +699,17 @@ class DiffusersBackend:
             return cached
         pipe = self.pipe
         device = self._device()
-        if isinstance(text, str):  # once per distinct prompt: a TokenLimitWarning naming dropped words
+        if isinstance(text, str) and not syntax:  # once per distinct prompt: a TokenLimitWarning naming dropped words
             from ..prompts.tokens import warn_if_truncated
 
             warn_if_truncated(pipe, text)
         with torch.inference_mode():
             if is_object:
                 value = text.encode(pipe, clip_skip=clip_skip)
+            elif syntax:  # A1111 emphasis, BREAK and 77-token chunks (sdlab.prompts.a1111)
+                from ..prompts import a1111
+
+                value = a1111.encode(pipe, text, clip_skip=clip_skip)
             elif self.family in ("sd1", "sd2") and clip_skip:
                 value = (self._encode_skipping(text or "", clip_skip), None)
             elif self.family in ("sd1", "sd2"):
@@ -694,3 +812,8 @@ class DiffusersBackend:
             yield
         finally:
             pipe._progress_bar_config = old
+
+
+def _max_length(schedule: list[tuple[int, Any]]) -> int:
+    """The longest embeddings (tokens) of a prompt's schedule entries."""
+    return max(embeddings[0].shape[1] for _, embeddings in schedule)

@@ -286,6 +286,16 @@ def plain_prompt(value: Any, name: str, model: str) -> str | None:
     """The text of a prompt for a model that reads plain text: a string as it is, a prompt object
     (sdlab.prompts.weighted) as the text its encoder would see, refused if it carries weights."""
     if not is_prompt_object(value):
+        from ..prompts.a1111 import check_supported, first_construct, has_syntax
+
+        if has_syntax(value):
+            raise ValueError(
+                f"`{name}` {value!r} uses A1111 prompt syntax ({first_construct(value)!r}), but {model} on Replicate "
+                f"reads plain text and cannot weight or schedule it; remove it, pass sdlab.prompts.verbatim(text) to "
+                f"send the characters, or use a local backend"
+            )
+        if value is not None:
+            check_supported(value, name)
         return value
     if getattr(value, "is_weighted", False):
         raise ValueError(

@@ -265,11 +265,14 @@ def record_fields(pipe: Any, prompt: Any, negative_prompt: Any) -> dict[str, Any
     """What the text encoders were given, for an image's record: for weighted prompts
     `prompt_sent` and `prompt_weights`; for prompts cut short `truncated_words` (per tokenizer);
     the same with a `negative_` prefix for the negative prompt. Empty for short plain prompts."""
+    from .a1111 import has_syntax
     from .weighting import WeightedPrompt
 
     fields: dict[str, Any] = {}
     for prefix, value in (("", prompt), ("negative_", negative_prompt)):
         if value is None or (isinstance(value, str) and not value):
+            continue
+        if isinstance(value, str) and has_syntax(value):  # A1111 syntax: encoded in chunks, nothing dropped
             continue
         if isinstance(value, WeightedPrompt):
             fields[f"{prefix}prompt_sent"] = value.prompt_sent
