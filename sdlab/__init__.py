@@ -18,7 +18,7 @@ from .request import GenerationRequest
 from .schedulers import scheduler_names, set_scheduler
 from .sweeps import SweepResult, load_sweep, prompt_matrix, prompt_order, prompt_sr, sweep
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 __all__ = [
     "Backend",

@@ -11,7 +11,7 @@ import pytest
 
 import sdlab
 from sdlab.metadata import read_params
-from sdlab.prompts import TokenLimitWarning, token_budget, weighted
+from sdlab.prompts import TokenLimitWarning, token_budget, verbatim, weighted
 
 HEAD = "a large red circle on a blue background"
 
@@ -38,7 +38,7 @@ def test_short_prompt_fits(sd1_pipe):
 
 def test_long_prompt_shows_the_dropped_words(sd1_pipe):
     prompt = long_prompt()
-    budget = token_budget(sd1_pipe, prompt)
+    budget = token_budget(sd1_pipe, verbatim(prompt))  # sent as written: the tokenizer cuts it
     clip = budget["CLIP"]
     assert budget.truncated and clip.count > 77
     assert prompt.startswith(clip.kept_text) and prompt.endswith(clip.dropped_text)
@@ -49,7 +49,7 @@ def test_long_prompt_shows_the_dropped_words(sd1_pipe):
 
 
 def test_generating_past_the_limit_warns_once_and_records_the_dropped_words(sd1_pipe, tmp_path):
-    prompt = long_prompt("wk")
+    prompt = verbatim(long_prompt("wk"))
     result, warned = generate_recording(sd1_pipe, prompt)
     assert len(warned) == 1
     message = str(warned[0].message)
@@ -64,21 +64,36 @@ def test_generating_past_the_limit_warns_once_and_records_the_dropped_words(sd1_
 
 
 def test_truncated_negative_prompt_warns_and_is_recorded(sd1_pipe):
-    result, warned = generate_recording(sd1_pipe, HEAD, negative_prompt=long_prompt("nv"))
+    result, warned = generate_recording(sd1_pipe, HEAD, negative_prompt=verbatim(long_prompt("nv")))
     assert len(warned) == 1
     assert "truncated_words" not in result.records[0]
     assert result.records[0]["negative_truncated_words"]["CLIP"][-1] == "nv" + "x" * 12
 
 
 def test_words_past_the_limit_change_nothing(sd1_pipe):
-    """What the budget says: two prompts that differ only in dropped words make the same image."""
-    a, _ = generate_recording(sd1_pipe, long_prompt("ab"))
-    b, _ = generate_recording(sd1_pipe, long_prompt("ab")[:-3] + "qqq")
+    """What the budget says: two verbatim prompts that differ only in dropped words make the same image."""
+    a, _ = generate_recording(sd1_pipe, verbatim(long_prompt("ab")))
+    b, _ = generate_recording(sd1_pipe, verbatim(long_prompt("ab")[:-3] + "qqq"))
     assert list(a.image.getdata()) == list(b.image.getdata())
 
 
+def test_long_plain_prompts_are_read_in_chunks_as_a1111_does(sd1_pipe, sdxl_pipe):
+    """A plain string past 77 tokens is encoded in 77-token chunks (A1111), not cut: no warning,
+    the words past the limit change the image, and the record says so."""
+    for pipe in (sd1_pipe, sdxl_pipe):
+        budget = token_budget(pipe, long_prompt("cd"))
+        assert not budget.truncated and all(c.chunks >= 2 for c in budget.counts)
+        a, warned = generate_recording(pipe, long_prompt("cd"))
+        b, _ = generate_recording(pipe, long_prompt("cd")[:-3] + "qqq")
+        assert warned == [] and "truncated_words" not in a.records[0]
+        assert a.records[0]["prompt_encoding"] == "a1111"
+        assert list(a.image.getdata()) != list(b.image.getdata())
+    short, _ = generate_recording(sd1_pipe, HEAD)
+    assert short.records[0]["prompt_encoding"] == "plain"
+
+
 def test_sdxl_counts_both_clip_encoders(sdxl_pipe):
-    budget = token_budget(sdxl_pipe, long_prompt())
+    budget = token_budget(sdxl_pipe, verbatim(long_prompt()))
     assert [c.label for c in budget.counts] == ["CLIP-L", "CLIP-G"]
     assert all(c.limit == 77 and c.truncated for c in budget.counts)
     assert budget["CLIP-L"].dropped_words == budget["CLIP-G"].dropped_words
@@ -125,6 +140,6 @@ def test_the_token_warning_names_the_callers_line_not_sdlabs(sd1_pipe):
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        sdlab.generate(sd1_pipe, "stack " * 100, seed=0, num_inference_steps=1)
+        sdlab.generate(sd1_pipe, verbatim("stack " * 100), seed=0, num_inference_steps=1)
     warned = [w for w in caught if issubclass(w.category, TokenLimitWarning)]
     assert warned and warned[0].filename == __file__

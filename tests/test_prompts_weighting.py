@@ -131,14 +131,16 @@ def test_sdxl_weight_changes_the_image(sdxl_pipe):
 
 
 def test_long_weighted_prompt_is_read_whole(sd1_pipe):
-    """Words past 77 tokens change nothing in a plain prompt and change the image when weighted."""
+    """Words past 77 tokens change nothing in a verbatim prompt and change the image when weighted."""
+    from sdlab.prompts import verbatim
+
     a, b = long_prompt("ab"), long_prompt("ab")[:-3] + "qqq"
     embeds, _ = weighted(a).encode(sd1_pipe)
     chunks = token_budget(sd1_pipe, weighted(a))["CLIP"].chunks  # compel splits at phrase ends
     assert chunks >= 2 and embeds.shape[1] == 77 * chunks
     sdlab.as_backend(sd1_pipe)._embeddings.clear()  # the warning comes with encoding, once per prompt
     with pytest.warns(TokenLimitWarning):
-        plain = sdlab.generate(sd1_pipe, [a, b], seed=[4, 4], num_inference_steps=STEPS)
+        plain = sdlab.generate(sd1_pipe, [verbatim(a), verbatim(b)], seed=[4, 4], num_inference_steps=STEPS)
     assert max_pixel_diff(plain.images[0], plain.images[1]) == 0
     long = run(sd1_pipe, [weighted(a), weighted(b)], seed=[4, 4])  # no TokenLimitWarning
     assert max_pixel_diff(long.images[0], long.images[1]) > 0

@@ -229,6 +229,7 @@ class DiffusersBackend:
         self.family: str = self.info.family
         self._embeddings: OrderedDict[tuple, Any] = OrderedDict()
         self._encoders_stamp: tuple = ()
+        self._long_texts: dict[str, bool] = {}
         self._lock = threading.RLock()  # one call at a time on this pipeline (the backend is one per pipeline)
         self._call_params = set(inspect.signature(type(pipe).__call__).parameters) - {"self"}
 
@@ -441,6 +442,7 @@ class DiffusersBackend:
         progress_bar: bool | None = None,
     ) -> BackendOutput:
         self.validate(request)
+        self._check_encoders()  # before any encoding: cached embeddings of changed text encoders go
         groups = self._length_groups(request)
         if len(groups) > 1:  # long weighted prompts (sdlab.prompts): one call per embedding length
             return self._run_groups(request, groups, progress=progress, progress_bar=progress_bar)
@@ -472,7 +474,6 @@ class DiffusersBackend:
                 state.prompt_steps.update(step + 1, callback_kwargs)
             return callback_kwargs
 
-        self._check_encoders()
         if progress is not None:  # step 0: the call starts (a server counts a crash from here on against the job)
             progress({"step": 0, "total": steps, "images": n})
         with self._scheduler(request.scheduler) as scheduler_name, self._progress_bar(progress_bar):
@@ -526,8 +527,12 @@ class DiffusersBackend:
 
         for i, r in enumerate(records):
             r.update(record_fields(pipe, request.prompt[i], request.negative_prompt[i]))
-            r.update(describe_encoding(request.prompt[i], steps))
-            r.update(describe_encoding(request.negative_prompt[i], steps, "negative_"))
+            r.update(describe_encoding(request.prompt[i], steps, a1111=self._a1111(request.prompt[i])))
+            r.update(
+                describe_encoding(
+                    request.negative_prompt[i], steps, "negative_", a1111=self._a1111(request.negative_prompt[i])
+                )
+            )
             if request.clip_skip:
                 r["clip_skip_convention"] = "diffusers (layers skipped; A1111 Clip skip = clip_skip + 1)"
         return BackendOutput(images=images, records=records, seconds=seconds)
@@ -536,11 +541,9 @@ class DiffusersBackend:
         """Image indices grouped by the token length of their embeddings. Only prompt objects
         (sdlab.prompts.weighted) encode past 77 tokens; each group runs as its own call, so an image
         is padded only to its own negative prompt's length and equals the same seed made alone."""
-        from ..prompts.a1111 import has_syntax
-
         everything = list(range(len(request)))
         prompts = (*request.prompt, *request.negative_prompt)
-        if all(p is None or (isinstance(p, str) and not has_syntax(p)) for p in prompts):
+        if all(p is None or (isinstance(p, str) and not self._a1111(p)) for p in prompts):
             return [everything]
         per_image = self.supports_per_image_guidance() and not self._needs_native_guidance(request.pipeline_kwargs)
         groups: dict[int, list[int]] = {}
@@ -615,9 +618,9 @@ class DiffusersBackend:
     def _conditioning(self, prompt, *, negative: bool, clip_skip: int | None, steps: int) -> list[tuple[int, Any]]:
         """[(end step, (embeds, pooled))] of one prompt: a string with A1111 prompt editing or
         alternation has one entry per text of its schedule (sdlab.prompts.a1111), anything else one."""
-        from ..prompts.a1111 import has_syntax, prompt_schedule
+        from ..prompts.a1111 import prompt_schedule
 
-        if isinstance(prompt, str) and has_syntax(prompt):  # the texts A1111 encodes: brackets of editing resolved
+        if isinstance(prompt, str) and self._a1111(prompt):  # the texts A1111 encodes: brackets of editing resolved
             return [
                 (end, self._encode(text, negative=negative, clip_skip=clip_skip))
                 for end, text in prompt_schedule(prompt, steps)
@@ -667,6 +670,25 @@ class DiffusersBackend:
         empty = self._encode("", negative=False, clip_skip=clip_skip)[0]
         return torch.cat([pad_embeddings(e, length, empty) for e in embeds])
 
+    def _a1111(self, text: Any) -> bool:
+        """Whether a plain string is encoded as A1111 encodes it (sdlab.prompts.a1111): on CLIP-only
+        models (SD 1.x/2.x, SDXL) when it uses A1111 syntax or is longer than one 77-token window (in
+        chunks, as A1111 does, rather than cut short). Other strings go through the pipeline's own encoding."""
+        if not isinstance(text, str) or self.family not in ("sd1", "sd2", "sdxl"):
+            return False
+        from ..prompts.a1111 import has_syntax
+
+        if has_syntax(text):
+            return True
+        long = self._long_texts.get(text)
+        if long is None:
+            tokenizer = self.pipe.tokenizer
+            long = len(tokenizer(text, verbose=False)["input_ids"]) > tokenizer.model_max_length
+            if len(self._long_texts) > EMBEDDING_CACHE_SIZE:
+                self._long_texts.clear()
+            self._long_texts[text] = long
+        return long
+
     def _check_encoders(self) -> None:
         """Forget cached embeddings when the text encoders changed since they were computed (weights
         written in place, e.g. by training in a notebook, or an encoder replaced)."""
@@ -681,12 +703,11 @@ class DiffusersBackend:
         pipeline would: "" for SD, zeros for SDXL models with `force_zeros_for_empty_prompt`.
         A prompt object (sdlab.prompts.WeightedPrompt: `.text`, `.encode(pipe)`) encodes itself.
         `clip_skip` (diffusers' convention) is applied here, as the pipeline's encode_prompt does."""
+        as_given = text
         if getattr(text, "weighting", None) == "verbatim":  # sdlab.prompts.verbatim: the text as it is
             text, syntax = text.text, False
         else:
-            from ..prompts.a1111 import has_syntax
-
-            syntax = has_syntax(text)
+            syntax = self._a1111(text)
         is_object = text is not None and not isinstance(text, str)
         key = (
             (self.family, clip_skip, type(text).__name__, text.text)
@@ -702,7 +723,7 @@ class DiffusersBackend:
         if isinstance(text, str) and not syntax:  # once per distinct prompt: a TokenLimitWarning naming dropped words
             from ..prompts.tokens import warn_if_truncated
 
-            warn_if_truncated(pipe, text)
+            warn_if_truncated(pipe, as_given)
         with torch.inference_mode():
             if is_object:
                 value = text.encode(pipe, clip_skip=clip_skip)

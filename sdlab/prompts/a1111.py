@@ -478,14 +478,15 @@ def verbatim(prompt):
     raise ValueError(f"`prompt` must be a string or a list of strings, got {type(prompt).__name__}")
 
 
-def describe_encoding(prompt: Any, steps: int, prefix: str = "") -> dict[str, Any]:
+def describe_encoding(prompt: Any, steps: int, prefix: str = "", *, a1111: bool | None = None) -> dict[str, Any]:
     """Record fields saying how a prompt was encoded: `prompt_encoding` ("plain", "a1111",
-    "verbatim", "compel"), and for A1111 syntax its weights or its schedule."""
+    "verbatim", "compel"), and for A1111 syntax its weights or its schedule. `a1111`: whether the
+    backend encoded the string as A1111 does (default: when it uses A1111 syntax)."""
     if prompt is None:
         return {}
     if not isinstance(prompt, str):
         return {f"{prefix}prompt_encoding": getattr(prompt, "weighting", type(prompt).__name__)}
-    if not has_syntax(prompt):
+    if not (has_syntax(prompt) if a1111 is None else a1111):
         return {f"{prefix}prompt_encoding": "plain"}
     fields: dict[str, Any] = {f"{prefix}prompt_encoding": "a1111"}
     schedule = prompt_schedule(prompt, steps)

@@ -145,12 +145,14 @@ def token_budget(pipe: Any, prompt: Any) -> TokenBudget:
         text = prompt.text
     else:
         raise ValueError(f"`prompt` must be a string or a WeightedPrompt, got {type(prompt).__name__}")
-    chunked = is_weighted and family in WEIGHTING_FAMILIES
+    # SD 1.x/2.x and SDXL encode weighted prompts and plain strings in 77-token chunks (as A1111 does)
+    chunked = (is_weighted or isinstance(prompt, str)) and family in WEIGHTING_FAMILIES
     counts = []
     for attr, label, limit, role in _encoders(pipe, family):
         count = _count(getattr(pipe, attr), attr, label, limit, role, text, chunked=chunked)
         if count.chunks > 1:
-            count = replace(count, chunks=_compel_chunks(pipe, attr, prompt) or count.chunks)
+            chunks = _compel_chunks(pipe, attr, prompt) if is_weighted else _a1111_chunks(pipe, attr, text)
+            count = replace(count, chunks=chunks or count.chunks)
         counts.append(count)
     if not counts:
         raise ValueError(f"{type(pipe).__name__} has no tokenizer to count with")
@@ -212,6 +214,14 @@ def _count(tokenizer, attr: str, label: str, limit: int, role: str, text: str, *
 
 def _chunk_count(ids: list[int], room: int) -> int:
     return math.ceil(len(ids) / room)  # the least; see _compel_chunks
+
+
+def _a1111_chunks(pipe, attr: str, text: str) -> int:
+    """How many chunks A1111's encoding makes of a plain string (it moves a phrase cut by the 75-token
+    boundary to the next chunk, so a chunk may hold fewer)."""
+    from .a1111 import chunk_tokens, parse_attention
+
+    return len(chunk_tokens(getattr(pipe, attr), parse_attention(text)))
 
 
 def _compel_chunks(pipe, attr: str, prompt) -> int | None:
