@@ -365,9 +365,9 @@ def encode(pipe, text: str, *, clip_skip: int | None = None):
     as the pipeline's `encode_prompt` gives them ([1, 77 * chunks, dim]). SD 1.x/2.x and SDXL."""
     import torch
 
-    from .weighting import _family
+    from .facts import family_of
 
-    family = _family(pipe)
+    family = family_of(pipe)
     fragments = parse_attention(text)
     if family in ("sd1", "sd2"):
         embeds, _ = _encode_chunks(pipe, pipe.tokenizer, pipe.text_encoder, fragments, clip_skip, sdxl=False)
@@ -458,10 +458,8 @@ class VerbatimPrompt:
         """Every model reads plain text."""
 
     def encode(self, pipe, *, clip_skip: int | None = None):
-        """The pipeline's own encoding of the text (the local backend does this itself)."""
-        from ..backends.diffusers import DiffusersBackend
-
-        return DiffusersBackend(pipe)._encode(self, negative=False, clip_skip=clip_skip)
+        """Not used: the local backend encodes a verbatim prompt itself, as the pipeline encodes plain text."""
+        raise TypeError("a verbatim prompt is encoded by sdlab's local backend: pass it to sdlab.generate or sweep")
 
 
 PROMPT_TYPES["verbatim"] = VerbatimPrompt  # GenerationRequest.from_dict and regenerate rebuild it

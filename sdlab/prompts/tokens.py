@@ -22,6 +22,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .facts import family_of, pipeline_of, t5_length
+
 _WORD = re.compile(r"[^\s,;|]+")
 MAX_SHOWN = 12  # dropped words shown in summaries and warnings (all are in `dropped_words`)
 
@@ -134,8 +136,8 @@ def token_budget(pipe: Any, prompt: Any) -> TokenBudget:
     """
     from .weighting import WEIGHTING_FAMILIES, WeightedPrompt
 
-    pipe = _pipeline(pipe)
-    family = _family(pipe)
+    pipe = pipeline_of(pipe)
+    family = family_of(pipe)
     is_weighted = isinstance(prompt, WeightedPrompt)
     if is_weighted:
         text = prompt.prompt_sent
@@ -172,9 +174,7 @@ def _encoders(pipe, family: str) -> list[tuple[str, str, int, str]]:
     elif family == "sdxl":
         out = [("tokenizer", "CLIP-L", None, "sequence"), ("tokenizer_2", "CLIP-G", None, "sequence")]
     elif family == "flux":
-        from ..loading import pipeline_info
-
-        t5 = int(pipeline_info(pipe).load_kwargs.get("max_sequence_length", 512))
+        t5 = t5_length(pipe)
         out = [("tokenizer", "CLIP", None, "pooled"), ("tokenizer_2", "T5", t5, "sequence")]
     else:
         out = [(a, a, None, "sequence") for a in ("tokenizer", "tokenizer_2", "tokenizer_3")]
@@ -291,14 +291,3 @@ def record_fields(pipe: Any, prompt: Any, negative_prompt: Any) -> dict[str, Any
         if budget.truncated:
             fields[f"{prefix}truncated_words"] = {c.label: list(c.dropped_words) for c in budget.counts if c.truncated}
     return fields
-
-
-def _pipeline(pipe):
-    inner = getattr(pipe, "pipe", None)  # an sdlab DiffusersBackend
-    return inner if inner is not None else pipe
-
-
-def _family(pipe) -> str:
-    from ..loading import pipeline_info
-
-    return pipeline_info(pipe).family

@@ -25,6 +25,7 @@ from typing import Any
 
 from ..errors import MissingDependencyError
 from ..request import PROMPT_TYPES
+from .facts import family_of
 
 WEIGHTING_FAMILIES = ("sd1", "sd2", "sdxl")
 UP = 1.1  # (text) and word+
@@ -172,7 +173,7 @@ class WeightedPrompt:
 
     def validate(self, pipe, *, clip_skip: int | None = None) -> None:
         """Raise before any model work if `pipe` cannot encode this prompt (with `clip_skip`)."""
-        family = _family(pipe)
+        family = family_of(pipe)
         if family not in WEIGHTING_FAMILIES:
             raise ValueError(
                 f"weighted prompts need an SD 1.x/2.x or SDXL pipeline (CLIP text encoders); this one is "
@@ -194,7 +195,7 @@ class WeightedPrompt:
 
         self.validate(pipe, clip_skip=clip_skip)
         compel = require_compel()
-        family = _family(pipe)
+        family = family_of(pipe)
         with torch.no_grad(), quiet_long_sequence_log():
             if family in ("sd1", "sd2"):
                 # clip_skip=1: the penultimate layer through the final layer norm, as diffusers' encode_prompt
@@ -315,9 +316,3 @@ def _text_model_alias(encoder):
         yield
     finally:
         del encoder.__dict__["text_model"]
-
-
-def _family(pipe) -> str:
-    from ..loading import pipeline_info
-
-    return pipeline_info(getattr(pipe, "pipe", pipe)).family
