@@ -53,7 +53,7 @@ def test_generating_past_the_limit_warns_once_and_records_the_dropped_words(sd1_
     result, warned = generate_recording(sd1_pipe, prompt)
     assert len(warned) == 1
     message = str(warned[0].message)
-    assert "CLIP reads 77 tokens" in message and "wk" + "x" * 12 in message and "weighted" in message
+    assert "CLIP reads 77 tokens" in message and "wk" + "x" * 12 in message and "plain string" in message
     record = result.records[0]
     assert record["truncated_words"]["CLIP"] == list(token_budget(sd1_pipe, prompt).dropped_words)
     _, again = generate_recording(sd1_pipe, prompt)

@@ -61,7 +61,7 @@ class TokenCount:
     def summary(self) -> str:
         label = self.label + (" (pooled)" if self.role == "pooled" else "")
         if self.chunks > 1:
-            return f"{label}: {self.count} tokens in {self.chunks} chunks of {self.limit} (weighted prompt: nothing dropped)"
+            return f"{label}: {self.count} tokens in {self.chunks} chunks of {self.limit} (read in chunks: nothing dropped)"
         if self.truncated:
             return f"{label}: {self.count}/{self.limit} tokens, {self.count - self.limit} over: drops {self.dropped()}"
         return f"{label}: {self.count}/{self.limit} tokens, {self.limit - self.count} free"
@@ -118,7 +118,7 @@ class TokenBudget:
                 parts.append(f"{c.label} reads {c.limit} tokens (the prompt has {c.count}) and drops {c.dropped()}")
         advice = "shorten it or move what matters to the front"
         if self.family in ("sd1", "sd2", "sdxl"):
-            advice += "; sdlab.prompts.weighted(prompt) encodes all of it in 77-token chunks"
+            advice += "; as a plain string (not verbatim) sdlab reads all of it in 77-token chunks"
         return (
             f"prompt {self.prompt[:60]!r}{'...' if len(self.prompt) > 60 else ''}: "
             + "; ".join(parts)

@@ -249,6 +249,8 @@ class PromptLab(widgets.VBox):
         for count in getattr(budget, "counts", ()):
             try:
                 text = f"{count.label}: {count.count}/{count.limit} tokens"
+                if getattr(count, "chunks", 1) > 1:  # read in 77-token chunks (A1111): nothing dropped
+                    text = f"{count.label}: {count.count} tokens in {count.chunks} chunks of {count.limit}"
             except AttributeError:
                 text = count.summary() if hasattr(count, "summary") else str(count)
             line = html.escape(text)
