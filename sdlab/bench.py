@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .backends import as_backend
+from .backends import as_backend, local_pipeline
 from .generation import build_request, run_request
 from .loading import pipeline_info
 
@@ -176,7 +176,7 @@ class _Call:
 
 def _measure(backend, request, cuda: bool) -> _Call:
     """One timed call through `run_request`, with VAE time, evaluations and peak memory."""
-    pipe = getattr(backend, "pipe", None)
+    pipe = local_pipeline(backend)
     vae_times: list[float] = []
     evaluations = 0
 
@@ -510,7 +510,7 @@ def benchmark_schedulers(
         backend, prompt, scheduler=reference_scheduler, num_inference_steps=reference_steps, **common
     )
     first = next(iter(requests.values()))
-    pipe_obj = getattr(backend, "pipe", None)
+    pipe_obj = local_pipeline(backend)
     cuda = _cuda_device(pipe_obj)
     device = str(getattr(pipe_obj, "device", backend.name)) if pipe_obj is not None else backend.name
     total = 1 + warmup + len(requests) * repeats
@@ -597,10 +597,10 @@ def _scheduler_label(backend, request) -> str | None:
     if request.scheduler is not None:
         from .schedulers import canonical_name, is_flow_matching
 
-        pipe = getattr(backend, "pipe", None)
+        pipe = local_pipeline(backend)
         flow = is_flow_matching(pipe.scheduler) if pipe is not None else False
         return canonical_name(request.scheduler, flow_matching=flow)
-    pipe = getattr(backend, "pipe", None)
+    pipe = local_pipeline(backend)
     if pipe is None:
         return backend.defaults.scheduler
     from .schedulers import scheduler_name

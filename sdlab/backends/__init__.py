@@ -6,6 +6,7 @@ touches no network and imports no HTTP or model library.
 
 from __future__ import annotations
 
+import sys
 import threading
 import weakref
 from pathlib import Path
@@ -81,6 +82,15 @@ def _is_diffusers_pipeline(obj: Any) -> bool:
     except ImportError:  # pragma: no cover
         return False
     return isinstance(obj, DiffusionPipeline)
+
+
+def local_pipeline(backend: Any) -> Any | None:
+    """The diffusers pipeline a local backend runs; None for any other backend (remote, Ray)."""
+    if "sdlab.backends.diffusers" not in sys.modules:  # no local backend exists yet
+        return None
+    from .diffusers import DiffusersBackend
+
+    return backend.pipe if isinstance(backend, DiffusersBackend) else None
 
 
 def is_remote_spec(spec: Any) -> bool:
