@@ -165,6 +165,8 @@ def test_thumbnails_keep_the_aspect_and_show_the_seed(lab):
 
 
 def test_copy_a1111_text_and_python_that_remakes_the_image(lab, sd1_pipe):
+    import sdlab
+
     lab.seed.value, lab.guidance_scale.value, lab.clip_skip.value = 21, 4.5, 1
     lab.scheduler.value = "Euler a"
     lab.generate_button.click()
@@ -176,6 +178,23 @@ def test_copy_a1111_text_and_python_that_remakes_the_image(lab, sd1_pipe):
     exec(code, namespace)
     assert max_pixel_diff(namespace["image"], lab.history[0]["image"]) == 0
     assert namespace["result"].records[0]["clip_skip"] == 1
+    lab.seed.value, lab.scheduler.value = 22, "DDIM"  # a varied, DDIM image: eta and the variation seed too
+    result = sdlab.generate(
+        sd1_pipe,
+        PROMPT,
+        seed=22,
+        num_inference_steps=2,
+        scheduler="DDIM",
+        eta=0.5,
+        variation_seed=5,
+        variation_strength=0.3,
+    )
+    lab.history.insert(0, {"image": result.image, "params": result.records[0], "path": None})
+    exec(lab.python_code(0), namespace)
+    assert "eta=0.5" in lab.python_code(0) and "variation_seed=5" in lab.python_code(0)
+    assert max_pixel_diff(namespace["image"], result.image) == 0
+    lab._render_gallery()
+    code = lab.python_code(0)
     buttons = lab.gallery.children[0].children[2].children
     next(b for b in buttons if b.description == "Python").click()
     assert lab.copy_text.value == code and lab.copy_text.layout.display is None

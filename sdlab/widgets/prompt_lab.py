@@ -40,6 +40,8 @@ _CODE_KEYS = (
     "width",
     "height",
     "clip_skip",
+    "variation_seed",
+    "variation_strength",
 )
 
 
@@ -509,8 +511,12 @@ class PromptLab(widgets.VBox):
         params = self._entry_params(entry)
         lines = ["import sdlab", "", "result = sdlab.generate(", "    pipe,", f"    {params['prompt']!r},"]
         for key in _CODE_KEYS:
-            if params.get(key) is not None:
+            if params.get(key) is not None and not (
+                key.startswith("variation") and not params.get("variation_strength")
+            ):
                 lines.append(f"    {key}={params[key]!r},")
+        for key, value in (params.get("pipeline_kwargs") or {}).items():  # e.g. DDIM's eta
+            lines.append(f"    {key}={value!r},")
         lines += [")", "image = result.image"]
         return "\n".join(lines) + "\n"
 
