@@ -1,5 +1,7 @@
 """The widgets driven headlessly: set `.value`, `.click()`, assert on state (never on Output)."""
 
+from pathlib import Path
+
 import pytest
 
 pytest.importorskip("ipywidgets")
@@ -13,7 +15,7 @@ PROMPT = "a large red circle on a blue background"
 
 @pytest.fixture
 def lab(sd1_pipe, tmp_path):
-    lab = PromptLab(sd1_pipe, out_dir=str(tmp_path / "images"), sweep_dir=str(tmp_path / "sweeps"))
+    lab = PromptLab(sd1_pipe, out_dir=str(tmp_path / "images"), sweep_dir=str(tmp_path / "sweeps"), background=False)
     lab.prompt.value = PROMPT
     lab.num_inference_steps.value = 2
     return lab
@@ -117,6 +119,149 @@ def test_send_to_sweep_runs_and_explores(lab):
 
     lab.sweep_button.click()  # the same sweep again: every cell from the cache
     assert all(c.cached for c in lab.last_sweep.cells) and "4 cached" in lab.status.value
+
+
+def test_saved_by_default_and_reloaded_in_a_new_lab(sd1_pipe, tmp_path, monkeypatch):
+    import datetime
+
+    import sdlab
+
+    monkeypatch.chdir(tmp_path)
+    lab = PromptLab(sd1_pipe, background=False)  # no out_dir: saved into today's run folder
+    folder = Path("runs") / "promptlab" / datetime.date.today().isoformat()
+    assert str(folder) in lab.run_folder.value and lab.save_images.value
+    lab.prompt.value, lab.num_inference_steps.value, lab.seed.value = PROMPT, 2, 7
+    lab.generate_button.click()
+    lab.seed.value = 8
+    lab.generate_button.click()
+    assert lab.error is None, lab.status.value
+    paths = sorted(folder.glob("*.png"))
+    assert len(paths) == 2 and [sdlab.read_params(p)["seed"] for p in paths] == [7, 8]
+
+    again = PromptLab(sd1_pipe, out_dir=str(folder), background=False)  # a new kernel, the same folder
+    assert [e["params"]["seed"] for e in again.history] == [8, 7] and len(again.gallery.children) == 2
+    assert again.history[0]["params"] == {k: v for k, v in sdlab.read_params(paths[1]).items() if k != "source"}
+    assert max_pixel_diff(again.history[0]["image"], lab.history[0]["image"]) == 0
+
+    again.save_images.value = False  # the checkbox turns saving off
+    again.prompt.value = PROMPT
+    again.num_inference_steps.value = 2
+    again.generate_button.click()
+    assert again.last_result.paths == [] and len(list(folder.glob("*.png"))) == 2
+    assert "not saving" in again.run_folder.value
+    off = PromptLab(sd1_pipe, out_dir=None, background=False)
+    assert not off.save_images.value and off.history == []
+
+
+def test_thumbnails_keep_the_aspect_and_show_the_seed(lab):
+    lab.seed.value, lab.width.value, lab.height.value = 11, 128, 64
+    lab.generate_button.click()
+    assert lab.error is None, lab.status.value
+    result_image = lab.images.children[0]
+    assert (result_image.layout.width, result_image.layout.height) == ("256px", "128px")
+    thumb, caption = lab.gallery.children[0].children[0].children
+    assert (thumb.layout.width, thumb.layout.height) == ("128px", "64px")
+    assert "seed 11" in caption.value and "128x64" in caption.value and "2 steps" in caption.value
+
+
+def test_copy_a1111_text_and_python_that_remakes_the_image(lab, sd1_pipe):
+    import sdlab
+
+    lab.seed.value, lab.guidance_scale.value, lab.clip_skip.value = 21, 4.5, 1
+    lab.scheduler.value = "Euler a"
+    lab.generate_button.click()
+    assert lab.error is None, lab.status.value
+    text = lab.a1111_text(0)
+    assert "Seed: 21" in text and "CFG scale: 4.5" in text and "Clip skip: 2" in text
+    code = lab.python_code(0)
+    namespace = {"pipe": sd1_pipe}
+    exec(code, namespace)
+    assert max_pixel_diff(namespace["image"], lab.history[0]["image"]) == 0
+    assert namespace["result"].records[0]["clip_skip"] == 1
+    lab.seed.value, lab.scheduler.value = 22, "DDIM"  # a varied, DDIM image: eta and the variation seed too
+    result = sdlab.generate(
+        sd1_pipe,
+        PROMPT,
+        seed=22,
+        num_inference_steps=2,
+        scheduler="DDIM",
+        eta=0.5,
+        variation_seed=5,
+        variation_strength=0.3,
+    )
+    lab.history.insert(0, {"image": result.image, "params": result.records[0], "path": None})
+    exec(lab.python_code(0), namespace)
+    assert "eta=0.5" in lab.python_code(0) and "variation_seed=5" in lab.python_code(0)
+    assert max_pixel_diff(namespace["image"], result.image) == 0
+    lab._render_gallery()
+    code = lab.python_code(0)
+    buttons = lab.gallery.children[0].children[2].children
+    next(b for b in buttons if b.description == "Python").click()
+    assert lab.copy_text.value == code and lab.copy_text.layout.display is None
+
+
+def test_png_info_loads_the_parameters_into_the_controls(lab, tmp_path):
+    from PIL import Image, PngImagePlugin
+
+    text = (
+        "a green triangle\nNegative prompt: blurry\nSteps: 7, Sampler: DPM++ 2M, Schedule type: Karras, "
+        "CFG scale: 6.5, Seed: 1234, Size: 96x64, Clip skip: 2"
+    )
+    path = tmp_path / "a1111.png"
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", text)
+    Image.new("RGB", (96, 64)).save(path, pnginfo=info)
+    lab.png_path.value = str(path)
+    lab.png_button.click()
+    assert lab.error is None, lab.status.value
+    got = (lab.prompt.value, lab.negative_prompt.value, lab.seed.value, lab.num_inference_steps.value)
+    assert got == ("a green triangle", "blurry", 1234, 7)
+    assert (lab.guidance_scale.value, lab.width.value, lab.height.value, lab.clip_skip.value) == (6.5, 96, 64, 1)
+    assert lab.scheduler.value == "DPM++ 2M Karras"
+
+    lab.num_inference_steps.value = 2
+    lab.generate_button.click()  # an sdlab PNG: its record, read back the same way
+    assert lab.error is None, lab.status.value
+    lab.prompt.value, lab.seed.value, lab.clip_skip.value = "other", 1, 0
+    lab.png_path.value = str(lab.last_result.paths[0])
+    lab.png_button.click()
+    assert (lab.prompt.value, lab.seed.value, lab.clip_skip.value) == ("a green triangle", 1234, 1)
+
+    lab.png_path.value = str(tmp_path / "missing.png")
+    lab.png_button.click()
+    assert lab.error is not None and "missing.png" in lab.status.value
+
+
+def test_cancel_stops_a_running_generation_at_the_next_step(sd1_pipe, tmp_path):
+    import threading
+
+    lab = PromptLab(sd1_pipe, out_dir=str(tmp_path / "images"))  # Generate runs on a thread
+    lab.prompt.value, lab.num_inference_steps.value = PROMPT, 50
+    started, clicked = threading.Event(), threading.Event()
+
+    def on_progress(change):  # on the generation thread: hold step 1 until Cancel was clicked
+        if change["new"] == 1:
+            started.set()
+            clicked.wait(60)
+
+    lab.progress.observe(on_progress, names="value")
+    lab.generate_button.click()
+    assert started.wait(120), "the generation did not start"
+    assert not lab.cancel_button.disabled
+    lab.cancel_button.click()
+    clicked.set()
+    lab.wait(120)
+    assert not lab.thread.is_alive()
+    assert lab.cancelled and lab.error is None and "cancelled at step" in lab.status.value
+    assert lab.progress.value < 50
+    assert lab.last_result is None and lab.history == [] and lab.images.children == ()
+    assert not (tmp_path / "images").exists() or not list((tmp_path / "images").glob("*.png"))
+    assert not lab.generate_button.disabled and lab.cancel_button.disabled
+
+    lab.num_inference_steps.value = 2  # the next run is not cancelled
+    lab.generate_button.click()
+    lab.wait(120)
+    assert not lab.cancelled and len(lab.history) == 1
 
 
 def test_sweep_explorer_axes_filters_and_cells(lab):

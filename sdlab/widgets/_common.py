@@ -37,9 +37,26 @@ def png_bytes(image) -> bytes:
     return buf.getvalue()
 
 
-def image_widget(image, *, width: str | None = None, css_class: str | None = None) -> widgets.Image:
-    """An `ipywidgets.Image` of a PIL image; small images are scaled up crisply by the browser."""
-    layout = widgets.Layout(width=width, height="auto") if width else widgets.Layout()
+def fit_size(size: tuple[int, int], box: int) -> tuple[int, int]:
+    """`size` (width, height) scaled so its longer side is `box` pixels, the aspect kept."""
+    width, height = size
+    scale = box / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def image_widget(
+    image, *, width: str | None = None, box: int | None = None, css_class: str | None = None
+) -> widgets.Image:
+    """An `ipywidgets.Image` of a PIL image; small images are scaled up crisply by the browser.
+
+    With `box`, both its width and height are set (longer side `box` px, the image's aspect kept):
+    a flex row can then never stretch it.
+    """
+    if box is not None:
+        w, h = fit_size(image.size, box)
+        layout = widgets.Layout(width=f"{w}px", height=f"{h}px", min_width=f"{w}px", object_fit="contain")
+    else:
+        layout = widgets.Layout(width=width, height="auto") if width else widgets.Layout()
     widget = widgets.Image(value=png_bytes(image), format="png", layout=layout)
     widget.add_class("sdlab-pixelated")
     if css_class:

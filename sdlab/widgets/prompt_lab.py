@@ -5,14 +5,21 @@
     lab.prompt.value = "a large red circle on a blue background"
     lab.generate_button.click()       # or lab.generate(); the images are in lab.last_result
 
-Generation goes through `sdlab.generate` (the one path), synchronously in the button handler.
+Generation goes through `sdlab.generate` (the one path). The Generate button runs it on a thread
+(`background=True`, the default) so Cancel can stop it at its next denoising step; `generate()`
+called from code runs in the caller's thread. Every image is saved (PNG with its record) into the
+run folder shown in the widget (`out_dir`, by default runs/promptlab/<date>; None or unticking
+"save" turns it off), and a new PromptLab on the same folder shows the earlier images again.
 Style and negative-prompt presets are applied when Generate is pressed (the final prompt is shown
 under the prompt and recorded with every image); the token counter counts the final prompt.
 """
 
 from __future__ import annotations
 
+import datetime
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import ipywidgets as widgets
@@ -21,6 +28,26 @@ from ..backends import as_backend
 from ._common import DEFAULT, PIXELATED_STYLE, ProgressFeed, error_text, image_widget, or_none, params_html, status_html
 
 NO_PRESET = "(none)"
+# The run folder when none is given: one per day, relative to the notebook's folder.
+_DEFAULT_OUT_DIR = object()
+# The keyword arguments of `sdlab.generate` that "copy as Python" writes, in this order.
+_CODE_KEYS = (
+    "negative_prompt",
+    "seed",
+    "guidance_scale",
+    "num_inference_steps",
+    "scheduler",
+    "width",
+    "height",
+    "clip_skip",
+    "variation_seed",
+    "variation_strength",
+)
+
+
+def default_out_dir() -> Path:
+    """runs/promptlab/<today>: where PromptLab saves when no `out_dir` is given."""
+    return Path("runs") / "promptlab" / datetime.date.today().isoformat()
 
 
 def _prompts_module():
@@ -47,10 +74,14 @@ class PromptLab(widgets.VBox):
 
     Controls (public, so code and tests can set them): `prompt`, `negative_prompt`,
     `style_preset`, `negative_preset`, `seed`, `lock_seed`, `guidance_scale`,
-    `num_inference_steps`, `scheduler`, `width`, `height`, `num_images`, `generate_button`.
+    `num_inference_steps`, `scheduler`, `width`, `height`, `clip_skip` (0 = none),
+    `num_images`, `save_images`, `generate_button`, `cancel_button`, `png_path` and
+    `png_button` (A1111's PNG Info: a PNG's parameters into the controls).
     State: `last_result` (the last `GenerationResult`), `history` (recent images with their
-    records, newest first), `error` (the last error or None), `status` (an HTML label),
-    `progress` (an IntProgress), `sweep_spec` and `last_sweep` (the sweep form's last run).
+    records, newest first; reloaded from `out_dir`), `error` (the last error or None),
+    `cancelled` (the last run was cancelled), `status` (an HTML label), `progress` (an
+    IntProgress), `copy_text` (the text of the last "A1111 text"/"Python" click), `thread`
+    (Generate's thread), `sweep_spec` and `last_sweep` (the sweep form's last run).
     """
 
     def __init__(
@@ -60,15 +91,20 @@ class PromptLab(widgets.VBox):
         prompt: str = "",
         negative_prompt: str = "",
         seed: int = 0,
-        out_dir: str | None = None,
+        out_dir: Any = _DEFAULT_OUT_DIR,
         sweep_dir: str | None = None,
         max_history: int = 8,
+        background: bool = True,
     ):
         from ..schedulers import scheduler_names
 
         self.pipe = pipe
         self.backend = as_backend(pipe)
-        self.out_dir = out_dir
+        self.out_dir = default_out_dir() if out_dir is _DEFAULT_OUT_DIR else out_dir
+        self.background = background
+        self.thread: threading.Thread | None = None
+        self.cancelled = False
+        self._cancel = threading.Event()
         self.sweep_dir = sweep_dir
         self.max_history = max_history
         self.last_result = None
@@ -145,10 +181,27 @@ class PromptLab(widgets.VBox):
             value=int(defaults.height), step=multiple, description="Height", layout=widgets.Layout(width="180px")
         )
         self.num_images = widgets.IntSlider(value=1, min=1, max=8, description="Images", continuous_update=False)
+        self.clip_skip = widgets.IntText(
+            value=0,
+            min=0,
+            description="Clip skip",
+            tooltip="diffusers' clip_skip (A1111's 'Clip skip: 2' is 1 here); 0 = none",
+            layout=widgets.Layout(width="180px"),
+        )
 
         # 3. run, progress, status, images, errors, gallery, sweep form
         self.generate_button = widgets.Button(description="Generate", button_style="primary", icon="play")
         self.generate_button.add_class("sdlab-generate")
+        self.cancel_button = widgets.Button(description="Cancel", icon="stop", disabled=True)
+        self.cancel_button.add_class("sdlab-cancel")
+        self.save_images = widgets.Checkbox(value=self.out_dir is not None, description="save", indent=False)
+        self.save_images.disabled = self.out_dir is None
+        self.run_folder = widgets.HTML()
+        self.run_folder.add_class("sdlab-run-folder")
+        self.png_path = widgets.Text(description="PNG Info", placeholder="path of a PNG (sdlab's or A1111's)")
+        self.png_button = widgets.Button(description="load", icon="upload", tooltip="its parameters into the controls")
+        self.copy_text = widgets.Textarea(layout=widgets.Layout(width="100%", height="6em", display="none"))
+        self.copy_text.add_class("sdlab-copy-text")
         self.progress = widgets.IntProgress(value=0, min=0, max=1, description="", layout=widgets.Layout(width="300px"))
         self._feed = ProgressFeed(self.progress)
         self.status = widgets.HTML(value=status_html("ready"))
@@ -162,7 +215,11 @@ class PromptLab(widgets.VBox):
 
         self.new_seed_button.on_click(lambda _: self._draw_seed())
         self.lock_seed.observe(self._on_lock, names="value")
-        self.generate_button.on_click(lambda _: self.generate())
+        self.generate_button.on_click(lambda _: self._on_generate())
+        self.cancel_button.on_click(lambda _: self.cancel())
+        self.png_button.on_click(lambda _: self.load_png(self.png_path.value))
+        self.save_images.observe(lambda _change: self._show_run_folder(), names="value")
+        self._show_run_folder()
         for control in (self.prompt, self.style_preset, self.negative_preset):
             control.observe(lambda _change: self._update_prompt_info(), names="value")
         self._update_prompt_info()
@@ -178,10 +235,13 @@ class PromptLab(widgets.VBox):
                 widgets.HBox([self.seed, self.lock_seed, self.new_seed_button]),
                 widgets.HBox([self.guidance_scale, self.num_inference_steps]),
                 widgets.HBox([self.scheduler, self.num_images]),
-                widgets.HBox([self.width, self.height]),
-                widgets.HBox([self.generate_button, self.progress, self.status]),
+                widgets.HBox([self.width, self.height, self.clip_skip]),
+                widgets.HBox([self.png_path, self.png_button]),
+                widgets.HBox([self.generate_button, self.cancel_button, self.progress, self.status]),
+                widgets.HBox([self.save_images, self.run_folder]),
                 self.images,
                 self.output,
+                self.copy_text,
                 widgets.HTML("<b>Recent</b> (newest first)"),
                 self.gallery,
                 self.sweep_form,
@@ -189,6 +249,7 @@ class PromptLab(widgets.VBox):
             ]
         )
         self.add_class("sdlab-promptlab")
+        self._load_history()
 
     # ------------------------------------------------------------ presets and token budget
 
@@ -290,42 +351,115 @@ class PromptLab(widgets.VBox):
             "width": int(self.width.value),
             "height": int(self.height.value),
             "num_images": int(self.num_images.value),
+            "clip_skip": int(self.clip_skip.value) or None,
         }
+
+    def _on_generate(self) -> None:
+        """The Generate button: on a thread (`background`), so Cancel and other cells stay live."""
+        if not self.background:
+            self.generate()
+            return
+        if self.thread is not None and self.thread.is_alive():
+            self.status.value = status_html("still generating: press Cancel or wait", "busy")
+            return
+        self.thread = threading.Thread(target=self.generate, name="sdlab-promptlab", daemon=True)
+        self.thread.start()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait for Generate's thread (if any) to end."""
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+    def cancel(self) -> None:
+        """Stop the running generation at its next denoising step (nothing of it is kept)."""
+        self._cancel.set()
+        self.status.value = status_html("cancelling at the next step…", "busy")
+
+    def _progress(self, info: dict[str, Any]) -> None:
+        from ..executors import Interrupted
+
+        if self._cancel.is_set():
+            raise Interrupted("cancelled in PromptLab")
+        self._feed(info)
 
     def generate(self):
         """Generate with the current controls; returns the `GenerationResult`, or None on error
-        (the error is shown in the widget and kept in `error`)."""
+        or cancel (the error is shown in the widget and kept in `error`; a cancel sets
+        `cancelled`). The images are saved into `out_dir` unless saving is off."""
+        from ..executors import Interrupted
         from ..generation import generate
 
         self.error = None
+        self.cancelled = False
+        self._cancel.clear()
         self.output.clear_output()
         if not self.lock_seed.value:
             self._draw_seed()
         self.generate_button.disabled = True
+        self.cancel_button.disabled = False
         self._feed.reset(int(self.num_inference_steps.value))
         self.status.value = status_html("generating…", "busy")
         start = time.perf_counter()
         try:
             params = self.current_params()
-            result = generate(self.pipe, progress=self._feed, **params)
-            if self.out_dir is not None:
+            result = generate(self.pipe, progress=self._progress, **params)
+            if self.out_dir is not None and self.save_images.value:
                 result.save(self.out_dir)
+        except Interrupted:
+            self.cancelled = True
+            self.status.value = status_html(f"cancelled at step {self.progress.value} of {self.progress.max}", "info")
+            return None
         except Exception as e:  # noqa: BLE001 - shown in the widget; the kernel lives on
             return self._fail(e)
         finally:
             self.generate_button.disabled = False
+            self.cancel_button.disabled = True
+            self._cancel.clear()
         seconds = time.perf_counter() - start
         self.last_result = result
         self.progress.value = self.progress.max
-        self.images.children = [image_widget(im, width="256px", css_class="sdlab-result") for im in result.images]
+        self.images.children = [image_widget(im, box=256, css_class="sdlab-result") for im in result.images]
         for i, (image, record) in enumerate(zip(result.images, result.records)):
             path = result.paths[i] if i < len(result.paths) else None
             self.history.insert(0, {"image": image, "params": record, "path": path})
         del self.history[self.max_history :]
         self._render_gallery()
         seeds = ", ".join(str(s) for s in result.seeds)
-        self.status.value = status_html(f"done: {len(result)} image(s) in {seconds:.1f} s (seed {seeds})", "ok")
+        saved = f", saved in {self.out_dir}" if result.paths else ""
+        self.status.value = status_html(f"done: {len(result)} image(s) in {seconds:.1f} s (seed {seeds}){saved}", "ok")
         return result
+
+    # ------------------------------------------------------------ run folder
+
+    def _show_run_folder(self) -> None:
+        import html
+
+        if self.out_dir is None or not self.save_images.value:
+            self.run_folder.value = "<small>not saving</small>"
+        else:
+            folder = html.escape(str(Path(self.out_dir)))
+            self.run_folder.value = f"<small>saving every image (PNG with its record) in <code>{folder}</code></small>"
+
+    def _load_history(self) -> None:
+        """The newest `max_history` images of `out_dir` (a run folder of an earlier kernel)."""
+        from PIL import Image
+
+        from ..metadata import read_params
+
+        if self.out_dir is None or not Path(self.out_dir).is_dir():
+            return
+        for path in sorted(Path(self.out_dir).glob("*.png"), reverse=True)[: self.max_history]:
+            try:
+                params = read_params(path)
+                with Image.open(path) as im:
+                    image = im.convert("RGB")
+            except Exception:  # noqa: BLE001 - a foreign or broken file is skipped, not fatal
+                continue
+            params.pop("source", None)
+            self.history.append({"image": image, "params": params, "path": path})
+        if self.history:
+            self._render_gallery()
+            self.status.value = status_html(f"{len(self.history)} earlier image(s) from {self.out_dir}", "info")
 
     def _fail(self, error: BaseException):
         self.error = error
@@ -339,30 +473,80 @@ class PromptLab(widgets.VBox):
     def _render_gallery(self) -> None:
         cards = []
         for i, entry in enumerate(self.history):
-            reuse = widgets.Button(
-                description="reuse",
-                icon="undo",
-                tooltip="fill the controls with these settings",
-                layout=widgets.Layout(width="90px"),
-            )
-            to_sweep = widgets.Button(
-                description="sweep",
-                icon="th",
-                tooltip="a seeds x CFG sweep around these settings",
-                layout=widgets.Layout(width="90px"),
-            )
-            reuse.on_click(lambda _b, i=i: self.reuse(i))
-            to_sweep.on_click(lambda _b, i=i: self.send_to_sweep(i))
+            buttons = []
+            for label, icon, tooltip, action in (
+                ("reuse", "undo", "fill the controls with these settings", self.reuse),
+                ("sweep", "th", "a seeds x CFG sweep around these settings", self.send_to_sweep),
+                ("A1111 text", "copy", "A1111's parameters text, to copy", self.show_a1111_text),
+                ("Python", "code", "Python that makes this image again, to copy", self.show_python_code),
+            ):
+                button = widgets.Button(
+                    description=label, icon=icon, tooltip=tooltip, layout=widgets.Layout(width="110px")
+                )
+                button.on_click(lambda _b, i=i, action=action: action(i))
+                buttons.append(button)
+            caption = widgets.HTML(f"<small>{_caption(entry['params'])}</small>")
+            caption.add_class("sdlab-caption")
             card = widgets.HBox(
                 [
-                    image_widget(entry["image"], width="96px", css_class="sdlab-thumb"),
+                    widgets.VBox([image_widget(entry["image"], box=128, css_class="sdlab-thumb"), caption]),
                     widgets.HTML(params_html(entry["params"]), layout=widgets.Layout(width="420px")),
-                    widgets.VBox([reuse, to_sweep]),
+                    widgets.VBox(buttons),
                 ]
             )
             card.add_class("sdlab-card")
             cards.append(card)
         self.gallery.children = cards
+
+    # ------------------------------------------------------------ copying and PNG Info
+
+    def a1111_text(self, entry: int = 0) -> str:
+        """A1111's parameters text of gallery entry `entry` (0 = newest)."""
+        from ..metadata import infotext
+
+        return infotext(self._entry_params(entry))
+
+    def python_code(self, entry: int = 0) -> str:
+        """Python that makes gallery entry `entry` again with `sdlab.generate` on `pipe`."""
+        params = self._entry_params(entry)
+        lines = ["import sdlab", "", "result = sdlab.generate(", "    pipe,", f"    {params['prompt']!r},"]
+        for key in _CODE_KEYS:
+            if params.get(key) is not None and not (
+                key.startswith("variation") and not params.get("variation_strength")
+            ):
+                lines.append(f"    {key}={params[key]!r},")
+        for key, value in (params.get("pipeline_kwargs") or {}).items():  # e.g. DDIM's eta
+            lines.append(f"    {key}={value!r},")
+        lines += [")", "image = result.image"]
+        return "\n".join(lines) + "\n"
+
+    def _show_copy(self, text: str, what: str) -> str:
+        self.copy_text.value = text
+        self.copy_text.layout.display = None
+        self.status.value = status_html(f"{what} below: select it and copy", "info")
+        return text
+
+    def show_a1111_text(self, entry: int = 0) -> str:
+        return self._show_copy(self.a1111_text(entry), "A1111 text")
+
+    def show_python_code(self, entry: int = 0) -> str:
+        return self._show_copy(self.python_code(entry), "Python code")
+
+    def load_png(self, path: str | Path) -> dict[str, Any] | None:
+        """A1111's PNG Info: the parameters a PNG carries (sdlab's record or A1111's text) into
+        the controls. Returns them, or None on error (shown in the widget)."""
+        from ..metadata import read_params
+
+        self.error = None
+        try:
+            if not str(path).strip():
+                raise ValueError("`png_path` is empty: give the path of a PNG")
+            params = read_params(Path(str(path).strip()).expanduser())
+        except Exception as e:  # noqa: BLE001
+            return self._fail(e)
+        self.reuse(params)
+        self.status.value = status_html(f"parameters of {Path(str(path)).name} loaded (seed {self.seed.value})", "ok")
+        return params
 
     def _entry_params(self, entry: int | dict) -> dict[str, Any]:
         if isinstance(entry, int):
@@ -393,6 +577,7 @@ class PromptLab(widgets.VBox):
             self.scheduler.value = params.get("scheduler") if params.get("scheduler") in options else DEFAULT
             self.width.value = int(params.get("width", self.width.value))
             self.height.value = int(params.get("height", self.height.value))
+            self.clip_skip.value = int(params.get("clip_skip") or 0)
             self.num_images.value = 1
         self.status.value = status_html(f"settings of seed {self.seed.value} restored", "info")
         return params
@@ -470,3 +655,19 @@ class PromptLab(widgets.VBox):
         text = f"sweep: {len(result)} cells ({cached} cached) in {time.perf_counter() - start:.1f} s"
         self.status.value = status_html(text + (f", {failed} failed" if failed else ""), "error" if failed else "ok")
         return result
+
+
+def _caption(params: dict[str, Any]) -> str:
+    """The seed and key parameters, shown under a thumbnail."""
+    import html
+
+    parts = [f"seed {params.get('seed')}"]
+    if params.get("guidance_scale") is not None:
+        parts.append(f"CFG {float(params['guidance_scale']):g}")
+    if params.get("num_inference_steps") is not None:
+        parts.append(f"{params['num_inference_steps']} steps")
+    if params.get("scheduler"):
+        parts.append(str(params["scheduler"]))
+    if params.get("width") and params.get("height"):
+        parts.append(f"{params['width']}x{params['height']}")
+    return html.escape(" · ".join(parts))
