@@ -151,6 +151,61 @@ def test_sweep_explorer_axes_filters_and_cells(lab):
     assert explorer.cell_params["num_inference_steps"] == 1 and explorer.cell.path.exists()
 
 
+@pytest.fixture
+def three_axis_sweep(lab):
+    import sdlab
+
+    return sdlab.sweep(
+        lab.pipe,
+        PROMPT,
+        axes={"seed": [1, 2, 3], "guidance_scale": [2, 5], "num_inference_steps": [1, 2]},
+        out_dir=lab.sweep_dir,
+        verbose=False,
+    )
+
+
+def test_sweep_explorer_no_y_is_one_row_per_subgrid(three_axis_sweep):
+    """Finding 4: y "(none)" with a multi-valued axis off x/y drew half-empty grey grids (that axis
+    was used as both y and z)."""
+    explorer = SweepExplorer(three_axis_sweep)
+    explorer.z.value = "(none)"
+    explorer.y.value = "(none)"
+    assert explorer.error is None, explorer.status.value
+    one_row = three_axis_sweep.grid(x="seed", y="guidance_scale", z="num_inference_steps", filter={"guidance_scale": 2})
+    # four sub-grids (CFG x steps) of one row of three seeds each: no empty cell
+    assert explorer.grid_image.height <= one_row.height
+    assert len(explorer.tiles) == 12 and all(t is not None for t in explorer.tiles)
+    for z in ("guidance_scale", "num_inference_steps"):
+        explorer.z.value = z
+        assert explorer.error is None and len(explorer.tiles) == 12
+
+
+def test_sweep_explorer_sliders_tiles_and_crisp_grid(three_axis_sweep):
+    explorer = SweepExplorer(three_axis_sweep)
+    assert set(explorer.sliders) == {"seed", "guidance_scale", "num_inference_steps"}
+    shown = {n for n, s in explorer.sliders.items() if s.layout.display != "none"}
+    assert shown == {"num_inference_steps"}  # seed and CFG are on x and y
+    explorer.z.value = "(none)"
+    explorer.sliders["num_inference_steps"].value = 1
+    assert explorer.filters["num_inference_steps"].value == ("Steps: 2",)
+    assert explorer.grid_arguments()["filter"] == {"num_inference_steps": 2}
+    assert len(explorer.tiles) == 6 and {t.request.num_inference_steps for t in explorer.tiles} == {2}
+    explorer.sliders["num_inference_steps"].value = -1  # all
+    assert len(explorer.tiles) == 12
+
+    explorer.tile_buttons[-1].click()  # the last tile: seed 3, CFG 5, 2 steps
+    assert explorer.cell is explorer.tiles[-1]
+    assert (explorer.cell_params["seed"], explorer.cell_params["guidance_scale"]) == (3, 5.0)
+    assert explorer.cell_params["num_inference_steps"] == 2
+    assert [explorer.pick[n].value for n in ("seed", "guidance_scale", "num_inference_steps")] == [2, 1, 1]
+
+    # the grid is enlarged by a whole number, drawn nearest-neighbour
+    scale = explorer.grid_scale
+    assert isinstance(scale, int) and scale >= 1 and "sdlab-pixelated" in explorer.grid._dom_classes
+    assert explorer.grid.layout.width == f"{explorer.grid_image.width * scale}px"
+    assert explorer.grid.layout.height == f"{explorer.grid_image.height * scale}px"
+
+
 def test_scheduler_bench_widget(sd1_pipe):
     bench = SchedulerBench(sd1_pipe)
     assert set(bench.schedulers.value) <= set(bench.schedulers.options)
