@@ -7,6 +7,7 @@ pytest.importorskip("ipywidgets")
 from helpers import max_pixel_diff  # noqa: E402
 
 from sdlab.widgets import PromptLab, SchedulerBench, SweepExplorer  # noqa: E402
+from sdlab.widgets._common import png_bytes  # noqa: E402
 
 PROMPT = "a large red circle on a blue background"
 
@@ -228,3 +229,59 @@ def test_scheduler_bench_widget(sd1_pipe):
     bench.run_button.click()
     assert isinstance(bench.error, ValueError) and "num_inference_steps" in bench.status.value
     assert bench.last_result.table == rows  # the last good result is kept
+
+
+def _small_bench_widget(pipe, **kwargs):
+    bench = SchedulerBench(pipe, **kwargs)
+    bench.schedulers.value = ("Euler", "DDIM")
+    bench.num_inference_steps.value = "1, 2"
+    bench.seeds.value, bench.repeats.value, bench.warmup.value, bench.reference_steps.value = 2, 1, 0, 3
+    return bench
+
+
+def test_scheduler_bench_shows_each_settings_images(sd1_pipe):
+    bench = _small_bench_widget(sd1_pipe, load_average=lambda: 0.0)
+    bench.run_button.click()
+    assert bench.state == "done" and bench.error is None, bench.status.value
+    assert set(bench.images) == {("Euler", 1), ("Euler", 2), ("DDIM", 1), ("DDIM", 2)}
+    assert all(len(images) == 2 for images in bench.images.values())  # one per seed
+    rows = bench.gallery.children
+    assert len(rows) == 4 and "DDIM" in rows[2].children[0].value and "SSIM" in rows[2].children[0].value
+    thumbs = rows[0].children[1:]
+    assert len(thumbs) == 2 and thumbs[0].value == png_bytes(bench.images[("Euler", 1)][0])
+    assert "WARNING" not in bench.status.value and not bench.last_result.busy
+
+
+def test_scheduler_bench_warns_when_the_machine_was_busy(sd1_pipe):
+    import os
+
+    bench = _small_bench_widget(sd1_pipe, load_average=lambda: os.cpu_count() + 1.0)
+    bench.num_inference_steps.value = "1"
+    bench.run_button.click()
+    assert bench.state == "done" and bench.last_result.busy
+    assert "WARNING" in bench.status.value and "busy" in bench.status.value
+    assert "sdlab-bench-busy" in bench.table.value
+
+
+def test_scheduler_bench_cancel_stops_the_run(sd1_pipe):
+    bench = _small_bench_widget(sd1_pipe)
+    bench.cancel_button.click()  # idle: nothing happens
+    assert bench.state == "ready" and bench.cancel_button.disabled
+
+    def press_cancel(change):  # the second timed setting begins: the user presses Cancel
+        if change["new"] == 2:
+            assert not bench.cancel_button.disabled
+            bench.cancel_button.click()
+
+    bench.progress.observe(press_cancel, names="value")
+    assert bench.run() is None
+    assert bench.state == "cancelled" and "cancelled" in bench.status.value and bench.error is None
+    assert bench.last_result is None and bench.images == {}
+    assert bench.table.value == "" and bench.gallery.children == () and bench.plots.children == ()
+    assert bench.progress.value == 2  # stopped inside the second setting, not at its end
+    assert not bench.run_button.disabled and bench.cancel_button.disabled
+
+    bench.progress.unobserve(press_cancel, names="value")
+    bench.num_inference_steps.value = "1"
+    bench.run_button.click()  # the next run is not cancelled by the last one's Cancel
+    assert bench.state == "done" and len(bench.last_result.rows) == 2
