@@ -194,6 +194,7 @@ def test_sweep_explorer_sliders_tiles_and_crisp_grid(three_axis_sweep):
     explorer.sliders["num_inference_steps"].value = -1  # all
     assert len(explorer.tiles) == 12
 
+    assert explorer.tile_buttons[-1].description == "Seed: 3, CFG: 5, Steps: 2"  # the axes' order
     explorer.tile_buttons[-1].click()  # the last tile: seed 3, CFG 5, 2 steps
     assert explorer.cell is explorer.tiles[-1]
     assert (explorer.cell_params["seed"], explorer.cell_params["guidance_scale"]) == (3, 5.0)

@@ -214,7 +214,7 @@ class SweepExplorer(widgets.VBox):
         self.tiles = [self._original(c) for c in shown]
         buttons = []
         for cell, view in zip(self.tiles, shown):
-            text = ", ".join(labels[n][view.coords[n]] for n in reversed(order)) or "the cell"
+            text = ", ".join(labels[n][view.coords[n]] for n in labels if n in order) or "the cell"
             button = widgets.Button(description=text, tooltip=text, layout=widgets.Layout(width="auto"))
             button.add_class("sdlab-tile")
             if cell is not None and cell.error:
