@@ -19,7 +19,10 @@ How one setting is measured:
    (0-255 levels), PSNR (dB) and SSIM (scikit-image), averaged over seeds. Ancestral and SDE
    schedulers add fresh noise every step, so they converge to other images than the reference:
    their distance stays large at any step count, which is expected.
-5. Model FLOP utilisation (GPU only): the published FLOPs of the denoiser per evaluation (SD1.5
+5. Load: the load average (`os.getloadavg`, 1 minute) is read before and after the timed calls;
+   above the number of cores the machine was busy, the timings are noise: the result says so
+   (`busy`, `warning`, first of `notes`).
+6. Model FLOP utilisation (GPU only): the published FLOPs of the denoiser per evaluation (SD1.5
    0.803 T at 512x512, SDXL 6.76 T at 1024x1024, FLUX 74.4 T at 1024x1024, scaled by latent area,
    x2 for classifier-free guidance) plus the VAE decode, per second, over `peak_tflops`.
 """
@@ -29,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import html
 import math
+import os
 import statistics
 import threading
 import time
@@ -37,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .backends import as_backend, local_pipeline
+from .executors import Interrupted
 from .generation import build_request, run_request
 from .loading import pipeline_info
 
@@ -174,8 +179,9 @@ class _Call:
     images: list
 
 
-def _measure(backend, request, cuda: bool) -> _Call:
-    """One timed call through `run_request`, with VAE time, evaluations and peak memory."""
+def _measure(backend, request, cuda: bool, on_step: Callable[[dict], None] | None = None) -> _Call:
+    """One timed call through `run_request`, with VAE time, evaluations and peak memory.
+    `on_step` sees every denoising step (it may raise `Interrupted` to stop the call)."""
     pipe = local_pipeline(backend)
     vae_times: list[float] = []
     evaluations = 0
@@ -184,6 +190,8 @@ def _measure(backend, request, cuda: bool) -> _Call:
         nonlocal evaluations
         if info.get("step"):  # step 0 announces the call; each later step is one denoiser evaluation
             evaluations += 1
+        if on_step is not None:
+            on_step(info)
 
     if cuda:
         import torch
@@ -242,6 +250,14 @@ class BenchResult:
     device: str
     settings: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    images: dict[tuple[str, int], list] = field(default_factory=dict)  # (scheduler, steps) -> last call's
+    load: dict[str, Any] = field(default_factory=dict)  # load average before/after the timed calls, cores
+    busy: bool = False  # the load average was above the core count while timing: timings are noise
+
+    @property
+    def warning(self) -> str | None:
+        """Why the timings cannot be trusted (a busy machine), or None."""
+        return busy_warning(self.load) if self.busy else None
 
     COLUMNS = (
         "scheduler",
@@ -346,7 +362,12 @@ class BenchResult:
         rows = "".join(
             "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in self._cells(r)) + "</tr>" for r in self.rows
         )
-        notes = "".join(f"<li>{html.escape(n)}</li>" for n in self.notes)
+        notes = "".join(f"<li>{html.escape(n)}</li>" for n in self.notes if n != self.warning)
+        warning = (
+            f"<p class='sdlab-bench-busy' style='color:#b00020'><b>Warning:</b> {html.escape(self.warning)}</p>"
+            if self.busy
+            else ""
+        )
         ref = self.reference
         caption = (
             f"{len(self.rows)} settings on {html.escape(self.device)}; seeds {list(self.seeds)}; reference: "
@@ -354,7 +375,7 @@ class BenchResult:
             "seconds = median per call (all seeds in one batch); mae in 0-255 levels; psnr in dB."
         )
         return (
-            f"<div style='overflow-x:auto'><table class='sdlab-bench'>"
+            f"{warning}<div style='overflow-x:auto'><table class='sdlab-bench'>"
             f"<caption style='caption-side:bottom;text-align:left'>{caption}</caption>"
             f"<tr>{head}</tr>{rows}</table></div>" + (f"<ul>{notes}</ul>" if notes else "")
         )
@@ -431,6 +452,27 @@ def _figure_and_axes(ax):
 # ------------------------------------------------------------------ the benchmark
 
 
+def system_load_average() -> float | None:
+    """The 1-minute load average, or None where the system has none (Windows)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def _is_busy(load: dict[str, Any]) -> bool:
+    readings = [v for v in (load.get("before"), load.get("after")) if v is not None]
+    return bool(load.get("cores")) and any(v > load["cores"] for v in readings)
+
+
+def busy_warning(load: dict[str, Any]) -> str:
+    return (
+        f"the machine was busy while timing (load average {load.get('before')} before, "
+        f"{load.get('after')} after, on {load.get('cores')} cores): the timings are not reliable; "
+        "run again on an idle machine"
+    )
+
+
 def _check_list(values: Any, name: str) -> list:
     if isinstance(values, (str, int)):
         values = [values]
@@ -458,6 +500,7 @@ def benchmark_schedulers(
     peak_tflops: float | None = None,
     flops_per_evaluation: float | None = None,
     progress: Callable[[dict], None] | None = None,
+    load_average: Callable[[], float | None] = system_load_average,
 ) -> BenchResult:
     """Measure schedulers x step counts: latency, VAE time, memory and distance to a reference.
 
@@ -475,7 +518,11 @@ def benchmark_schedulers(
             utilisation; on CPU utilisation is not reported.
         flops_per_evaluation: FLOPs of one denoiser evaluation for one image (before guidance
             doubling), for models whose figure is not published.
-        progress: called with a dict (`done`, `total`, `phase`, `scheduler`, `num_inference_steps`).
+        progress: called with a dict (`done`, `total`, `phase`, `scheduler`, `num_inference_steps`)
+            before each call and, with `phase` "step" and `denoising_step`, at every denoising step;
+            raising `sdlab.executors.Interrupted` there stops the benchmark (it is raised on).
+        load_average: returns the machine's load average (default: `os.getloadavg`'s 1 minute),
+            read before and after the timed calls; above `os.cpu_count()` the result is `busy`.
 
     Returns:
         A `BenchResult` (`.table`, `.to_pandas()`, `.fastest_to()`, `.plot_quality_vs_time()`,
@@ -496,6 +543,8 @@ def benchmark_schedulers(
     reference_steps = check_positive_int(reference_steps, "reference_steps")
     if peak_tflops is not None and not (isinstance(peak_tflops, (int, float)) and peak_tflops > 0):
         raise ValueError(f"`peak_tflops` must be a positive number (TFLOP/s) or None, got {peak_tflops!r}")
+    if not callable(load_average):
+        raise ValueError(f"`load_average` must be a callable returning a number or None, got {load_average!r}")
     backend = as_backend(pipe)
     common = dict(
         negative_prompt=negative_prompt, guidance_scale=guidance_scale, width=width, height=height, seed=list(seeds)
@@ -520,9 +569,27 @@ def benchmark_schedulers(
         if progress is not None:
             progress({"done": done, "total": total, "phase": phase, "scheduler": scheduler, "num_inference_steps": n})
 
+    def stepper(scheduler: str | None, n: int | None) -> Callable[[dict], None] | None:
+        if progress is None:
+            return None
+
+        def step(info: dict) -> None:
+            progress(
+                {
+                    "done": done,
+                    "total": total,
+                    "phase": "step",
+                    "scheduler": scheduler,
+                    "num_inference_steps": n,
+                    "denoising_step": info.get("step"),
+                }
+            )
+
+        return step
+
     # 2. the reference images, one per seed
     report("reference", reference_scheduler, reference_steps)
-    reference_call = _measure(backend, reference_request, cuda)
+    reference_call = _measure(backend, reference_request, cuda, stepper(reference_scheduler, reference_steps))
     done += 1
     reference_name = _scheduler_label(backend, reference_request)
     reference = {
@@ -535,7 +602,7 @@ def benchmark_schedulers(
     # 3. warm-up calls, untimed
     for _ in range(warmup):
         report("warmup", first.scheduler, first.num_inference_steps)
-        run_request(backend, first, progress_bar=False)
+        run_request(backend, first, progress=stepper(first.scheduler, first.num_inference_steps), progress_bar=False)
         done += 1
 
     # 4. every setting, timed
@@ -554,14 +621,18 @@ def benchmark_schedulers(
     else:
         mfu_note = flops_note
     rows = []
+    images: dict[tuple[str, int], list] = {}
     n_images = len(seeds)
+    load = {"before": load_average(), "after": None, "cores": os.cpu_count()}
     for (scheduler, n), request in requests.items():
         calls: list[_Call] = []
         error = None
         for _ in range(repeats):
             report("measure", scheduler, n)
             try:
-                calls.append(_measure(backend, request, cuda))
+                calls.append(_measure(backend, request, cuda, stepper(scheduler, n)))
+            except (Interrupted, KeyboardInterrupt):
+                raise  # a cancel: no half table
             except Exception as e:  # noqa: BLE001 - one failing setting does not stop the benchmark
                 error = f"{type(e).__name__}: {e}"
             done += 1
@@ -570,8 +641,11 @@ def benchmark_schedulers(
         rows.append(
             _row(scheduler, n, calls, error, reference["images"], n_images, flops, vae_flops, peak_tflops, cuda)
         )
+        images[(scheduler, n)] = list(calls[-1].images) if calls else []
+    load["after"] = load_average()
+    busy = _is_busy(load)
     report("done", None, None)
-    notes = [mfu_note] if mfu_note else []
+    notes = ([busy_warning(load)] if busy else []) + ([mfu_note] if mfu_note else [])
     return BenchResult(
         rows=rows,
         prompt=prompt,
@@ -590,6 +664,9 @@ def benchmark_schedulers(
             "memory": "cuda max_memory_allocated" if cuda else "process RSS (includes the weights)",
         },
         notes=notes,
+        images=images,
+        load=load,
+        busy=busy,
     )
 
 

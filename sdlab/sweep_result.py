@@ -194,8 +194,10 @@ class SweepResult:
         for name in filter:
             self.axis(name)
         free = [n for n in names if n not in filter]
-        x = x if x is not None else (free[0] if free else None)
-        y = y if y is not None else next((n for n in free if n != x), None)
+        given_z = [] if z is None else ([z] if isinstance(z, str) else list(z))
+        open_ = [n for n in free if n not in given_z]  # an axis given as z is never also x or y
+        x = x if x is not None else (open_[0] if open_ else None)
+        y = y if y is not None else next((n for n in open_ if n != x), None)
         for name in (x, y):
             if name is not None:
                 self.axis(name)

@@ -147,3 +147,71 @@ def test_bad_arguments_fail_before_any_model_work(sd1_pipe, monkeypatch):
         bench.benchmark_schedulers(sd1_pipe, "a circle", schedulers=["Euler"], num_inference_steps=[2], width=70)
     with pytest.raises(ValueError, match="`peak_tflops`"):
         bench.benchmark_schedulers(sd1_pipe, "a circle", schedulers=["Euler"], num_inference_steps=[2], peak_tflops=-1)
+
+
+def test_images_of_every_setting_are_kept(result):
+    for row in result.rows:
+        images = result.images[(row["scheduler"], row["num_inference_steps"])]
+        assert len(images) == 2 and images[0].size == result.reference["images"][0].size  # one per seed
+    # the reference's own setting: its images are the reference images
+    assert result.images[("DPM++ 2M", 6)][1].tobytes() == result.reference["images"][1].tobytes()
+
+
+def _small_bench(pipe, **kwargs):
+    return bench.benchmark_schedulers(
+        pipe,
+        "a circle",
+        schedulers=["Euler"],
+        num_inference_steps=[2],
+        repeats=1,
+        warmup=0,
+        reference_steps=2,
+        **kwargs,
+    )
+
+
+def test_a_busy_machine_is_flagged_not_printed_as_figures(sd1_pipe):
+    import os
+
+    cores = os.cpu_count()
+    readings = iter([cores + 1.5, 0.2])  # busy before the timed calls, idle after
+    busy = _small_bench(sd1_pipe, load_average=lambda: next(readings))
+    assert busy.busy and busy.load == {"before": cores + 1.5, "after": 0.2, "cores": cores}
+    assert "busy" in busy.warning and busy.notes[0] == busy.warning
+    assert "sdlab-bench-busy" in busy.to_html() and "busy" in repr(busy)
+
+    readings = iter([0.1, cores + 0.5])  # busy only by the end: flagged too
+    assert _small_bench(sd1_pipe, load_average=lambda: next(readings)).busy
+
+    idle = _small_bench(sd1_pipe, load_average=lambda: cores - 0.5)
+    assert not idle.busy and idle.warning is None and "sdlab-bench-busy" not in idle.to_html()
+    unknown = _small_bench(sd1_pipe, load_average=lambda: None)  # no load average on this system
+    assert not unknown.busy and unknown.load["before"] is None
+    with pytest.raises(ValueError, match="`load_average`"):
+        _small_bench(sd1_pipe, load_average=3.0)
+
+
+def test_interrupted_from_progress_stops_at_the_next_step(sd1_pipe):
+    from sdlab.executors import Interrupted
+
+    seen = []
+
+    def progress(info):
+        seen.append(info)
+        if info["phase"] == "step" and info["num_inference_steps"] == 2 and info["denoising_step"] == 1:
+            raise Interrupted("cancelled")
+
+    with pytest.raises(Interrupted):  # raised on: never a row whose error is the cancel
+        bench.benchmark_schedulers(
+            sd1_pipe,
+            "a circle",
+            schedulers=["Euler"],
+            num_inference_steps=[2, 3],
+            repeats=1,
+            warmup=0,
+            reference_steps=4,
+            progress=progress,
+        )
+    steps = [i["denoising_step"] for i in seen if i["phase"] == "step"]
+    assert steps[-1] == 1 and steps.count(4) == 1  # the reference ran whole; the timed call stopped at step 1
+    assert not any(i["phase"] == "done" for i in seen)

@@ -9,6 +9,7 @@ pytest.importorskip("ipywidgets")
 from helpers import max_pixel_diff  # noqa: E402
 
 from sdlab.widgets import PromptLab, SchedulerBench, SweepExplorer  # noqa: E402
+from sdlab.widgets._common import png_bytes  # noqa: E402
 
 PROMPT = "a large red circle on a blue background"
 
@@ -296,6 +297,62 @@ def test_sweep_explorer_axes_filters_and_cells(lab):
     assert explorer.cell_params["num_inference_steps"] == 1 and explorer.cell.path.exists()
 
 
+@pytest.fixture
+def three_axis_sweep(lab):
+    import sdlab
+
+    return sdlab.sweep(
+        lab.pipe,
+        PROMPT,
+        axes={"seed": [1, 2, 3], "guidance_scale": [2, 5], "num_inference_steps": [1, 2]},
+        out_dir=lab.sweep_dir,
+        verbose=False,
+    )
+
+
+def test_sweep_explorer_no_y_is_one_row_per_subgrid(three_axis_sweep):
+    """Finding 4: y "(none)" with a multi-valued axis off x/y drew half-empty grey grids (that axis
+    was used as both y and z)."""
+    explorer = SweepExplorer(three_axis_sweep)
+    explorer.z.value = "(none)"
+    explorer.y.value = "(none)"
+    assert explorer.error is None, explorer.status.value
+    one_row = three_axis_sweep.grid(x="seed", y="guidance_scale", z="num_inference_steps", filter={"guidance_scale": 2})
+    # four sub-grids (CFG x steps) of one row of three seeds each: no empty cell
+    assert explorer.grid_image.height <= one_row.height
+    assert len(explorer.tiles) == 12 and all(t is not None for t in explorer.tiles)
+    for z in ("guidance_scale", "num_inference_steps"):
+        explorer.z.value = z
+        assert explorer.error is None and len(explorer.tiles) == 12
+
+
+def test_sweep_explorer_sliders_tiles_and_crisp_grid(three_axis_sweep):
+    explorer = SweepExplorer(three_axis_sweep)
+    assert set(explorer.sliders) == {"seed", "guidance_scale", "num_inference_steps"}
+    shown = {n for n, s in explorer.sliders.items() if s.layout.display != "none"}
+    assert shown == {"num_inference_steps"}  # seed and CFG are on x and y
+    explorer.z.value = "(none)"
+    explorer.sliders["num_inference_steps"].value = 1
+    assert explorer.filters["num_inference_steps"].value == ("Steps: 2",)
+    assert explorer.grid_arguments()["filter"] == {"num_inference_steps": 2}
+    assert len(explorer.tiles) == 6 and {t.request.num_inference_steps for t in explorer.tiles} == {2}
+    explorer.sliders["num_inference_steps"].value = -1  # all
+    assert len(explorer.tiles) == 12
+
+    assert explorer.tile_buttons[-1].description == "Seed: 3, CFG: 5, Steps: 2"  # the axes' order
+    explorer.tile_buttons[-1].click()  # the last tile: seed 3, CFG 5, 2 steps
+    assert explorer.cell is explorer.tiles[-1]
+    assert (explorer.cell_params["seed"], explorer.cell_params["guidance_scale"]) == (3, 5.0)
+    assert explorer.cell_params["num_inference_steps"] == 2
+    assert [explorer.pick[n].value for n in ("seed", "guidance_scale", "num_inference_steps")] == [2, 1, 1]
+
+    # the grid is enlarged by a whole number, drawn nearest-neighbour
+    scale = explorer.grid_scale
+    assert isinstance(scale, int) and scale >= 1 and "sdlab-pixelated" in explorer.grid._dom_classes
+    assert explorer.grid.layout.width == f"{explorer.grid_image.width * scale}px"
+    assert explorer.grid.layout.height == f"{explorer.grid_image.height * scale}px"
+
+
 def test_scheduler_bench_widget(sd1_pipe):
     bench = SchedulerBench(sd1_pipe)
     assert set(bench.schedulers.value) <= set(bench.schedulers.options)
@@ -318,3 +375,59 @@ def test_scheduler_bench_widget(sd1_pipe):
     bench.run_button.click()
     assert isinstance(bench.error, ValueError) and "num_inference_steps" in bench.status.value
     assert bench.last_result.table == rows  # the last good result is kept
+
+
+def _small_bench_widget(pipe, **kwargs):
+    bench = SchedulerBench(pipe, **kwargs)
+    bench.schedulers.value = ("Euler", "DDIM")
+    bench.num_inference_steps.value = "1, 2"
+    bench.seeds.value, bench.repeats.value, bench.warmup.value, bench.reference_steps.value = 2, 1, 0, 3
+    return bench
+
+
+def test_scheduler_bench_shows_each_settings_images(sd1_pipe):
+    bench = _small_bench_widget(sd1_pipe, load_average=lambda: 0.0)
+    bench.run_button.click()
+    assert bench.state == "done" and bench.error is None, bench.status.value
+    assert set(bench.images) == {("Euler", 1), ("Euler", 2), ("DDIM", 1), ("DDIM", 2)}
+    assert all(len(images) == 2 for images in bench.images.values())  # one per seed
+    rows = bench.gallery.children
+    assert len(rows) == 4 and "DDIM" in rows[2].children[0].value and "SSIM" in rows[2].children[0].value
+    thumbs = rows[0].children[1:]
+    assert len(thumbs) == 2 and thumbs[0].value == png_bytes(bench.images[("Euler", 1)][0])
+    assert "WARNING" not in bench.status.value and not bench.last_result.busy
+
+
+def test_scheduler_bench_warns_when_the_machine_was_busy(sd1_pipe):
+    import os
+
+    bench = _small_bench_widget(sd1_pipe, load_average=lambda: os.cpu_count() + 1.0)
+    bench.num_inference_steps.value = "1"
+    bench.run_button.click()
+    assert bench.state == "done" and bench.last_result.busy
+    assert "WARNING" in bench.status.value and "busy" in bench.status.value
+    assert "sdlab-bench-busy" in bench.table.value
+
+
+def test_scheduler_bench_cancel_stops_the_run(sd1_pipe):
+    bench = _small_bench_widget(sd1_pipe)
+    bench.cancel_button.click()  # idle: nothing happens
+    assert bench.state == "ready" and bench.cancel_button.disabled
+
+    def press_cancel(change):  # the second timed setting begins: the user presses Cancel
+        if change["new"] == 2:
+            assert not bench.cancel_button.disabled
+            bench.cancel_button.click()
+
+    bench.progress.observe(press_cancel, names="value")
+    assert bench.run() is None
+    assert bench.state == "cancelled" and "cancelled" in bench.status.value and bench.error is None
+    assert bench.last_result is None and bench.images == {}
+    assert bench.table.value == "" and bench.gallery.children == () and bench.plots.children == ()
+    assert bench.progress.value == 2  # stopped inside the second setting, not at its end
+    assert not bench.run_button.disabled and bench.cancel_button.disabled
+
+    bench.progress.unobserve(press_cancel, names="value")
+    bench.num_inference_steps.value = "1"
+    bench.run_button.click()  # the next run is not cancelled by the last one's Cancel
+    assert bench.state == "done" and len(bench.last_result.rows) == 2

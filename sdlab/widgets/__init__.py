@@ -3,7 +3,7 @@
     from sdlab.widgets import PromptLab, SweepExplorer, SchedulerBench
     PromptLab(pipe)                 # prompt, presets, token budget, seed lock, Generate, gallery
     SweepExplorer(sdlab.sweep(...)) # x/y/z axes, value filters, the grid, one cell large
-    SchedulerBench(pipe)            # schedulers x steps: table and plots
+    SchedulerBench(pipe)            # schedulers x steps: table, each setting's images, plots; Cancel
 
 Each is an `ipywidgets.VBox` with an explicit Run/Generate button (generation is slow: nothing is
 generated when a slider moves), a `status` label and state a test can read (`last_result`).

@@ -4,19 +4,34 @@
     bench.schedulers.value = ("Euler", "DPM++ 2M")
     bench.num_inference_steps.value = "5, 10, 20"
     bench.run_button.click()          # bench.last_result is a sdlab.bench.BenchResult
+    bench.images[("Euler", 10)]       # that setting's images (one per seed), shown beside its numbers
+    bench.cancel_button.click()       # during a run: stops at the next denoising step, state "cancelled"
 
-The measuring is `sdlab.bench.benchmark_schedulers`; this widget only collects its arguments.
+The measuring is `sdlab.bench.benchmark_schedulers`; this widget only collects its arguments. A
+busy machine (load average above the core count while timing) is flagged in `status`, never
+presented as clean figures.
 """
 
 from __future__ import annotations
 
+import html
 import io
+import threading
 from typing import Any
 
 import ipywidgets as widgets
 
 from ..backends import as_backend
-from ._common import DEFAULT, ProgressFeed, error_text, or_none, status_html
+from ..executors import Interrupted
+from ._common import (
+    DEFAULT,
+    PIXELATED_STYLE,
+    ProgressFeed,
+    error_text,
+    image_widget,
+    or_none,
+    status_html,
+)
 
 DEFAULT_PROMPT = "a large red circle on a blue background"
 PREFERRED = ("Euler", "Euler a", "DPM++ 2M", "DDIM", "UniPC")
@@ -40,17 +55,27 @@ class SchedulerBench(widgets.VBox):
 
     Controls: `prompt`, `schedulers` (SelectMultiple), `num_inference_steps` (text: "5, 10, 20" or "5-20 (+5)"),
     `seeds` (how many), `repeats`, `warmup`, `reference_steps`, `reference_scheduler`,
-    `peak_tflops` (0: unknown), `run_button`. State: `last_result` (a `BenchResult`), `error`,
-    `status`, `progress`, `table` (HTML), `plots` (two PNG images: quality vs time, latency vs steps).
+    `peak_tflops` (0: unknown), `run_button`, `cancel_button`. State: `state` ("ready", "running",
+    "done", "cancelled", "error"), `last_result` (the last completed `BenchResult`; a cancelled run
+    leaves none behind and clears the table), `images` ((scheduler, steps) -> the images of that
+    setting), `error`, `status`, `progress`, `table` (HTML), `gallery` (each setting's images
+    beside its numbers), `plots` (two PNG images: quality vs time, latency vs steps).
+
+    `load_average` (default `os.getloadavg`'s 1 minute) is passed to `benchmark_schedulers`.
     """
 
-    def __init__(self, pipe: Any, *, prompt: str = DEFAULT_PROMPT):
+    def __init__(self, pipe: Any, *, prompt: str = DEFAULT_PROMPT, load_average=None):
+        from ..bench import system_load_average
         from ..schedulers import scheduler_names
 
         self.pipe = pipe
         self.backend = as_backend(pipe)
+        self.load_average = load_average or system_load_average
         self.last_result = None
+        self.images: dict[tuple[str, int], list] = {}
+        self.state = "ready"
         self.error: BaseException | None = None
+        self._cancel = threading.Event()
         names = scheduler_names(getattr(self.backend, "pipe", None))
         chosen = tuple(n for n in PREFERRED if n in names)[:3] or tuple(names[:2])
         defaults = self.backend.defaults
@@ -73,24 +98,31 @@ class SchedulerBench(widgets.VBox):
         )
         self.run_button = widgets.Button(description="Run", button_style="primary", icon="play")
         self.run_button.add_class("sdlab-run-bench")
+        self.cancel_button = widgets.Button(description="Cancel", icon="stop", disabled=True)
+        self.cancel_button.add_class("sdlab-cancel-bench")
+        self.cancel_button.on_click(lambda _: self.cancel())
         self.progress = widgets.IntProgress(value=0, min=0, max=1, layout=widgets.Layout(width="300px"))
         self._feed = ProgressFeed(self.progress)
         self.status = widgets.HTML(value=status_html("ready"))
         self.status.add_class("sdlab-status")
         self.table = widgets.HTML()
         self.plots = widgets.HBox(layout=widgets.Layout(flex_flow="row wrap"))
+        self.gallery = widgets.VBox()
+        self.gallery.add_class("sdlab-bench-images")
         self.output = widgets.Output()
         self.run_button.on_click(lambda _: self.run())
         super().__init__(
             children=[
+                widgets.HTML(PIXELATED_STYLE),
                 self.prompt,
                 widgets.HBox(
                     [self.schedulers, widgets.VBox([self.num_inference_steps, self.seeds, self.repeats, self.warmup])]
                 ),
                 widgets.HBox([self.reference_steps, self.reference_scheduler, self.peak_tflops]),
-                widgets.HBox([self.run_button, self.progress, self.status]),
+                widgets.HBox([self.run_button, self.cancel_button, self.progress, self.status]),
                 self.output,
                 self.table,
+                self.gallery,
                 self.plots,
             ]
         )
@@ -114,32 +146,88 @@ class SchedulerBench(widgets.VBox):
             "peak_tflops": float(self.peak_tflops.value) or None,
         }
 
+    def cancel(self) -> None:
+        """Stop a running benchmark at its next denoising step (nothing to do when idle)."""
+        if self.state == "running":
+            self._cancel.set()
+            self.status.value = status_html("cancelling at the next denoising step…", "busy")
+
+    def _progress(self, info: dict) -> None:
+        if self._cancel.is_set():
+            raise Interrupted("the benchmark was cancelled")
+        self._feed(info)
+
     def run(self):
-        """Run the benchmark; returns the `BenchResult`, or None on error (shown in the widget)."""
+        """Run the benchmark; returns the `BenchResult`, or None on error or cancel (shown in the widget)."""
         from ..bench import benchmark_schedulers
 
         self.error = None
         self.output.clear_output()
-        self.run_button.disabled = True
+        self._cancel.clear()
+        self.state = "running"
+        self.run_button.disabled, self.cancel_button.disabled = True, False
         self._feed.reset()
         self.status.value = status_html("benchmarking…", "busy")
         try:
-            result = benchmark_schedulers(self.pipe, progress=self._feed, **self.arguments())
+            result = benchmark_schedulers(
+                self.pipe, progress=self._progress, load_average=self.load_average, **self.arguments()
+            )
             plots = [_figure_png(result.plot_quality_vs_time), _figure_png(result.plot_latency_vs_steps)]
+        except (Interrupted, KeyboardInterrupt):
+            self.state = "cancelled"
+            self.table.value, self.gallery.children, self.plots.children = "", (), ()
+            self.images = {}
+            done = f"{self.progress.value} of {self.progress.max} calls"
+            self.status.value = status_html(f"cancelled after {done}: no results (a partial table would mislead)")
+            return None
         except Exception as e:  # noqa: BLE001 - shown in the widget; the kernel lives on
             self.error = e
+            self.state = "error"
             self.status.value = status_html(error_text(e), "error")
             with self.output:
                 print(error_text(e))
             return None
         finally:
-            self.run_button.disabled = False
+            self.run_button.disabled, self.cancel_button.disabled = False, True
+        self._show(result, plots)
+        return result
+
+    def _show(self, result, plots: list[bytes]) -> None:
+        self.state = "done"
         self.last_result = result
+        self.images = dict(result.images)
         self.table.value = result.to_html()
+        self.gallery.children = [_setting_row(row, result.images.get(_key(row), [])) for row in result.rows]
         self.plots.children = [
             widgets.Image(value=png, format="png", layout=widgets.Layout(width="480px")) for png in plots
         ]
         failed = sum(1 for r in result.rows if r.get("error"))
         text = f"done: {len(result.rows)} settings" + (f", {failed} failed" if failed else "")
-        self.status.value = status_html(text, "error" if failed else "ok")
-        return result
+        if result.busy:
+            text += f". WARNING: {result.warning}"
+        self.status.value = status_html(text, "error" if failed or result.busy else "ok")
+
+
+def _key(row: dict) -> tuple[str, int]:
+    return (row["scheduler"], row["num_inference_steps"])
+
+
+def _setting_row(row: dict, images: list) -> widgets.HBox:
+    """One setting: its name and numbers, then its images (one per seed) at a whole-number scale."""
+
+    def number(key: str, fmt: str) -> str:
+        value = row.get(key)
+        return "-" if value is None else format(value, fmt)
+
+    text = (
+        f"<b>{html.escape(str(row['scheduler']))}</b>, {row['num_inference_steps']} steps<br>"
+        f"{number('seconds', '.3f')} s/call<br>SSIM {number('ssim', '.3f')}<br>MAE {number('mae', '.2f')}"
+    )
+    if row.get("error"):
+        text += f"<br><span style='color:#b00020'>{html.escape(str(row['error']))}</span>"
+    scale = max(1, 128 // max(1, images[0].width)) if images else 1
+    thumbs = [image_widget(im, width=f"{im.width * scale}px", css_class="sdlab-bench-image") for im in images]
+    return widgets.HBox(
+        [widgets.HTML(text, layout=widgets.Layout(width="180px")), *thumbs],
+        layout=widgets.Layout(align_items="center"),
+    )

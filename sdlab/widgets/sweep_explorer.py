@@ -3,7 +3,9 @@
     explorer = SweepExplorer(sdlab.sweep(pipe, prompt, axes={...}))
     explorer.x.value, explorer.y.value = "guidance_scale", "seed"
     explorer.filters["seed"].value = ("Seed: 1", "Seed: 2")
+    explorer.sliders["num_inference_steps"].value = 1   # ordered axes off x/y: one value (-1: all)
     explorer.pick["seed"].value = 1          # index of the value: the cell shown large
+    explorer.tile_buttons[0].click()          # or click a tile's button: that cell shown large
     explorer.cell_params                      # what `sdlab.read_params` reads from its PNG
 
 Nothing is generated here: the grid is redrawn from the images on disk when a choice changes.
@@ -20,6 +22,7 @@ from ..axes import Axis
 from ._common import PIXELATED_STYLE, error_text, image_widget, params_html, png_bytes, status_html
 
 NONE = "(none)"
+ALL = -1  # a slider's "every value" position
 
 
 class SweepExplorer(widgets.VBox):
@@ -27,8 +30,11 @@ class SweepExplorer(widgets.VBox):
 
     Controls: `x`, `y`, `z` (axis dropdowns), `filters` (axis name -> SelectMultiple of value
     labels; all selected at first), `pick` (axis name -> Dropdown of value indices: the cell
-    shown large). State: `grid_image` (the PIL grid on show), `cell` (the picked `SweepCell`),
-    `cell_params` (its parameters read from the PNG), `error`, `status`.
+    shown large), `sliders` (ordered axes not on x/y -> SelectionSlider of value indices, -1:
+    all values), `tile_buttons` (one per cell on show: click to see it large). State: `grid_image`
+    (the PIL grid on show), `grid_scale` (the whole number it is enlarged by), `tiles` (the cells
+    on show, in the order of `tile_buttons`), `cell` (the picked `SweepCell`), `cell_params` (its
+    parameters read from the PNG), `error`, `status`.
     """
 
     def __init__(self, result, *, cell_width: str = "320px"):
@@ -37,6 +43,9 @@ class SweepExplorer(widgets.VBox):
         self.grid_image = None
         self.cell = None
         self.cell_params: dict[str, Any] | None = None
+        self.grid_scale = 1
+        self.tiles: list = []
+        self.tile_buttons: list[widgets.Button] = []
         names = list(result.axis_names)
         self.x = widgets.Dropdown(options=names or [NONE], value=names[0] if names else NONE, description="x (across)")
         self.y = widgets.Dropdown(
@@ -47,7 +56,16 @@ class SweepExplorer(widgets.VBox):
         )
         self.filters: dict[str, widgets.SelectMultiple] = {}
         self.pick: dict[str, widgets.Dropdown] = {}
+        self.sliders: dict[str, widgets.SelectionSlider] = {}
         for axis in result.axes:
+            if len(axis) > 1 and _ordered(axis):
+                self.sliders[axis.name] = widgets.SelectionSlider(
+                    options=[("all", ALL)] + [(label, i) for i, label in enumerate(axis.labels)],
+                    value=ALL,
+                    description=axis.name,
+                    continuous_update=False,
+                    layout=widgets.Layout(width="360px"),
+                )
             labels = list(axis.labels)
             self.filters[axis.name] = widgets.SelectMultiple(
                 options=labels,
@@ -64,16 +82,22 @@ class SweepExplorer(widgets.VBox):
             )
         self.status = widgets.HTML(value=status_html("ready"))
         self.status.add_class("sdlab-status")
-        self.grid = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
+        self.grid = widgets.Image(format="png")
         self.grid.add_class("sdlab-grid")
+        self.grid.add_class("sdlab-pixelated")  # whole-number scale, nearest neighbour: crisp labels
+        self.grid_box = widgets.Box([self.grid], layout=widgets.Layout(overflow="auto", max_width="100%"))
+        self.tile_box = widgets.HBox(layout=widgets.Layout(flex_flow="row wrap"))
         self.cell_image = widgets.Box()
         self.cell_info = widgets.HTML()
         self._cell_width = cell_width
 
         for control in [self.x, self.y, self.z, *self.filters.values()]:
             control.observe(lambda _change: self.refresh(), names="value")
+        self._opening = False  # set while open_cell moves several `pick` dropdowns at once
         for control in self.pick.values():
-            control.observe(lambda _change: self.show_cell(), names="value")
+            control.observe(lambda _change: None if self._opening else self.show_cell(), names="value")
+        for name, slider in self.sliders.items():
+            slider.observe(lambda change, name=name: self._slide(name, change["new"]), names="value")
 
         title = result.title or f"sweep of {len(result)} cells in {result.out_dir}"
         super().__init__(
@@ -83,8 +107,11 @@ class SweepExplorer(widgets.VBox):
                 widgets.HBox([self.x, self.y, self.z]),
                 widgets.HTML("<small>values shown (ctrl/shift-click to choose several)</small>"),
                 widgets.HBox(list(self.filters.values()), layout=widgets.Layout(flex_flow="row wrap")),
+                widgets.HBox(list(self.sliders.values()), layout=widgets.Layout(flex_flow="row wrap")),
                 self.status,
-                self.grid,
+                self.grid_box,
+                widgets.HTML("<small>click a cell to see it large with its record</small>"),
+                self.tile_box,
                 widgets.HTML("<b>Cell</b>"),
                 widgets.HBox(list(self.pick.values()), layout=widgets.Layout(flex_flow="row wrap")),
                 widgets.HBox([self.cell_image, self.cell_info]),
@@ -95,6 +122,11 @@ class SweepExplorer(widgets.VBox):
         self.show_cell()
 
     # ------------------------------------------------------------ the grid
+
+    def _slide(self, name: str, index: int) -> None:
+        """A slider steps an ordered axis through its values (ALL: every value) via its filter."""
+        labels = self.result.axis(name).labels
+        self.filters[name].value = tuple(labels) if index == ALL else (labels[index],)
 
     def _subset(self):
         """A view of the result holding only the selected values of each axis."""
@@ -155,14 +187,58 @@ class SweepExplorer(widgets.VBox):
             return
         self.grid_image = image
         self.grid.value = png_bytes(image)
-        self.grid.layout.width = f"{min(image.width * 2, 1200)}px" if image.width < 600 else None
+        self.grid_scale = max(1, min(4, 1200 // max(1, image.width)))  # whole numbers only: no blur
+        self.grid.layout.width = f"{image.width * self.grid_scale}px"
+        self.grid.layout.height = f"{image.height * self.grid_scale}px"
+        self.grid.layout.max_width = "none"
+        self._show_tiles(subset, args)
+        self._show_sliders()
         failed = sum(1 for c in self.result.cells if c.error)
         text = f"{image.width}x{image.height} grid of {len(subset.cells)} cells"
         self.status.value = status_html(
             text + (f"; {failed} failed cells in the sweep" if failed else ""), "error" if failed else "ok"
         )
 
+    def _show_sliders(self) -> None:
+        on_xy = {self.x.value, self.y.value}
+        for name, slider in self.sliders.items():
+            slider.layout.display = "none" if name in on_xy else None
+
+    def _show_tiles(self, subset, args) -> None:
+        """One button per cell on show, in grid order (sub-grid, row, column)."""
+        order = [n for n in [*(args["z"] or []), args["y"], args["x"]] if n]
+        pinned = args["filter"] or {}
+        shown = [c for c in subset.cells if all(c.coords[n] == 0 for n in pinned)]
+        shown.sort(key=lambda c: tuple(c.coords[n] for n in order))
+        labels = {a.name: a.labels for a in subset.axes}
+        self.tiles = [self._original(c) for c in shown]
+        buttons = []
+        for cell, view in zip(self.tiles, shown):
+            text = ", ".join(labels[n][view.coords[n]] for n in labels if n in order) or "the cell"
+            button = widgets.Button(description=text, tooltip=text, layout=widgets.Layout(width="auto"))
+            button.add_class("sdlab-tile")
+            if cell is not None and cell.error:
+                button.button_style = "danger"
+            button.on_click(lambda _b, cell=cell: self.open_cell(cell))
+            buttons.append(button)
+        self.tile_buttons = buttons
+        self.tile_box.children = buttons
+
+    def _original(self, view):
+        """The result's own cell behind a cell of the filtered view."""
+        return next((c for c in self.result.cells if c.index == view.index), None)
+
     # ------------------------------------------------------------ one cell
+
+    def open_cell(self, cell) -> None:
+        """Show `cell` large with its record (sets `pick` to its coordinates)."""
+        self._opening = True
+        try:
+            for name, index in cell.coords.items():
+                self.pick[name].value = index
+        finally:
+            self._opening = False
+        self.show_cell()
 
     def show_cell(self) -> None:
         """Show the cell picked in `pick` large, with the parameters its PNG carries."""
@@ -188,6 +264,11 @@ class SweepExplorer(widgets.VBox):
             return
         self.cell_image.children = [image_widget(image, width=self._cell_width, css_class="sdlab-cell")]
         self.cell_info.value = params_html(self.cell_params) + f"<small>{_escape(str(cell.path))}</small>"
+
+
+def _ordered(axis) -> bool:
+    """Numbers (not booleans) can be stepped through with a slider."""
+    return axis.kind == "param" and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in axis.values)
 
 
 def _escape(text: str) -> str:
