@@ -57,6 +57,15 @@ def _save_disk_cache(entries: dict[str, dict[str, Any]]) -> None:
         pass
 
 
+def content_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's content, read in chunks (not remembered: for files that are new)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def file_sha256(path: str | Path) -> str:
     """The SHA-256 of a file's content, remembered by path, size, mtime and inode (a file written
     again, even with the same size, is hashed again)."""
@@ -69,11 +78,7 @@ def file_sha256(path: str | Path) -> str:
         if entry is not None and entry.get("stamp") == stamp:
             _memory[name] = entry
             return entry["sha256"]
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    value = digest.hexdigest()
+    value = content_sha256(path)
     if _stat_key(path)[1] != stamp:  # written while we read it: do not remember a torn hash
         return value
     with _lock:

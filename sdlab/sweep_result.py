@@ -20,6 +20,7 @@ from .request import GenerationRequest
 from .xyz_plot import is_xyz_text, sweep_from_xyz, xyz_params
 
 SPEC_KEY = "sdlab_sweep"
+# The generation parameters a sweep sets by name (other axes are pipeline keywords).
 CORE_PARAMS = (
     "prompt",
     "negative_prompt",
@@ -30,6 +31,8 @@ CORE_PARAMS = (
     "width",
     "height",
     "clip_skip",
+    "variation_seed",
+    "variation_strength",
 )
 
 

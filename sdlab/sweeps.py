@@ -46,24 +46,12 @@ from .axes import (
 )
 from .backends import as_backend, model_facts
 from .executors import get_executor
+from .identity import content_sha256
 from .metadata import save_png
 from .request import GenerationRequest, check_positive_int, describe_value, random_seed
-from .sweep_result import SweepCell, SweepResult, load_sweep
+from .sweep_result import CORE_PARAMS, SweepCell, SweepResult, load_sweep
 
 MANIFEST = "manifest.jsonl"
-CORE_PARAMS = (
-    "prompt",
-    "negative_prompt",
-    "seed",
-    "guidance_scale",
-    "num_inference_steps",
-    "scheduler",
-    "width",
-    "height",
-    "clip_skip",
-    "variation_seed",
-    "variation_strength",
-)
 DEFAULT_OUT_DIR = Path("runs") / "sweeps"
 
 __all__ = ["Axis", "SweepCell", "SweepResult", "prompt_matrix", "prompt_order", "prompt_sr", "sweep", "load_sweep"]
@@ -241,14 +229,6 @@ def model_label(model: Any) -> str:
 # ------------------------------------------------------------------ the run directory
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class RunDirectory:
     """A sweep's run directory: `cells/` PNGs (each with its record) and `manifest.jsonl`.
 
@@ -289,7 +269,7 @@ class RunDirectory:
         path = self.root / row["file"]
         if not path.exists():
             return None
-        if row.get("sha256") and _file_sha256(path) != row["sha256"]:
+        if row.get("sha256") and content_sha256(path) != row["sha256"]:
             return None
         return row
 
@@ -380,7 +360,7 @@ def _record(outcome, batch: list[SweepCell], run: RunDirectory, axes, on_done) -
             {
                 "key": cell.key,
                 "file": str(path.relative_to(run.root)),
-                "sha256": _file_sha256(path),
+                "sha256": content_sha256(path),
                 "seconds": cell.seconds,
                 "peak_memory_mb": cell.peak_memory_mb,
                 "request": cell.request.to_dict(),

@@ -711,3 +711,20 @@ def test_a_variation_strength_axis_draws_one_variation_seed(counting, tmp_path):
     result = grid_sweep(counting, tmp_path, axes={"variation_strength": [0.3, 0.6]}, seed=5)
     seeds = {c.request.image_params(0)["variation_seed"] for c in result.cells}
     assert len(seeds) == 1 and isinstance(seeds.pop(), int)
+
+
+def test_load_sweep_keeps_every_fixed_generation_parameter(counting, tmp_path):
+    """The sweep's own parameter names are one list: fixed variation settings come back from the grid PNG."""
+    r = sdlab.sweep(
+        counting,
+        "a red circle",
+        axes={"seed": [1]},
+        out_dir=tmp_path,
+        num_inference_steps=1,
+        variation_seed=9,
+        variation_strength=0.25,
+        clip_skip=1,
+        verbose=False,
+    )
+    loaded = load_sweep(r.save_grid())
+    assert (loaded["variation_seed"], loaded["variation_strength"], loaded["clip_skip"]) == (9, 0.25, 1)
