@@ -95,59 +95,42 @@ def test_there_are_notebooks():
     assert NOTEBOOKS, "no notebooks found"
 
 
-@by_notebook
-def test_widget_views_render_from_saved_state(path):
-    """Every widget view's model, and every model it refers to, is in the saved widget state."""
-    nb = load(path)
+def widget_problems(nb: dict) -> list[str]:
+    """Widget views whose model, or a model it refers to, is not in the saved widget state, and
+    widgets shown only as their text repr (`PromptLab(children=...`)."""
     state = widget_state(nb)
-    missing = []
-    for number, output, _ in outputs(nb):
+    found = []
+    for number, output, texts in outputs(nb):
         view = output.get("data", {}).get(WIDGET_VIEW)
         if view and view.get("model_id") not in state:
-            missing.append(f"cell {number}: view of model {view.get('model_id')}")
+            found.append(f"cell {number}: view of model {view.get('model_id')} not in the widget state")
+        renders = bool(view) and view.get("model_id") in state
+        for kind, text in texts.items():
+            if WIDGET_REPR.search(text) and not renders:
+                found.append(f"cell {number} ({kind}): a widget as text only: {text[:60]!r}")
     for model_id, widget in state.items():
         for text in strings(widget.get("state", {})):
             for ref in re.findall(r"IPY_MODEL_([0-9a-f]+)", text):
                 if ref not in state:
-                    missing.append(f"model {model_id} refers to {ref}")
-    assert not missing, f"{path.name}: widget models missing from the saved state (run `make notebooks`): {missing}"
+                    found.append(f"model {model_id} refers to {ref}, not in the widget state")
+    return found
 
 
-@by_notebook
-def test_no_widget_shown_only_as_its_text_repr(path):
-    """A widget's text repr (`PromptLab(children=...`) is only a fallback of a view that can render."""
-    nb = load(path)
-    state = widget_state(nb)
-    bare = []
-    for number, output, texts in outputs(nb):
-        view = output.get("data", {}).get(WIDGET_VIEW)
-        renders = bool(view) and view.get("model_id") in state
-        for kind, text in texts.items():
-            if WIDGET_REPR.search(text) and not renders:
-                bare.append(f"cell {number} ({kind}): {text[:60]!r}")
-    assert not bare, f"{path.name}: widgets shown as text only: {bare}"
-
-
-@by_notebook
-def test_no_progress_bar_stuck_at_zero(path):
-    nb = load(path)
-    stuck = [
-        f"cell {number} ({kind}): {text.strip()[:70]!r}"
+def progress_bar_problems(nb: dict) -> list[str]:
+    return [
+        f"cell {number} ({kind}): a bar at 0%: {text.strip()[:70]!r}"
         for number, _, texts in outputs(nb)
         for kind, text in texts.items()
         if BAR_AT_ZERO.search(text) or BAR_AT_ZERO_HTML.search(text)
     ]
-    assert not stuck, (
-        f"{path.name}: progress bars saved at 0% (run `make notebooks`, which saves where a bar ended; "
-        f"in a cell nbval checks, turn the bar off, e.g. load_pipeline(progress_bar=False)): {stuck}"
-    )
 
 
-@by_notebook
-def test_no_paths_of_the_authors_machine(path):
-    nb = load(path)
+def path_problems(nb: dict) -> list[str]:
+    def around(text, m):
+        return f"...{text[max(0, m.start() - 30) : m.end() + 40]!r}..."
+
     found = [
-        f"cell {number} ({kind}): ...{text[max(0, m.start() - 30) : m.end() + 40]!r}..."
+        f"cell {number} ({kind}): {around(text, m)}"
         for number, _, texts in outputs(nb)
         for kind, text in texts.items()
         for m in [ENVIRONMENT_PATH.search(text)]
@@ -155,20 +138,17 @@ def test_no_paths_of_the_authors_machine(path):
     ]
     found += [f"cell {n} source" for n, cell in enumerate(nb["cells"]) if ENVIRONMENT_PATH.search(source(cell))]
     found += [
-        f"widget state: ...{text[max(0, m.start() - 30) : m.end() + 40]!r}..."
+        f"widget state: {around(text, m)}"
         for text in strings(widget_state(nb))
         for m in [ENVIRONMENT_PATH.search(text)]
         if m
     ]
-    assert not found, f"{path.name}: paths of the machine it ran on: {found}"
+    return found
 
 
-@by_notebook
-def test_no_warnings_from_library_code(path):
-    """A warning in a saved output is one the notebook shows on purpose, raised at the reader's own
-    line (a cell); one located in sdlab or in a library sdlab calls is a bug to fix in sdlab."""
-    nb = load(path)
-    found = [
+def warning_problems(nb: dict) -> list[str]:
+    """Warnings located anywhere but a notebook cell: in sdlab, or in a library sdlab calls."""
+    return [
         f"cell {number}: {m.group('category')} at {m.group('where')}"
         for number, _, texts in outputs(nb)
         for kind, text in texts.items()
@@ -176,47 +156,104 @@ def test_no_warnings_from_library_code(path):
         for m in WARNING_LINE.finditer(text)
         if not CELL_LOCATION.match(m.group("where"))
     ]
-    assert not found, f"{path.name}: warnings from library code: {found}"
 
 
-@by_notebook
-def test_ci_switches_in_one_short_explained_cell_near_the_top(path):
-    nb = load(path)
+def ci_switch_problems(nb: dict) -> list[str]:
     cells = code_cells(nb)
     switching = [
         n for n, cell in enumerate(cells) if "os.environ" in source(cell) or re.search(r"\bSMOKE\s*=[^=]", source(cell))
     ]
-    assert len(switching) == 1, f"{path.name}: CI switches in code cells {switching}; keep them in one cell"
+    if len(switching) != 1:
+        return [f"CI switches in code cells {switching}: keep them in one cell"]
     (number,) = switching
-    assert number <= 1, f"{path.name}: the CI switches are in code cell {number}; keep them near the top"
     lines = [line for line in source(cells[number]).splitlines() if line.strip()]
-    assert len(lines) <= 4, f"{path.name}: the CI switch cell has {len(lines)} lines; keep it short"
-    assert any("#" in line for line in lines), f"{path.name}: say in the CI switch cell (a comment) what it does"
+    found = []
+    if number > 1:
+        found.append(f"the CI switches are in code cell {number}: keep them near the top")
+    if len(lines) > 4:
+        found.append(f"the CI switch cell has {len(lines)} lines: keep it short")
+    if not any("#" in line for line in lines):
+        found.append("say in the CI switch cell (a comment) what it changes")
+    return found
 
 
-@by_notebook
-def test_nbval_markers_are_read_by_nbval_and_out_of_the_way(path):
+def marker_problems(nb: dict) -> list[str]:
     """nbval reads a marker only on a line of its own (`x  # NBVAL_CHECK_OUTPUT` is ignored: that cell
     is not checked); one marker a cell, as its last line, keeps the code first."""
-    nb = load(path)
-    problems = []
+    found = []
     for number, cell in enumerate(nb["cells"]):
         lines = source(cell).rstrip().splitlines()
         marked = [i for i, line in enumerate(lines) if any(marker in line for marker in NBVAL_MARKERS)]
         for i in marked:
             if lines[i].strip().lstrip("#").strip() not in NBVAL_MARKERS:
-                problems.append(f"cell {number} line {i + 1}: nbval ignores {lines[i].strip()!r}")
+                found.append(f"cell {number} line {i + 1}: nbval ignores {lines[i].strip()!r}")
         if len(marked) > 1:
-            problems.append(f"cell {number}: {len(marked)} markers")
+            found.append(f"cell {number}: {len(marked)} markers")
         elif marked and marked[0] != len(lines) - 1:
-            problems.append(f"cell {number}: marker on line {marked[0] + 1}, not the last line")
-    assert not problems, f"{path.name}: {problems}"
+            found.append(f"cell {number}: marker on line {marked[0] + 1}, not the last line")
+    return found
+
+
+def execution_problems(nb: dict) -> list[str]:
+    counts = [cell.get("execution_count") for cell in code_cells(nb)]
+    found = [] if counts == list(range(1, len(counts) + 1)) else [f"execution counts {counts}: run it top to bottom"]
+    found += [f"cell {n} saved with an error" for n, output, _ in outputs(nb) if output["output_type"] == "error"]
+    return found
+
+
+ALL_CHECKS = (
+    widget_problems,
+    progress_bar_problems,
+    path_problems,
+    warning_problems,
+    ci_switch_problems,
+    marker_problems,
+    execution_problems,
+)
+
+
+@by_notebook
+def test_widgets_render_from_the_saved_state(path):
+    found = widget_problems(load(path))
+    assert not found, f"{path.name} (run `make notebooks NB=notebooks/{path.name}`): {found}"
+
+
+@by_notebook
+def test_no_progress_bar_stuck_at_zero(path):
+    found = progress_bar_problems(load(path))
+    assert not found, (
+        f"{path.name}: run `make notebooks`, which saves where a bar ended; in a cell nbval checks, turn "
+        f"the bar off (load_pipeline(progress_bar=False)): {found}"
+    )
+
+
+@by_notebook
+def test_no_paths_of_the_authors_machine(path):
+    found = path_problems(load(path))
+    assert not found, f"{path.name}: paths of the machine it ran on: {found}"
+
+
+@by_notebook
+def test_no_warnings_from_library_code(path):
+    """A warning in a saved output is one the notebook shows on purpose, raised at the reader's own
+    line (a cell); one located in sdlab or in a library sdlab calls is a bug to fix in sdlab."""
+    found = warning_problems(load(path))
+    assert not found, f"{path.name}: warnings from library code: {found}"
+
+
+@by_notebook
+def test_ci_switches_in_one_short_explained_cell_near_the_top(path):
+    found = ci_switch_problems(load(path))
+    assert not found, f"{path.name}: {found}"
+
+
+@by_notebook
+def test_nbval_markers_are_read_by_nbval_and_out_of_the_way(path):
+    found = marker_problems(load(path))
+    assert not found, f"{path.name}: {found}"
 
 
 @by_notebook
 def test_executed_top_to_bottom(path):
-    nb = load(path)
-    counts = [cell.get("execution_count") for cell in code_cells(nb)]
-    assert counts == list(range(1, len(counts) + 1)), f"{path.name}: execution counts {counts}"
-    errors = [n for n, output, _ in outputs(nb) if output["output_type"] == "error"]
-    assert not errors, f"{path.name}: cells {errors} saved with an error"
+    found = execution_problems(load(path))
+    assert not found, f"{path.name}: {found}"

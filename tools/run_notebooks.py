@@ -43,13 +43,16 @@ WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 NBVAL_CHECK = "NBVAL_CHECK_OUTPUT"
 NBVAL_MARKERS = ("NBVAL_CHECK_OUTPUT", "NBVAL_IGNORE_OUTPUT", "NBVAL_RAISES_EXCEPTION", "NBVAL_SKIP")
 CELL_FILE = re.compile(r"/tmp/ipykernel_\d+/\d+\.py")  # where IPython says a warning in a cell came from
-TQDM_TEXT = re.compile(r"^.*\d+%\|.*\|.*$", re.S)  # tqdm's text repr: "desc: 0%|     | 0/20 [...]"
+MODEL_REF = re.compile(r"IPY_MODEL_([0-9a-f]{32})")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("notebooks", nargs="*", type=Path, help="notebooks to run (default: notebooks/*.ipynb)")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds one cell may take (default 3600)")
+    parser.add_argument(
+        "--no-execute", action="store_true", help="only clean the saved outputs (step 4), without running the notebooks"
+    )
     args = parser.parse_args(argv)
     paths = args.notebooks or sorted((REPO / "notebooks").glob("*.ipynb"))
 
@@ -62,26 +65,28 @@ def main(argv: list[str] | None = None) -> int:
     for path in paths:
         began = time.perf_counter()
         try:
-            run_notebook(path, timeout=args.timeout)
+            run_notebook(path, timeout=args.timeout, execute=not args.no_execute)
         except Exception as error:  # report it and go on with the next notebook
             failed.append(path)
             print(f"FAILED {path} after {time.perf_counter() - began:.0f} s: {type(error).__name__}", flush=True)
             print(_tail(str(error)), file=sys.stderr, flush=True)
         else:
             print(f"{path}: {time.perf_counter() - began:.0f} s", flush=True)
-    print(f"{len(paths) - len(failed)} of {len(paths)} notebooks executed in {time.perf_counter() - started:.0f} s")
+    done = "cleaned" if args.no_execute else "executed"
+    print(f"{len(paths) - len(failed)} of {len(paths)} notebooks {done} in {time.perf_counter() - started:.0f} s")
     return 1 if failed else 0
 
 
-def run_notebook(path: Path, *, timeout: int = 3600) -> None:
-    """Execute `path` in a fresh directory and write it back, cleaned, with its widget state."""
+def run_notebook(path: Path, *, timeout: int = 3600, execute: bool = True) -> None:
+    """Execute `path` in a fresh directory and write it back, cleaned, with its widget state
+    (`execute=False`: only clean it)."""
     import nbformat
     from nbclient import NotebookClient
 
     path = Path(path).resolve()
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
-        if cell.cell_type == "code":
+        if execute and cell.cell_type == "code":  # (moved markers shift the line numbers outputs name)
             cell.source = markers_last(cell.source)
     workdir = Path(tempfile.mkdtemp(prefix=f"sdlab-{path.stem}-"))
     try:
@@ -93,7 +98,8 @@ def run_notebook(path: Path, *, timeout: int = 3600) -> None:
             store_widget_state=True,
             record_timing=False,
         )
-        client.execute()
+        if execute:
+            client.execute()
         clean_notebook(nb, name=path.stem, workdir=workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -145,9 +151,10 @@ def tqdm_text(model_id: str | None, state: dict) -> str | None:
         return None
     low, high, value = (float(bar.get(k) or 0) for k in ("min", "max", "value"))
     filled = round(10 * (value - low) / (high - low)) if high > low else 10
-    return f"{html.unescape(left.get('value', ''))}|{'█' * filled}{' ' * (10 - filled)}|" + html.unescape(
+    text = f"{html.unescape(left.get('value', ''))}|{'█' * filled}{' ' * (10 - filled)}|" + html.unescape(
         right.get("value", "")
     )
+    return text.replace("\u2007", " ").replace("\xa0", " ")  # tqdm's HTML spaces, as its text repr has them
 
 
 def path_replacements(workdir: Path | None = None) -> list[tuple[re.Pattern, str]]:
@@ -165,22 +172,29 @@ def path_replacements(workdir: Path | None = None) -> list[tuple[re.Pattern, str
 
 
 def renumber_widgets(nb, name: str) -> None:
-    """Replace the random widget model ids by ids numbered in order of appearance (stable diffs)."""
-    text = json.dumps(nb, sort_keys=False)
+    """Replace the random widget model ids by ids numbered in a fixed order (stable diffs): the
+    views in cell order, each followed by the models it refers to, then the other models by content."""
     state = nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
-    ids: dict[str, str] = {}
-    for match in re.finditer(r"[0-9a-f]{32}", text):
-        old = match.group(0)
-        if old in state and old not in ids:
-            ids[old] = hashlib.md5(f"{name}:{len(ids)}".encode()).hexdigest()
+    order: list[str] = []
+
+    def visit(model_id: str) -> None:
+        if model_id in state and model_id not in order:
+            order.append(model_id)
+            for ref in MODEL_REF.findall(json.dumps(state[model_id].get("state", {}), sort_keys=True)):
+                visit(ref)
+
+    for model_id in re.findall(r"[0-9a-f]{32}", json.dumps(nb.cells)):
+        visit(model_id)
+    for model_id in sorted(state, key=lambda m: re.sub(r"[0-9a-f]{32}", "", json.dumps(state[m], sort_keys=True))):
+        visit(model_id)
+    ids = {old: hashlib.md5(f"{name}:{n}".encode()).hexdigest() for n, old in enumerate(order)}
     if not ids:
         return
     pattern = re.compile("|".join(map(re.escape, ids)))
     _rewrite_strings(nb.cells, [(pattern, lambda m: ids[m.group(0)])])
     rewritten = {}
-    for old, widget in state.items():
-        _rewrite_strings(widget, [(pattern, lambda m: ids[m.group(0)])])
-        rewritten[ids.get(old, old)] = widget
+    for old in order:
+        rewritten[ids[old]] = _rewrite_strings(state[old], [(pattern, lambda m: ids[m.group(0)])])
     nb.metadata.widgets[WIDGET_STATE]["state"] = rewritten
 
 
