@@ -51,6 +51,9 @@ class SweepCell:
     peak_memory_mb: float | None = None
     error: str | None = None
     cached: bool = False
+    metrics: dict[str, float | None] = field(default_factory=dict)  # flat score name -> number (None: n/a)
+    metric_errors: dict[str, str] = field(default_factory=dict)  # scorer name -> its error
+    metric_keys: dict[str, str] = field(default_factory=dict)  # scorer name -> its cache key
 
     @property
     def ok(self) -> bool:
@@ -101,7 +104,20 @@ class SweepResult:
 
     @property
     def table(self) -> list[dict[str, Any]]:
-        """One row a cell: axis values, seed, path, seconds, peak memory, error, cached."""
+        """One row a cell: axis values, seed, path, seconds, peak memory, error, cached, and scores.
+
+        Scores (`sweep(..., metrics=[...])`) are two plain fields of every row, the same in the
+        run directory's `manifest.jsonl` rows:
+
+        - `metrics`: a flat dict, score name -> number (float/int), or None where the score does
+          not apply (e.g. the judge's position for a prompt naming none) or is not finite. A
+          scorer returning a number gives one name (its own: "sharpness"); one returning a dict
+          gives "<scorer>.<key>" for each key ("judge.colour", "similarity.ssim").
+        - `metric_errors`: scorer name -> error text ("ValueError: ...") for scorers that failed
+          on this cell; their names are absent from `metrics`.
+
+        Rows of cells without scores have both as empty dicts. `to_pandas()` also spreads
+        `metrics` into `metric.<name>` columns."""
         rows = []
         for cell in self.cells:
             row: dict[str, Any] = {"index": cell.index}
@@ -120,6 +136,8 @@ class SweepResult:
                     "peak_memory_mb": cell.peak_memory_mb,
                     "error": cell.error,
                     "cached": cell.cached,
+                    "metrics": dict(cell.metrics),
+                    "metric_errors": dict(cell.metric_errors),
                 }
             )
             rows.append(row)
@@ -133,7 +151,13 @@ class SweepResult:
             from .errors import MissingDependencyError
 
             raise MissingDependencyError("pandas", "SweepResult.to_pandas()") from e
-        return pd.DataFrame(self.table)
+        rows = []
+        for row in self.table:
+            row = dict(row)
+            for name, value in row.get("metrics", {}).items():
+                row[f"metric.{name}"] = value
+            rows.append(row)
+        return pd.DataFrame(rows)
 
     @property
     def images(self) -> list[Image.Image | None]:
