@@ -17,7 +17,7 @@ from .axes import Axis, prompt_sr
 from .grid import Label, fit_pixels, join_horizontally, labelled_grid
 from .metadata import PARAMETERS_KEY, add_infotext_params, infotext, parse_infotext, read_text_chunks, save_png
 from .request import GenerationRequest
-from .viewer import save_html
+from .sweep_html import save_html
 from .xyz_plot import is_xyz_text, sweep_from_xyz, xyz_params
 
 SPEC_KEY = "sdlab_sweep"
@@ -306,7 +306,7 @@ class SweepResult:
         """Write the sweep's viewer: a self-contained folder (HTML, JS, its data and images) that
         opens from disk with no server (default `<run directory>/viewer`); returns its index.html.
         Any two axes across and down, the rest stepped through, parameters and scores on hover, the
-        A1111 text copied, cells coloured or sorted by a score (`sdlab.viewer.save_html`)."""
+        A1111 text copied, cells coloured or sorted by a score (`sdlab.sweep_html.save_html`)."""
         return save_html(self, Path(path) if path is not None else self.out_dir / "viewer", **viewer_kwargs)
 
     def figure(

@@ -191,7 +191,7 @@
   function setView(view) {
     state.view = view;
     if (view === "grid") state.filt = state.filt.map(function (v) { return v < 0 ? 0 : v; });
-    else state.filt = state.filt.map(function (v, d) { return d === state.x || d === state.y ? -1 : v; });
+    else state.filt = state.filt.map(function () { return -1; }); // ranked: the whole sweep, narrowed by filters
     state.pageR = 0;
     render();
   }
@@ -358,6 +358,7 @@
     renderFilters();
     renderLegend();
     hideTooltip();
+    $(state.view === "grid" ? "ranked" : "grid").innerHTML = ""; // only the page shown is in the DOM
     if (state.view === "grid") renderGrid(); else renderRanked();
     writeHash();
   }

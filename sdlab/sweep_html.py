@@ -24,14 +24,11 @@ import math
 import shutil
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from PIL import Image
 
 from .metadata import PARAMETERS_KEY, SDLAB_KEY, read_text_chunks
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .sweep_result import SweepCell, SweepResult
 
 ASSETS = ("index.html", "viewer.js", "viewer.css")
 DATA_FILE = "data.js"
@@ -41,7 +38,7 @@ NOT_SCORES = {"index", "seed", "guidance_scale", "num_inference_steps", "width",
 
 
 def save_html(
-    result: SweepResult,
+    result,  # a SweepResult (not imported: sweep_result imports this module)
     path: str | Path,
     *,
     thumbnail_size: int = 256,
@@ -73,7 +70,7 @@ def save_html(
 
 
 def viewer_data(
-    result: SweepResult, out: Path, *, thumbnail_size: int = 256, copy_images: bool = True, title: str | None = None
+    result, out: Path, *, thumbnail_size: int = 256, copy_images: bool = True, title: str | None = None
 ) -> dict[str, Any]:
     """The page's data (and, written into `out`, the images it names)."""
     images_dir, thumbs_dir = out / "images", out / "thumbs"
@@ -111,12 +108,12 @@ def _sdlab_version() -> str:
         return "unknown"
 
 
-def _default_title(result: SweepResult) -> str:
+def _default_title(result) -> str:
     names = " x ".join(f"{a.name} ({len(a)})" for a in result.axes)
     return f"sweep: {names}" if names else "sweep"
 
 
-def _dimensions(result: SweepResult) -> list[dict[str, Any]]:
+def _dimensions(result) -> list[dict[str, Any]]:
     """The grid's dimensions: one per axis, linked axes (which move together) as one."""
     link = [list(g) for g in (result.spec.get("link") or [])]
     dims, seen = [], set()
@@ -142,7 +139,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _score_fields(result: SweepResult, rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+def _score_fields(result, rows: list[dict[str, Any]]) -> list[dict[str, str]]:
     """Every numeric per-cell field: the scores (`metrics`) first, then numbers of the table's rows
     (seconds, peak memory, any other) that are neither an axis nor the request's own."""
     axis_names = set(result.axis_names)
@@ -164,7 +161,7 @@ def _finite(value: Any) -> float | int | None:
     return value
 
 
-def _cell_entry(cell: SweepCell, row: dict[str, Any], dims: list[dict], fields: list[dict]) -> dict[str, Any]:
+def _cell_entry(cell, row: dict[str, Any], dims: list[dict], fields: list[dict]) -> dict[str, Any]:
     scores = {}
     metrics = row.get("metrics") or {}
     for f in fields:
