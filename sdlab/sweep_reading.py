@@ -16,6 +16,7 @@ the HTML viewer of a sweep run elsewhere or earlier.
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -51,7 +52,7 @@ def load_sweep_result(path: str | Path, *, spec: str | Path | None = None) -> Sw
         raise ValueError(f"`path`: {run_dir} holds no {MANIFEST}; is it a sweep's run directory?")
 
     # 1. the axes and cells, planned as `sweep` plans them
-    kwargs = load_sweep(_spec_file(run_dir, spec_dict))
+    kwargs = _sweep_kwargs(spec_dict)
     axes = _normalise_axes(kwargs.get("axes"), kwargs.get("prompt"), kwargs.get("negative_prompt"))
     axes = [_with_spec_labels(a, s) for a, s in zip(axes, spec_dict["axes"])]
     base = {name: kwargs.get(name) for name in CORE_PARAMS}
@@ -67,10 +68,13 @@ def load_sweep_result(path: str | Path, *, spec: str | Path | None = None) -> Sw
     matched = [next((r for r in reversed(rows_at.get(i, [])) if _ran(p, r)), None) for i, (_, p) in enumerate(planned)]
     # a cell not run yet gets its model's defaults as the cells that ran got them
     defaults = {str(p.get("model")): _defaults_of(r["request"]) for (_, p), r in zip(planned, matched) if r}
+    # the scores of the sweep's own scorers (a row keeps those of earlier sweeps of its image too)
+    listed = spec_dict.get("metrics")
+    scorers = [m["name"] for m in listed if isinstance(m, dict) and "name" in m] if isinstance(listed, list) else None
     cells = []
     for index, ((coords, params), row) in enumerate(zip(planned, matched)):
         if row is not None:
-            cells.append(_cell(index, coords, params, row, run_dir))
+            cells.append(_cell(index, coords, params, row, run_dir, scorers))
         else:
             request = cell_request(params, defaults.get(str(params.get("model")), Defaults()))
             cells.append(SweepCell(index=index, coords=coords, request=request, model=str(params.get("model") or "")))
@@ -82,7 +86,8 @@ _SWEEP_ARGS = {"axes", "link", "vary_seeds", "title", "out_dir"}
 
 def _read_spec(run_dir: Path, spec: str | Path | None) -> dict[str, Any]:
     if spec is None:
-        specs = sorted((run_dir / "sweeps").glob("*.json"), key=lambda p: p.stat().st_mtime)
+        found = [p for p in (run_dir / "sweeps").glob("*.json") if not p.name.startswith(".")]
+        specs = sorted(found, key=lambda p: p.stat().st_mtime)
         if not specs:
             raise ValueError(f"`path`: {run_dir} holds no sweep definition (sweeps/*.json)")
         return json.loads(specs[-1].read_text(encoding="utf-8"))
@@ -95,16 +100,12 @@ def _read_spec(run_dir: Path, spec: str | Path | None) -> dict[str, Any]:
     return json.loads(chunks[SPEC_KEY])
 
 
-def _spec_file(run_dir: Path, spec: dict[str, Any]) -> Path:
-    """A spec JSON `load_sweep` can read (the one in the run directory if it is there)."""
-    text = json.dumps(spec, sort_keys=True, default=str)
-    for candidate in (run_dir / "sweeps").glob("*.json"):
-        if json.dumps(json.loads(candidate.read_text(encoding="utf-8")), sort_keys=True, default=str) == text:
-            return candidate
-    path = run_dir / "sweeps" / ".viewer-spec.json"  # a spec only a grid PNG carried
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    return path
+def _sweep_kwargs(spec: dict[str, Any]) -> dict[str, Any]:
+    """`load_sweep`'s keyword arguments of a spec (it reads specs from files)."""
+    with tempfile.TemporaryDirectory(prefix="sdlab-spec-") as folder:
+        path = Path(folder) / "spec.json"
+        path.write_text(json.dumps(spec, default=str), encoding="utf-8")
+        return load_sweep(path)
 
 
 def _with_spec_labels(axis: Axis, spec_axis: dict[str, Any]) -> Axis:
@@ -151,7 +152,9 @@ def _defaults_of(request: dict[str, Any]) -> SimpleNamespace:
     )
 
 
-def _cell(index: int, coords: dict[str, int], params: dict[str, Any], row: dict, run_dir: Path) -> SweepCell:
+def _cell(
+    index: int, coords: dict[str, int], params: dict[str, Any], row: dict, run_dir: Path, scorers: list[str] | None
+) -> SweepCell:
     request = cell_request(params, _defaults_of(row["request"]))
     cell = SweepCell(index=index, coords=coords, request=request, model=str(row.get("model", "")), key=row["key"])
     cell.seconds, cell.peak_memory_mb, cell.cached = row.get("seconds"), row.get("peak_memory_mb"), True
@@ -162,6 +165,13 @@ def _cell(index: int, coords: dict[str, int], params: dict[str, Any], row: dict,
     else:
         cell.error = f"the image {row.get('file')!r} is missing from the run directory"
     if "metrics" in SweepCell.__dataclass_fields__:  # scores, where the sweep has them
-        cell.metrics = dict(row.get("metrics") or {})
-        cell.metric_errors = dict(row.get("metric_errors") or {})
+        cell.metrics = {n: v for n, v in (row.get("metrics") or {}).items() if _scored_by(n, scorers)}
+        cell.metric_errors = {n: e for n, e in (row.get("metric_errors") or {}).items() if _scored_by(n, scorers)}
+        cell.metric_keys = {n: k for n, k in (row.get("metric_keys") or {}).items() if _scored_by(n, scorers)}
     return cell
+
+
+def _scored_by(name: str, scorers: list[str] | None) -> bool:
+    """Whether a score (or scorer) name belongs to the sweep's scorers ("judge" owns "judge.colour");
+    a spec that names none (written before scores) keeps every score its rows carry."""
+    return scorers is None or any(name == s or name.startswith(s + ".") for s in scorers)

@@ -122,3 +122,17 @@ def test_what_is_not_a_run_directory_is_refused(tmp_path):
         load_sweep_result(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="`path`.*no sweep definition"):
         load_sweep_result(tmp_path)
+
+
+def test_only_the_sweeps_own_scorers_are_read(tmp_path):
+    # a row keeps the scores every sweep of its image computed; the result shows its own sweep's
+    write_run_dir(tmp_path, {"seed": "0-1"})
+    spec_path = tmp_path / "sweeps" / "synthetic.json"
+    spec = json.loads(spec_path.read_text())
+    spec["metrics"] = [{"name": "judge", "version": 1, "reference": None, "config": {}}]
+    spec_path.write_text(json.dumps(spec))
+    loaded = load_sweep_result(tmp_path)
+    assert [sorted(c.metrics) for c in loaded.cells] == [["judge.colour"], ["judge.colour"]]
+    spec["metrics"] = []
+    spec_path.write_text(json.dumps(spec))
+    assert all(c.metrics == {} for c in load_sweep_result(tmp_path).cells)
