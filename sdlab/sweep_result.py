@@ -302,13 +302,6 @@ class SweepResult:
         extra = {SPEC_KEY: json.dumps(self.spec, default=str)}
         return save_png(image, path, record, extra_text=extra, parameters=parameters)
 
-    def save_html(self, path: str | Path | None = None, **viewer_kwargs) -> Path:
-        """Write the sweep's viewer: a self-contained folder (HTML, JS, its data and images) that
-        opens from disk with no server (default `<run directory>/viewer`); returns its index.html.
-        Any two axes across and down, the rest stepped through, parameters and scores on hover, the
-        A1111 text copied, cells coloured or sorted by a score (`sdlab.sweep_html.save_html`)."""
-        return save_html(self, Path(path) if path is not None else self.out_dir / "viewer", **viewer_kwargs)
-
     def figure(
         self, x: str | None = None, y: str | None = None, *, filter: dict[str, Any] | None = None, size: float = 2.0
     ):
@@ -350,6 +343,13 @@ class SweepResult:
         buf = io.BytesIO()
         self.grid(max_pixels=4_000_000).save(buf, format="PNG")
         return buf.getvalue()
+
+    def save_html(self, path: str | Path | None = None, **viewer_kwargs) -> Path:
+        """Write the sweep's viewer: a self-contained folder (HTML, JS, its data and images) that
+        opens from disk with no server (default `<run directory>/viewer`); returns its index.html.
+        Any two axes across and down, the rest stepped through, parameters and scores on hover, the
+        A1111 text copied, cells coloured or sorted by a score (`sdlab.sweep_html.save_html`)."""
+        return save_html(self, Path(path) if path is not None else self.out_dir / "viewer", **viewer_kwargs)
 
 
 def load_sweep(path: str | Path) -> dict[str, Any]:

@@ -149,7 +149,8 @@
     if (failed) parts.push(failed + " failed");
     if (missing) parts.push(missing + " not run");
     parts.push(dims.map(function (d) { return d.name + " (" + d.labels.length + ")"; }).join(" \u00d7 ") || "no axes");
-    if (fields.length) parts.push("scores: " + fields.map(function (f) { return f.name; }).join(", "));
+    var scored = fields.filter(function (f) { return f.kind === "metric"; }).length;
+    if (scored) parts.push(scored + (scored === 1 ? " score" : " scores"));
     parts.push("sdlab " + D.sdlab);
     $("summary").textContent = parts.join(" \u00b7 ");
 
