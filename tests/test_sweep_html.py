@@ -105,6 +105,22 @@ def test_scores_failures_and_cells_not_run(tmp_path):
             assert entry["scores"]["judge.colour"] == cell.metrics["judge.colour"]
 
 
+def test_linked_axes_are_one_dimension(sd1_pipe, tmp_path):
+    result = sdlab.sweep(
+        sd1_pipe,
+        "a red circle",
+        axes={"guidance_scale": [2, 4], "num_inference_steps": [1, 2], "seed": [0, 1]},
+        link=[("guidance_scale", "num_inference_steps")],
+        out_dir=tmp_path / "run",
+        verbose=False,
+    )
+    data = read_data(result.save_html(tmp_path / "v").parent)
+    assert [d["name"] for d in data["dims"]] == ["guidance_scale + num_inference_steps", "seed"]
+    assert data["dims"][0]["labels"] == ["CFG: 2 · Steps: 1", "CFG: 4 · Steps: 2"]
+    assert [c["c"] for c in data["cells"]] == [[0, 0], [1, 0], [0, 1], [1, 1]]
+    assert [c["record"]["num_inference_steps"] for c in data["cells"]] == [1, 2, 1, 2]
+
+
 def test_bad_arguments_are_refused(small_sweep, tmp_path):
     with pytest.raises(ValueError, match="thumbnail_size"):
         small_sweep.save_html(tmp_path / "v", thumbnail_size=4)
@@ -276,6 +292,13 @@ def test_the_viewer_stays_small_on_2000_cells(tmp_path):
             assert _texts(page, ".colhead")[0] == "Seed: 8"
             assert page.locator("img").count() <= 65
 
+            # hover: the cell's scores with its parameters
+            first = _shown_cells(page)[0]
+            page.locator(f"#grid .cell[data-i='{first}']").hover()
+            page.locator("#tooltip").wait_for(state="visible", timeout=10_000)
+            tip = page.locator("#tooltip").inner_text()
+            assert f"judge.colour\t{colour[first]:g}" in tip and "sharpness\t" in tip
+
             # 2. sorted by a score: columns by their mean, high first
             page.select_option("#field", "judge.colour")
             page.select_option("#sort", "desc")
@@ -316,5 +339,24 @@ def test_the_viewer_stays_small_on_2000_cells(tmp_path):
         except Exception:
             page.screenshot(path=str(ARTIFACTS / "viewer-large-failure.png"), full_page=True)
             raise
+        finally:
+            browser.close()
+
+
+def test_labels_and_prompts_are_shown_as_text(tmp_path):
+    chromium = _chromium()
+    from playwright.sync_api import sync_playwright
+
+    prompts = ['a <b>red</b> circle & "quotes"', "<img src=x onerror=alert(1)>"]
+    result = load_sweep_result(write_run_dir(tmp_path / "run", {"prompt": prompts}))
+    index = result.save_html(tmp_path / "viewer")
+    with sync_playwright() as p:
+        browser, page, errors = _open(p, index, chromium)
+        try:
+            assert _texts(page, ".colhead") == prompts
+            assert page.locator("#grid img").count() == 2  # no image made from a label
+            page.locator("#grid .cell >> nth=1").hover()
+            assert prompts[1] in page.locator("#tooltip").inner_text()
+            assert not errors, errors
         finally:
             browser.close()
