@@ -360,3 +360,30 @@ def test_labels_and_prompts_are_shown_as_text(tmp_path):
             assert not errors, errors
         finally:
             browser.close()
+
+
+def test_one_axis_and_no_axis(tmp_path):
+    chromium = _chromium()
+    from playwright.sync_api import sync_playwright
+
+    one = load_sweep_result(write_run_dir(tmp_path / "one", {"seed": "0-2"})).save_html(tmp_path / "v1")
+    none = load_sweep_result(write_run_dir(tmp_path / "none", {})).save_html(tmp_path / "v0")
+    with sync_playwright() as p:
+        browser, page, errors = _open(p, one, chromium)
+        try:
+            assert _texts(page, ".colhead") == ["Seed: 0", "Seed: 1", "Seed: 2"]
+            assert page.locator("#y-axis").input_value() == "-1" and page.locator("#grid img").count() == 3
+            page.select_option("#y-axis", label="seed")  # taking x's axis swaps them
+            assert page.locator("#x-axis").input_value() == "-1" and _texts(page, ".rowhead") == [
+                "Seed: 0",
+                "Seed: 1",
+                "Seed: 2",
+            ]
+            page.goto(none.as_uri())
+            page.wait_for_selector("body[data-ready=true]", timeout=PAGE_TIMEOUT_MS)
+            assert page.locator("#grid img").count() == 1
+            page.locator("#grid .cell").click(position={"x": 20, "y": 60})
+            assert "a large red circle" in page.locator("#detail-a1111").input_value()
+            assert not errors, errors
+        finally:
+            browser.close()
