@@ -218,7 +218,8 @@ def _write_images(source: Path, images_dir: Path, thumbs_dir: Path, size: int, c
         needs_thumb = max(width, height) > size or not copy_images
         thumb_rel = None
         if needs_thumb:
-            thumb_rel = f"thumbs/{source.stem}.jpg" if max(width, height) > size else f"thumbs/{source.stem}.png"
+            suffix = "jpg" if max(width, height) > size else "png"
+            thumb_rel = f"thumbs/{source.stem}-{size}.{suffix}"  # the size in the name: never another size's
             target = thumbs_dir.parent / thumb_rel
             if not target.exists() or target.stat().st_mtime < source.stat().st_mtime:
                 small = image.convert("RGB")

@@ -73,6 +73,11 @@ def test_large_images_get_thumbnails_and_copy_images_false_only_thumbnails(small
     with Image.open(folder / entry["thumb"]) as thumb:
         assert max(thumb.size) == 32 and (entry["tw"], entry["th"]) == thumb.size
     assert (entry["w"], entry["h"]) == (64, 64) and (folder / entry["image"]).exists()
+    # saved again with another size: that size's thumbnails, the others gone
+    entry = read_data(small_sweep.save_html(folder, thumbnail_size=48).parent)["cells"][0]
+    with Image.open(folder / entry["thumb"]) as thumb:
+        assert max(thumb.size) == 48
+    assert len(list((folder / "thumbs").iterdir())) == len(small_sweep)
     only = small_sweep.save_html(tmp_path / "thumbs-only", copy_images=False).parent
     data = read_data(only)
     assert not any((only / "images").iterdir())
