@@ -220,6 +220,12 @@ def test_the_viewer_in_chromium(small_sweep, tmp_path):
             assert len(shown) == 4 and {by_index[i].coords["seed"] for i in shown} == {1}
             page.locator(".filter[data-dim='0'] .step[data-step='1']").click()  # steps round to the first
             assert {by_index[i].coords["seed"] for i in _shown_cells(page)} == {0}
+            page.locator(".filter[data-dim='0'] .cycle").click()  # auto-cycle: the next seed, in turn
+            page.wait_for_function("() => document.querySelector(\".filter[data-dim='0'] select\").value === '1'")
+            page.locator(".filter[data-dim='0'] .cycle").click()
+            page.locator(".filter[data-dim='0'] select").select_option(index=0)
+            page.wait_for_timeout(1500)
+            assert page.locator(".filter[data-dim='0'] select").input_value() == "0"  # stopped
 
             # 3. hover shows the cell's record
             target = by_index[_shown_cells(page)[1]]

@@ -14,6 +14,7 @@
   cells.forEach(function (c) { byCoords.set(c.c.join(","), c); });
   var $ = function (id) { return document.getElementById(id); };
   var PAGE_SIZES = [4, 6, 8, 10, 12, 16, 24, 32];
+  var CYCLE_MS = 1200;
 
   // ------------------------------------------------------------------ state (mirrored in the URL hash)
   var maxTw = 1, maxTh = 1;
@@ -211,6 +212,8 @@
         '<button type="button" class="step" data-step="-1" title="previous value">&#9664;</button>' +
         '<select aria-label="' + esc(dim.name) + '">' + opts + "</select>" +
         '<button type="button" class="step" data-step="1" title="next value">&#9654;</button>' +
+        '<button type="button" class="cycle' + (cycling === d ? " on" : "") + '" title="step through the values (auto-cycle)">' +
+        (cycling === d ? "&#10074;&#10074;" : "&#8635;") + "</button>" +
         '<span class="fpos"></span></div>';
     }).join("") || '<span class="muted">every axis is on the grid</span>';
     Array.prototype.forEach.call(box.querySelectorAll(".filter"), function (el) {
@@ -220,14 +223,24 @@
       el.querySelector(".fpos").textContent = state.filt[d] >= 0 ? state.filt[d] + 1 + "/" + n : n + " values";
       sel.addEventListener("change", function () { state.filt[d] = +sel.value; state.pageR = 0; render(); });
       Array.prototype.forEach.call(el.querySelectorAll(".step"), function (b) {
-        b.addEventListener("click", function () {
-          var lo = state.view === "ranked" ? -1 : 0, span = n - lo;
-          state.filt[d] = ((state.filt[d] - lo + +b.getAttribute("data-step") + span) % span) + lo;
-          state.pageR = 0;
-          render();
-        });
+        b.addEventListener("click", function () { stepFilter(d, +b.getAttribute("data-step")); });
       });
+      el.querySelector(".cycle").addEventListener("click", function () { toggleCycle(d); });
     });
+  }
+
+  function stepFilter(d, delta) {
+    var n = dims[d].labels.length, lo = state.view === "ranked" ? -1 : 0, span = n - lo;
+    state.filt[d] = ((state.filt[d] - lo + delta + span) % span) + lo;
+    state.pageR = 0;
+    render();
+  }
+  var cycling = -1, cycleTimer = null;
+  function toggleCycle(d) { // the Infinity Grid's auto-cycle: one axis's values in turn
+    clearInterval(cycleTimer);
+    cycling = cycling === d ? -1 : d;
+    if (cycling >= 0) cycleTimer = setInterval(function () { stepFilter(cycling, 1); }, CYCLE_MS);
+    render();
   }
 
   function renderLegend() {
@@ -341,6 +354,10 @@
 
   function render() {
     if (state.view === "grid") state.filt = state.filt.map(function (v) { return v < 0 ? 0 : v; });
+    if (cycling >= 0 && state.view === "grid" && (cycling === state.x || cycling === state.y)) {
+      clearInterval(cycleTimer);
+      cycling = -1;
+    }
     $("x-axis").value = String(state.x);
     $("y-axis").value = String(state.y);
     $("field").value = state.field;
