@@ -263,6 +263,12 @@ def test_the_viewer_in_chromium(small_sweep, tmp_path):
             assert len(heats) == 4 and all(h.startswith("rgb(") for h in heats)
             page.select_option("#colour", "border")
             assert page.locator("#grid .cell .ring").count() == 4
+            # the view is kept in the address: reloading the link shows the same page
+            shown = _shown_cells(page)
+            page.reload()
+            page.wait_for_selector("body[data-ready=true]", timeout=PAGE_TIMEOUT_MS)
+            assert page.locator("#x-axis").input_value() == "2" and page.locator("#colour").input_value() == "border"
+            assert page.locator("#field").input_value() == "seconds" and _shown_cells(page) == shown
             assert not errors, errors
             page.screenshot(path=str(ARTIFACTS / "viewer-small.png"), full_page=True)
         except Exception:
