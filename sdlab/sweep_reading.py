@@ -57,7 +57,7 @@ def load_sweep_result(path: str | Path, *, spec: str | Path | None = None) -> Sw
     axes = [_with_spec_labels(a, s) for a, s in zip(axes, spec_dict["axes"])]
     base = {name: kwargs.get(name) for name in CORE_PARAMS}
     base["variation_strength"] = base["variation_strength"] or 0.0
-    base["pipeline_kwargs"] = {k: v for k, v in kwargs.items() if k not in CORE_PARAMS and k not in _SWEEP_ARGS}
+    base["pipeline_kwargs"] = dict((spec_dict.get("fixed") or {}).get("pipeline_kwargs") or {})
     planned = plan_cells(base, axes, kwargs.get("link"), vary_seeds=bool(kwargs.get("vary_seeds")))
 
     # 2. each cell's manifest row: same position, same request
@@ -79,9 +79,6 @@ def load_sweep_result(path: str | Path, *, spec: str | Path | None = None) -> Sw
             request = cell_request(params, defaults.get(str(params.get("model")), Defaults()))
             cells.append(SweepCell(index=index, coords=coords, request=request, model=str(params.get("model") or "")))
     return SweepResult(axes=axes, cells=cells, out_dir=run_dir, spec=spec_dict, title=spec_dict.get("title"))
-
-
-_SWEEP_ARGS = {"axes", "link", "vary_seeds", "title", "out_dir"}
 
 
 def _read_spec(run_dir: Path, spec: str | Path | None) -> dict[str, Any]:

@@ -49,6 +49,13 @@ def test_the_model_defaults_come_from_what_ran(sd1_pipe, tmp_path):
     assert loaded.cells[0].request.num_inference_steps == sdlab.read_params(ran.cells[0].path)["num_inference_steps"]
 
 
+def test_fixed_pipeline_keywords(sd1_pipe, tmp_path):
+    ran = _sweep(sd1_pipe, tmp_path, axes={"seed": [1, 2]}, scheduler="DDIM", eta=0.5)
+    loaded = load_sweep_result(tmp_path)
+    _same_cells(loaded, ran)
+    assert loaded.cells[0].request.pipeline_kwargs == {"eta": 0.5}
+
+
 def test_two_sweeps_in_one_directory_each_get_their_own_cells(sd1_pipe, tmp_path):
     # the same axes (so the same cell positions) with a different fixed parameter
     first = _sweep(sd1_pipe, tmp_path, num_inference_steps=2)
