@@ -74,7 +74,7 @@ def viewer_data(
 ) -> dict[str, Any]:
     """The page's data (and, written into `out`, the images it names)."""
     images_dir, thumbs_dir = out / "images", out / "thumbs"
-    images_dir.mkdir(exist_ok=True)
+    images_dir.mkdir(parents=True, exist_ok=True)
     thumbs_dir.mkdir(exist_ok=True)
     dims = _dimensions(result)
     rows = result.table

@@ -143,3 +143,17 @@ def test_only_the_sweeps_own_scorers_are_read(tmp_path):
     spec["metrics"] = []
     spec_path.write_text(json.dumps(spec))
     assert all(c.metrics == {} for c in load_sweep_result(tmp_path).cells)
+
+
+def test_a_scored_sweep_reads_back_with_its_scores(sd1_pipe, tmp_path):
+    pytest.importorskip("sdlab.metrics", reason="scores come with sweep(metrics=...)")
+    ran = _sweep(sd1_pipe, tmp_path / "run", metrics=["sharpness"])
+    loaded = load_sweep_result(tmp_path / "run")
+    _same_cells(loaded, ran)
+    assert [c.metrics for c in loaded.cells] == [c.metrics for c in ran.cells]
+    assert all(isinstance(c.metrics["sharpness"], float) for c in loaded.cells)
+    from sdlab.sweep_html import viewer_data
+
+    data = viewer_data(loaded, tmp_path / "viewer-data")
+    assert data["fields"][0] == {"name": "sharpness", "kind": "metric"}
+    assert [e["scores"]["sharpness"] for e in data["cells"]] == [c.metrics["sharpness"] for c in ran.cells]
