@@ -1,0 +1,195 @@
+"""sdlab.metrics: scorers, scores in sweeps (cached, added later, resumed, failing), aggregation, plots."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_sweep import STEPS, CountingBackend
+
+import sdlab
+from sdlab import metrics
+from sdlab.bundled.world import COLOURS, caption, parse_caption, render, sample_scene
+
+
+def counted(name, calls, value=lambda image, record: float(np.asarray(image).mean())):
+    def fn(image, record):
+        calls.append(record["seed"])
+        return value(image, record)
+
+    return metrics.Scorer(name, fn)
+
+
+def run(backend, out_dir, scorers, **kwargs):
+    kwargs.setdefault("axes", {"seed": "1-3", "guidance_scale": [1.5, 5]})
+    kwargs.setdefault("batch_size", 8)
+    return sdlab.sweep(
+        backend,
+        "a red circle",
+        out_dir=out_dir,
+        num_inference_steps=STEPS,
+        verbose=False,
+        metrics=scorers,
+        **kwargs,
+    )
+
+
+@pytest.fixture
+def counting(sd1_pipe):
+    return CountingBackend(sd1_pipe)
+
+
+# ------------------------------------------------------------------ scores in sweeps
+
+
+def test_scores_land_in_table_and_manifest_and_a_rerun_computes_nothing(counting, tmp_path, sd1_pipe):
+    calls = []
+    result = run(counting, tmp_path, [counted("mean", calls), "sharpness"])
+    assert len(calls) == 6 and counting.calls == [6]
+    for row, cell, image in zip(result.table, result.cells, result.images):
+        assert row["metrics"]["mean"] == pytest.approx(float(np.asarray(image).mean()))
+        assert row["metrics"]["sharpness"] > 0 and row["metric_errors"] == {}
+        assert cell.metrics == row["metrics"]
+    rows = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+    assert {r["key"]: r["metrics"] for r in rows} == {c.key: c.metrics for c in result.cells}
+
+    again = CountingBackend(sd1_pipe)
+    rerun = run(again, tmp_path, [counted("mean", calls), "sharpness"])
+    assert again.calls == [] and len(calls) == 6  # nothing generated, nothing scored
+    assert [r["metrics"] for r in rerun.table] == [r["metrics"] for r in result.table]
+
+
+def test_a_metric_added_to_a_finished_sweep_scores_only_itself(counting, tmp_path):
+    first, second = [], []
+    run(counting, tmp_path, [counted("mean", first)])
+    counting.calls.clear()
+    result = run(counting, tmp_path, [counted("mean", first), counted("seed_score", second, lambda i, r: r["seed"])])
+    assert counting.calls == [] and len(first) == 6 and len(second) == 6
+    assert [r["metrics"]["seed_score"] for r in result.table] == [r["seed"] for r in result.table]
+    assert all("mean" in r["metrics"] for r in result.table)
+
+
+def test_a_new_scorer_version_scores_again(counting, tmp_path):
+    calls = []
+    run(counting, tmp_path, [counted("mean", calls)])
+    fn = counted("mean", calls).fn
+    run(counting, tmp_path, [metrics.Scorer("mean", fn, version="2")])
+    assert len(calls) == 12
+
+
+def test_a_failing_scorer_is_recorded_per_cell_and_the_sweep_goes_on(counting, tmp_path):
+    def picky(image, record):
+        if record["seed"] == 2:
+            raise RuntimeError("no seed 2")
+        return 1.0
+
+    result = run(counting, tmp_path, [picky, "saturation"])
+    bad = [r for r in result.table if r["seed"] == 2]
+    assert len(bad) == 2 and all(r["metric_errors"] == {"picky": "RuntimeError: no seed 2"} for r in bad)
+    assert all("picky" not in r["metrics"] and "saturation" in r["metrics"] for r in bad)
+    good = [r for r in result.table if r["seed"] != 2]
+    assert all(r["metrics"]["picky"] == 1.0 and r["metric_errors"] == {} for r in good)
+    assert all(c.ok for c in result.cells)
+
+
+def test_scores_survive_an_interrupted_sweep(sd1_pipe, tmp_path):
+    calls = []
+    stopping = CountingBackend(sd1_pipe, interrupt_after=1)
+    with pytest.raises(KeyboardInterrupt):
+        run(stopping, tmp_path, [counted("mean", calls)], axes={"seed": "1-4"}, batch_size=2)
+    assert calls == []  # scoring comes after the images
+    resumed = CountingBackend(sd1_pipe)
+    result = run(resumed, tmp_path, [counted("mean", calls)], axes={"seed": "1-4"}, batch_size=2)
+    assert sum(resumed.calls) == 2 and len(calls) == 4
+    assert all("mean" in r["metrics"] for r in result.table)
+    again = run(CountingBackend(sd1_pipe), tmp_path, [counted("mean", calls)], axes={"seed": "1-4"}, batch_size=2)
+    assert len(calls) == 4 and all("mean" in r["metrics"] for r in again.table)
+
+
+def test_a_regenerated_image_is_scored_again(counting, tmp_path):
+    calls = []
+    result = run(counting, tmp_path, [counted("mean", calls)])
+    result.cells[0].path.unlink()
+    run(counting, tmp_path, [counted("mean", calls)])
+    assert len(calls) == 7
+
+
+def test_similarity_to_a_reference_cell(counting, tmp_path, sd1_pipe):
+    sim = metrics.similarity(reference={"num_inference_steps": 4}, vae=sd1_pipe.vae)
+    result = run(counting, tmp_path, [sim], axes={"num_inference_steps": [1, 2, 4], "seed": [1, 2]})
+    for cell in result.cells:
+        m = cell.metrics
+        ref = result.image(num_inference_steps=4, seed=cell.request.seed[0])
+        expected = metrics.image_distance(
+            result.image(num_inference_steps=cell.request.num_inference_steps, seed=cell.request.seed[0]), ref
+        )
+        assert m["similarity.ssim"] == pytest.approx(expected["ssim"])
+        if cell.request.num_inference_steps == 4:
+            assert m["similarity.ssim"] == pytest.approx(1.0) and m["similarity.mae"] == 0
+            assert m["similarity.psnr"] is None and m["similarity.latent_mse"] == 0  # inf is not JSON: None
+        else:
+            assert m["similarity.mae"] > 0 and m["similarity.latent_mse"] > 0
+
+
+def test_a_reference_not_on_the_axes_fails_before_any_generation(counting, tmp_path):
+    with pytest.raises(ValueError, match="num_inference_steps.*50"):
+        run(
+            counting,
+            tmp_path,
+            [metrics.similarity(reference={"num_inference_steps": 50})],
+            axes={"num_inference_steps": [1, 2]},
+        )
+    with pytest.raises(ValueError, match="scheduler"):
+        run(counting, tmp_path, [metrics.similarity(reference={"scheduler": "DDIM"})])
+    with pytest.raises(ValueError, match="unknown metric 'sharp'"):
+        run(counting, tmp_path, ["sharp"])
+    with pytest.raises(ValueError, match="two scorers are named 'judge'"):
+        run(counting, tmp_path, ["judge", "judge"])
+    assert counting.calls == []
+
+
+# ------------------------------------------------------------------ the scorers
+
+
+def test_image_statistics_order_images_as_expected():
+    flat = Image.new("RGB", (32, 32), (128, 128, 128))
+    checker = Image.fromarray((np.indices((32, 32)).sum(0) % 2 * 255).astype(np.uint8)).convert("RGB")
+    vivid = Image.new("RGB", (32, 32), (230, 20, 20))
+    assert metrics._sharpness(flat) == 0 and metrics._sharpness(checker) > 1000
+    assert metrics._colourfulness(flat) == 0 and metrics._colourfulness(vivid) > 50
+    assert metrics._saturation(flat) == 0 and metrics._saturation(vivid) > 0.8
+
+
+def test_parse_caption_reads_every_caption_the_world_writes():
+    for seed in range(400):
+        scene = sample_scene(seed)
+        for text in (caption(scene, seed), caption(scene, variant=False)):
+            got = parse_caption(text)
+            assert {k: got[k] for k in ("shape", "colour", "background", "size")} == {
+                "shape": scene.shape,
+                "colour": scene.colour,
+                "background": scene.background,
+                "size": scene.size,
+            }
+            assert got.get("position", scene.position) == scene.position
+    assert parse_caption("a red circle") == {"shape": "circle", "colour": "red"}
+
+
+def test_judge_scores_rendered_scenes_against_their_prompts():
+    scorer = metrics.judge()
+    scene = sample_scene(3)
+    image = render(scene, 64)
+    right = scorer.score(image, {"prompt": caption(scene, variant=False)})
+    assert right["judge.colour"] == right["judge.shape"] == right["judge.background"] == 1.0
+    assert right["judge.all"] == 1.0
+    other = next(c for c in COLOURS if c not in (scene.colour, scene.background))
+    wrong = scorer.score(image, {"prompt": f"a {other} {scene.shape}"})
+    assert wrong["judge.colour"] == 0.0 and wrong["judge.shape"] == 1.0 and wrong["judge.colour_shape"] == 0.5
+    assert wrong["judge.background"] is None and wrong["judge.all"] == 0.0
+
+
+def test_scores_must_be_numbers():
+    with pytest.raises(TypeError, match="scores are numbers"):
+        metrics.flatten("x", {"a": "high"})
+    assert metrics.flatten("x", {"a": math.inf, "b": 2}) == {"x.a": None, "x.b": 2.0}
