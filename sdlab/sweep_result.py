@@ -143,6 +143,29 @@ class SweepResult:
             rows.append(row)
         return rows
 
+    @property
+    def metric_names(self) -> list[str]:
+        """The names of the scores the cells carry (`table` rows' `metrics` keys)."""
+        from .score_curves import metric_names
+
+        return metric_names(self)
+
+    def aggregate(
+        self, metric: str, *, over: str | Sequence[str] | None = "seed", filter: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """Mean, spread, min and max of a score over `over` (default the seeds), one row per
+        combination of the other axes (see `sdlab.score_curves.aggregate`)."""
+        from .score_curves import aggregate
+
+        return aggregate(self, metric, over=over, filter=filter)
+
+    def plot(self, metric: str, *, x: str, hue: str | None = None, filter: dict[str, Any] | None = None, ax=None):
+        """A score against axis `x`, a line per `hue` value, mean and a one-sd band over the other
+        axes (matplotlib; returns the Axes)."""
+        from .score_curves import plot
+
+        return plot(self, metric, x=x, hue=hue, filter=filter, ax=ax)
+
     def to_pandas(self):
         """The table as a pandas DataFrame (needs pandas)."""
         try:

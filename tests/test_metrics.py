@@ -193,3 +193,117 @@ def test_scores_must_be_numbers():
     with pytest.raises(TypeError, match="scores are numbers"):
         metrics.flatten("x", {"a": "high"})
     assert metrics.flatten("x", {"a": math.inf, "b": 2}) == {"x.a": None, "x.b": 2.0}
+
+
+# ------------------------------------------------------------------ CLIP score from the HF cache
+
+
+def tiny_clip_folder(folder):
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from sdlab.testing.clip_tokenizer import load_clip_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = load_clip_tokenizer()
+    config = CLIPConfig(
+        text_config=dict(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+        ),
+        projection_dim=16,
+    )
+    CLIPModel(config).eval().save_pretrained(folder)
+    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+def test_clip_score_from_a_filled_hub_cache(counting, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from sdlab.testing import fill_hf_cache
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    cache = tmp_path / "hub"
+    fill_hf_cache(tiny_clip_folder(tmp_path / "clip"), "openai/clip-vit-base-patch32", cache)
+    scorer = metrics.clip_score(cache_dir=cache)
+    assert scorer.version.startswith("openai/clip-vit-base-patch32@") and not scorer.version.endswith("not-cached")
+    prompts = ["a red circle", "a blue star", "a green square", "a small yellow triangle"]
+    result = run(counting, tmp_path / "run", [scorer], axes={"prompt": prompts})
+    assert all(r["metric_errors"] == {} for r in result.table)
+    # the same model, its image and text features taken apart: 100 x cosine, floored at 0
+    import torch
+    from transformers import CLIPModel, CLIPProcessor
+
+    model = CLIPModel.from_pretrained(tmp_path / "clip").eval()
+    processor = CLIPProcessor.from_pretrained(tmp_path / "clip")
+    for row, image in zip(result.table, result.images):
+        inputs = processor(text=[row["prompt"]], images=[image], return_tensors="pt", padding=True)
+        with torch.no_grad():
+            i = model.get_image_features(pixel_values=inputs["pixel_values"])
+            t = model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        i, t = (getattr(f, "pooler_output", f) for f in (i, t))  # transformers 5 returns outputs
+        expected = 100 * max(float(torch.nn.functional.cosine_similarity(i, t)[0]), 0.0)
+        assert row["metrics"]["clip_score"] == pytest.approx(expected, abs=1e-4)
+    assert len({r["metrics"]["clip_score"] for r in result.table}) > 1
+
+
+def test_clip_score_without_weights_names_the_model_to_download(counting, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(metrics.MissingModelError, match="huggingface-cli download openai/clip-vit-large-patch14"):
+        run(counting, tmp_path, [metrics.clip_score("openai/clip-vit-large-patch14", cache_dir=tmp_path / "empty")])
+    assert counting.calls == []
+
+
+# ------------------------------------------------------------------ aggregation and curves
+
+
+def test_aggregate_over_seeds_and_plot(counting, tmp_path):
+    result = run(counting, tmp_path, [lambda_score()], axes={"seed": [1, 2, 4], "guidance_scale": [1.5, 5]})
+    rows = result.aggregate("seed_plus_g", over="seed")
+    assert [(r["guidance_scale"], r["n"], r["missing"]) for r in rows] == [(1.5, 3, 0), (5, 3, 0)]
+    assert rows[0]["mean"] == pytest.approx((1 + 2 + 4) / 3 + 1.5) and rows[1]["max"] == 9
+    assert rows[0]["std"] == pytest.approx(np.std([1, 2, 4], ddof=1))
+    by_seed = result.aggregate("seed_plus_g", over="guidance_scale")
+    assert [r["seed"] for r in by_seed] == [1, 2, 4] and by_seed[2]["mean"] == pytest.approx(4 + 3.25)
+    pinned = result.aggregate("seed_plus_g", over="seed", filter={"guidance_scale": 5})
+    assert len(pinned) == 1 and pinned[0]["min"] == 6
+    with pytest.raises(ValueError, match="no cell has a score 'nope'.*seed_plus_g"):
+        result.aggregate("nope")
+    with pytest.raises(ValueError, match="no axis 'steps'"):
+        result.aggregate("seed_plus_g", over="steps")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ax = result.plot("seed_plus_g", x="guidance_scale")
+    (line,) = ax.get_lines()
+    assert list(line.get_xdata()) == [1.5, 5] and list(line.get_ydata()) == [r["mean"] for r in rows]
+    ax = result.plot("seed_plus_g", x="guidance_scale", hue="seed")
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["Seed: 1", "Seed: 2", "Seed: 4"]
+    assert list(ax.get_lines()[2].get_ydata()) == [5.5, 9]
+
+
+def lambda_score():
+    def seed_plus_g(image, record):
+        return record["seed"] + record["guidance_scale"]
+
+    return seed_plus_g
