@@ -324,6 +324,13 @@ class SweepResult:
         extra = {SPEC_KEY: json.dumps(self.spec, default=str)}
         return save_png(image, path, record, extra_text=extra, parameters=parameters)
 
+    def save_config(self, path: str | Path | None = None) -> Path:
+        """Write the sweep file (YAML, or TOML for a .toml path; default `<run directory>/sweep.yaml`)
+        that rebuilds this sweep: `sdlab sweep --config <path>` runs it again from its cache."""
+        from .sweep_file import sweep_config, write_sweep_file
+
+        return write_sweep_file(Path(path) if path is not None else self.out_dir / "sweep.yaml", sweep_config(self))
+
     def figure(
         self, x: str | None = None, y: str | None = None, *, filter: dict[str, Any] | None = None, size: float = 2.0
     ):
