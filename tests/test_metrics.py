@@ -307,3 +307,52 @@ def lambda_score():
         return record["seed"] + record["guidance_scale"]
 
     return seed_plus_g
+
+
+# ------------------------------------------------------------------ SweepExplorer's curve and scores
+
+
+def test_sweep_explorer_draws_the_curve_of_the_values_shown(counting, tmp_path):
+    pytest.importorskip("ipywidgets")
+    from sdlab.widgets import SweepExplorer
+
+    def failing_on_seed_2(image, record):
+        if record["seed"] == 2:
+            raise ValueError("seed 2")
+        return 1.0
+
+    result = run(
+        counting,
+        tmp_path,
+        [lambda_score(), failing_on_seed_2],
+        axes={"guidance_scale": [1.5, 5], "seed": [1, 2, 4], "num_inference_steps": [1, 2]},
+    )
+    explorer = SweepExplorer(result)
+    assert explorer.metric.options == ("seed_plus_g", "failing_on_seed_2")
+    assert explorer.curve_image is not None and explorer.error is None
+    # x is the grid's x (guidance); the mean over seeds and steps
+    assert [(r["guidance_scale"], r["n"], r["mean"]) for r in explorer.curve_rows] == [
+        (1.5, 6, pytest.approx(7 / 3 + 1.5)),
+        (5, 6, pytest.approx(7 / 3 + 5)),
+    ]
+    explorer.filters["seed"].value = ("Seed: 4",)  # filtering the grid filters the curve
+    assert [r["mean"] for r in explorer.curve_rows] == [5.5, 9]
+    explorer.filters["seed"].value = ("Seed: 1", "Seed: 2", "Seed: 4")
+    explorer.hue.value = "seed"
+    assert [(r["guidance_scale"], r["seed"], r["n"]) for r in explorer.curve_rows][:2] == [(1.5, 1, 2), (5, 1, 2)]
+    explorer.metric.value = "failing_on_seed_2"
+    assert {r["seed"]: r["missing"] for r in explorer.curve_rows} == {1: 0, 2: 2, 4: 0}
+
+    explorer.pick["seed"].value = 1  # seed 2, the failing scorer's error shown with the scores
+    assert explorer.cell_scores["seed_plus_g"] == 2 + 1.5
+    assert explorer.cell_scores["failing_on_seed_2 (failed)"] == "ValueError: seed 2"
+    assert "Scores" in explorer.cell_info.value and explorer.cell_params["seed"] == 2
+
+
+def test_sweep_explorer_without_scores_hides_the_curve(counting, tmp_path):
+    pytest.importorskip("ipywidgets")
+    from sdlab.widgets import SweepExplorer
+
+    explorer = SweepExplorer(run(counting, tmp_path, None, axes={"seed": [1, 2]}))
+    assert explorer.curve_box.layout.display == "none" and explorer.curve_rows == [] and explorer.error is None
+    assert explorer.cell_scores == {}
