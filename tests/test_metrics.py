@@ -356,3 +356,42 @@ def test_sweep_explorer_without_scores_hides_the_curve(counting, tmp_path):
     explorer = SweepExplorer(run(counting, tmp_path, None, axes={"seed": [1, 2]}))
     assert explorer.curve_box.layout.display == "none" and explorer.curve_rows == [] and explorer.error is None
     assert explorer.cell_scores == {}
+
+
+# ------------------------------------------------------------------ the bundled model
+
+
+def test_bundled_model_sweep_judged_against_its_prompts(tmp_path):
+    from sdlab.bundled.judge import judge as judge_image
+
+    pipe = sdlab.load_pipeline("shapes")
+    prompts = ["a large red circle on a blue background", "a small yellow star at the top left on a black background"]
+    sim = metrics.similarity(reference={"num_inference_steps": 6}, vae=pipe.vae)
+    result = sdlab.sweep(
+        pipe,
+        axes={"prompt": prompts, "num_inference_steps": [2, 6]},
+        out_dir=tmp_path,
+        verbose=False,
+        metrics=["judge", "colourfulness", sim],
+    )
+    for cell, row, image in zip(result.cells, result.table, result.images):
+        seen, wanted = judge_image(image), parse_caption(cell.request.prompt[0])
+        for attribute in ("colour", "shape", "background", "size"):
+            assert row["metrics"][f"judge.{attribute}"] == float(getattr(seen, attribute) == wanted[attribute])
+        expected_position = float(seen.position == "top left") if "top left" in row["prompt"] else None
+        assert row["metrics"]["judge.position"] == expected_position
+        assert row["metrics"]["colourfulness"] > 0
+        if cell.request.num_inference_steps == 6:
+            assert row["metrics"]["similarity.latent_mse"] == 0
+        else:
+            assert row["metrics"]["similarity.latent_mse"] > 0
+    converged = result.select(num_inference_steps=6)
+    assert all(c.metrics["judge.colour_shape"] == 1.0 for c in converged)  # the model's figures: it draws these
+    again = sdlab.sweep(
+        pipe,
+        axes={"prompt": prompts, "num_inference_steps": [2, 6]},
+        out_dir=tmp_path,
+        verbose=False,
+        metrics=["judge", "colourfulness", sim],
+    )
+    assert all(c.cached for c in again.cells) and [c.metrics for c in again.cells] == [c.metrics for c in result.cells]
