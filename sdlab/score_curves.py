@@ -11,7 +11,7 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["aggregate", "metric_names", "plot"]
+__all__ = ["aggregate", "metric_names", "peaks", "plot"]
 
 
 def metric_names(result) -> list[str]:
@@ -73,6 +73,32 @@ def aggregate(
         )
         rows.append(row)
     return rows
+
+
+def peaks(
+    result, metric: str, *, x: str, over: str | Sequence[str] | None = "seed", filter: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Where `metric` peaks along axis `x`: for every combination of the axes that are neither `x`
+    nor in `over`, the `aggregate` row of the `x` value with the highest mean (the first, i.e. the
+    lowest on the axis, of equal means), with `tied` listing every `x` value that reaches it."""
+    result.axis(x)
+    over_names = _names(over)
+    if x in over_names:
+        raise ValueError("`x` must not be one of the axes in `over`")
+    rows = aggregate(result, metric, over=over_names, filter=filter)
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        key = tuple((k, row[k]) for k in result.axis_names if k in row and k != x)
+        groups.setdefault(key, []).append(row)
+    out = []
+    for group in groups.values():
+        scored = [r for r in group if r["mean"] is not None]
+        if not scored:
+            continue
+        top = max(r["mean"] for r in scored)
+        best = next(r for r in scored if r["mean"] == top)
+        out.append({**best, "tied": [r[x] for r in scored if r["mean"] == top]})
+    return out
 
 
 def plot(

@@ -159,6 +159,15 @@ class SweepResult:
 
         return aggregate(self, metric, over=over, filter=filter)
 
+    def peaks(
+        self, metric: str, *, x: str, over: str | Sequence[str] | None = "seed", filter: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """Per combination of the other axes, the `x` value where the mean of `metric` over `over`
+        peaks (see `sdlab.score_curves.peaks`)."""
+        from .score_curves import peaks
+
+        return peaks(self, metric, x=x, over=over, filter=filter)
+
     def plot(self, metric: str, *, x: str, hue: str | None = None, filter: dict[str, Any] | None = None, ax=None):
         """A score against axis `x`, a line per `hue` value, mean and a one-sd band over the other
         axes (matplotlib; returns the Axes)."""

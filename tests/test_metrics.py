@@ -395,3 +395,19 @@ def test_bundled_model_sweep_judged_against_its_prompts(tmp_path):
         metrics=["judge", "colourfulness", sim],
     )
     assert all(c.cached for c in again.cells) and [c.metrics for c in again.cells] == [c.metrics for c in result.cells]
+
+
+def test_peaks_name_the_best_value_of_an_axis_per_other_axes(counting, tmp_path):
+    def score(image, record):  # peaks at guidance 5 for seed 1, ties 1.5 and 5 for seed 2
+        return {1: {1.5: 0.2, 5: 0.9, 8: 0.5}, 2: {1.5: 0.7, 5: 0.7, 8: 0.1}}[record["seed"]][record["guidance_scale"]]
+
+    result = run(counting, tmp_path, [score], axes={"guidance_scale": [1.5, 5, 8], "seed": [1, 2]})
+    best = result.peaks("score", x="guidance_scale", over=[])
+    assert [(r["seed"], r["guidance_scale"], r["mean"], r["tied"]) for r in best] == [
+        (1, 5, 0.9, [5]),
+        (2, 1.5, 0.7, [1.5, 5]),
+    ]
+    overall = result.peaks("score", x="guidance_scale", over="seed")
+    assert len(overall) == 1 and overall[0]["guidance_scale"] == 5 and overall[0]["mean"] == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="`x` must not be"):
+        result.peaks("score", x="seed", over="seed")
