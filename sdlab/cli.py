@@ -16,7 +16,7 @@ from .axes import prompt_matrix, prompt_sr
 from .backends import open_model
 from .generation import generate
 from .presets import default_model
-from .sweeps import SweepResult, sweep
+from .sweeps import SweepResult, sweep, sweep_from_file
 
 # Modules that contribute sub-commands (each has register_cli(subparsers)).
 CLI_MODULES = ["sdlab.cli", "sdlab.server", "sdlab.backends.cli"]
@@ -259,7 +259,7 @@ def _cmd_sweep_file(args) -> int:
         args.model = model
         pipe = load_from_args(args)
     try:
-        result = file.run(pipe, executor=executor, **overrides)
+        result = sweep_from_file(file, pipe, executor=executor, **overrides)
     finally:
         if executor is not None:
             executor.close()

@@ -13,7 +13,7 @@
 
 Also `negative_prompt`, `vary_seeds`, `title`, `batch_size` and `out_dir`. An unknown key or a
 bad value is a `ValueError` naming the key and its line. `SweepResult.save_config()` writes the
-file that rebuilds a sweep (`write_sweep_file`).
+file that rebuilds a sweep (`write_sweep_file`); `sdlab.sweeps.sweep_from_file` runs one.
 """
 
 from __future__ import annotations
@@ -70,25 +70,7 @@ class SweepFile:
         line = self.lines.get(tuple(keys))
         return f"{self.path}, line {line}" if line else str(self.path)
 
-    def run(self, pipe: Any = None, **overrides: Any):
-        """`sdlab.sweep` of this file (`pipe` defaults to the file's model, loaded here); an error
-        about one of the file's keys names that key's line."""
-        from .sweeps import sweep
-
-        if pipe is None:
-            if not self.model:
-                raise ValueError(f"{self.path}: no `model`; name one in the file or pass `pipe`")
-            from .backends import open_model
-
-            pipe = open_model(self.model)
-        kwargs = {**self.kwargs, **overrides}
-        prompt = kwargs.pop("prompt", None)
-        try:
-            return sweep(pipe, prompt, **kwargs)
-        except ValueError as e:
-            raise ValueError(self._locate(str(e))) from e
-
-    def _locate(self, message: str) -> str:
+    def locate(self, message: str) -> str:
         """The message with the line of the first key of the file it names (`key` or 'key')."""
         for keys, line in sorted(self.lines.items(), key=lambda kv: -len(kv[0])):
             name = keys[-1]
@@ -215,14 +197,12 @@ def read_sweep_file(path: str | Path) -> SweepFile:
         if not all(isinstance(g, list) and all(isinstance(n, str) for n in g) for g in link):
             fail(("link",), f"is a list of lists of axis names, e.g. [[model, size]], got {link!r}")
         kwargs["link"] = [tuple(g) for g in link]
-    from .sweep_result import CORE_PARAMS
-
     for name, value in (data.get("parameters") or {}).items():
         if name in ("prompt", "negative_prompt"):
             fail(("parameters", name), "is a top-level key of the file")
         if name in axes:
             fail(("parameters", name), "is also an axis")
-        if isinstance(value, dict) or (isinstance(value, list) and name in CORE_PARAMS):
+        if isinstance(value, dict) or (isinstance(value, list) and name in _ONE_VALUE):
             fail(("parameters", name), f"must be one value (sweep several on an axis), got {value!r}")
         kwargs[name] = value  # pipeline keywords may take lists (control_guidance_end per ControlNet)
     if data.get("metrics") is not None:
@@ -238,6 +218,7 @@ def read_sweep_file(path: str | Path) -> SweepFile:
     return file
 
 
+_ONE_VALUE = ("seed", "guidance_scale", "num_inference_steps", "scheduler", "width", "height", "clip_skip")
 _TYPE_NAMES = {str: "a string", bool: "true or false", int: "an integer", dict: "a mapping", list: "a list"}
 
 

@@ -55,7 +55,17 @@ from .sweep_result import CORE_PARAMS, SweepCell, SweepResult, load_sweep
 MANIFEST = "manifest.jsonl"
 DEFAULT_OUT_DIR = Path("runs") / "sweeps"
 
-__all__ = ["Axis", "SweepCell", "SweepResult", "prompt_matrix", "prompt_order", "prompt_sr", "sweep", "load_sweep"]
+__all__ = [
+    "Axis",
+    "SweepCell",
+    "SweepResult",
+    "prompt_matrix",
+    "prompt_order",
+    "prompt_sr",
+    "sweep",
+    "sweep_from_file",
+    "load_sweep",
+]
 
 
 # ------------------------------------------------------------------ planning
@@ -573,6 +583,27 @@ def sweep(
         failed = sum(1 for c in cells if c.error)
         print(f"sweep: done in {seconds:.1f}s" + (f", {failed} cells failed (see result.table)" if failed else ""))
     return result
+
+
+def sweep_from_file(path: str | Path, pipe: Any = None, **overrides: Any) -> SweepResult:
+    """The sweep a YAML or TOML sweep file describes (`sdlab.sweep_file`); `pipe` defaults to the
+    file's `model`, opened here, and `overrides` replace the file's keywords (e.g. `out_dir`). An
+    error about one of the file's keys names that key's line."""
+    from .sweep_file import SweepFile, read_sweep_file
+
+    file = path if isinstance(path, SweepFile) else read_sweep_file(path)
+    if pipe is None and "model" not in (file.kwargs.get("axes") or {}):
+        if not file.model:
+            raise ValueError(f"{file.path}: no `model`; name one in the file or pass `pipe`")
+        from .backends import open_model
+
+        pipe = open_model(file.model)
+    kwargs = {**file.kwargs, **overrides}
+    prompt = kwargs.pop("prompt", None)
+    try:
+        return sweep(pipe, prompt, **kwargs)
+    except ValueError as e:
+        raise ValueError(file.locate(str(e))) from e
 
 
 def _check_references(scorers: list[Scorer], axes: list[Axis]) -> None:

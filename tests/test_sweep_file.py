@@ -8,6 +8,7 @@ from test_sweep import STEPS, CountingBackend
 import sdlab
 from sdlab import metrics
 from sdlab.sweep_file import read_sweep_file
+from sdlab.sweeps import sweep_from_file
 
 YAML = """\
 model: tiny
@@ -52,14 +53,14 @@ def write(tmp_path, name, text):
 def test_a_sweep_file_runs_and_save_config_rebuilds_it_from_cache(counting, tmp_path, name, text, sd1_pipe):
     file = read_sweep_file(write(tmp_path, name, text))
     assert file.model == "tiny"
-    result = file.run(counting, out_dir=tmp_path / "run", verbose=False)
+    result = sweep_from_file(file, counting, out_dir=tmp_path / "run", verbose=False)
     assert len(result) == 8 if name.endswith("yaml") else 4
     assert all(c.request.num_inference_steps == 2 for c in result.cells)
     assert all(r["metrics"] for r in result.table)
     for suffix in (".yaml", ".toml"):
         path = result.save_config(tmp_path / f"again{suffix}")
         again = CountingBackend(sd1_pipe)
-        rebuilt = read_sweep_file(path).run(again, verbose=False)
+        rebuilt = sweep_from_file(read_sweep_file(path), again, verbose=False)
         assert again.calls == [] and rebuilt.out_dir == result.out_dir  # every cell (and score) from the cache
         assert [c.key for c in rebuilt.cells] == [c.key for c in result.cells]
         assert [r["metrics"] for r in rebuilt.table] == [r["metrics"] for r in result.table]
@@ -95,10 +96,10 @@ def test_toml_errors_name_the_key_and_its_line(tmp_path):
 def test_errors_the_sweep_raises_name_the_line_of_their_key(counting, tmp_path):
     path = write(tmp_path, "s.yaml", "prompt: a red circle\naxes:\n  seed: 1-2\n  guidance_scale: 1, zz\n")
     with pytest.raises(ValueError, match=r"s.yaml, line 4: .*zz"):
-        read_sweep_file(path).run(counting, out_dir=tmp_path / "run", verbose=False)
+        sweep_from_file(read_sweep_file(path), counting, out_dir=tmp_path / "run", verbose=False)
     path = write(tmp_path, "s2.yaml", "prompt: a red circle\nbatch_size: 0\n")
     with pytest.raises(ValueError, match=r"s2.yaml, line 2: .*batch_size"):
-        read_sweep_file(path).run(counting, out_dir=tmp_path / "run", verbose=False)
+        sweep_from_file(read_sweep_file(path), counting, out_dir=tmp_path / "run", verbose=False)
     assert counting.calls == []
 
 
