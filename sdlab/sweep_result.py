@@ -116,7 +116,8 @@ class SweepResult:
         - `metric_errors`: scorer name -> error text ("ValueError: ...") for scorers that failed
           on this cell; their names are absent from `metrics`.
 
-        Rows of cells without scores have both as empty dicts. `to_pandas()` also spreads
+        Rows of cells without scores have both as empty dicts. Manifest rows also carry
+        `metric_keys` (scorer name -> the cache key its scores were computed under). `to_pandas()` also spreads
         `metrics` into `metric.<name>` columns."""
         rows = []
         for cell in self.cells:

@@ -411,3 +411,13 @@ def test_peaks_name_the_best_value_of_an_axis_per_other_axes(counting, tmp_path)
     assert len(overall) == 1 and overall[0]["guidance_scale"] == 5 and overall[0]["mean"] == pytest.approx(0.8)
     with pytest.raises(ValueError, match="`x` must not be"):
         result.peaks("score", x="seed", over="seed")
+
+
+def test_the_scheduler_benchmark_compares_images_with_the_same_function():
+    from sdlab import bench
+
+    assert bench.image_distance is metrics.image_distance
+    a = Image.new("RGB", (16, 16), (10, 20, 30))
+    b = Image.new("RGB", (16, 16), (12, 20, 30))
+    d = metrics.image_distance(a, b)
+    assert d["mae"] == pytest.approx(2 / 3) and d["ssim"] < 1 and metrics.image_distance(a, a)["psnr"] == math.inf
