@@ -432,6 +432,9 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
     kwargs.update(extra)
     if spec.get("out_dir") and Path(spec["out_dir"]).is_dir():
         kwargs["out_dir"] = spec["out_dir"]
+    configs = [m.get("config") for m in spec.get("metrics") or []]
+    if configs and all(c is not None for c in configs):  # built-in scorers, by the names a sweep file uses
+        kwargs["metrics"] = configs
     return kwargs
 
 

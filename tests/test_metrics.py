@@ -421,3 +421,31 @@ def test_the_scheduler_benchmark_compares_images_with_the_same_function():
     b = Image.new("RGB", (16, 16), (12, 20, 30))
     d = metrics.image_distance(a, b)
     assert d["mae"] == pytest.approx(2 / 3) and d["ssim"] < 1 and metrics.image_distance(a, a)["psnr"] == math.inf
+
+
+def test_an_interrupt_while_scoring_keeps_the_scores_made(counting, tmp_path):
+    calls = []
+
+    def s(image, record):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(record["seed"])
+        return float(record["seed"])
+
+    with pytest.raises(KeyboardInterrupt):
+        run(counting, tmp_path, [metrics.Scorer("s", s)], axes={"seed": [1, 2, 3, 4]})
+    again = []  # the same scorer name and version: the two scores made are reused
+    result = run(counting, tmp_path, [metrics.Scorer("s", counted("s", again).fn)], axes={"seed": [1, 2, 3, 4]})
+    assert len(again) == 2 and [r["metrics"]["s"] for r in result.table][:2] == [1.0, 2.0]
+    assert counting.calls == [4]
+
+
+def test_load_sweep_gives_back_the_built_in_metrics(counting, tmp_path, capsys):
+    result = run(counting, tmp_path, ["sharpness", metrics.similarity(reference={"seed": 1})], axes={"seed": [1, 2]})
+    kwargs = sdlab.load_sweep(result.save_grid())
+    assert kwargs["metrics"] == ["sharpness", {"similarity": {"reference": {"seed": 1}, "name": "similarity"}}]
+    capsys.readouterr()
+    again = sdlab.sweep(counting, **kwargs)
+    out = capsys.readouterr().out
+    assert "2 cached, 0 to generate" in out and "scores computed" not in out
+    assert again.out_dir == result.out_dir and [c.metrics for c in again.cells] == [c.metrics for c in result.cells]
