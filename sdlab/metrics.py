@@ -105,8 +105,13 @@ def _source_version(*objects) -> str:
     for obj in objects:
         try:
             digest.update(inspect.getsource(obj).encode())
-        except (OSError, TypeError):
-            digest.update(repr(obj).encode())
+        except (OSError, TypeError):  # no source file (e.g. made by exec): its bytecode and constants
+            code = getattr(obj, "__code__", None)
+            if code is None:
+                raise ValueError(
+                    f"cannot version the scorer {obj!r} by its source; give it one: Scorer(name, fn, version=...)"
+                ) from None
+            digest.update(code.co_code + repr(code.co_consts).encode())
     return digest.hexdigest()[:12]
 
 

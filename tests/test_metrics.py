@@ -449,3 +449,13 @@ def test_load_sweep_gives_back_the_built_in_metrics(counting, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "2 cached, 0 to generate" in out and "scores computed" not in out
     assert again.out_dir == result.out_dir and [c.metrics for c in again.cells] == [c.metrics for c in result.cells]
+
+
+def test_a_function_without_source_is_versioned_by_its_code():
+    made, same, other = {}, {}, {}
+    exec("def f(image, record):\n    return 1.0\n", made)
+    exec("def f(image, record):\n    return 1.0\n", same)  # another object, the same code
+    exec("def f(image, record):\n    return 2.0\n", other)
+    a, b = metrics.resolve([made["f"]])[0], metrics.resolve([other["f"]])[0]
+    assert a.name == b.name == "f" and a.version != b.version
+    assert metrics.resolve([same["f"]])[0].version == a.version  # stable: no addresses in it
