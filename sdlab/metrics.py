@@ -67,6 +67,7 @@ class Scorer:
     reference: dict[str, Any] | None = None
     prepare: Callable[[], None] | None = field(default=None, compare=False)  # loads models; raises if missing
     config: Any = field(default=None, compare=False)  # how a sweep file names it ("judge", {"similarity": {...}})
+    bind: Callable[[Any], Scorer] | None = field(default=None, compare=False)  # given the sweep's pipeline
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name or "." in self.name:
@@ -216,11 +217,12 @@ def _latents(vae, image):
         return vae.encode(x.to(param.device, param.dtype)).latent_dist.mean.float().cpu()
 
 
-def similarity(*, reference: dict[str, Any], vae=None, name: str = "similarity") -> Scorer:
+def similarity(*, reference: dict[str, Any], vae=None, latent: bool = False, name: str = "similarity") -> Scorer:
     """Each image against its reference cell (the cell with `reference`'s axis values and this
     cell's values on every other axis): `ssim` (1 = identical), `mae` (0-255 levels), `psnr` (dB;
-    None when identical) and, given a `vae` (e.g. `pipe.vae`), `latent_mse` between the VAE
-    encodings of both images (the distribution's mean)."""
+    None when identical) and, given a `vae` (e.g. `pipe.vae`) or `latent=True` (the VAE of the
+    sweep's own pipeline), `latent_mse` between the VAE encodings of both images (the
+    distribution's mean)."""
     from .identity import modules_sha256
 
     def score(image, record, ref: Reference):
@@ -230,9 +232,20 @@ def similarity(*, reference: dict[str, Any], vae=None, name: str = "similarity")
             out["latent_mse"] = float(((a - b) ** 2).mean())
         return out
 
+    latent = bool(latent or vae is not None)
     version = _source_version(image_distance, _latents) + (f"+vae:{modules_sha256({'vae': vae})[:12]}" if vae else "")
-    config = None if vae is not None else {"similarity": {"reference": dict(reference), "name": name}}
-    return Scorer(name, score, version=version, reference=dict(reference), config=config)
+    options: dict[str, Any] = {"reference": dict(reference), "name": name}
+    if latent:
+        options["latent"] = True
+    bind = None
+    if latent and vae is None:
+
+        def bind(pipe):  # the sweep hands in its pipeline: the VAE's weights are in the version
+            if getattr(pipe, "vae", None) is None:
+                raise ValueError(f"`metrics`: {name!r} with latent=True needs a local pipeline with a VAE")
+            return similarity(reference=reference, vae=pipe.vae, name=name)
+
+    return Scorer(name, score, version=version, reference=dict(reference), config={"similarity": options}, bind=bind)
 
 
 # ------------------------------------------------------------------ CLIP score

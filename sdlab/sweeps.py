@@ -517,6 +517,7 @@ def sweep(
             )
         if primary is not None:  # the backend's own checks (size multiple, keywords), one round trip
             primary.validate_many([c.request for c in cells])
+        scorers = [_bind(s, primary) if s.bind is not None else s for s in scorers]
     except BaseException:
         if own_executor:
             executor.close()
@@ -604,6 +605,19 @@ def sweep_from_file(path: str | Path, pipe: Any = None, **overrides: Any) -> Swe
         return sweep(pipe, prompt, **kwargs)
     except ValueError as e:
         raise ValueError(file.locate(str(e))) from e
+
+
+def _bind(scorer: Scorer, backend) -> Scorer:
+    """A scorer that needs the sweep's pipeline (e.g. its VAE), given it."""
+    from .backends import local_pipeline
+
+    pipe = local_pipeline(backend) if backend is not None else None
+    if pipe is None:
+        raise ValueError(
+            f"`metrics`: {scorer.name!r} needs the sweep's local pipeline (one model, run here); "
+            "pass what it needs itself (e.g. similarity(..., vae=pipe.vae))"
+        )
+    return scorer.bind(pipe)
 
 
 def _check_references(scorers: list[Scorer], axes: list[Axis]) -> None:

@@ -459,3 +459,25 @@ def test_a_function_without_source_is_versioned_by_its_code():
     a, b = metrics.resolve([made["f"]])[0], metrics.resolve([other["f"]])[0]
     assert a.name == b.name == "f" and a.version != b.version
     assert metrics.resolve([same["f"]])[0].version == a.version  # stable: no addresses in it
+
+
+def test_latent_similarity_takes_the_sweeps_own_vae(sd1_pipe, counting, tmp_path, capsys):
+    axes = {"num_inference_steps": [1, 3], "seed": [1]}
+    explicit = run(
+        sd1_pipe, tmp_path, [metrics.similarity(reference={"num_inference_steps": 3}, vae=sd1_pipe.vae)], axes=axes
+    )
+    assert explicit.cells[0].metrics["similarity.latent_mse"] > 0
+    capsys.readouterr()
+    bound = sdlab.sweep(
+        sd1_pipe,
+        "a red circle",
+        axes=axes,
+        out_dir=tmp_path,
+        metrics=[metrics.similarity(reference={"num_inference_steps": 3}, latent=True)],
+    )
+    assert "scores computed" not in capsys.readouterr().out  # the same VAE: the same scorer version
+    assert [c.metrics for c in bound.cells] == [c.metrics for c in explicit.cells]
+    assert bound.spec["metrics"][0]["config"]["similarity"]["latent"] is True
+    with pytest.raises(ValueError, match="needs the sweep's local pipeline"):
+        run(counting, tmp_path / "other", [metrics.similarity(reference={"seed": 1}, latent=True)], axes={"seed": [1]})
+    assert counting.calls == []
