@@ -679,7 +679,7 @@ def _score(cells: list[SweepCell], scorers: list[Scorer], run: RunDirectory, axe
         cell.metrics, cell.metric_errors, cell.metric_keys = {}, {}, {}
         changed = False
         for scorer in scorers:
-            mine = [n for n in stored if n == scorer.name or n.startswith(scorer.name + ".")]
+            mine = sorted(n for n in stored if n == scorer.name or n.startswith(scorer.name + "."))
             ref_cell = None
             if scorer.reference:
                 coords = dict(cell.coords)
@@ -704,9 +704,9 @@ def _score(cells: list[SweepCell], scorers: list[Scorer], run: RunDirectory, axe
                 values = scorer.score(image, record, reference)
             except Exception as e:  # a scorer's failure is that score's, never the sweep's
                 errors[scorer.name] = cell.metric_errors[scorer.name] = f"{type(e).__name__}: {e}"
-            else:
+            else:  # a scorer's names in sorted order, computed or cached alike (the manifest sorts them)
                 stored.update(values)
-                cell.metrics.update(values)
+                cell.metrics.update(sorted(values.items()))
         if changed:
             row.update(metrics=stored, metric_errors=errors, metric_keys=keys)
             run.append(row)

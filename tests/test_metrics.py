@@ -481,3 +481,17 @@ def test_latent_similarity_takes_the_sweeps_own_vae(sd1_pipe, counting, tmp_path
     with pytest.raises(ValueError, match="needs the sweep's local pipeline"):
         run(counting, tmp_path / "other", [metrics.similarity(reference={"seed": 1}, latent=True)], axes={"seed": [1]})
     assert counting.calls == []
+
+
+def test_score_names_come_in_the_same_order_computed_or_cached(counting, tmp_path):
+    def several(image, record):
+        return {"zeta": 1.0, "alpha": 2.0, "mid": 3.0}
+
+    first = run(counting, tmp_path, [several, "sharpness"], axes={"seed": [1]})
+    again = run(counting, tmp_path, [several, "sharpness"], axes={"seed": [1]})
+    assert (
+        list(first.cells[0].metrics)
+        == list(again.cells[0].metrics)
+        == ["several.alpha", "several.mid", "several.zeta", "sharpness"]
+    )
+    assert first.metric_names == again.metric_names
