@@ -6,6 +6,7 @@ Importing sdlab touches no network, GPU or disk; heavy libraries load when first
 from . import (
     bench,
     controlnet,
+    metrics,  # sdlab.metrics: scores of images (judge, CLIP, statistics, similarity)
     prompts,  # sdlab.prompts: presets, token budget, weighting, wildcards
 )
 from .backends import Backend, BackendOutput, Defaults, as_backend
@@ -41,6 +42,7 @@ __all__ = [
     "load_pipeline",
     "load_sweep",
     "load_sweep_result",
+    "metrics",
     "prompt_matrix",
     "prompt_order",
     "prompt_sr",

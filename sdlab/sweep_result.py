@@ -117,7 +117,8 @@ class SweepResult:
         - `metric_errors`: scorer name -> error text ("ValueError: ...") for scorers that failed
           on this cell; their names are absent from `metrics`.
 
-        Rows of cells without scores have both as empty dicts. `to_pandas()` also spreads
+        Rows of cells without scores have both as empty dicts. Manifest rows also carry
+        `metric_keys` (scorer name -> the cache key its scores were computed under). `to_pandas()` also spreads
         `metrics` into `metric.<name>` columns."""
         rows = []
         for cell in self.cells:
@@ -143,6 +144,38 @@ class SweepResult:
             )
             rows.append(row)
         return rows
+
+    @property
+    def metric_names(self) -> list[str]:
+        """The names of the scores the cells carry (`table` rows' `metrics` keys)."""
+        from .score_curves import metric_names
+
+        return metric_names(self)
+
+    def aggregate(
+        self, metric: str, *, over: str | Sequence[str] | None = "seed", filter: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """Mean, spread, min and max of a score over `over` (default the seeds), one row per
+        combination of the other axes (see `sdlab.score_curves.aggregate`)."""
+        from .score_curves import aggregate
+
+        return aggregate(self, metric, over=over, filter=filter)
+
+    def peaks(
+        self, metric: str, *, x: str, over: str | Sequence[str] | None = "seed", filter: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """Per combination of the other axes, the `x` value where the mean of `metric` over `over`
+        peaks (see `sdlab.score_curves.peaks`)."""
+        from .score_curves import peaks
+
+        return peaks(self, metric, x=x, over=over, filter=filter)
+
+    def plot(self, metric: str, *, x: str, hue: str | None = None, filter: dict[str, Any] | None = None, ax=None):
+        """A score against axis `x`, a line per `hue` value, mean and a one-sd band over the other
+        axes (matplotlib; returns the Axes)."""
+        from .score_curves import plot
+
+        return plot(self, metric, x=x, hue=hue, filter=filter, ax=ax)
 
     def to_pandas(self):
         """The table as a pandas DataFrame (needs pandas)."""
@@ -302,6 +335,13 @@ class SweepResult:
         extra = {SPEC_KEY: json.dumps(self.spec, default=str)}
         return save_png(image, path, record, extra_text=extra, parameters=parameters)
 
+    def save_config(self, path: str | Path | None = None) -> Path:
+        """Write the sweep file (YAML, or TOML for a .toml path; default `<run directory>/sweep.yaml`)
+        that rebuilds this sweep: `sdlab sweep --config <path>` runs it again from its cache."""
+        from .sweep_file import sweep_config, write_sweep_file
+
+        return write_sweep_file(Path(path) if path is not None else self.out_dir / "sweep.yaml", sweep_config(self))
+
     def figure(
         self, x: str | None = None, y: str | None = None, *, filter: dict[str, Any] | None = None, size: float = 2.0
     ):
@@ -400,6 +440,9 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
     kwargs.update(extra)
     if spec.get("out_dir") and Path(spec["out_dir"]).is_dir():
         kwargs["out_dir"] = spec["out_dir"]
+    configs = [m.get("config") for m in spec.get("metrics") or []]
+    if configs and all(c is not None for c in configs):  # built-in scorers, by the names a sweep file uses
+        kwargs["metrics"] = configs
     return kwargs
 
 
