@@ -138,6 +138,9 @@ class ComfyUIBackend:
                 "`variation_seed`/`variation_strength` (A1111's seed variations) need the local backend; "
                 "the ComfyUI backend cannot set the initial noise"
             )
+        from ..inputs import refuse_remote
+
+        refuse_remote(request, "ComfyUI")
         check_size(request.width, request.height, self.size_multiple)
         if request.scheduler is not None:
             comfy_sampler(request.scheduler)

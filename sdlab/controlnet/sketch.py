@@ -122,7 +122,9 @@ def generate_from_sketch(
     height: int | None = None,
     **generate_kwargs: Any,
 ):
-    """Generate from a drawing with a ControlNet pipeline, through `sdlab.generate` (the one path).
+    """Generate from a drawing with a ControlNet pipeline, through `sdlab.generate` (the one path);
+    or, with `mode="img2img"` and a pipeline without ControlNet, from the drawing as init image
+    (`strength=` as in `generate`, default 0.75).
 
     The control image is `prepare_sketch(sketch, width=, height=, mode=, **sketch_params)` at the
     size generated (default: the model's). Every other keyword goes to `sdlab.generate`
@@ -136,6 +138,8 @@ def generate_from_sketch(
     if "image" in generate_kwargs:
         raise ValueError("`image` is made from `sketch` here; to pass a control image yourself, use sdlab.generate")
     backend = as_backend(pipe)
+    if mode == "img2img":  # the drawing itself as the init image (A1111's img2img from a sketch)
+        return _sketch_img2img(pipe, backend, sketch, prompt, width=width, height=height, **generate_kwargs)
     if backend.num_controlnets == 0:
         raise ValueError(
             "`pipe` has no ControlNet: load one, e.g. sdlab.load_pipeline('sd15', controlnet='canny-sd15')"
@@ -166,6 +170,30 @@ def generate_from_sketch(
         described["sketch"] = str(sketch)
     for record in result.records:
         record["control"] = dict(described)
+    return result
+
+
+def _sketch_img2img(pipe, backend, sketch, prompt, *, width, height, **generate_kwargs):
+    """img2img from the drawing: flattened onto white, fitted to the size, denoised at `strength`."""
+    from ..generation import generate
+    from .images import load_image
+
+    if backend.num_controlnets:
+        raise ValueError(
+            "mode='img2img' needs a pipeline without ControlNet (on a ControlNet pipeline `image` is the control "
+            "image); load the model alone, e.g. sdlab.load_pipeline('shapes')"
+        )
+    defaults = backend.defaults
+    width = defaults.width if width is None else width
+    height = defaults.height if height is None else height
+    image = load_image(sketch, name="sketch")
+    if isinstance(sketch, (str, Path)):
+        from ..inputs import FILE_KEY
+
+        image.info[FILE_KEY] = Path(sketch).name
+    result = generate(pipe, prompt, width=width, height=height, image=image, **generate_kwargs)
+    for record in result.records:
+        record["control"] = {"mode": "img2img"}
     return result
 
 
