@@ -347,3 +347,13 @@ def test_sketch_img2img_mode(sd1_pipe):
     sketch.paste((0, 0, 0), (20, 20, 44, 44))
     result = generate_from_sketch(sd1_pipe, sketch, "a shape", mode="img2img", strength=0.6, seed=1, **SIZE)
     assert result.records[0]["strength"] == 0.6 and result.records[0]["image"]["sha256"]
+
+
+def test_inpainting_keeps_the_outside_of_the_mask(sd1_pipe):
+    init, mask = _init(), _mask()
+    result = sdlab.generate(sd1_pipe, "x", image=init, mask_image=mask, strength=1.0, seed=[1, 2], **SIZE)
+    outside = np.asarray(mask) == 0
+    for image in result.images:
+        assert np.array_equal(np.asarray(image)[outside], np.asarray(init)[outside])  # A1111's overlay
+        assert not np.array_equal(np.asarray(image)[~outside], np.asarray(init)[~outside])
+    assert "A1111" in result.records[0]["inpaint_overlay"]

@@ -530,7 +530,7 @@ class DiffusersBackend:
                     **kwargs,
                 )
         seconds = time.perf_counter() - start
-        images = list(output.images)
+        images, task_record = img2img.finish(request, list(output.images), output_type)  # inpainting: A1111's overlay
         if len(images) != n:
             raise BackendError(f"the pipeline returned {len(images)} images for {n} requested", backend=self.name)
         record = {
@@ -548,6 +548,7 @@ class DiffusersBackend:
             record["model_hash"] = self.info.model_hash
         if self.info.controlnet:
             record["controlnet"] = self.info.controlnet
+        record.update(task_record)
         records = [dict(record) for _ in range(n)]
         # what the text encoders were given (sdlab.prompts): weights, the text sent, dropped words
         from ..prompts.a1111 import describe_encoding

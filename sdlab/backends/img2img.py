@@ -156,13 +156,34 @@ def call_kwargs(backend: Any, pipe: Any, request: GenerationRequest) -> dict[str
         out["image"] = images
     out["strength"] = request.strength
     if request.mask_image is not None:
-        masks = [m.convert("L") for m in request.mask_image]
-        if request.mask_blur:
-            from PIL import ImageFilter
-
-            masks = [m.filter(ImageFilter.GaussianBlur(request.mask_blur)) for m in masks]  # diffusers' blur
+        masks = masks_of(request)
         out["mask_image"] = masks
         if request.padding_mask_crop is not None:  # one image and mask for the call (validate checked them equal)
             out["padding_mask_crop"] = request.padding_mask_crop
             out["image"], out["mask_image"] = images[0], masks[0]
     return out
+
+
+def masks_of(request: GenerationRequest) -> list:
+    """The request's masks as the call uses them: grey, blurred by `mask_blur` (diffusers' blur)."""
+    masks = [m.convert("L") for m in request.mask_image]
+    if request.mask_blur:
+        from PIL import ImageFilter
+
+        masks = [m.filter(ImageFilter.GaussianBlur(request.mask_blur)) for m in masks]
+    return masks
+
+
+OVERLAY = "outside the mask the init image's pixels, blended through the (blurred) mask, as A1111 pastes them"
+
+
+def finish(request: GenerationRequest, images: list, output_type: str) -> tuple[list, dict]:
+    """Inpainted images with the init image pasted back outside the mask (A1111's overlay; diffusers
+    does it itself only with `padding_mask_crop`), and the record field that says so."""
+    if request.mask_image is None or request.padding_mask_crop is not None or output_type != "pil":
+        return images, {}
+    from diffusers.image_processor import VaeImageProcessor
+
+    processor = VaeImageProcessor()
+    pasted = [processor.apply_overlay(m, i, im) for m, i, im in zip(masks_of(request), request.image, images)]
+    return [p.convert("RGB") for p in pasted], {"inpaint_overlay": OVERLAY}
