@@ -102,7 +102,11 @@ def build_request(backend: Backend, prompt: Any, **kwargs: Any) -> GenerationReq
 
     pipeline_kwargs = dict(kwargs.pop("pipeline_kwargs", None) or {})
     # img2img, inpainting, hires fix, refiner (sdlab.inputs); on ControlNet pipelines `image` is the control image
-    fields = take_fields(pipeline_kwargs, controlnet=int(getattr(backend, "num_controlnets", 0) or 0) > 0)
+    fields = take_fields(
+        pipeline_kwargs,
+        local=bool(getattr(backend, "takes_image_fields", getattr(backend, "name", None) == "diffusers")),
+        controlnet=int(getattr(backend, "num_controlnets", 0) or 0) > 0,
+    )
     request = GenerationRequest.create(
         prompt, defaults=backend.defaults, pipeline_kwargs=pipeline_kwargs, **fields, **kwargs
     )

@@ -280,10 +280,14 @@ def fit_fields(fields: dict[str, Any], *, count: int, width: int, height: int, p
     return fields
 
 
-def take_fields(kwargs: dict[str, Any], *, controlnet: bool = False) -> dict[str, Any]:
-    """This module's fields taken out of `generate`'s pipeline keywords (on a ControlNet pipeline
-    `image` stays: it is the control image there)."""
+def take_fields(kwargs: dict[str, Any], *, local: bool = True, controlnet: bool = False) -> dict[str, Any]:
+    """This module's fields taken out of `generate`'s pipeline keywords, for the local backend. On a
+    ControlNet pipeline `image` stays (it is the control image there); remote backends keep all of
+    them as their own inputs (a ComfyUI workflow's LoadImage and `denoise`, a Replicate model's
+    `image` and `prompt_strength`), as before."""
     out = {}
+    if not local:
+        return out
     for name in FIELDS:
         if name == "image" and controlnet:
             continue

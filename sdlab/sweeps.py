@@ -184,7 +184,9 @@ def plan_cells(
     return planned
 
 
-def cell_request(params: dict[str, Any], defaults, *, controlnet: bool = False) -> GenerationRequest:
+def cell_request(
+    params: dict[str, Any], defaults, *, local: bool = True, controlnet: bool = False
+) -> GenerationRequest:
     """A cell's one-image request: the model's defaults where the sweep leaves a value open, then
     the request's own checks (the same as `generate`'s). Init images, masks, strength, hires and
     refiner values (sdlab.inputs) become request fields (on ControlNet models `image` stays the control image)."""
@@ -196,7 +198,10 @@ def cell_request(params: dict[str, Any], defaults, *, controlnet: bool = False) 
 
     pipeline_kwargs = dict(params.get("pipeline_kwargs") or {})
     fields = inputs.fit_fields(
-        inputs.take_fields(pipeline_kwargs, controlnet=controlnet), count=1, width=pick("width"), height=pick("height")
+        inputs.take_fields(pipeline_kwargs, local=local, controlnet=controlnet),
+        count=1,
+        width=pick("width"),
+        height=pick("height"),
     )
 
     return GenerationRequest(
@@ -215,6 +220,15 @@ def cell_request(params: dict[str, Any], defaults, *, controlnet: bool = False) 
         variation_strength=(params.get("variation_strength") or 0.0,),
         **fields,
     )
+
+
+def _takes_image_fields(identity: dict[str, Any]) -> bool:
+    """Whether a model's `image=` is an init image (sdlab.inputs): local, or ComfyUI's default workflow."""
+    if identity.get("backend") == "comfyui":
+        from .backends.workflow import Workflow
+
+        return identity.get("workflow_sha256") == Workflow.load(None).sha256()
+    return identity.get("backend") == "diffusers"
 
 
 def cell_key(request: GenerationRequest, identity: dict[str, Any]) -> str:
@@ -489,7 +503,13 @@ def sweep(
         cells = []
         for index, (coords, params) in enumerate(planned):
             m = model_axis.values.index(params["model"]) if model_axis else 0
-            request = cell_request(params, facts[m][0], controlnet=bool(facts[m][1].get("controlnet")))
+            identity = facts[m][1]
+            request = cell_request(
+                params,
+                facts[m][0],
+                local=_takes_image_fields(identity),
+                controlnet=bool(identity.get("controlnet")),
+            )
             cells.append(
                 SweepCell(
                     index=index,

@@ -312,6 +312,16 @@ def test_sweep_over_images_and_strength_batched_cached_and_content_keyed(sd1_pip
     assert record["strength"] == 0.5 and record["image"]["sha256"]
 
 
+def test_image_axis_labels_name_files_not_paths(sd1_pipe, tmp_path):
+    path = tmp_path / "red.png"
+    _init().save(path)
+    result = sdlab.sweep(
+        sd1_pipe, "x", axes={"image": [path]}, strength=0.5, out_dir=tmp_path / "run", verbose=False, **SIZE
+    )
+    assert result.axis("image").labels == ("image: red.png",)
+    assert read_params(result.cells[0].path)["image"]["file"] == "red.png"
+
+
 def test_sweep_hires_axes(sd1_pipe, tmp_path):
     result = sdlab.sweep(
         sd1_pipe,
@@ -357,3 +367,35 @@ def test_inpainting_keeps_the_outside_of_the_mask(sd1_pipe):
         assert np.array_equal(np.asarray(image)[outside], np.asarray(init)[outside])  # A1111's overlay
         assert not np.array_equal(np.asarray(image)[~outside], np.asarray(init)[~outside])
     assert "A1111" in result.records[0]["inpaint_overlay"]
+
+
+def test_comfyui_img2img_and_inpaint_templates_upload_the_init_image(tmp_path):
+    from sdlab.backends.comfyui import ComfyUIBackend
+    from sdlab.testing.fakes.comfyui import FakeComfyUI
+
+    fake = FakeComfyUI()
+    fake.start()
+    try:
+        backend = ComfyUIBackend(fake.url, poll_interval=0.05, timeout=20)
+        result = sdlab.generate(backend, "a cat", image=_init(), strength=0.4, seed=[1, 2], **SIZE)
+        graph = fake.prompts[-1]["prompt"]
+        classes = {node["class_type"] for node in graph.values()}
+        assert {"LoadImage", "VAEEncode"} <= classes and "EmptyLatentImage" not in classes
+        sampler = next(n for n in graph.values() if n["class_type"] == "KSampler")["inputs"]
+        assert sampler["denoise"] == 0.4 and graph[sampler["latent_image"][0]]["class_type"] == "VAEEncode"
+        load = next(n for n in graph.values() if n["class_type"] == "LoadImage")["inputs"]["image"]
+        uploaded = Image.open(fake.root / "input" / load)
+        assert uploaded.size == (64, 64) and max_pixel_diff(uploaded.convert("RGB"), _init()) == 0
+        assert len(result.images) == 2 and result.records[0]["strength"] == 0.4 and result.records[0]["image"]["sha256"]
+        sdlab.generate(backend, "a cat", image=_init(), mask_image=_mask(), strength=0.9, seed=1, **SIZE)
+        graph = fake.prompts[-1]["prompt"]
+        inpaint = next(n for n in graph.values() if n["class_type"] == "InpaintModelConditioning")["inputs"]
+        sampler = next(n for n in graph.values() if n["class_type"] == "KSampler")["inputs"]
+        assert sampler["positive"][1] == 0 and sampler["negative"][1] == 1 and sampler["latent_image"][1] == 2
+        load = graph[inpaint["pixels"][0]]["inputs"]["image"]
+        alpha = np.asarray(Image.open(fake.root / "input" / load).getchannel("A"))
+        assert alpha[10, 10] == 0 and alpha[50, 50] == 255  # transparent = repaint (ComfyUI's MASK = 1 - alpha)
+        with pytest.raises(ValueError, match="`mask_blur`: not supported by the ComfyUI backend"):
+            sdlab.generate(backend, "a cat", image=_init(), mask_image=_mask(), mask_blur=4, seed=1, **SIZE)
+    finally:
+        fake.stop()
