@@ -399,3 +399,22 @@ def test_comfyui_img2img_and_inpaint_templates_upload_the_init_image(tmp_path):
             sdlab.generate(backend, "a cat", image=_init(), mask_image=_mask(), mask_blur=4, seed=1, **SIZE)
     finally:
         fake.stop()
+
+
+def test_replicate_takes_image_where_the_model_does():
+    pytest.importorskip("replicate")
+    from sdlab.backends.replicate import ReplicateBackend
+    from sdlab.testing.fakes.replicate import FakeReplicate
+
+    fake = FakeReplicate(size_scale=0.125)
+    fake.start()
+    try:
+        options = dict(api_token=fake.token, base_url=fake.url, poll_interval=0.02, backoff=0.02)
+        dev = ReplicateBackend("black-forest-labs/flux-dev", **options)
+        made = sdlab.generate(dev, "x", image=_init(), prompt_strength=0.6, seed=1)
+        assert made.records[0]["pipeline_kwargs"]["image"]["type"] == "image"
+        schnell = ReplicateBackend("black-forest-labs/flux-schnell", **options)
+        with pytest.raises(ValueError, match=r"unknown argument\(s\) \['image'\]"):
+            sdlab.generate(schnell, "x", image=_init(), seed=1)
+    finally:
+        fake.stop()

@@ -23,8 +23,9 @@ from typing import Any
 from PIL import Image, ImageFilter, ImageOps
 
 from ..presets import CONTROLNET_PRESETS, SHAPES_CONTROLNET_DIR, SHAPES_DIR
+from ..request import check_size
 from .annotators import LABEL_KEY, PARAMS_KEY, annotate
-from .images import check_size_multiple, fit_image, images_of, load_image
+from .images import fit_image, images_of, load_image
 
 SKETCH_MODES = ("canny", "scribble")
 
@@ -89,7 +90,7 @@ def prepare_sketch(
     """
     if mode not in SKETCH_MODES:
         raise ValueError(f"`mode` must be one of {SKETCH_MODES}, got {mode!r}")
-    width, height = check_size_multiple(width, height, 8)
+    width, height = check_size(width, height, 8)
     image = load_image(sketch, name="sketch")
     if mode == "canny" and _downscale_factor(image, width, height) >= 2:
         edges = annotate(_pad_to_aspect(image, width, height), "canny", **params)
