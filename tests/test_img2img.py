@@ -280,6 +280,19 @@ def test_sdxl_refiner_takes_over_at_the_switch(sdxl_pipe, tmp_path):
     assert max_pixel_diff(later.image, result.images[0]) > 0 and max_pixel_diff(base.image, result.images[0]) > 0
     refiner = as_backend(sdxl_pipe)._refiners[str(folder)][0]
     assert refiner.text_encoder is None and refiner.unet is not sdxl_pipe.unet  # its own components
+    swept = sdlab.sweep(
+        sdxl_pipe,
+        "a red circle",
+        axes={"refiner_switch": [0.6, 0.9]},
+        refiner=str(folder),
+        seed=1,
+        out_dir=tmp_path / "run",
+        verbose=False,
+        **SIZE,
+    )
+    assert (
+        max_pixel_diff(swept.images[0], result.images[0]) <= 2 and max_pixel_diff(swept.images[1], later.image) <= 2
+    )
 
 
 # ------------------------------------------------------------------ sweeps
