@@ -35,7 +35,7 @@ def red_circle(seed: int):
     return scene, world.render(scene, 64)
 
 
-def eval_img2img(pipe, seeds: list[int], strength: float, steps: int) -> dict:
+def eval_img2img(pipe, seeds: list[int], strength: float, steps: int, guidance_scale: float | None = None) -> dict:
     scenes = [red_circle(s) for s in seeds]
     prompts = [f"a large blue circle on a {scene.background} background" for scene, _ in scenes]
     result = sdlab.generate(
@@ -45,6 +45,7 @@ def eval_img2img(pipe, seeds: list[int], strength: float, steps: int) -> dict:
         strength=strength,
         seed=seeds,
         num_inference_steps=steps,
+        guidance_scale=guidance_scale,
     )
     kept, blue, red, ious = 0, 0, 0, []
     for (scene, _), image in zip(scenes, result.images):
@@ -118,17 +119,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the preset's, 5.0)")
+    parser.add_argument("--img2img-only", action="store_true")
     args = parser.parse_args()
     pipe = sdlab.load_pipeline("shapes", progress_bar=False)
     pipe.set_progress_bar_config(disable=True)
     seeds = world.held_out_seeds(args.seeds)
-    print(f"img2img on shapes, {args.seeds} held-out seeds, {args.steps} steps (red circle -> 'a large blue circle')")
+    guidance = "preset" if args.guidance is None else args.guidance
+    print(
+        f"img2img on shapes, {args.seeds} held-out seeds, {args.steps} steps, guidance {guidance} "
+        f"(red circle -> 'a large blue circle')"
+    )
     for strength in (0.6, 0.2):
-        r = eval_img2img(pipe, seeds, strength, args.steps)
+        r = eval_img2img(pipe, seeds, strength, args.steps, args.guidance)
         print(
             f"  strength {strength}: kept position (IoU>=0.8) and blue {r['kept_and_blue']:.0%}, blue {r['blue']:.0%}, "
             f"still red {r['red']:.0%}, mean IoU {r['mean_iou']:.3f}"
         )
+    if args.img2img_only:
+        return
     r = eval_inpaint(pipe, seeds, args.steps)
     print(
         f"inpainting (mask: bottom right quarter; 'a small green square at the bottom right'), strength {r['strength']}:"
