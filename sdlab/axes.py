@@ -225,6 +225,16 @@ def format_label(name: str, value: Any) -> str:
     info = getattr(value, "info", None)
     if isinstance(info, dict) and isinstance(info.get("sdlab_label"), str):
         return info["sdlab_label"]
+    if name in ("image", "mask_image"):  # input images by file name (never a full path in a grid)
+        from pathlib import Path
+
+        file = (
+            value
+            if isinstance(value, (str, Path))
+            else (info or {}).get("sdlab_file") or getattr(value, "filename", "")
+        )
+        if file:
+            return f"{name}: {Path(file).name}"
     if isinstance(value, float):
         value = f"{value:g}"
     if isinstance(value, tuple) and len(value) == 2 and name == "size":

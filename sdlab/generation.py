@@ -98,7 +98,18 @@ def _next_counter(directory: Path) -> int:
 def build_request(backend: Backend, prompt: Any, **kwargs: Any) -> GenerationRequest:
     """The request `generate` makes for `backend`: its defaults filled, every value checked by the
     request itself and then by the backend; no model work happens here."""
-    request = GenerationRequest.create(prompt, defaults=backend.defaults, **kwargs)
+    from .inputs import take_fields
+
+    pipeline_kwargs = dict(kwargs.pop("pipeline_kwargs", None) or {})
+    # img2img, inpainting, hires fix, refiner (sdlab.inputs); on ControlNet pipelines `image` is the control image
+    fields = take_fields(
+        pipeline_kwargs,
+        local=bool(getattr(backend, "takes_image_fields", getattr(backend, "name", None) == "diffusers")),
+        controlnet=int(getattr(backend, "num_controlnets", 0) or 0) > 0,
+    )
+    request = GenerationRequest.create(
+        prompt, defaults=backend.defaults, pipeline_kwargs=pipeline_kwargs, **fields, **kwargs
+    )
     backend.validate(request)
     return request
 
@@ -161,6 +172,16 @@ def generate(
             seed's image, 1: the variation seed's). Per image like `seed` (an int counts up, a list
             gives one each; None with a strength draws one, recorded). A1111 keeps one seed for a
             batch of variations: pass `seed=[s] * n` for that. Local backend, text-to-image only.
+        image, mask_image, strength: img2img (an init image, path or array; one for all images or
+            one per image) and inpainting (white = repaint), at A1111's "Denoising strength"
+            (default 0.75), on the img2img/inpainting pipeline of the loaded components. Images are
+            fitted to `width` x `height` (aspect kept, padded) and recorded by content hash (and file
+            name). `mask_blur` (pixels) and `padding_mask_crop` (A1111's "Only masked" padding).
+            On a ControlNet pipeline `image` is the control image.
+        hires_scale (or hires_width, hires_height), hires_upscaler ("latent", "lanczos", ...),
+            hires_steps, hires_strength: A1111's hires fix (a second, img2img pass at the larger size).
+        refiner, refiner_switch: an SDXL refiner (preset, hub id or folder) taking over at that
+            fraction of the steps (A1111's "Refiner switch at", default 0.8).
         progress: called with a dict (`step`, `total`, ...) after every denoising step.
         **pipeline_kwargs: other keywords of the pipeline (e.g. `image` and
             `controlnet_conditioning_scale` for ControlNet); unknown names are an error.
@@ -251,6 +272,9 @@ def regenerate(path: str | Path, pipe: Any, **overrides: Any) -> GenerationResul
             prompt = prompt_object(params["prompt_weighting"], prompt)
         if params.get("negative_prompt_weighting") and kwargs.get("negative_prompt") is not None:
             kwargs["negative_prompt"] = prompt_object(params["negative_prompt_weighting"], kwargs["negative_prompt"])
+    kwargs.update(_input_fields(params, overrides, name))
+    if params.get("refiner_a1111") and "refiner" not in overrides:
+        unapplied.append(f"Refiner: {params['refiner_a1111']} (pass refiner= to apply it)")
     pipeline_kwargs = {}
     for key, value in (params.get("pipeline_kwargs") or {}).items():
         if isinstance(value, dict) and value.get("type") in ("image", "tensor", "array"):
@@ -271,7 +295,45 @@ def regenerate(path: str | Path, pipe: Any, **overrides: Any) -> GenerationResul
             ),
             stacklevel=2,
         )
-    return generate(pipe, prompt, **kwargs)
+    result = generate(pipe, prompt, **kwargs)
+    for key in ("image", "mask_image"):  # the input passed again against the one the record names
+        recorded = params.get(key)
+        made = result.records[0].get(key) if result.records else None
+        if isinstance(recorded, dict) and recorded.get("sha256") and made and made["sha256"] != recorded["sha256"]:
+            warnings.warn(
+                RegenerateWarning(
+                    f"{name}: the `{key}` passed (sha256 {made['sha256'][:16]}) is not the one it was made from "
+                    f"({recorded.get('file') or 'sha256 ' + recorded['sha256'][:16]}). The image may differ",
+                    [key],
+                ),
+                stacklevel=2,
+            )
+    return result
+
+
+def _input_fields(params: dict[str, Any], overrides: dict[str, Any], name: str) -> dict[str, Any]:
+    """img2img / inpainting / hires / refiner fields of a record (sdlab.inputs). An init image or mask
+    cannot be in PNG metadata: the record names it (hash, file) and it must be passed again."""
+    from .inputs import FIELDS, PER_IMAGE
+
+    out: dict[str, Any] = {}
+    for key in FIELDS:
+        value = params.get(key)
+        if value is None:
+            continue
+        if key in PER_IMAGE:
+            if key not in overrides:
+                described = value if isinstance(value, dict) else {}
+                which = described.get("file") or (
+                    f"sha256 {described['sha256'][:16]}" if described.get("sha256") else "not named in the text"
+                )
+                raise ValueError(
+                    f"{name} was made from an input `{key}` ({which}) that PNG metadata cannot hold; pass it again: "
+                    f"regenerate(path, pipe, {key}=...)"
+                )
+            continue
+        out[key] = value.get("name") if key == "refiner" and isinstance(value, dict) else value
+    return out
 
 
 def _check_model(params: dict[str, Any], backend: Backend, name: str) -> None:

@@ -158,3 +158,29 @@ def modules_sha256(modules: dict[str, Any]) -> str:
 
 def _tensors(module) -> list:
     return [*module.parameters(), *module.buffers()]
+
+
+def image_sha256(image: Any) -> str:
+    """The content hash of an input image (an init image, a mask): its mode, size and pixels for a
+    PIL image; dtype, shape and values for a tensor or array (latents handed between passes)."""
+    digest = hashlib.sha256()
+    if hasattr(image, "tobytes") and hasattr(image, "mode") and hasattr(image, "size"):  # PIL
+        digest.update(f"image:{image.mode}:{image.size[0]}x{image.size[1]}\0".encode())
+        digest.update(image.tobytes())
+        return digest.hexdigest()
+    try:
+        import torch
+
+        if isinstance(image, torch.Tensor):
+            t = image.detach().to("cpu").float().contiguous()
+            digest.update(f"tensor:{tuple(t.shape)}\0".encode())
+            digest.update(t.numpy().tobytes())
+            return digest.hexdigest()
+    except ImportError:  # pragma: no cover
+        pass
+    import numpy as np
+
+    array = np.ascontiguousarray(image)
+    digest.update(f"array:{array.dtype}:{array.shape}\0".encode())
+    digest.update(array.tobytes())
+    return digest.hexdigest()

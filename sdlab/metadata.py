@@ -100,6 +100,9 @@ def infotext(record: dict[str, Any]) -> str:
         params.append((label, _format_number(value)))
     if record.get("clip_skip"):  # sdlab records diffusers' convention (layers skipped); A1111 counts from 1
         params.append(("Clip skip", str(int(record["clip_skip"]) + 1)))
+    from .inputs import infotext_params
+
+    params += infotext_params(record)  # img2img, inpainting, hires fix, refiner: A1111's labels
     for key, value in (record.get("pipeline_kwargs") or {}).items():
         if isinstance(value, (int, float, str, bool)) and value is not None:
             params.append((_pipeline_label(key, record), _format_number(value)))
@@ -182,6 +185,9 @@ def params_from_infotext(text: str) -> dict[str, Any]:
             params["variation_seed"] = int(raw.pop("Variation seed"))
     if "Clip skip" in raw:  # A1111's "Clip skip: 2" skips one layer: diffusers' clip_skip=1
         params["clip_skip"] = int(raw.pop("Clip skip")) - 1 or None
+    from .inputs import params_from_a1111
+
+    params.update(params_from_a1111(raw))  # Denoising strength, Hires *, Refiner *
     params["extra"] = raw
     return params
 

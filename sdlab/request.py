@@ -247,6 +247,20 @@ class GenerationRequest:
     # A1111's "Var. seed" / "Var. strength", per image (None: one tuple of None / of 0.0)
     variation_seed: tuple[int | None, ...] | None = None
     variation_strength: tuple[float, ...] | None = None
+    # img2img, inpainting, hires fix, SDXL refiner (sdlab.inputs): images per image, the rest shared
+    image: tuple[Any, ...] | None = None
+    mask_image: tuple[Any, ...] | None = None
+    strength: float | None = None
+    mask_blur: int = 0
+    padding_mask_crop: int | None = None
+    hires_scale: float | None = None
+    hires_width: int | None = None
+    hires_height: int | None = None
+    hires_upscaler: str | None = None
+    hires_steps: int | None = None
+    hires_strength: float | None = None
+    refiner: str | None = None
+    refiner_switch: float | None = None
 
     def __post_init__(self):
         for name in ("prompt", "negative_prompt", "seed", "guidance_scale"):
@@ -277,6 +291,10 @@ class GenerationRequest:
         set_(self, "clip_skip", check_clip_skip(self.clip_skip))
         set_(self, "pipeline_kwargs", check_pipeline_kwargs(self.pipeline_kwargs))
         self._check_variation(n)
+        from . import inputs
+
+        for name, value in inputs.check_request(self).items():
+            set_(self, name, value)
 
     def _check_variation(self, n: int) -> None:
         seeds = (None,) * n if self.variation_seed is None else self.variation_seed
@@ -323,9 +341,12 @@ class GenerationRequest:
         variation_seed: int | Sequence[int] | None = None,
         variation_strength: float | Sequence[float] = 0.0,
         pipeline_kwargs: Mapping[str, Any] | None = None,
+        **image_fields: Any,
     ) -> GenerationRequest:
         """The request `generate` makes: `num_images` images per prompt, the model's `defaults`
-        where a value is None, seeds resolved (None or -1: one random seed, recorded)."""
+        where a value is None, seeds resolved (None or -1: one random seed, recorded).
+        `image_fields` are sdlab.inputs' (`image`, `mask_image`, `strength`, `hires_scale`, ...):
+        init images and masks are loaded and fitted to the size; `strength` defaults to 0.75."""
         defaults = defaults or Defaults()
         prompts = check_prompts(prompt)
         num_images = check_positive_int(num_images, "num_images")
@@ -342,19 +363,28 @@ class GenerationRequest:
         count = len(prompts) * num_images
         guidance = check_guidance(defaults.guidance_scale if guidance_scale is None else guidance_scale)
         variation_seeds, variation_strengths = resolve_variation(variation_seed, variation_strength, count)
+        from . import inputs
+
+        unknown = set(image_fields) - set(inputs.FIELDS)
+        if unknown:
+            raise TypeError(f"GenerationRequest.create() got unexpected keyword(s) {sorted(unknown)}")
+        width = defaults.width if width is None else width
+        height = defaults.height if height is None else height
+        image_fields = inputs.fit_fields(image_fields, count=count, width=width, height=height, per_prompt=num_images)
         return cls(
             prompt=tuple(p for p in prompts for _ in range(num_images)),
             negative_prompt=tuple(n for n in negatives for _ in range(num_images)),
             seed=resolve_seeds(seed, count),
             guidance_scale=(guidance,) * count,
-            width=defaults.width if width is None else width,
-            height=defaults.height if height is None else height,
+            width=width,
+            height=height,
             num_inference_steps=defaults.num_inference_steps if num_inference_steps is None else num_inference_steps,
             scheduler=scheduler,
             pipeline_kwargs=dict(pipeline_kwargs or {}),
             clip_skip=clip_skip,
             variation_seed=variation_seeds,
             variation_strength=variation_strengths,
+            **image_fields,
         )
 
     # ------------------------------------------------------------ the JSON form
@@ -378,6 +408,9 @@ class GenerationRequest:
         if self.has_variation or any(v is not None for v in self.variation_seed):
             data["variation_seed"] = list(self.variation_seed)
             data["variation_strength"] = list(self.variation_strength)
+        from . import inputs
+
+        data.update(inputs.to_dict(self))  # written when set: a txt2img request keeps its old key
         return data
 
     @classmethod
@@ -391,7 +424,10 @@ class GenerationRequest:
         for key, value in kwargs.items():
             if isinstance(value, dict) and value.get("type") in ("image", "tensor", "array"):
                 raise ValueError(f"the request's `{key}` is a {value['type']} described by its hash; pass it again")
+        from . import inputs
+
         return cls(
+            **inputs.from_dict(data),
             prompt=tuple(_prompt_from_json(p) for p in data["prompt"]),
             negative_prompt=tuple(_prompt_from_json(p) for p in data["negative_prompt"]),
             seed=tuple(data["seed"]),
@@ -436,6 +472,9 @@ class GenerationRequest:
                 params[f"{name}_weighting"] = getattr(value, "weighting", type(value).__name__)
         if self.pipeline_kwargs:
             params["pipeline_kwargs"] = {k: describe_value(v) for k, v in self.pipeline_kwargs.items()}
+        from . import inputs
+
+        params.update(inputs.image_params(self, i))
         return params
 
     def select(self, indices: Sequence[int]) -> GenerationRequest:
@@ -448,6 +487,8 @@ class GenerationRequest:
             guidance_scale=tuple(self.guidance_scale[i] for i in indices),
             variation_seed=tuple(self.variation_seed[i] for i in indices),
             variation_strength=tuple(self.variation_strength[i] for i in indices),
+            image=None if self.image is None else tuple(self.image[i] for i in indices),
+            mask_image=None if self.mask_image is None else tuple(self.mask_image[i] for i in indices),
         )
 
     def shared_key(self) -> str:
@@ -460,6 +501,10 @@ class GenerationRequest:
             "clip_skip": self.clip_skip,
             "pipeline_kwargs": {k: describe_value(v) for k, v in sorted(self.pipeline_kwargs.items())},
         }
+        from . import inputs
+
+        shared.update(inputs.shared_dict(self))
+        shared["img2img"] = (self.image is not None, self.mask_image is not None)  # one pipeline per call
         return json.dumps(shared, sort_keys=True, default=str)
 
     @staticmethod
@@ -480,6 +525,8 @@ class GenerationRequest:
             guidance_scale=sum((r.guidance_scale for r in requests), ()),
             variation_seed=sum((r.variation_seed for r in requests), ()),
             variation_strength=sum((r.variation_strength for r in requests), ()),
+            image=None if first.image is None else sum((r.image for r in requests), ()),
+            mask_image=None if first.mask_image is None else sum((r.mask_image for r in requests), ()),
         )
 
 

@@ -195,13 +195,25 @@ def plan_cells(
     return planned
 
 
-def cell_request(params: dict[str, Any], defaults) -> GenerationRequest:
+def cell_request(
+    params: dict[str, Any], defaults, *, local: bool = True, controlnet: bool = False
+) -> GenerationRequest:
     """A cell's one-image request: the model's defaults where the sweep leaves a value open, then
-    the request's own checks (the same as `generate`'s)."""
+    the request's own checks (the same as `generate`'s). Init images, masks, strength, hires and
+    refiner values (sdlab.inputs) become request fields (on ControlNet models `image` stays the control image)."""
+    from . import inputs
 
     def pick(name):
         value = params.get(name)
         return getattr(defaults, name) if value is None else value
+
+    pipeline_kwargs = dict(params.get("pipeline_kwargs") or {})
+    fields = inputs.fit_fields(
+        inputs.take_fields(pipeline_kwargs, local=local, controlnet=controlnet),
+        count=1,
+        width=pick("width"),
+        height=pick("height"),
+    )
 
     return GenerationRequest(
         prompt=(params["prompt"],),
@@ -212,12 +224,22 @@ def cell_request(params: dict[str, Any], defaults) -> GenerationRequest:
         height=pick("height"),
         num_inference_steps=pick("num_inference_steps"),
         scheduler=params.get("scheduler"),
-        pipeline_kwargs=params.get("pipeline_kwargs") or {},
+        pipeline_kwargs=pipeline_kwargs,
         clip_skip=params.get("clip_skip"),
         # strength 0 is no variation (A1111 records none): such a cell is the plain seed's cell
         variation_seed=(params.get("variation_seed") if params.get("variation_strength") else None,),
         variation_strength=(params.get("variation_strength") or 0.0,),
+        **fields,
     )
+
+
+def _takes_image_fields(identity: dict[str, Any]) -> bool:
+    """Whether a model's `image=` is an init image (sdlab.inputs): local, or ComfyUI's default workflow."""
+    if identity.get("backend") == "comfyui":
+        from .backends.workflow import Workflow
+
+        return identity.get("workflow_sha256") == Workflow.load(None).sha256()
+    return identity.get("backend") == "diffusers"
 
 
 def cell_key(request: GenerationRequest, identity: dict[str, Any]) -> str:
@@ -504,7 +526,13 @@ def sweep(
         cells = []
         for index, (coords, params) in enumerate(planned):
             m = model_axis.values.index(params["model"]) if model_axis else 0
-            request = cell_request(params, facts[m][0])
+            identity = facts[m][1]
+            request = cell_request(
+                params,
+                facts[m][0],
+                local=_takes_image_fields(identity),
+                controlnet=bool(identity.get("controlnet")),
+            )
             cells.append(
                 SweepCell(
                     index=index,

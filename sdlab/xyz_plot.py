@@ -247,6 +247,13 @@ def sweep_from_xyz(text: str, *, source: str = "the image") -> dict[str, Any]:
         kwargs["variation_seed"] = int(extra.pop("Variation seed"))
         if "Variation seed strength" in extra:
             kwargs["variation_strength"] = float(extra.pop("Variation seed strength"))
+    from .inputs import SHARED
+
+    for key in SHARED:  # hires fix and refiner settings of the grid (sdlab.inputs)
+        if params.get(key) is not None and key not in ("strength", "mask_blur"):
+            kwargs[key] = params[key]
+    if params.get("image") is not None:  # A1111 img2img: its text does not carry the init image
+        extra["Denoising strength"] = f"{params['strength']} (img2img; the grid's text does not carry its init image)"
     extra.pop("Script", None)
     extra.pop("Version", None)
     axes: list[tuple[int, str, Any]] = []

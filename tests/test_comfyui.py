@@ -371,8 +371,8 @@ def test_protocol_properties_and_validation(backend):
         sdlab.generate(backend, "x", width=60, height=64)
     with pytest.raises(ValueError, match="controlnet_conditioning_scale"):
         sdlab.generate(backend, "x", controlnet_conditioning_scale=1.0, **SIZE)
-    with pytest.raises(ValueError, match="LoadImage"):
-        sdlab.generate(backend, "x", image=Image.new("RGB", (8, 8)), **SIZE)
+    with pytest.raises(ValueError, match="`hires_scale`: not supported by the ComfyUI backend"):
+        sdlab.generate(backend, "x", hires_scale=2, **SIZE)  # the default workflow's `image=` is img2img now
 
 
 def test_workflow_inputs_and_many_images_keep_order(backend, fake):

@@ -358,7 +358,8 @@ def test_a1111_v1_10_text_is_read_into_the_right_fields():
     assert (p["model"], p["model_hash"]) == ("sd_xl_base_1.0", "31e35c80fc")
     extra = p["extra"]
     assert extra["Lora hashes"] == "add_detail: 7c6bad76eb54, other_lora: 0123456789ab"
-    assert extra["Hires upscale"] == "1.5"
+    assert (p["hires_scale"], p["hires_steps"], p["hires_upscaler"], p["hires_strength"]) == (1.5, 15, "latent", 0.45)
+    assert "Hires upscale" not in extra and "Denoising strength" not in extra  # applied by regenerate now
     assert (p["variation_seed"], p["variation_strength"]) == (987654321, 0.15)
     assert "Variation seed" not in extra and "Variation seed strength" not in extra
     assert (extra["Version"], extra["TI hashes"], extra["Emphasis"]) == (
@@ -552,9 +553,6 @@ def test_regenerate_an_a1111_png_applies_what_it_can_and_lists_the_rest_once(sd1
         again = sdlab.regenerate(path, sd1_pipe)
     (warning,) = [w.message for w in caught if isinstance(w.message, RegenerateWarning)]  # once
     assert warning.unapplied == (
-        "Hires upscale: 1.5",
-        "Hires steps: 2",
-        "Hires upscaler: Latent",
         "Lora hashes: add_detail: 7c6bad76eb54",
         "RNG: GPU (A1111's default, not CPU noise)",
         "Model hash: 31e35c80fc (not checked: the loaded model has no single-file hash)",
@@ -573,7 +571,11 @@ def test_regenerate_an_a1111_png_applies_what_it_can_and_lists_the_rest_once(sd1
         clip_skip=1,
         variation_seed=12,
         variation_strength=0.3,
+        hires_scale=1.5,  # A1111's hires fix is applied now (Denoising strength absent: A1111's default 0.7)
+        hires_steps=2,
+        hires_upscaler="latent",
     )
+    assert again.image.size == (96, 96)
     assert max_pixel_diff(again.image, expected.image) == 0
     record = again.records[0]
     assert (record["prompt_encoding"], record["variation_seed"], record["clip_skip"]) == ("a1111", 12, 1)

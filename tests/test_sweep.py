@@ -633,9 +633,10 @@ def test_load_sweep_names_a1111_axes_and_settings_it_does_not_apply(tmp_path):
     with pytest.raises(ValueError, match="'Sampler' and 'Schedule type'"):
         load_sweep(a1111_grid_png(tmp_path / "b.png", "x", "", both))
     extras = {**base, "Lora hashes": "a: 1, b: 2", "Hires upscale": 2, "X Type": "Steps", "X Values": "1-3"}
-    with pytest.warns(UserWarning, match="Lora hashes, Hires upscale"):
+    with pytest.warns(UserWarning, match=r"apply these settings of the grid's first image: Lora hashes$"):
         kwargs = load_sweep(a1111_grid_png(tmp_path / "c.png", "x", "", extras))
     assert kwargs["axes"] == {"num_inference_steps": [1, 2, 3]}
+    assert kwargs["hires_scale"] == 2.0  # hires fix is applied to every cell
     models = {**base, "X Type": "Checkpoint name", "X Values": "v1-5-pruned-emaonly.safetensors [6ce0161689],tiny"}
     kwargs = load_sweep(a1111_grid_png(tmp_path / "e.png", "x", "", models))
     assert kwargs["axes"] == {"model": ["v1-5-pruned-emaonly.safetensors", "tiny"]}  # A1111's title, hash dropped

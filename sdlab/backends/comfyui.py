@@ -138,6 +138,9 @@ class ComfyUIBackend:
                 "`variation_seed`/`variation_strength` (A1111's seed variations) need the local backend; "
                 "the ComfyUI backend cannot set the initial noise"
             )
+        from . import comfyui_img2img
+
+        comfyui_img2img.validate(request, default_workflow=self._is_default_workflow())
         check_size(request.width, request.height, self.size_multiple)
         if request.scheduler is not None:
             comfy_sampler(request.scheduler)
@@ -187,8 +190,17 @@ class ComfyUIBackend:
 
     # ------------------------------------------------------------ running
 
+    @property
+    def takes_image_fields(self) -> bool:
+        """`image=`/`mask_image=`/`strength=` are request fields here (sdlab's templates) with the default
+        workflow; a custom workflow's own LoadImage takes `image=` as a workflow input instead."""
+        return self._is_default_workflow()
+
+    def _is_default_workflow(self) -> bool:
+        return self.workflow.sha256() == Workflow.load(None).sha256()
+
     def workflow_for(
-        self, request: GenerationRequest, i: int, *, image_name: str | None = None
+        self, request: GenerationRequest, i: int, *, image_name: str | None = None, init_name: str | None = None
     ) -> tuple[Workflow, list[str]]:
         """The workflow of image `i` of `request` and the request parameters it had no place for."""
         sampler = schedule = None
@@ -217,6 +229,10 @@ class ComfyUIBackend:
         if image_name is not None:
             for nid in workflow.find("LoadImage"):
                 workflow._set(nid, "image", image_name)
+        if request.image is not None:  # img2img / inpainting: ComfyUI's templates (comfyui_img2img)
+            from . import comfyui_img2img
+
+            comfyui_img2img.apply(workflow, request, init_name)
         for spec, value in (kwargs.get("workflow_inputs") or {}).items():
             selector, _, input_name = str(spec).rpartition(".")
             for nid in workflow.find(selector):
@@ -236,7 +252,20 @@ class ComfyUIBackend:
         image_name = None
         if "image" in request.pipeline_kwargs:
             image_name = self.client.upload_image(request.pipeline_kwargs["image"])["name"]
-        built = [self.workflow_for(request, i, image_name=image_name) for i in range(n)]
+        init_names: list[str | None] = [None] * n
+        if request.image is not None:  # each distinct init image (with its mask as alpha) uploaded once
+            import hashlib
+
+            from . import comfyui_img2img
+
+            uploaded: dict[str, str] = {}
+            for i in range(n):
+                data = comfyui_img2img.png_bytes(comfyui_img2img.upload_image(request, i))
+                digest = hashlib.sha256(data).hexdigest()
+                if digest not in uploaded:
+                    uploaded[digest] = self.client.upload_image(data, name=f"sdlab-{digest[:16]}.png")["name"]
+                init_names[i] = uploaded[digest]
+        built = [self.workflow_for(request, i, image_name=image_name, init_name=init_names[i]) for i in range(n)]
 
         def on_progress(event: dict[str, Any]) -> None:
             if progress is not None:

@@ -355,6 +355,10 @@ class DiffusersBackend:
             if p is not None and not isinstance(p, str) and hasattr(p, "validate"):
                 p.validate(self.pipe, clip_skip=request.clip_skip)
         self._validate_a1111(request)
+        from . import img2img, passes
+
+        img2img.validate(self, request)
+        passes.validate(self, request)
 
     def _validate_a1111(self, request: GenerationRequest) -> None:
         """Plain strings are read with A1111's syntax (sdlab.prompts.a1111): refuse what cannot be honoured."""
@@ -432,6 +436,10 @@ class DiffusersBackend:
         widget (or any two threads) using the same pipeline wait for each other instead of
         interleaving their denoising steps, schedulers and guidance state."""
         with self._lock:
+            from . import passes
+
+            if passes.is_multi_pass(request):  # hires fix, SDXL refiner: two calls, one record
+                return passes.run(self, request, progress=progress, progress_bar=progress_bar)
             return self._run(request, progress=progress, progress_bar=progress_bar)
 
     def _run(
@@ -440,24 +448,43 @@ class DiffusersBackend:
         *,
         progress: ProgressCallback | None = None,
         progress_bar: bool | None = None,
+        output_type: str = "pil",
+        call_extra: dict[str, Any] | None = None,
     ) -> BackendOutput:
+        from . import img2img
+
         self.validate(request)
         self._check_encoders()  # before any encoding: cached embeddings of changed text encoders go
         groups = self._length_groups(request)
         if len(groups) > 1:  # long weighted prompts (sdlab.prompts): one call per embedding length
-            return self._run_groups(request, groups, progress=progress, progress_bar=progress_bar)
+            return self._run_groups(
+                request,
+                groups,
+                progress=progress,
+                progress_bar=progress_bar,
+                output_type=output_type,
+                call_extra=call_extra,
+            )
         if len(set(request.guidance_scale)) > 1 and self._needs_native_guidance(request.pipeline_kwargs):
             by_guidance: dict[float, list[int]] = {}  # guess_mode: one call per guidance scale
             for i, g in enumerate(request.guidance_scale):
                 by_guidance.setdefault(g, []).append(i)
-            return self._run_groups(request, list(by_guidance.values()), progress=progress, progress_bar=progress_bar)
+            return self._run_groups(
+                request,
+                list(by_guidance.values()),
+                progress=progress,
+                progress_bar=progress_bar,
+                output_type=output_type,
+                call_extra=call_extra,
+            )
         pipe = self.pipe
         n = len(request)
         start = time.perf_counter()
         # 1. generators: one CPU generator per image
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in request.seed]
         kwargs = dict(request.pipeline_kwargs)
-        steps = request.num_inference_steps
+        kwargs.update(call_extra or {})  # a pass of hires fix / refiner (sdlab.backends.passes)
+        steps = img2img.effective_steps(request)  # img2img runs int(steps * strength) of them
 
         def on_step_end(_pipe, step, timestep, callback_kwargs):
             latents = callback_kwargs.get("latents")
@@ -489,27 +516,28 @@ class DiffusersBackend:
             if state is not None and state.prompt_steps is not None:
                 inputs = ["latents", "prompt_embeds", "add_text_embeds"] if self.family == "sdxl" else None
                 call["callback_on_step_end_tensor_inputs"] = inputs or ["latents", "prompt_embeds"]
-            # 3. the call; sdlab's guided UNet/ControlNet only for its duration
+            # 3. the call (on the img2img/inpainting pipeline of the same components for image inputs);
+            #    sdlab's guided UNet/ControlNet only for its duration
+            task_pipe = img2img.derived_pipeline(self, img2img.task_of(request))
             with self._guided_forward(state), torch.inference_mode():
-                output = pipe(
+                output = task_pipe(
                     **call,
-                    width=request.width,
-                    height=request.height,
-                    num_inference_steps=steps,
+                    **img2img.call_kwargs(self, task_pipe, request),
+                    num_inference_steps=request.num_inference_steps,
                     generator=generators,
-                    output_type="pil",
+                    output_type=output_type,
                     callback_on_step_end=on_step_end,
                     **kwargs,
                 )
         seconds = time.perf_counter() - start
-        images = list(output.images)
+        images, task_record = img2img.finish(request, list(output.images), output_type)  # inpainting: A1111's overlay
         if len(images) != n:
             raise BackendError(f"the pipeline returned {len(images)} images for {n} requested", backend=self.name)
         record = {
             "backend": self.name,
             "model": self.model_id,
             "model_family": self.family,
-            "pipeline": type(pipe).__name__,
+            "pipeline": type(task_pipe).__name__,
             "scheduler": scheduler_name,
             "scheduler_class": scheduler_class,
             "model_weights": self.info.weights_identity(pipe),
@@ -520,6 +548,7 @@ class DiffusersBackend:
             record["model_hash"] = self.info.model_hash
         if self.info.controlnet:
             record["controlnet"] = self.info.controlnet
+        record.update(task_record)
         records = [dict(record) for _ in range(n)]
         # what the text encoders were given (sdlab.prompts): weights, the text sent, dropped words
         from ..prompts.a1111 import describe_encoding
@@ -561,7 +590,7 @@ class DiffusersBackend:
         records: list[Any] = [None] * len(request)
         seconds = 0.0
         for group in groups:
-            out = self.run(request.select(group), **kwargs)
+            out = self._run(request.select(group), **kwargs)
             seconds += out.seconds
             for j, i in enumerate(group):
                 images[i], records[i] = out.images[j], out.records[j]

@@ -152,6 +152,9 @@ class ReplicateBackend:
                 "`variation_seed`/`variation_strength` (A1111's seed variations) need the local backend; "
                 "the Replicate backend cannot set the initial noise"
             )
+        from ..inputs import refuse_remote
+
+        refuse_remote(request, "Replicate")
         for i in range(len(request)):
             self.model_input(request, i)
         if len(set(request.guidance_scale)) > 1:

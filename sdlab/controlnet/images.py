@@ -63,12 +63,6 @@ def flatten_alpha(image: Image.Image, *, background=WHITE) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
-def check_size_multiple(width: Any, height: Any, multiple: int = 8) -> tuple[int, int]:
-    from ..request import check_size
-
-    return check_size(width, height, multiple)
-
-
 def fit_image(
     image: Image.Image,
     *,
@@ -79,7 +73,12 @@ def fit_image(
 ) -> Image.Image:
     """`image` resized to fit inside `width` x `height` with its aspect kept, centred and padded
     with `background`. `width` and `height` must be multiples of 8 (what SD models accept)."""
-    width, height = check_size_multiple(width, height, 8)
+    for name, value in (
+        ("width", width),
+        ("height", height),
+    ):  # what SD models accept (checked here: no request import)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 8 or value % 8:
+            raise ValueError(f"`{name}` must be a positive multiple of 8 to fit an image to, got {value!r}")
     if not isinstance(image, Image.Image):
         raise ValueError(f"`image` must be a PIL image, got {type(image).__name__}")
     image = flatten_alpha(image, background=background)

@@ -23,8 +23,9 @@ from typing import Any
 from PIL import Image, ImageFilter, ImageOps
 
 from ..presets import CONTROLNET_PRESETS, SHAPES_CONTROLNET_DIR, SHAPES_DIR
+from ..request import check_size
 from .annotators import LABEL_KEY, PARAMS_KEY, annotate
-from .images import check_size_multiple, fit_image, images_of, load_image
+from .images import fit_image, images_of, load_image
 
 SKETCH_MODES = ("canny", "scribble")
 
@@ -89,7 +90,7 @@ def prepare_sketch(
     """
     if mode not in SKETCH_MODES:
         raise ValueError(f"`mode` must be one of {SKETCH_MODES}, got {mode!r}")
-    width, height = check_size_multiple(width, height, 8)
+    width, height = check_size(width, height, 8)
     image = load_image(sketch, name="sketch")
     if mode == "canny" and _downscale_factor(image, width, height) >= 2:
         edges = annotate(_pad_to_aspect(image, width, height), "canny", **params)
@@ -122,7 +123,9 @@ def generate_from_sketch(
     height: int | None = None,
     **generate_kwargs: Any,
 ):
-    """Generate from a drawing with a ControlNet pipeline, through `sdlab.generate` (the one path).
+    """Generate from a drawing with a ControlNet pipeline, through `sdlab.generate` (the one path);
+    or, with `mode="img2img"` and a pipeline without ControlNet, from the drawing as init image
+    (`strength=` as in `generate`, default 0.75).
 
     The control image is `prepare_sketch(sketch, width=, height=, mode=, **sketch_params)` at the
     size generated (default: the model's). Every other keyword goes to `sdlab.generate`
@@ -136,6 +139,8 @@ def generate_from_sketch(
     if "image" in generate_kwargs:
         raise ValueError("`image` is made from `sketch` here; to pass a control image yourself, use sdlab.generate")
     backend = as_backend(pipe)
+    if mode == "img2img":  # the drawing itself as the init image (A1111's img2img from a sketch)
+        return _sketch_img2img(pipe, backend, sketch, prompt, width=width, height=height, **generate_kwargs)
     if backend.num_controlnets == 0:
         raise ValueError(
             "`pipe` has no ControlNet: load one, e.g. sdlab.load_pipeline('sd15', controlnet='canny-sd15')"
@@ -166,6 +171,30 @@ def generate_from_sketch(
         described["sketch"] = str(sketch)
     for record in result.records:
         record["control"] = dict(described)
+    return result
+
+
+def _sketch_img2img(pipe, backend, sketch, prompt, *, width, height, **generate_kwargs):
+    """img2img from the drawing: flattened onto white, fitted to the size, denoised at `strength`."""
+    from ..generation import generate
+    from .images import load_image
+
+    if backend.num_controlnets:
+        raise ValueError(
+            "mode='img2img' needs a pipeline without ControlNet (on a ControlNet pipeline `image` is the control "
+            "image); load the model alone, e.g. sdlab.load_pipeline('shapes')"
+        )
+    defaults = backend.defaults
+    width = defaults.width if width is None else width
+    height = defaults.height if height is None else height
+    image = load_image(sketch, name="sketch")
+    if isinstance(sketch, (str, Path)):
+        from ..inputs import FILE_KEY
+
+        image.info[FILE_KEY] = Path(sketch).name
+    result = generate(pipe, prompt, width=width, height=height, image=image, **generate_kwargs)
+    for record in result.records:
+        record["control"] = {"mode": "img2img"}
     return result
 
 

@@ -155,6 +155,7 @@ NODES: dict[str, dict[str, Any]] = {
         },
         "output": ["CONDITIONING", "CONDITIONING"],
     },
+    "VAEEncode": {"required": {"pixels": ("IMAGE", {}), "vae": ("VAE", {})}, "output": ["LATENT"]},
     "InpaintModelConditioning": {
         "required": {
             "positive": ("CONDITIONING", {}),
@@ -1072,6 +1073,9 @@ class FakeComfyUI(ServerThread):
         if cls == "ControlNetApplyAdvanced":
             tag = f"{inputs['control_net']['controlnet']}@{float(inputs['strength'])}"
             return ({**inputs["positive"], "control": tag}, {**inputs["negative"], "control": tag}), None
+        if cls == "VAEEncode":
+            w, h = inputs["pixels"][0].size
+            return ({"width": w, "height": h, "batch": len(inputs["pixels"])},), None
         if cls == "InpaintModelConditioning":
             w, h = inputs["pixels"][0].size
             return (inputs["positive"], inputs["negative"], {"width": w, "height": h, "batch": 1}), None
