@@ -290,9 +290,7 @@ def test_sdxl_refiner_takes_over_at_the_switch(sdxl_pipe, tmp_path):
         verbose=False,
         **SIZE,
     )
-    assert (
-        max_pixel_diff(swept.images[0], result.images[0]) <= 2 and max_pixel_diff(swept.images[1], later.image) <= 2
-    )
+    assert max_pixel_diff(swept.images[0], result.images[0]) <= 2 and max_pixel_diff(swept.images[1], later.image) <= 2
 
 
 # ------------------------------------------------------------------ sweeps
