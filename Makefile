@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sdlab-installed
 
-.PHONY: demo test lab setup clean browser
+.PHONY: demo test lab setup clean browser screenshots
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,8 +31,13 @@ test: $(STAMP) browser
 	$(VENV)/bin/ruff format --check .
 	CI=$${CI-1} $(PY) -m pytest -p no:cacheprovider tests notebooks --nbval-lax --sanitize-with tests/nbval_sanitize.cfg -q
 
-## Open JupyterLab on notebooks/.
+## The widget screenshots of the README (docs/screenshots/), taken by the browser test on the real notebooks.
+screenshots: $(STAMP) browser
+	CI=1 SDLAB_SCREENSHOT_DIR=docs/screenshots $(PY) -m pytest -p no:cacheprovider tests/test_browser.py -q
+
+## Open JupyterLab on notebooks/ (trusted first: JupyterLab shows an untrusted notebook's saved widgets as text).
 lab: $(STAMP)
+	$(VENV)/bin/jupyter trust notebooks/*.ipynb >/dev/null
 	$(VENV)/bin/jupyter lab notebooks/
 
 clean:

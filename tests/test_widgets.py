@@ -182,6 +182,7 @@ def test_clicking_a_thumbnail_enlarges_it_with_its_record_and_buttons(lab, sd1_p
     assert lab.viewer.layout.display is None and lab.viewer.params["seed"] == 12
     large = lab.viewer.picture.children[0]
     assert (large.layout.width, large.layout.height) == ("256px", "512px")  # its true aspect, 4x
+    assert lab.viewer.picture.layout.min_width == "256px"  # the record beside it cannot narrow it
     assert large.value == png_bytes(lab.history[1]["image"])
     assert "seed 12" in lab.viewer.title.value and "64x128" in lab.viewer.info.value
     buttons = {b.description: b for b in lab.viewer.buttons.children}

@@ -30,7 +30,7 @@ class ImageViewer(widgets.VBox):
         self.image = None
         self.params: dict[str, Any] | None = None
         self.title = widgets.HTML()
-        self.picture = widgets.Box()
+        self.picture = widgets.Box(layout=widgets.Layout(flex="0 0 auto"))  # never squeezed by the record
         self.info = widgets.HTML(layout=widgets.Layout(width="420px"))
         self.buttons = widgets.VBox()
         self.close_button = widgets.Button(description="close", icon="times", layout=widgets.Layout(width="110px"))
@@ -39,7 +39,9 @@ class ImageViewer(widgets.VBox):
         super().__init__(
             children=[
                 self.title,
-                widgets.HBox([self.picture, widgets.VBox([self.info, self.buttons])]),
+                widgets.HBox(
+                    [self.picture, widgets.VBox([self.info, self.buttons])], layout=widgets.Layout(flex_flow="row wrap")
+                ),
             ],
             layout=widgets.Layout(display="none", border="1px solid #ccc", padding="6px", margin="6px 0"),
         )
@@ -50,7 +52,9 @@ class ImageViewer(widgets.VBox):
         self.image, self.params = image, dict(params)
         title = title or f"seed {params.get('seed')}"
         self.title.value = f"<b>{html.escape(title)}</b>"
-        self.picture.children = [image_widget(image, box=self.box, css_class="sdlab-large")]
+        large = image_widget(image, box=self.box, css_class="sdlab-large")
+        self.picture.layout.min_width = large.layout.width  # a flex row may wrap the record below, not narrow it
+        self.picture.children = [large]
         self.info.value = params_html(params) + f"<small>{image.width}x{image.height} px</small>"
         buttons = []
         for label, icon, tooltip, action in actions:
