@@ -2,8 +2,9 @@
 
 The notebooks of `notebooks/` are copied to a temporary root and opened in JupyterLab; `CI` is set,
 so they run at their SMOKE scale, and an IPython startup file gives the kernel one torch thread.
-Each notebook runs up to and including its widget's cell (PromptLab in 02, SweepExplorer in 03,
-SchedulerBench in 05), then the test uses the widget as a researcher would: Generate, Cancel,
+Each notebook, trusted as `jupyter trust` (and `make lab`) would, first shows its committed widget
+(saved widget state), then runs up to and including its widget's cell (PromptLab in 02,
+SweepExplorer in 03, SchedulerBench in 05); the test then uses the widget as a researcher would: Generate, Cancel,
 Kernel > Interrupt, a cell run during a widget's run. Assertions are on the rendered page (no
 "Error displaying widget", the widgets there, images added, statuses) and on the cells' outputs
 (no error). Every wait is bounded. Screenshots of the widgets go to `test-artifacts/` (and to
@@ -270,7 +271,10 @@ def _show_widget(page, name: str, timeout_ms: int = PAGE_TIMEOUT_MS) -> None:
 
 
 def _run_through_widget(page, name: str) -> None:
-    """Run the notebook's cells up to and including its widget's cell; its widget is then on the page."""
+    """Check the committed notebook shows its saved widget (finding 6: text reprs until run), then run
+    its cells up to and including its widget's cell; the live widget is then on the page."""
+    _show_widget(page, name, timeout_ms=30_000)  # saved views render at once, or never
+    _assert_no_widget_errors(page)
     index = _widget_cell(name)
     page.evaluate(_RUN_THROUGH_JS, index)
     page.wait_for_function(_CELL_DONE_JS, arg=index, timeout=RUN_TIMEOUT_MS, polling=500)
@@ -342,18 +346,9 @@ def _find(widget_class: str) -> str:
 # ------------------------------------------------------------ the tests
 
 
-def test_committed_notebooks_show_their_widgets_before_running(page, jupyterlab):
-    """Finding 6: committed widget cells showed text reprs (or nothing) until run."""
-    url, token, _ = jupyterlab
-    for name in WIDGETS:
-        _open(page, url, token, name)
-        _show_widget(page, name, timeout_ms=30_000)  # saved views render at once, or never
-        _assert_no_widget_errors(page)
-
-
 def test_promptlab_in_notebook_02(page, jupyterlab):
-    """Generate adds an image; Cancel stops a long run; a cell run during a widget run waits and
-    gives no error; Kernel > Interrupt stops a widget run (findings 1, 2, 3)."""
+    """The saved widget renders on open; Generate adds an image; Cancel stops a long run; a cell run
+    during a widget run waits and gives no error; Kernel > Interrupt stops a widget run (findings 1, 2, 3, 6)."""
     url, token, _ = jupyterlab
     lab = "sdlab-promptlab"
     _open(page, url, token, "02_prompt_engineering.ipynb")
