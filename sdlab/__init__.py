@@ -16,6 +16,7 @@ from .metadata import read_params
 from .presets import CONTROLNET_PRESETS, PRESETS
 from .request import GenerationRequest
 from .schedulers import scheduler_names, set_scheduler
+from .sweep_reading import load_sweep_result
 from .sweeps import SweepResult, load_sweep, prompt_matrix, prompt_order, prompt_sr, sweep
 
 __version__ = "0.2.0.dev0"
@@ -39,6 +40,7 @@ __all__ = [
     "generate",
     "load_pipeline",
     "load_sweep",
+    "load_sweep_result",
     "prompt_matrix",
     "prompt_order",
     "prompt_sr",

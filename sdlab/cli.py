@@ -219,6 +219,8 @@ def _cmd_sweep(args) -> int:
     path = result.save_grid(Path(args.out) / "grid.png" if args.out else None, x=args.x, y=args.y, z=args.z)
     failed = len(result.failed)
     print(f"grid: {path}" + (f" ({failed} failed cells)" if failed else ""))
+    if args.html is not None:
+        print(f"viewer: {result.save_html(args.html or None)}")
     return 1 if failed == len(result) else 0
 
 
@@ -267,8 +269,42 @@ def _register_sweep(subparsers) -> None:
     p.add_argument("-x", default=None, help="axis across the grid")
     p.add_argument("-y", default=None, help="axis down the grid")
     p.add_argument("-z", default=None, help="axis of sub-grids")
+    p.add_argument(
+        "--html",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="DIR",
+        help="also write the HTML viewer (default folder: RUN_DIR/viewer); see `sdlab view`",
+    )
     add_executor_arguments(p, "spread the batches over Ray workers, each loading --model itself")
     p.set_defaults(func=_cmd_sweep)
+
+
+def _cmd_view(args) -> int:
+    from .sweep_reading import load_sweep_result
+
+    result = load_sweep_result(args.path, spec=args.spec)
+    index = result.save_html(args.out, thumbnail_size=args.thumbnail_size, copy_images=not args.no_images)
+    made = sum(1 for c in result.cells if c.ok)
+    print(f"viewer: {index} ({len(result)} cells, {made} with images); open it in a browser, no server needed")
+    return 0
+
+
+def _register_view(subparsers) -> None:
+    p = subparsers.add_parser(
+        "view",
+        help="write the HTML viewer of a sweep's run directory (opens from disk, no server)",
+        description="Write a self-contained HTML viewer of a sweep (its run directory or grid PNG): any two "
+        "axes across and down, the rest stepped through, parameters and scores on hover, A1111 text copied.",
+        epilog="example: sdlab view runs/demo && xdg-open runs/demo/viewer/index.html",
+    )
+    p.add_argument("path", help="a sweep's run directory, or the grid PNG / spec JSON of one")
+    p.add_argument("--out", default=None, help="the viewer's folder (default: RUN_DIR/viewer)")
+    p.add_argument("--spec", default=None, help="which sweep of a directory that holds several (spec JSON or grid PNG)")
+    p.add_argument("--thumbnail-size", type=int, default=256, help="longest side of the thumbnails (default 256)")
+    p.add_argument("--no-images", action="store_true", help="thumbnails only, no copies of the full PNGs")
+    p.set_defaults(func=_cmd_view)
 
 
 def register_cli(subparsers) -> None:
@@ -292,6 +328,7 @@ def register_cli(subparsers) -> None:
     p.set_defaults(func=_cmd_generate)
 
     _register_sweep(subparsers)
+    _register_view(subparsers)
 
     p = subparsers.add_parser("demo", help="a labelled prompt x guidance grid with the embedded model, offline")
     p.add_argument("--model", default=None)

@@ -17,6 +17,7 @@ from .axes import Axis, prompt_sr
 from .grid import Label, fit_pixels, join_horizontally, labelled_grid
 from .metadata import PARAMETERS_KEY, add_infotext_params, infotext, parse_infotext, read_text_chunks, save_png
 from .request import GenerationRequest
+from .sweep_html import save_html
 from .xyz_plot import is_xyz_text, sweep_from_xyz, xyz_params
 
 SPEC_KEY = "sdlab_sweep"
@@ -51,6 +52,9 @@ class SweepCell:
     peak_memory_mb: float | None = None
     error: str | None = None
     cached: bool = False
+    metrics: dict[str, float | None] = field(default_factory=dict)  # flat score name -> number (None: n/a)
+    metric_errors: dict[str, str] = field(default_factory=dict)  # scorer name -> its error
+    metric_keys: dict[str, str] = field(default_factory=dict)  # scorer name -> its cache key
 
     @property
     def ok(self) -> bool:
@@ -101,7 +105,20 @@ class SweepResult:
 
     @property
     def table(self) -> list[dict[str, Any]]:
-        """One row a cell: axis values, seed, path, seconds, peak memory, error, cached."""
+        """One row a cell: axis values, seed, path, seconds, peak memory, error, cached, and scores.
+
+        Scores (`sweep(..., metrics=[...])`) are two plain fields of every row, the same in the
+        run directory's `manifest.jsonl` rows:
+
+        - `metrics`: a flat dict, score name -> number (float/int), or None where the score does
+          not apply (e.g. the judge's position for a prompt naming none) or is not finite. A
+          scorer returning a number gives one name (its own: "sharpness"); one returning a dict
+          gives "<scorer>.<key>" for each key ("judge.colour", "similarity.ssim").
+        - `metric_errors`: scorer name -> error text ("ValueError: ...") for scorers that failed
+          on this cell; their names are absent from `metrics`.
+
+        Rows of cells without scores have both as empty dicts. `to_pandas()` also spreads
+        `metrics` into `metric.<name>` columns."""
         rows = []
         for cell in self.cells:
             row: dict[str, Any] = {"index": cell.index}
@@ -120,6 +137,8 @@ class SweepResult:
                     "peak_memory_mb": cell.peak_memory_mb,
                     "error": cell.error,
                     "cached": cell.cached,
+                    "metrics": dict(cell.metrics),
+                    "metric_errors": dict(cell.metric_errors),
                 }
             )
             rows.append(row)
@@ -133,7 +152,13 @@ class SweepResult:
             from .errors import MissingDependencyError
 
             raise MissingDependencyError("pandas", "SweepResult.to_pandas()") from e
-        return pd.DataFrame(self.table)
+        rows = []
+        for row in self.table:
+            row = dict(row)
+            for name, value in row.get("metrics", {}).items():
+                row[f"metric.{name}"] = value
+            rows.append(row)
+        return pd.DataFrame(rows)
 
     @property
     def images(self) -> list[Image.Image | None]:
@@ -318,6 +343,13 @@ class SweepResult:
         buf = io.BytesIO()
         self.grid(max_pixels=4_000_000).save(buf, format="PNG")
         return buf.getvalue()
+
+    def save_html(self, path: str | Path | None = None, **viewer_kwargs) -> Path:
+        """Write the sweep's viewer: a self-contained folder (HTML, JS, its data and images) that
+        opens from disk with no server (default `<run directory>/viewer`); returns its index.html.
+        Any two axes across and down, the rest stepped through, parameters and scores on hover, the
+        A1111 text copied, cells coloured or sorted by a score (`sdlab.sweep_html.save_html`)."""
+        return save_html(self, Path(path) if path is not None else self.out_dir / "viewer", **viewer_kwargs)
 
 
 def load_sweep(path: str | Path) -> dict[str, Any]:

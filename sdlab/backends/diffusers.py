@@ -725,11 +725,13 @@ class DiffusersBackend:
             return cached
         pipe = self.pipe
         device = self._device()
+        quiet = contextlib.nullcontext()
         if isinstance(text, str) and not syntax:  # once per distinct prompt: a TokenLimitWarning naming dropped words
-            from ..prompts.tokens import warn_if_truncated
+            from ..prompts.tokens import drops_words, quiet_truncation_log, warn_if_truncated
 
-            warn_if_truncated(pipe, as_given)
-        with torch.inference_mode():
+            if drops_words(warn_if_truncated(pipe, as_given)):
+                quiet = quiet_truncation_log(pipe)  # diffusers' own log line would say it again
+        with quiet, torch.inference_mode():
             if is_object:
                 value = text.encode(pipe, clip_skip=clip_skip)
             elif syntax:  # A1111 emphasis, BREAK and 77-token chunks (sdlab.prompts.a1111)
