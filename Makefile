@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sdlab-installed
 
-.PHONY: demo test lab setup clean browser notebooks
+.PHONY: demo test lab setup clean browser notebooks screenshots
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,8 +39,13 @@ notebooks: $(STAMP)
 	$(PY) tools/run_notebooks.py $(NB)
 	SDLAB_NOTEBOOKS="$(NB)" $(PY) -m pytest -p no:cacheprovider tests/test_notebooks.py -q
 
-## Open JupyterLab on notebooks/.
+## The widget screenshots of the README (docs/screenshots/), taken by the browser test on the real notebooks.
+screenshots: $(STAMP) browser
+	CI=1 SDLAB_SCREENSHOT_DIR=docs/screenshots $(PY) -m pytest -p no:cacheprovider tests/test_browser.py -q
+
+## Open JupyterLab on notebooks/ (trusted first: JupyterLab shows an untrusted notebook's saved widgets as text).
 lab: $(STAMP)
+	$(VENV)/bin/jupyter trust notebooks/*.ipynb >/dev/null
 	$(VENV)/bin/jupyter lab notebooks/
 
 clean:

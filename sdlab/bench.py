@@ -40,7 +40,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .backends import as_backend, local_pipeline
+from .backends import as_backend, local_pipeline, pipeline_lock
 from .executors import Interrupted
 from .generation import build_request, run_request
 from .loading import pipeline_info
@@ -568,87 +568,92 @@ def benchmark_schedulers(
 
         return step
 
-    # 2. the reference images, one per seed
-    report("reference", reference_scheduler, reference_steps)
-    reference_call = _measure(backend, reference_request, cuda, stepper(reference_scheduler, reference_steps))
-    done += 1
-    reference_name = _scheduler_label(backend, reference_request)
-    reference = {
-        "scheduler": reference_name,
-        "num_inference_steps": reference_steps,
-        "seconds": reference_call.seconds,
-        "images": reference_call.images,
-    }
-
-    # 3. warm-up calls, untimed
-    for _ in range(warmup):
-        report("warmup", first.scheduler, first.num_inference_steps)
-        run_request(backend, first, progress=stepper(first.scheduler, first.num_inference_steps), progress_bar=False)
+    # the whole benchmark holds the pipeline (`pipeline_lock`): another thread's call (a notebook cell,
+    # a widget) waits instead of slipping between the timed calls or through the timed VAE decode
+    with pipeline_lock(backend) or contextlib.nullcontext():
+        # 2. the reference images, one per seed
+        report("reference", reference_scheduler, reference_steps)
+        reference_call = _measure(backend, reference_request, cuda, stepper(reference_scheduler, reference_steps))
         done += 1
+        reference_name = _scheduler_label(backend, reference_request)
+        reference = {
+            "scheduler": reference_name,
+            "num_inference_steps": reference_steps,
+            "seconds": reference_call.seconds,
+            "images": reference_call.images,
+        }
 
-    # 4. every setting, timed
-    flops, vae_flops, flops_note = model_flops(
-        pipe_obj, width=first.width, height=first.height, guidance_scale=first.guidance_scale[0]
-    )
-    if flops_per_evaluation is not None:
-        cfg = 2.0 if first.guidance_scale[0] > 1 and backend.supports_per_image_guidance() else 1.0
-        flops, flops_note = float(flops_per_evaluation) * cfg, None
-        if vae_flops is None:
-            vae_flops = VAE_DECODE_FLOPS[0] * first.width * first.height / VAE_DECODE_FLOPS[1]
-    if not cuda:
-        mfu_note = "model FLOP utilisation is reported on a GPU only (this run is on CPU)"
-    elif peak_tflops is None:
-        mfu_note = "pass peak_tflops= (the GPU's peak, e.g. 312 for an A100 in bf16) for model FLOP utilisation"
-    else:
-        mfu_note = flops_note
-    rows = []
-    images: dict[tuple[str, int], list] = {}
-    n_images = len(seeds)
-    load = {"before": load_average(), "after": None, "cores": os.cpu_count()}
-    for (scheduler, n), request in requests.items():
-        calls: list[_Call] = []
-        error = None
-        for _ in range(repeats):
-            report("measure", scheduler, n)
-            try:
-                calls.append(_measure(backend, request, cuda, stepper(scheduler, n)))
-            except (Interrupted, KeyboardInterrupt):
-                raise  # a cancel: no half table
-            except Exception as e:  # noqa: BLE001 - one failing setting does not stop the benchmark
-                error = f"{type(e).__name__}: {e}"
+        # 3. warm-up calls, untimed
+        for _ in range(warmup):
+            report("warmup", first.scheduler, first.num_inference_steps)
+            run_request(
+                backend, first, progress=stepper(first.scheduler, first.num_inference_steps), progress_bar=False
+            )
             done += 1
-            if error:
-                break
-        rows.append(
-            _row(scheduler, n, calls, error, reference["images"], n_images, flops, vae_flops, peak_tflops, cuda)
+
+        # 4. every setting, timed
+        flops, vae_flops, flops_note = model_flops(
+            pipe_obj, width=first.width, height=first.height, guidance_scale=first.guidance_scale[0]
         )
-        images[(scheduler, n)] = list(calls[-1].images) if calls else []
-    load["after"] = load_average()
-    busy = _is_busy(load)
-    report("done", None, None)
-    notes = ([busy_warning(load)] if busy else []) + ([mfu_note] if mfu_note else [])
-    return BenchResult(
-        rows=rows,
-        prompt=prompt,
-        seeds=tuple(first.seed),
-        reference=reference,
-        device=device,
-        settings={
-            "repeats": repeats,
-            "warmup": warmup,
-            "width": first.width,
-            "height": first.height,
-            "guidance_scale": first.guidance_scale[0],
-            "peak_tflops": peak_tflops,
-            "flops_per_evaluation": flops,
-            "vae_decode_flops": vae_flops,
-            "memory": "cuda max_memory_allocated" if cuda else "process RSS (includes the weights)",
-        },
-        notes=notes,
-        images=images,
-        load=load,
-        busy=busy,
-    )
+        if flops_per_evaluation is not None:
+            cfg = 2.0 if first.guidance_scale[0] > 1 and backend.supports_per_image_guidance() else 1.0
+            flops, flops_note = float(flops_per_evaluation) * cfg, None
+            if vae_flops is None:
+                vae_flops = VAE_DECODE_FLOPS[0] * first.width * first.height / VAE_DECODE_FLOPS[1]
+        if not cuda:
+            mfu_note = "model FLOP utilisation is reported on a GPU only (this run is on CPU)"
+        elif peak_tflops is None:
+            mfu_note = "pass peak_tflops= (the GPU's peak, e.g. 312 for an A100 in bf16) for model FLOP utilisation"
+        else:
+            mfu_note = flops_note
+        rows = []
+        images: dict[tuple[str, int], list] = {}
+        n_images = len(seeds)
+        load = {"before": load_average(), "after": None, "cores": os.cpu_count()}
+        for (scheduler, n), request in requests.items():
+            calls: list[_Call] = []
+            error = None
+            for _ in range(repeats):
+                report("measure", scheduler, n)
+                try:
+                    calls.append(_measure(backend, request, cuda, stepper(scheduler, n)))
+                except (Interrupted, KeyboardInterrupt):
+                    raise  # a cancel: no half table
+                except Exception as e:  # noqa: BLE001 - one failing setting does not stop the benchmark
+                    error = f"{type(e).__name__}: {e}"
+                done += 1
+                if error:
+                    break
+            rows.append(
+                _row(scheduler, n, calls, error, reference["images"], n_images, flops, vae_flops, peak_tflops, cuda)
+            )
+            images[(scheduler, n)] = list(calls[-1].images) if calls else []
+        load["after"] = load_average()
+        busy = _is_busy(load)
+        report("done", None, None)
+        notes = ([busy_warning(load)] if busy else []) + ([mfu_note] if mfu_note else [])
+        return BenchResult(
+            rows=rows,
+            prompt=prompt,
+            seeds=tuple(first.seed),
+            reference=reference,
+            device=device,
+            settings={
+                "repeats": repeats,
+                "warmup": warmup,
+                "width": first.width,
+                "height": first.height,
+                "guidance_scale": first.guidance_scale[0],
+                "peak_tflops": peak_tflops,
+                "flops_per_evaluation": flops,
+                "vae_decode_flops": vae_flops,
+                "memory": "cuda max_memory_allocated" if cuda else "process RSS (includes the weights)",
+            },
+            notes=notes,
+            images=images,
+            load=load,
+            busy=busy,
+        )
 
 
 def _scheduler_label(backend, request) -> str | None:

@@ -599,3 +599,37 @@ def test_clip_skip_reaches_the_image_and_its_record(serve, sd1_pipe):
     assert record["clip_skip"] == 1 and "Clip skip: 2" in image.info["parameters"]
     alone = sdlab.generate(sd1_pipe, "a red circle", seed=4, num_inference_steps=2, clip_skip=1)
     assert max_pixel_diff(image.convert("RGB"), alone.image) <= 2
+
+
+def test_the_in_notebook_server_and_a_cell_on_one_pipeline_wait_for_each_other(serve, sd1_pipe):
+    """Issue 18, finding 1: a notebook cell and the in-notebook server (or a widget) share a pipeline;
+    the server's job waits for the cell's call to end instead of interleaving its denoising steps."""
+    server = serve(batch_size=1)
+    seen = {}
+
+    def on_step(info):  # the cell, mid-way: the server claims a job of another size and guidance
+        if info.get("step") == 1 and not seen:
+            with httpx.Client(base_url=server.url, timeout=TIMEOUT) as client:
+                body = {"prompt": "a blue square", "seed": 3, "num_inference_steps": STEPS, "guidance_scale": 5.0}
+                seen["id"] = client.post("/generate", json=body).json()["id"]
+                seen["state"] = wait_until(client, [seen["id"]], states=("running", "done", "failed"))[seen["id"]]
+            seen["status"] = seen["state"]["status"]
+
+    cell = generate(
+        sd1_pipe,
+        "a red circle",
+        seed=1,
+        width=128,
+        height=128,
+        guidance_scale=1.0,
+        num_inference_steps=4,
+        progress=on_step,
+    )
+    assert seen["status"] == "running"  # claimed by the worker, waiting for the pipeline
+    with httpx.Client(base_url=server.url, timeout=TIMEOUT) as client:
+        job = wait_until(client, [seen["id"]])[seen["id"]]
+        served = Image.open(io.BytesIO(client.get(job["images"][0]).content)).convert("RGB")
+    alone = generate(sd1_pipe, "a blue square", seed=3, num_inference_steps=STEPS, guidance_scale=5.0)
+    assert max_pixel_diff(served, alone.image) == 0
+    again = generate(sd1_pipe, "a red circle", seed=1, width=128, height=128, guidance_scale=1.0, num_inference_steps=4)
+    assert max_pixel_diff(cell.image, again.image) == 0

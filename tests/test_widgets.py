@@ -158,11 +158,48 @@ def test_thumbnails_keep_the_aspect_and_show_the_seed(lab):
     lab.seed.value, lab.width.value, lab.height.value = 11, 128, 64
     lab.generate_button.click()
     assert lab.error is None, lab.status.value
-    result_image = lab.images.children[0]
+    result_image = lab.images.children[0].children[0]
     assert (result_image.layout.width, result_image.layout.height) == ("256px", "128px")
-    thumb, caption = lab.gallery.children[0].children[0].children
+    lab.display_size.value = 512  # results are not fixed at 256 px
+    result_image = lab.images.children[0].children[0]
+    assert (result_image.layout.width, result_image.layout.height) == ("512px", "256px")
+    thumb, caption, _enlarge = lab.gallery.children[0].children[0].children
     assert (thumb.layout.width, thumb.layout.height) == ("128px", "64px")
     assert "seed 11" in caption.value and "128x64" in caption.value and "2 steps" in caption.value
+
+
+def test_clicking_a_thumbnail_enlarges_it_with_its_record_and_buttons(lab, sd1_pipe):
+    """Finding 3: results were fixed at 256 px with no way to enlarge."""
+    lab.seed.value, lab.width.value, lab.height.value = 12, 64, 128
+    lab.generate_button.click()
+    lab.seed.value, lab.width.value, lab.height.value = 13, 128, 64
+    lab.generate_button.click()
+    assert lab.error is None, lab.status.value
+    assert lab.viewer.layout.display == "none" and lab.viewer.params is None
+    enlarge = lab.gallery.children[1].children[0].children[2]  # the older image: seed 12, 64x128
+    assert enlarge.description == "enlarge"
+    enlarge.click()
+    assert lab.viewer.layout.display is None and lab.viewer.params["seed"] == 12
+    large = lab.viewer.picture.children[0]
+    assert (large.layout.width, large.layout.height) == ("256px", "512px")  # its true aspect, 4x
+    assert lab.viewer.picture.layout.min_width == "256px"  # the record beside it cannot narrow it
+    assert large.value == png_bytes(lab.history[1]["image"])
+    assert "seed 12" in lab.viewer.title.value and "64x128" in lab.viewer.info.value
+    buttons = {b.description: b for b in lab.viewer.buttons.children}
+    assert set(buttons) == {"reuse", "sweep", "A1111 text", "Python", "close"}
+    buttons["A1111 text"].click()
+    assert "Seed: 12" in lab.copy_text.value and "Size: 64x128" in lab.copy_text.value
+    buttons["Python"].click()
+    namespace = {"pipe": sd1_pipe}
+    exec(lab.copy_text.value, namespace)
+    assert max_pixel_diff(namespace["image"], lab.history[1]["image"]) == 0
+    buttons["reuse"].click()
+    assert (lab.seed.value, lab.width.value, lab.height.value) == (12, 64, 128)
+    lab.images.children[0].children[1].click()  # a result's own "enlarge": the newest image
+    assert lab.viewer.params["seed"] == 13
+    buttons = {b.description: b for b in lab.viewer.buttons.children}
+    buttons["close"].click()
+    assert lab.viewer.layout.display == "none"
 
 
 def test_copy_a1111_text_and_python_that_remakes_the_image(lab, sd1_pipe):
@@ -354,7 +391,7 @@ def test_sweep_explorer_sliders_tiles_and_crisp_grid(three_axis_sweep):
 
 
 def test_scheduler_bench_widget(sd1_pipe):
-    bench = SchedulerBench(sd1_pipe)
+    bench = SchedulerBench(sd1_pipe, background=False)
     assert set(bench.schedulers.value) <= set(bench.schedulers.options)
     bench.schedulers.value = ("Euler", "DDIM")
     bench.num_inference_steps.value = "1, 2"
@@ -378,7 +415,7 @@ def test_scheduler_bench_widget(sd1_pipe):
 
 
 def _small_bench_widget(pipe, **kwargs):
-    bench = SchedulerBench(pipe, **kwargs)
+    bench = SchedulerBench(pipe, **{"background": False, **kwargs})
     bench.schedulers.value = ("Euler", "DDIM")
     bench.num_inference_steps.value = "1, 2"
     bench.seeds.value, bench.repeats.value, bench.warmup.value, bench.reference_steps.value = 2, 1, 0, 3

@@ -29,6 +29,7 @@ __all__ = [
     "model_facts",
     "open_backend",
     "open_model",
+    "pipeline_lock",
 ]
 
 _LAZY = {
@@ -91,6 +92,18 @@ def local_pipeline(backend: Any) -> Any | None:
     from .diffusers import DiffusersBackend
 
     return backend.pipe if isinstance(backend, DiffusersBackend) else None
+
+
+def pipeline_lock(backend: Any) -> Any | None:
+    """The lock a local backend takes around every call (one call at a time per pipeline), or None
+    for backends without one (remote servers queue their own jobs). It is reentrant: a client that
+    must hold the pipeline for a whole run of calls (a benchmark, a widget's run) takes it once
+    and its own calls inside pass straight through, while every other thread waits."""
+    if "sdlab.backends.diffusers" not in sys.modules:
+        return None
+    from .diffusers import DiffusersBackend
+
+    return backend.lock if isinstance(backend, DiffusersBackend) else None
 
 
 def is_remote_spec(spec: Any) -> bool:

@@ -244,6 +244,11 @@ class DiffusersBackend:
         return self.info.defaults
 
     @property
+    def lock(self):
+        """The reentrant lock `run` holds: one call at a time on this pipeline."""
+        return self._lock
+
+    @property
     def size_multiple(self) -> int:
         scale = int(getattr(self.pipe, "vae_scale_factor", 8))
         if self.family == "flux":

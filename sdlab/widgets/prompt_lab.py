@@ -5,9 +5,12 @@
     lab.prompt.value = "a large red circle on a blue background"
     lab.generate_button.click()       # or lab.generate(); the images are in lab.last_result
 
-Generation goes through `sdlab.generate` (the one path). The Generate button runs it on a thread
-(`background=True`, the default) so Cancel can stop it at its next denoising step; `generate()`
-called from code runs in the caller's thread. Every image is saved (PNG with its record) into the
+Generation goes through `sdlab.generate` (the one path). The Generate and Run sweep buttons run on
+a thread (`background=True`, the default) so Cancel, Kernel > Interrupt and other cells stay live;
+Cancel or Interrupt stops the run at its next denoising step and it is recorded as cancelled
+(`state`), nothing of it saved. A run holds the pipeline from start to end: a cell using it waits,
+and a run started while a cell holds it shows "waiting for the pipeline" until its turn.
+`generate()` and `run_sweep()` called from code run in the caller's thread. Every image is saved (PNG with its record) into the
 run folder shown in the widget (`out_dir`, by default runs/promptlab/<date>; None or unticking
 "save" turns it off), and a new PromptLab on the same folder shows the earlier images again.
 Style and negative-prompt presets are applied when Generate is pressed (the final prompt is shown
@@ -17,7 +20,6 @@ under the prompt and recorded with every image); the token counter counts the fi
 from __future__ import annotations
 
 import datetime
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,10 @@ from typing import Any
 import ipywidgets as widgets
 
 from ..backends import as_backend
+from ..executors import Interrupted
 from ._common import DEFAULT, PIXELATED_STYLE, ProgressFeed, error_text, image_widget, or_none, params_html, status_html
+from ._runs import WidgetRun
+from ._viewer import ImageViewer
 
 NO_PRESET = "(none)"
 # The run folder when none is given: one per day, relative to the notebook's folder.
@@ -75,13 +80,16 @@ class PromptLab(widgets.VBox):
     Controls (public, so code and tests can set them): `prompt`, `negative_prompt`,
     `style_preset`, `negative_preset`, `seed`, `lock_seed`, `guidance_scale`,
     `num_inference_steps`, `scheduler`, `width`, `height`, `clip_skip` (0 = none),
-    `num_images`, `save_images`, `generate_button`, `cancel_button`, `png_path` and
-    `png_button` (A1111's PNG Info: a PNG's parameters into the controls).
-    State: `last_result` (the last `GenerationResult`), `history` (recent images with their
+    `num_images`, `save_images`, `display_size` (the longer side of the results, px),
+    `generate_button`, `cancel_button`, `png_path` and `png_button` (A1111's PNG Info: a PNG's
+    parameters into the controls).
+    State: `state` ("ready", "waiting" for the pipeline, "running", "done", "cancelled",
+    "error"), `last_result` (the last `GenerationResult`), `history` (recent images with their
     records, newest first; reloaded from `out_dir`), `error` (the last error or None),
     `cancelled` (the last run was cancelled), `status` (an HTML label), `progress` (an
-    IntProgress), `copy_text` (the text of the last "A1111 text"/"Python" click), `thread`
-    (Generate's thread), `sweep_spec` and `last_sweep` (the sweep form's last run).
+    IntProgress), `copy_text` (the text of the last "A1111 text"/"Python" click), `viewer` (one
+    image large: `enlarge(i)` or a thumbnail's "enlarge" button), `thread` (the last run's thread),
+    `sweep_spec` and `last_sweep` (the sweep form's last run).
     """
 
     def __init__(
@@ -102,9 +110,9 @@ class PromptLab(widgets.VBox):
         self.backend = as_backend(pipe)
         self.out_dir = default_out_dir() if out_dir is _DEFAULT_OUT_DIR else out_dir
         self.background = background
-        self.thread: threading.Thread | None = None
+        self._run = WidgetRun("sdlab-promptlab")
+        self.state = "ready"
         self.cancelled = False
-        self._cancel = threading.Event()
         self.sweep_dir = sweep_dir
         self.max_history = max_history
         self.last_result = None
@@ -206,8 +214,12 @@ class PromptLab(widgets.VBox):
         self._feed = ProgressFeed(self.progress)
         self.status = widgets.HTML(value=status_html("ready"))
         self.status.add_class("sdlab-status")
+        self.display_size = widgets.Dropdown(
+            options=[("128 px", 128), ("256 px", 256), ("512 px", 512)], value=256, description="Show at"
+        )
         self.images = widgets.HBox(layout=widgets.Layout(flex_flow="row wrap"))
         self.images.add_class("sdlab-images")
+        self.viewer = ImageViewer()
         self.output = widgets.Output()
         self.gallery = widgets.VBox()
         self.gallery.add_class("sdlab-gallery")
@@ -219,6 +231,7 @@ class PromptLab(widgets.VBox):
         self.cancel_button.on_click(lambda _: self.cancel())
         self.png_button.on_click(lambda _: self.load_png(self.png_path.value))
         self.save_images.observe(lambda _change: self._show_run_folder(), names="value")
+        self.display_size.observe(lambda _change: self._show_results(), names="value")
         self._show_run_folder()
         for control in (self.prompt, self.style_preset, self.negative_preset):
             control.observe(lambda _change: self._update_prompt_info(), names="value")
@@ -238,10 +251,11 @@ class PromptLab(widgets.VBox):
                 widgets.HBox([self.width, self.height, self.clip_skip]),
                 widgets.HBox([self.png_path, self.png_button]),
                 widgets.HBox([self.generate_button, self.cancel_button, self.progress, self.status]),
-                widgets.HBox([self.save_images, self.run_folder]),
+                widgets.HBox([self.save_images, self.run_folder, self.display_size]),
                 self.images,
                 self.output,
                 self.copy_text,
+                self.viewer,
                 widgets.HTML("<b>Recent</b> (newest first)"),
                 self.gallery,
                 self.sweep_form,
@@ -356,78 +370,118 @@ class PromptLab(widgets.VBox):
 
     def _on_generate(self) -> None:
         """The Generate button: on a thread (`background`), so Cancel and other cells stay live."""
+        self._start(self.generate)
+
+    def _start(self, work) -> None:
         if not self.background:
-            self.generate()
-            return
-        if self.thread is not None and self.thread.is_alive():
-            self.status.value = status_html("still generating: press Cancel or wait", "busy")
-            return
-        self.thread = threading.Thread(target=self.generate, name="sdlab-promptlab", daemon=True)
-        self.thread.start()
+            self._run.cancel_event.clear()
+            work()
+        elif not self._run.start(work):
+            self.status.value = status_html("still running: press Cancel or wait", "busy")
+
+    @property
+    def thread(self):
+        """The thread of the last Generate or Run sweep (None before the first)."""
+        return self._run.thread
 
     def wait(self, timeout: float | None = None) -> None:
-        """Wait for Generate's thread (if any) to end."""
-        if self.thread is not None:
-            self.thread.join(timeout)
+        """Wait for the running Generate or sweep (if any) to end."""
+        self._run.wait(timeout)
 
     def cancel(self) -> None:
-        """Stop the running generation at its next denoising step (nothing of it is kept)."""
-        self._cancel.set()
-        self.status.value = status_html("cancelling at the next step…", "busy")
+        """Stop the running generation or sweep at its next denoising step (nothing of it is kept)."""
+        if self.state in ("running", "waiting"):
+            self._run.cancel()
+            self.status.value = status_html("cancelling at the next step…", "busy")
 
     def _progress(self, info: dict[str, Any]) -> None:
-        from ..executors import Interrupted
-
-        if self._cancel.is_set():
-            raise Interrupted("cancelled in PromptLab")
+        self._run.check("the run")
         self._feed(info)
+
+    def _waiting(self) -> None:
+        self.state = "waiting"
+        self.status.value = status_html(
+            "waiting for the pipeline: a cell or another widget is using it (Cancel stops waiting)", "busy"
+        )
+
+    def _begin(self, text: str, total: int = 1) -> None:
+        self.error = None
+        self.cancelled = False
+        self.state = "running"
+        self.output.clear_output()
+        self.generate_button.disabled = self.sweep_button.disabled = True
+        self.cancel_button.disabled = False
+        self._feed.reset(total)
+        self.status.value = status_html(text, "busy")
+
+    def _end(self) -> None:
+        self.generate_button.disabled = self.sweep_button.disabled = False
+        self.cancel_button.disabled = True
+        self._run.cancel_event.clear()
+
+    def _cancelled(self) -> None:
+        self.cancelled = True
+        self.state = "cancelled"
+        self.status.value = status_html(
+            f"cancelled at step {self.progress.value} of {self.progress.max}: nothing of it saved", "info"
+        )
 
     def generate(self):
         """Generate with the current controls; returns the `GenerationResult`, or None on error
         or cancel (the error is shown in the widget and kept in `error`; a cancel sets
-        `cancelled`). The images are saved into `out_dir` unless saving is off."""
-        from ..executors import Interrupted
+        `cancelled` and `state`). The images are saved into `out_dir` unless saving is off."""
         from ..generation import generate
 
-        self.error = None
-        self.cancelled = False
-        self._cancel.clear()
-        self.output.clear_output()
         if not self.lock_seed.value:
             self._draw_seed()
-        self.generate_button.disabled = True
-        self.cancel_button.disabled = False
-        self._feed.reset(int(self.num_inference_steps.value))
-        self.status.value = status_html("generating…", "busy")
+        self._begin("generating…", int(self.num_inference_steps.value))
         start = time.perf_counter()
         try:
             params = self.current_params()
-            result = generate(self.pipe, progress=self._progress, **params)
-            if self.out_dir is not None and self.save_images.value:
-                result.save(self.out_dir)
-        except Interrupted:
-            self.cancelled = True
-            self.status.value = status_html(f"cancelled at step {self.progress.value} of {self.progress.max}", "info")
+            with self._run.pipeline_turn(self.backend, on_wait=self._waiting):
+                self.state = "running"
+                self.status.value = status_html("generating…", "busy")
+                start = time.perf_counter()
+                result = generate(self.pipe, progress=self._progress, **params)
+                if self.out_dir is not None and self.save_images.value:
+                    result.save(self.out_dir)
+        except (Interrupted, KeyboardInterrupt):
+            self._cancelled()
             return None
         except Exception as e:  # noqa: BLE001 - shown in the widget; the kernel lives on
             return self._fail(e)
         finally:
-            self.generate_button.disabled = False
-            self.cancel_button.disabled = True
-            self._cancel.clear()
+            self._end()
         seconds = time.perf_counter() - start
         self.last_result = result
         self.progress.value = self.progress.max
-        self.images.children = [image_widget(im, box=256, css_class="sdlab-result") for im in result.images]
         for i, (image, record) in enumerate(zip(result.images, result.records)):
             path = result.paths[i] if i < len(result.paths) else None
             self.history.insert(0, {"image": image, "params": record, "path": path})
         del self.history[self.max_history :]
+        self._show_results()
         self._render_gallery()
         seeds = ", ".join(str(s) for s in result.seeds)
         saved = f", saved in {self.out_dir}" if result.paths else ""
+        self.state = "done"
         self.status.value = status_html(f"done: {len(result)} image(s) in {seconds:.1f} s (seed {seeds}){saved}", "ok")
         return result
+
+    def _show_results(self) -> None:
+        """The last result's images at `display_size`, each with a button to see it large."""
+        if self.last_result is None:
+            return
+        n = len(self.last_result.images)
+        cells = []
+        for i, image in enumerate(self.last_result.images):
+            entry = n - 1 - i  # the history holds the newest first: the last image is entry 0
+            enlarge = widgets.Button(description="enlarge", icon="search-plus", layout=widgets.Layout(width="110px"))
+            enlarge.add_class("sdlab-enlarge")
+            enlarge.on_click(lambda _b, entry=entry: self.enlarge(entry))
+            cells.append(
+                widgets.VBox([image_widget(image, box=int(self.display_size.value), css_class="sdlab-result"), enlarge])
+            )
+        self.images.children = cells
 
     # ------------------------------------------------------------ run folder
 
@@ -463,6 +517,7 @@ class PromptLab(widgets.VBox):
 
     def _fail(self, error: BaseException):
         self.error = error
+        self.state = "error"
         self.status.value = status_html(error_text(error), "error")
         with self.output:
             print(error_text(error))
@@ -487,9 +542,12 @@ class PromptLab(widgets.VBox):
                 buttons.append(button)
             caption = widgets.HTML(f"<small>{_caption(entry['params'])}</small>")
             caption.add_class("sdlab-caption")
+            enlarge = widgets.Button(description="enlarge", icon="search-plus", layout=widgets.Layout(width="110px"))
+            enlarge.add_class("sdlab-enlarge")
+            enlarge.on_click(lambda _b, i=i: self.enlarge(i))
             card = widgets.HBox(
                 [
-                    widgets.VBox([image_widget(entry["image"], box=128, css_class="sdlab-thumb"), caption]),
+                    widgets.VBox([image_widget(entry["image"], box=128, css_class="sdlab-thumb"), caption, enlarge]),
                     widgets.HTML(params_html(entry["params"]), layout=widgets.Layout(width="420px")),
                     widgets.VBox(buttons),
                 ]
@@ -498,15 +556,31 @@ class PromptLab(widgets.VBox):
             cards.append(card)
         self.gallery.children = cards
 
+    def enlarge(self, entry: int = 0) -> None:
+        """Show gallery entry `entry` (0 = newest) large, with its record and its buttons."""
+        image, params = self.history[entry]["image"], self._entry_params(entry)
+        path = self.history[entry].get("path")
+        self.viewer.show(
+            image,
+            params,
+            title=f"seed {params.get('seed')}" + (f" · {Path(path).name}" if path else ""),
+            actions=[
+                ("reuse", "undo", "fill the controls with these settings", lambda: self.reuse(params)),
+                ("sweep", "th", "a seeds x CFG sweep around these settings", lambda: self.send_to_sweep(params)),
+                ("A1111 text", "copy", "A1111's parameters text, to copy", lambda: self.show_a1111_text(params)),
+                ("Python", "code", "Python that makes this image again", lambda: self.show_python_code(params)),
+            ],
+        )
+
     # ------------------------------------------------------------ copying and PNG Info
 
-    def a1111_text(self, entry: int = 0) -> str:
+    def a1111_text(self, entry: int | dict = 0) -> str:
         """A1111's parameters text of gallery entry `entry` (0 = newest)."""
         from ..metadata import infotext
 
         return infotext(self._entry_params(entry))
 
-    def python_code(self, entry: int = 0) -> str:
+    def python_code(self, entry: int | dict = 0) -> str:
         """Python that makes gallery entry `entry` again with `sdlab.generate` on `pipe`."""
         params = self._entry_params(entry)
         lines = ["import sdlab", "", "result = sdlab.generate(", "    pipe,", f"    {params['prompt']!r},"]
@@ -526,10 +600,10 @@ class PromptLab(widgets.VBox):
         self.status.value = status_html(f"{what} below: select it and copy", "info")
         return text
 
-    def show_a1111_text(self, entry: int = 0) -> str:
+    def show_a1111_text(self, entry: int | dict = 0) -> str:
         return self._show_copy(self.a1111_text(entry), "A1111 text")
 
-    def show_python_code(self, entry: int = 0) -> str:
+    def show_python_code(self, entry: int | dict = 0) -> str:
         return self._show_copy(self.python_code(entry), "Python code")
 
     def load_png(self, path: str | Path) -> dict[str, Any] | None:
@@ -589,7 +663,7 @@ class PromptLab(widgets.VBox):
         self.sweep_guidance = widgets.Text(description="CFG scales", placeholder="3, 5, 7")
         self.sweep_button = widgets.Button(description="Run sweep", icon="th", button_style="info")
         self.sweep_button.add_class("sdlab-run-sweep")
-        self.sweep_button.on_click(lambda _: self.run_sweep())
+        self.sweep_button.on_click(lambda _: self._start(self.run_sweep))
         self.sweep_form = widgets.VBox(
             [
                 widgets.HTML("<b>Sweep</b> around the chosen settings (seeds x CFG scale)"),
@@ -627,11 +701,7 @@ class PromptLab(widgets.VBox):
         from ..sweeps import sweep
         from .sweep_explorer import SweepExplorer
 
-        self.error = None
-        self.output.clear_output()
-        self.sweep_button.disabled = True
-        self._feed.reset()
-        self.status.value = status_html("sweeping…", "busy")
+        self._begin("sweeping…")
         start = time.perf_counter()
         try:
             if self.sweep_spec is None:
@@ -642,17 +712,27 @@ class PromptLab(widgets.VBox):
                 "guidance_scale": _number_list(self.sweep_guidance.value, "guidance_scale", "float"),
             }
             self.sweep_spec = spec
-            result = sweep(self.pipe, out_dir=self.sweep_dir, verbose=False, progress=self._feed, **spec)
+            with self._run.pipeline_turn(self.backend, on_wait=self._waiting):
+                self.state = "running"
+                self.status.value = status_html("sweeping…", "busy")
+                result = sweep(self.pipe, out_dir=self.sweep_dir, verbose=False, progress=self._progress, **spec)
             explorer = SweepExplorer(result)
+        except (Interrupted, KeyboardInterrupt):
+            self._cancelled()
+            self.status.value = status_html(
+                "sweep cancelled: no grid shown (the cells made before the cancel are kept in its cache)", "info"
+            )
+            return None
         except Exception as e:  # noqa: BLE001
             return self._fail(e)
         finally:
-            self.sweep_button.disabled = False
+            self._end()
         self.last_sweep, self.explorer = result, explorer
         self.sweep_view.children = [explorer]
         failed = len(result.failed)
         cached = sum(1 for c in result.cells if c.cached)
         text = f"sweep: {len(result)} cells ({cached} cached) in {time.perf_counter() - start:.1f} s"
+        self.state = "done"
         self.status.value = status_html(text + (f", {failed} failed" if failed else ""), "error" if failed else "ok")
         return result
 

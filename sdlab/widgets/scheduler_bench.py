@@ -3,9 +3,15 @@
     bench = SchedulerBench(pipe)
     bench.schedulers.value = ("Euler", "DPM++ 2M")
     bench.num_inference_steps.value = "5, 10, 20"
-    bench.run_button.click()          # bench.last_result is a sdlab.bench.BenchResult
+    bench.run_button.click()          # on a thread; bench.wait(), then bench.last_result is a BenchResult
     bench.images[("Euler", 10)]       # that setting's images (one per seed), shown beside its numbers
     bench.cancel_button.click()       # during a run: stops at the next denoising step, state "cancelled"
+
+The Run button works on a thread (`background=True`, the default), so Cancel, Kernel > Interrupt
+(both stop at the next denoising step) and other cells stay live. The run holds the pipeline from
+its first call to its last: a cell using the pipeline waits instead of slipping between the timed
+calls, and a run started while a cell holds it shows "waiting for the pipeline" until its turn.
+`run()` called from code runs in the caller's thread.
 
 The measuring is `sdlab.bench.benchmark_schedulers`; this widget only collects its arguments. A
 busy machine (load average above the core count while timing) is flagged in `status`, never
@@ -16,7 +22,6 @@ from __future__ import annotations
 
 import html
 import io
-import threading
 from typing import Any
 
 import ipywidgets as widgets
@@ -32,6 +37,7 @@ from ._common import (
     or_none,
     status_html,
 )
+from ._runs import WidgetRun
 
 DEFAULT_PROMPT = "a large red circle on a blue background"
 PREFERRED = ("Euler", "Euler a", "DPM++ 2M", "DDIM", "UniPC")
@@ -55,8 +61,8 @@ class SchedulerBench(widgets.VBox):
 
     Controls: `prompt`, `schedulers` (SelectMultiple), `num_inference_steps` (text: "5, 10, 20" or "5-20 (+5)"),
     `seeds` (how many), `repeats`, `warmup`, `reference_steps`, `reference_scheduler`,
-    `peak_tflops` (0: unknown), `run_button`, `cancel_button`. State: `state` ("ready", "running",
-    "done", "cancelled", "error"), `last_result` (the last completed `BenchResult`; a cancelled run
+    `peak_tflops` (0: unknown), `run_button`, `cancel_button`. State: `state` ("ready", "waiting"
+    for the pipeline, "running", "done", "cancelled", "error"), `thread` (the last run's thread), `last_result` (the last completed `BenchResult`; a cancelled run
     leaves none behind and clears the table), `images` ((scheduler, steps) -> the images of that
     setting), `error`, `status`, `progress`, `table` (HTML), `gallery` (each setting's images
     beside its numbers), `plots` (two PNG images: quality vs time, latency vs steps).
@@ -64,7 +70,7 @@ class SchedulerBench(widgets.VBox):
     `load_average` (default `os.getloadavg`'s 1 minute) is passed to `benchmark_schedulers`.
     """
 
-    def __init__(self, pipe: Any, *, prompt: str = DEFAULT_PROMPT, load_average=None):
+    def __init__(self, pipe: Any, *, prompt: str = DEFAULT_PROMPT, load_average=None, background: bool = True):
         from ..bench import system_load_average
         from ..schedulers import scheduler_names
 
@@ -75,7 +81,8 @@ class SchedulerBench(widgets.VBox):
         self.images: dict[tuple[str, int], list] = {}
         self.state = "ready"
         self.error: BaseException | None = None
-        self._cancel = threading.Event()
+        self.background = background
+        self._run = WidgetRun("sdlab-scheduler-bench")
         names = scheduler_names(getattr(self.backend, "pipe", None))
         chosen = tuple(n for n in PREFERRED if n in names)[:3] or tuple(names[:2])
         defaults = self.backend.defaults
@@ -110,7 +117,7 @@ class SchedulerBench(widgets.VBox):
         self.gallery = widgets.VBox()
         self.gallery.add_class("sdlab-bench-images")
         self.output = widgets.Output()
-        self.run_button.on_click(lambda _: self.run())
+        self.run_button.on_click(lambda _: self._on_run())
         super().__init__(
             children=[
                 widgets.HTML(PIXELATED_STYLE),
@@ -146,16 +153,36 @@ class SchedulerBench(widgets.VBox):
             "peak_tflops": float(self.peak_tflops.value) or None,
         }
 
+    def _on_run(self) -> None:
+        if not self.background:
+            self._run.cancel_event.clear()
+            self.run()
+        elif not self._run.start(self.run):
+            self.status.value = status_html("still running: press Cancel or wait", "busy")
+
+    @property
+    def thread(self):
+        return self._run.thread
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait for the running benchmark (if any) to end."""
+        self._run.wait(timeout)
+
     def cancel(self) -> None:
         """Stop a running benchmark at its next denoising step (nothing to do when idle)."""
-        if self.state == "running":
-            self._cancel.set()
+        if self.state in ("running", "waiting"):
+            self._run.cancel()
             self.status.value = status_html("cancelling at the next denoising step…", "busy")
 
     def _progress(self, info: dict) -> None:
-        if self._cancel.is_set():
-            raise Interrupted("the benchmark was cancelled")
+        self._run.check("the benchmark")
         self._feed(info)
+
+    def _waiting(self) -> None:
+        self.state = "waiting"
+        self.status.value = status_html(
+            "waiting for the pipeline: a cell or another widget is using it (Cancel stops waiting)", "busy"
+        )
 
     def run(self):
         """Run the benchmark; returns the `BenchResult`, or None on error or cancel (shown in the widget)."""
@@ -163,15 +190,18 @@ class SchedulerBench(widgets.VBox):
 
         self.error = None
         self.output.clear_output()
-        self._cancel.clear()
         self.state = "running"
         self.run_button.disabled, self.cancel_button.disabled = True, False
         self._feed.reset()
         self.status.value = status_html("benchmarking…", "busy")
         try:
-            result = benchmark_schedulers(
-                self.pipe, progress=self._progress, load_average=self.load_average, **self.arguments()
-            )
+            arguments = self.arguments()
+            with self._run.pipeline_turn(self.backend, on_wait=self._waiting):
+                self.state = "running"
+                self.status.value = status_html("benchmarking…", "busy")
+                result = benchmark_schedulers(
+                    self.pipe, progress=self._progress, load_average=self.load_average, **arguments
+                )
             plots = [_figure_png(result.plot_quality_vs_time), _figure_png(result.plot_latency_vs_steps)]
         except (Interrupted, KeyboardInterrupt):
             self.state = "cancelled"
@@ -189,6 +219,7 @@ class SchedulerBench(widgets.VBox):
             return None
         finally:
             self.run_button.disabled, self.cancel_button.disabled = False, True
+            self._run.cancel_event.clear()
         self._show(result, plots)
         return result
 
