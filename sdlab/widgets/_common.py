@@ -117,3 +117,26 @@ class ProgressFeed:
         value = info.get("step", info.get("done"))
         if value is not None:
             self.bar.value = min(int(value), self.bar.max)
+
+
+def _parts(widget) -> list:
+    """A widget, its layout and style models, and the same of every child, recursively."""
+    parts = [widget]
+    for name in ("layout", "style"):
+        part = getattr(widget, name, None)
+        if isinstance(part, widgets.Widget):
+            parts.append(part)
+    for child in getattr(widget, "children", ()) or ():
+        parts.extend(_parts(child))
+    return parts
+
+
+def replace_children(box, children) -> None:
+    """Show `children` in `box` and close what it showed before (unless shown again): views rebuilt on
+    every refresh would otherwise stay alive in the kernel and in a notebook's saved widget state."""
+    old = [p for w in box.children for p in _parts(w)]
+    box.children = tuple(children)
+    kept = {id(p) for w in box.children for p in _parts(w)}
+    for part in old:
+        if id(part) not in kept:
+            part.close()

@@ -28,7 +28,17 @@ import ipywidgets as widgets
 
 from ..backends import as_backend
 from ..executors import Interrupted
-from ._common import DEFAULT, PIXELATED_STYLE, ProgressFeed, error_text, image_widget, or_none, params_html, status_html
+from ._common import (
+    DEFAULT,
+    PIXELATED_STYLE,
+    ProgressFeed,
+    error_text,
+    image_widget,
+    or_none,
+    params_html,
+    replace_children,
+    status_html,
+)
 from ._runs import WidgetRun
 from ._viewer import ImageViewer
 
@@ -481,7 +491,7 @@ class PromptLab(widgets.VBox):
             cells.append(
                 widgets.VBox([image_widget(image, box=int(self.display_size.value), css_class="sdlab-result"), enlarge])
             )
-        self.images.children = cells
+        replace_children(self.images, cells)
 
     # ------------------------------------------------------------ run folder
 
@@ -554,7 +564,7 @@ class PromptLab(widgets.VBox):
             )
             card.add_class("sdlab-card")
             cards.append(card)
-        self.gallery.children = cards
+        replace_children(self.gallery, cards)
 
     def enlarge(self, entry: int = 0) -> None:
         """Show gallery entry `entry` (0 = newest) large, with its record and its buttons."""

@@ -35,6 +35,7 @@ from ._common import (
     error_text,
     image_widget,
     or_none,
+    replace_children,
     status_html,
 )
 from ._runs import WidgetRun
@@ -205,7 +206,9 @@ class SchedulerBench(widgets.VBox):
             plots = [_figure_png(result.plot_quality_vs_time), _figure_png(result.plot_latency_vs_steps)]
         except (Interrupted, KeyboardInterrupt):
             self.state = "cancelled"
-            self.table.value, self.gallery.children, self.plots.children = "", (), ()
+            self.table.value = ""
+            replace_children(self.gallery, [])
+            replace_children(self.plots, [])
             self.images = {}
             done = f"{self.progress.value} of {self.progress.max} calls"
             self.status.value = status_html(f"cancelled after {done}: no results (a partial table would mislead)")
@@ -228,10 +231,10 @@ class SchedulerBench(widgets.VBox):
         self.last_result = result
         self.images = dict(result.images)
         self.table.value = result.to_html()
-        self.gallery.children = [_setting_row(row, result.images.get(_key(row), [])) for row in result.rows]
-        self.plots.children = [
-            widgets.Image(value=png, format="png", layout=widgets.Layout(width="480px")) for png in plots
-        ]
+        replace_children(self.gallery, [_setting_row(row, result.images.get(_key(row), [])) for row in result.rows])
+        replace_children(
+            self.plots, [widgets.Image(value=png, format="png", layout=widgets.Layout(width="480px")) for png in plots]
+        )
         failed = sum(1 for r in result.rows if r.get("error"))
         text = f"done: {len(result.rows)} settings" + (f", {failed} failed" if failed else "")
         if result.busy:

@@ -22,7 +22,7 @@ from typing import Any
 import ipywidgets as widgets
 
 from ..axes import Axis
-from ._common import PIXELATED_STYLE, error_text, image_widget, params_html, png_bytes, status_html
+from ._common import PIXELATED_STYLE, error_text, image_widget, params_html, png_bytes, replace_children, status_html
 
 NONE = "(none)"
 ALL = -1  # a slider's "every value" position
@@ -245,7 +245,7 @@ class SweepExplorer(widgets.VBox):
             button.on_click(lambda _b, cell=cell: self.open_cell(cell))
             buttons.append(button)
         self.tile_buttons = buttons
-        self.tile_box.children = buttons
+        replace_children(self.tile_box, buttons)
 
     def _show_curve(self, subset, x: str | None) -> None:
         """The chosen score against the grid's x axis, over the values shown (mean and one sd)."""
@@ -274,6 +274,9 @@ class SweepExplorer(widgets.VBox):
         self.curve.value = buf.getvalue()
         self.curve_image = Image.open(io.BytesIO(self.curve.value))
 
+    def _set_cell_image(self, children: list) -> None:
+        replace_children(self.cell_image, children)
+
     def _original(self, view):
         """The result's own cell behind a cell of the filtered view."""
         return next((c for c in self.result.cells if c.index == view.index), None)
@@ -299,21 +302,21 @@ class SweepExplorer(widgets.VBox):
         self.cell, self.cell_params = cell, None
         self.cell_scores = {}
         if cell is None:
-            self.cell_image.children = []
+            self._set_cell_image([])
             self.cell_info.value = status_html("no such cell", "error")
             return
         if cell.error or cell.path is None:
-            self.cell_image.children = []
+            self._set_cell_image([])
             self.cell_info.value = status_html(f"failed: {cell.error or 'no image'}", "error")
             return
         try:
             self.cell_params = read_params(cell.path)
             image = self.result._image(cell)
         except Exception as e:  # noqa: BLE001
-            self.cell_image.children = []
+            self._set_cell_image([])
             self.cell_info.value = status_html(error_text(e), "error")
             return
-        self.cell_image.children = [image_widget(image, width=self._cell_width, css_class="sdlab-cell")]
+        self._set_cell_image([image_widget(image, width=self._cell_width, css_class="sdlab-cell")])
         self.cell_scores = {**cell.metrics, **{f"{name} (failed)": e for name, e in cell.metric_errors.items()}}
         self.cell_info.value = (
             params_html(self.cell_params) + _scores_html(self.cell_scores) + f"<small>{_escape(str(cell.path))}</small>"
