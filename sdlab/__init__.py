@@ -4,10 +4,12 @@ Importing sdlab touches no network, GPU or disk; heavy libraries load when first
 """
 
 from . import (
+    adapters,  # sdlab.adapters: LoRA files found, identified, applied for one call
     bench,
     controlnet,
     prompts,  # sdlab.prompts: presets, token budget, weighting, wildcards
 )
+from .adapters import set_lora_dir
 from .backends import Backend, BackendOutput, Defaults, as_backend
 from .errors import BackendError, MissingDependencyError, ModelLoadError, SdlabError
 from .generation import GenerationResult, generate, regenerate
@@ -33,6 +35,7 @@ __all__ = [
     "PRESETS",
     "SdlabError",
     "SweepResult",
+    "adapters",
     "as_backend",
     "bench",
     "controlnet",
@@ -46,6 +49,7 @@ __all__ = [
     "read_params",
     "regenerate",
     "scheduler_names",
+    "set_lora_dir",
     "set_scheduler",
     "sweep",
 ]

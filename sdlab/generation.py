@@ -142,6 +142,7 @@ def generate(
     clip_skip: int | None = None,
     variation_seed: int | Sequence[int] | None = None,
     variation_strength: float | Sequence[float] = 0.0,
+    loras: Any = None,
     progress: ProgressCallback | None = None,
     **pipeline_kwargs: Any,
 ) -> GenerationResult:
@@ -161,6 +162,9 @@ def generate(
             seed's image, 1: the variation seed's). Per image like `seed` (an int counts up, a list
             gives one each; None with a strength draws one, recorded). A1111 keeps one seed for a
             batch of variations: pass `seed=[s] * n` for that. Local backend, text-to-image only.
+        loras: LoRAs for this call: name (in the LoRA folder, `sdlab.set_lora_dir`), file, folder or
+            cached hub id -> weight, or -> (unet weight, text encoder weight). `<lora:name:w>` in the
+            prompt does the same. Applied for this call only, recorded by content hash (sdlab.adapters).
         progress: called with a dict (`step`, `total`, ...) after every denoising step.
         **pipeline_kwargs: other keywords of the pipeline (e.g. `image` and
             `controlnet_conditioning_scale` for ControlNet); unknown names are an error.
@@ -183,6 +187,7 @@ def generate(
         clip_skip=clip_skip,
         variation_seed=variation_seed,
         variation_strength=variation_strength,
+        loras=loras,
         pipeline_kwargs=pipeline_kwargs,
     )
     return run_request(backend, request, progress=progress)
@@ -198,7 +203,7 @@ class RegenerateWarning(UserWarning):
 
 
 # A1111 keys that describe the run without changing pixels, or that regenerate checks itself
-_A1111_INFORMATIVE = {"Version", "Model", "User"}
+_A1111_INFORMATIVE = {"Version", "Model", "User", "Lora hashes"}  # LoRAs: applied by hash (sdlab.adapters)
 # A1111's extra networks in a prompt (<lora:name:0.8>): A1111 takes them out of the text it encodes
 _RE_EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
 
@@ -210,7 +215,9 @@ def regenerate(path: str | Path, pipe: Any, **overrides: Any) -> GenerationResul
     From A1111's text it applies the sampler and schedule type, clip skip, size, seed, variation
     seed and strength, DDIM's eta, and A1111's prompt weights (through `sdlab.prompts.weighted`);
     it compares the `Model hash` with the loaded model's. Whatever else the text holds (hires fix,
-    GPU/NV noise, LoRAs, extensions' keys) is listed in ONE `RegenerateWarning`: the image may differ.
+    GPU/NV noise, extensions' keys) is listed in ONE `RegenerateWarning`: the image may differ.
+    LoRAs are found by content hash in the LoRA folder (`sdlab.set_lora_dir`); missing ones are an
+    error naming them.
     """
     from .metadata import read_params
 
@@ -238,6 +245,11 @@ def regenerate(path: str | Path, pipe: Any, **overrides: Any) -> GenerationResul
         if params.get(key) is not None:
             kwargs[key] = params[key]
     prompt = params["prompt"]
+    if "<lora:" in prompt or params.get("loras"):  # the same LoRA files, found by hash (sdlab.adapters)
+        from .adapters import loras_to_regenerate, strip_tags
+
+        kwargs["loras"] = loras_to_regenerate(params, name)
+        prompt = strip_tags(prompt)
     if params.get("source") == "a1111":  # A1111's prompt syntax is sdlab's default encoding: only extra networks go
         prompt, dropped = _without_extra_networks(prompt)
         unapplied += [f"prompt {tag}" for tag in dropped]

@@ -247,6 +247,8 @@ class GenerationRequest:
     # A1111's "Var. seed" / "Var. strength", per image (None: one tuple of None / of 0.0)
     variation_seed: tuple[int | None, ...] | None = None
     variation_strength: tuple[float, ...] | None = None
+    # LoRAs per image (sdlab.adapters.Lora: file by content hash, weights); the same files for every image
+    loras: tuple[tuple[Any, ...], ...] | None = None
 
     def __post_init__(self):
         for name in ("prompt", "negative_prompt", "seed", "guidance_scale"):
@@ -277,6 +279,24 @@ class GenerationRequest:
         set_(self, "clip_skip", check_clip_skip(self.clip_skip))
         set_(self, "pipeline_kwargs", check_pipeline_kwargs(self.pipeline_kwargs))
         self._check_variation(n)
+        self._check_loras(n)
+
+    def _check_loras(self, n: int) -> None:
+        loras = ((),) * n if self.loras is None else self.loras
+        if not isinstance(loras, tuple) or len(loras) != n or not all(isinstance(e, tuple) for e in loras):
+            raise ValueError(f"`loras` of a GenerationRequest is a tuple with one tuple of LoRAs per image ({n})")
+        if any(loras) or any(isinstance(p, str) and "<lora:" in p for p in self.prompt):
+            from .adapters import check_request_loras
+
+            check_request_loras(self.prompt, loras)
+        for p in self.negative_prompt:
+            if isinstance(p, str) and "<lora:" in p:
+                raise ValueError("`negative_prompt` has a <lora:...> tag: LoRAs are applied from the prompt only")
+        object.__setattr__(self, "loras", loras)
+
+    @property
+    def has_loras(self) -> bool:
+        return any(self.loras)
 
     def _check_variation(self, n: int) -> None:
         seeds = (None,) * n if self.variation_seed is None else self.variation_seed
@@ -322,6 +342,7 @@ class GenerationRequest:
         clip_skip: int | None = None,
         variation_seed: int | Sequence[int] | None = None,
         variation_strength: float | Sequence[float] = 0.0,
+        loras: Any = None,
         pipeline_kwargs: Mapping[str, Any] | None = None,
     ) -> GenerationRequest:
         """The request `generate` makes: `num_images` images per prompt, the model's `defaults`
@@ -342,6 +363,11 @@ class GenerationRequest:
         count = len(prompts) * num_images
         guidance = check_guidance(defaults.guidance_scale if guidance_scale is None else guidance_scale)
         variation_seeds, variation_strengths = resolve_variation(variation_seed, variation_strength, count)
+        lora_sets = None
+        if loras is not None or any(isinstance(p, str) and "<lora:" in p for p in prompts):
+            from .adapters import loras_for  # `<lora:name:w>` tags in the prompt, then `loras`
+
+            lora_sets = tuple(loras_for(p, loras) for p in prompts for _ in range(num_images))
         return cls(
             prompt=tuple(p for p in prompts for _ in range(num_images)),
             negative_prompt=tuple(n for n in negatives for _ in range(num_images)),
@@ -355,6 +381,7 @@ class GenerationRequest:
             clip_skip=clip_skip,
             variation_seed=variation_seeds,
             variation_strength=variation_strengths,
+            loras=lora_sets,
         )
 
     # ------------------------------------------------------------ the JSON form
@@ -378,6 +405,17 @@ class GenerationRequest:
         if self.has_variation or any(v is not None for v in self.variation_seed):
             data["variation_seed"] = list(self.variation_seed)
             data["variation_strength"] = list(self.variation_strength)
+        if self.has_loras:  # written when any (a request without LoRAs keeps its old key)
+            data["loras"] = [[lora.describe() for lora in entries] for entries in self.loras]
+        return data
+
+    def identity_dict(self) -> dict[str, Any]:
+        """`to_dict` without where adapter files were found: what cache keys hash (content, not paths)."""
+        data = self.to_dict()
+        if "loras" in data:
+            data["loras"] = [
+                [{k: v for k, v in d.items() if k != "path"} for d in entries] for entries in data["loras"]
+            ]
         return data
 
     @classmethod
@@ -404,11 +442,12 @@ class GenerationRequest:
             clip_skip=data.get("clip_skip"),
             variation_seed=None if data.get("variation_seed") is None else tuple(data["variation_seed"]),
             variation_strength=None if data.get("variation_strength") is None else tuple(data["variation_strength"]),
+            loras=None if not data.get("loras") else _loras_from_json(data["loras"]),
         )
 
     def key(self) -> str:
         """A content hash of the whole request (what a cache keys on, with the model's identity)."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
+        return hashlib.sha256(json.dumps(self.identity_dict(), sort_keys=True, default=str).encode()).hexdigest()
 
     def __len__(self) -> int:
         return len(self.prompt)
@@ -430,6 +469,8 @@ class GenerationRequest:
         if self.variation_strength[i]:  # A1111 records no variation at strength 0 (it has no effect)
             params["variation_seed"] = self.variation_seed[i]
             params["variation_strength"] = self.variation_strength[i]
+        if self.loras[i]:
+            params["loras"] = [lora.describe() for lora in self.loras[i]]
         for name in ("prompt", "negative_prompt"):  # prompt objects: text above, weighting here
             value = getattr(self, name)[i]
             if is_prompt_object(value):
@@ -448,6 +489,7 @@ class GenerationRequest:
             guidance_scale=tuple(self.guidance_scale[i] for i in indices),
             variation_seed=tuple(self.variation_seed[i] for i in indices),
             variation_strength=tuple(self.variation_strength[i] for i in indices),
+            loras=tuple(self.loras[i] for i in indices),
         )
 
     def shared_key(self) -> str:
@@ -460,6 +502,8 @@ class GenerationRequest:
             "clip_skip": self.clip_skip,
             "pipeline_kwargs": {k: describe_value(v) for k, v in sorted(self.pipeline_kwargs.items())},
         }
+        if self.has_loras:  # the same LoRA files share a call; their weights are per image
+            shared["lora_files"] = [lora.file.sha256 for lora in self.loras[0]]
         return json.dumps(shared, sort_keys=True, default=str)
 
     @staticmethod
@@ -480,6 +524,7 @@ class GenerationRequest:
             guidance_scale=sum((r.guidance_scale for r in requests), ()),
             variation_seed=sum((r.variation_seed for r in requests), ()),
             variation_strength=sum((r.variation_strength for r in requests), ()),
+            loras=sum((r.loras for r in requests), ()),
         )
 
 
@@ -496,6 +541,30 @@ def _prompt_from_json(value: Any) -> Any:
             raise ValueError(f"prompt weighting {value.get('weighting')!r} is unknown (import sdlab.prompts)")
         return factory(value["text"])
     raise ValueError(f"`prompt` must be a string or a weighted prompt's description, got {value!r}")
+
+
+def _loras_from_json(data: Any) -> tuple:
+    """LoRAs of a request's JSON form: each file at its recorded path if its content is unchanged, else
+    found by its hash in the LoRA folder; a file found nowhere is a ValueError naming it."""
+    from pathlib import Path
+
+    from . import adapters, identity
+
+    def one(d: Mapping[str, Any]):
+        file = None
+        path = d.get("path")
+        if path and Path(path).is_file() and identity.file_sha256(path) == d["sha256"]:
+            file = adapters.LoraFile(name=d["name"], path=str(path), sha256=d["sha256"])
+        if file is None:
+            found = adapters.find_by_hash(d["sha256"])
+            if found is None:
+                raise ValueError(
+                    f"LoRA {d.get('name')!r} (sha256 {d['sha256'][:12]}) is not at {path!r} nor in the LoRA folder"
+                )
+            file = adapters.LoraFile(name=d["name"], path=found.path, sha256=found.sha256)
+        return adapters.Lora(file, d["weight"], d.get("text_encoder_weight"))
+
+    return tuple(tuple(one(d) for d in entries) for entries in data)
 
 
 def describe_value(value: Any) -> Any:

@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .adapters import apply_lora_axis, is_lora_axis, loras_for
 from .axes import (
     Axis,
     apply_order,
@@ -122,6 +123,7 @@ def _cell_params(base: dict[str, Any], axes: list[Axis], coords: dict[str, int])
     templates: dict[str, str] = {}
     replacements: dict[str, str] = {}
     orders: list[tuple[Axis, tuple]] = []
+    lora_axes: list[tuple[bool, str, Any]] = []
     for axis in axes:
         value = axis.values[coords[axis.name]]
         if axis.kind == "size":
@@ -136,10 +138,14 @@ def _cell_params(base: dict[str, Any], axes: list[Axis], coords: dict[str, int])
             orders.append((axis, value))
         elif axis.kind == "model":
             params["model"] = value
+        elif is_lora_axis(axis.name):  # sdlab.adapters: which LoRA files (first), then their weights
+            lora_axes.append((axis.name != "lora", axis.name, value))
         elif axis.name in CORE_PARAMS:
             params[axis.name] = value
         else:
             params["pipeline_kwargs"][axis.name] = value
+    for _, name, value in sorted(lora_axes, key=lambda t: t[0]):
+        params["loras"] = apply_lora_axis(params.get("loras"), name, value)
     for axis, order in orders:
         params["prompt"] = apply_order(params["prompt"], axis.parts, order)
     if templates:
@@ -206,6 +212,8 @@ def cell_request(params: dict[str, Any], defaults) -> GenerationRequest:
         # strength 0 is no variation (A1111 records none): such a cell is the plain seed's cell
         variation_seed=(params.get("variation_seed") if params.get("variation_strength") else None,),
         variation_strength=(params.get("variation_strength") or 0.0,),
+        # LoRAs: the prompt's <lora:name:w> tags (after S/R) and the sweep's `loras` / lora axes
+        loras=(loras_for(params["prompt"], params.get("loras")),),
     )
 
 
@@ -213,7 +221,7 @@ def cell_key(request: GenerationRequest, identity: dict[str, Any]) -> str:
     """The cache key: the whole request and the model's identity (weights' content, versions)."""
     from .generation import versions
 
-    payload = {"request": request.to_dict(), "model": identity, "versions": versions()}
+    payload = {"request": request.identity_dict(), "model": identity, "versions": versions()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -393,6 +401,7 @@ def sweep(
     clip_skip: int | None = None,
     variation_seed: int | None = None,
     variation_strength: float = 0.0,
+    loras: Any = None,
     title: str | None = None,
     verbose: bool = True,
     progress: Callable[[dict], None] | None = None,
@@ -421,6 +430,10 @@ def sweep(
         variation_seed, variation_strength: A1111's seed variations for every cell (see `generate`);
             `variation_strength` and `variation_seed` axes explore near a good seed. None (or -1)
             with a strength draws one variation seed, resolved once and recorded.
+        loras: LoRAs of every cell (as `generate` takes them). Axes `lora` (a LoRA, or a list of
+            LoRAs, per value), `lora_weight` (the weight of every LoRA of the cell) and
+            `lora:<name>` (that LoRA's weight) sweep them; cells that differ only in LoRA weights
+            share one batched denoising loop, each LoRA layer scaled per image.
         seed: the seed of every cell without a seed axis; None or -1 draws one random seed,
             resolved once and recorded.
         progress: called with a dict (`step`, `total`, ...) after every denoising step; on Ray
@@ -461,6 +474,7 @@ def sweep(
         "clip_skip": clip_skip,
         "variation_seed": variation_seed,
         "variation_strength": variation_strength,
+        "loras": loras,
         "pipeline_kwargs": dict(pipeline_kwargs),
     }
     planned = plan_cells(base, axes_list, link, vary_seeds=vary_seeds)

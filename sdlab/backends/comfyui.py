@@ -138,6 +138,9 @@ class ComfyUIBackend:
                 "`variation_seed`/`variation_strength` (A1111's seed variations) need the local backend; "
                 "the ComfyUI backend cannot set the initial noise"
             )
+        if request.has_loras:  # never a record of LoRAs the server did not apply
+            names = ", ".join(lora.file.name for lora in request.loras[0])
+            raise ValueError(f"`loras` ({names}) need the local backend; the ComfyUI backend does not apply LoRAs yet")
         check_size(request.width, request.height, self.size_multiple)
         if request.scheduler is not None:
             comfy_sampler(request.scheduler)

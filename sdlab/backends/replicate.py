@@ -152,6 +152,11 @@ class ReplicateBackend:
                 "`variation_seed`/`variation_strength` (A1111's seed variations) need the local backend; "
                 "the Replicate backend cannot set the initial noise"
             )
+        if request.has_loras:  # never a record of LoRAs the server did not apply
+            names = ", ".join(lora.file.name for lora in request.loras[0])
+            raise ValueError(
+                f"`loras` ({names}) need the local backend; the Replicate backend does not apply LoRAs yet"
+            )
         for i in range(len(request)):
             self.model_input(request, i)
         if len(set(request.guidance_scale)) > 1:
