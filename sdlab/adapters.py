@@ -25,6 +25,7 @@ import numbers
 import os
 import re
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -402,7 +403,7 @@ def check_fits(pipe, file: LoraFile) -> dict[str, bool]:
     """Whether the LoRA's layers fit this pipeline's UNet and text encoders (names and shapes), by
     loading it once and removing it again; a LoRA of another family or a corrupt file is a
     ValueError naming the file. Returns which components it changes ({"unet": True, ...})."""
-    key = (id(pipe), file.sha256)
+    key = (id(pipe), type(pipe).__name__, file.sha256)
     with _lock:
         if key in _fits:
             return _fits[key]
@@ -465,8 +466,10 @@ class LoraCall:
     def __enter__(self) -> LoraCall:
         check_no_foreign_adapters(self.pipe)
         try:
-            for file, name in zip(self.files, self.names):
-                self.pipe.load_lora_weights(dict(read_state(file)), adapter_name=name)
+            with warnings.catch_warnings():  # PEFT warns of "multiple adapters": sdlab means it
+                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                for file, name in zip(self.files, self.names):
+                    self.pipe.load_lora_weights(dict(read_state(file)), adapter_name=name)
             if len(self.names) > 1:
                 self.pipe.set_adapters(self.names, adapter_weights=[1.0] * len(self.names))
             for component_name, component in _components(self.pipe).items():

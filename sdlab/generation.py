@@ -143,6 +143,7 @@ def generate(
     variation_seed: int | Sequence[int] | None = None,
     variation_strength: float | Sequence[float] = 0.0,
     loras: Any = None,
+    embeddings: Any = None,
     progress: ProgressCallback | None = None,
     **pipeline_kwargs: Any,
 ) -> GenerationResult:
@@ -165,6 +166,8 @@ def generate(
         loras: LoRAs for this call: name (in the LoRA folder, `sdlab.set_lora_dir`), file, folder or
             cached hub id -> weight, or -> (unet weight, text encoder weight). `<lora:name:w>` in the
             prompt does the same. Applied for this call only, recorded by content hash (sdlab.adapters).
+        embeddings: textual inversion tokens for this call: {token: file or name}, or [name] (the
+            token is the file's name, as in A1111); SD 1.x/2.x (sdlab.textual_inversion).
         progress: called with a dict (`step`, `total`, ...) after every denoising step.
         **pipeline_kwargs: other keywords of the pipeline (e.g. `image` and
             `controlnet_conditioning_scale` for ControlNet); unknown names are an error.
@@ -188,6 +191,7 @@ def generate(
         variation_seed=variation_seed,
         variation_strength=variation_strength,
         loras=loras,
+        embeddings=embeddings,
         pipeline_kwargs=pipeline_kwargs,
     )
     return run_request(backend, request, progress=progress)
@@ -203,7 +207,7 @@ class RegenerateWarning(UserWarning):
 
 
 # A1111 keys that describe the run without changing pixels, or that regenerate checks itself
-_A1111_INFORMATIVE = {"Version", "Model", "User", "Lora hashes"}  # LoRAs: applied by hash (sdlab.adapters)
+_A1111_INFORMATIVE = {"Version", "Model", "User", "Lora hashes", "TI hashes"}  # LoRAs: applied by hash (sdlab.adapters)
 # A1111's extra networks in a prompt (<lora:name:0.8>): A1111 takes them out of the text it encodes
 _RE_EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
 
@@ -250,6 +254,9 @@ def regenerate(path: str | Path, pipe: Any, **overrides: Any) -> GenerationResul
 
         kwargs["loras"] = loras_to_regenerate(params, name)
         prompt = strip_tags(prompt)
+    embeddings = _embeddings_to_regenerate(params, name)
+    if embeddings:
+        kwargs["embeddings"] = embeddings
     if params.get("source") == "a1111":  # A1111's prompt syntax is sdlab's default encoding: only extra networks go
         prompt, dropped = _without_extra_networks(prompt)
         unapplied += [f"prompt {tag}" for tag in dropped]
@@ -284,6 +291,33 @@ def regenerate(path: str | Path, pipe: Any, **overrides: Any) -> GenerationResul
             stacklevel=2,
         )
     return generate(pipe, prompt, **kwargs)
+
+
+def _embeddings_to_regenerate(params: dict[str, Any], name: str) -> tuple:
+    """Textual inversion embeddings of a record (by SHA-256) or of A1111's `TI hashes`, found again."""
+    from .request import _embedding_from_json
+    from .textual_inversion import Embedding, find_by_hash
+
+    if params.get("embeddings"):
+        return tuple(_embedding_from_json(d) for d in params["embeddings"])
+    text = (params.get("extra") or {}).get("TI hashes")
+    if not text:
+        return ()
+    from . import identity
+
+    out, missing = [], []
+    for token, _, short in (p.strip().rpartition(":") for p in text.split(",") if ":" in p):
+        path = find_by_hash(short.strip())
+        if path is None:
+            missing.append(f"{token.strip()} ({short.strip()})")
+        else:
+            sha = identity.file_sha256(path)
+            out.append(Embedding(token=token.strip(), name=Path(path).stem, path=path, sha256=sha))
+    if missing:
+        raise ValueError(
+            f"{name} was made with textual inversion embedding(s) {', '.join(missing)}, not in the embeddings folder"
+        )
+    return tuple(out)
 
 
 def _check_model(params: dict[str, Any], backend: Backend, name: str) -> None:

@@ -103,6 +103,8 @@ def infotext(record: dict[str, Any]) -> str:
     if record.get("loras"):  # A1111's Lora hashes: "name: addnet hash, ..." (names without ':' and ',')
         hashes = [f"{d['name'].replace(':', '').replace(',', '')}: {d['a1111_hash']}" for d in record["loras"]]
         params.append(("Lora hashes", ", ".join(hashes)))
+    if record.get("embeddings"):  # A1111's TI hashes: "name: first 12 hex digits of the file's SHA-256"
+        params.append(("TI hashes", ", ".join(f"{d['token']}: {d['a1111_hash']}" for d in record["embeddings"])))
     for key, value in (record.get("pipeline_kwargs") or {}).items():
         if isinstance(value, (int, float, str, bool)) and value is not None:
             params.append((_pipeline_label(key, record), _format_number(value)))

@@ -249,6 +249,8 @@ class GenerationRequest:
     variation_strength: tuple[float, ...] | None = None
     # LoRAs per image (sdlab.adapters.Lora: file by content hash, weights); the same files for every image
     loras: tuple[tuple[Any, ...], ...] | None = None
+    # textual inversion tokens (sdlab.textual_inversion.Embedding), shared by the batch
+    embeddings: tuple[Any, ...] = ()
 
     def __post_init__(self):
         for name in ("prompt", "negative_prompt", "seed", "guidance_scale"):
@@ -280,6 +282,12 @@ class GenerationRequest:
         set_(self, "pipeline_kwargs", check_pipeline_kwargs(self.pipeline_kwargs))
         self._check_variation(n)
         self._check_loras(n)
+        if self.embeddings:
+            from .textual_inversion import check_embeddings
+
+            object.__setattr__(self, "embeddings", check_embeddings(self.embeddings))
+        else:
+            object.__setattr__(self, "embeddings", ())
 
     def _check_loras(self, n: int) -> None:
         loras = ((),) * n if self.loras is None else self.loras
@@ -343,6 +351,7 @@ class GenerationRequest:
         variation_seed: int | Sequence[int] | None = None,
         variation_strength: float | Sequence[float] = 0.0,
         loras: Any = None,
+        embeddings: Any = None,
         pipeline_kwargs: Mapping[str, Any] | None = None,
     ) -> GenerationRequest:
         """The request `generate` makes: `num_images` images per prompt, the model's `defaults`
@@ -382,6 +391,7 @@ class GenerationRequest:
             variation_seed=variation_seeds,
             variation_strength=variation_strengths,
             loras=lora_sets,
+            embeddings=_resolve_embeddings(embeddings),
         )
 
     # ------------------------------------------------------------ the JSON form
@@ -407,6 +417,8 @@ class GenerationRequest:
             data["variation_strength"] = list(self.variation_strength)
         if self.has_loras:  # written when any (a request without LoRAs keeps its old key)
             data["loras"] = [[lora.describe() for lora in entries] for entries in self.loras]
+        if self.embeddings:
+            data["embeddings"] = [e.describe() for e in self.embeddings]
         return data
 
     def identity_dict(self) -> dict[str, Any]:
@@ -416,6 +428,8 @@ class GenerationRequest:
             data["loras"] = [
                 [{k: v for k, v in d.items() if k != "path"} for d in entries] for entries in data["loras"]
             ]
+        if "embeddings" in data:
+            data["embeddings"] = [{k: v for k, v in d.items() if k != "path"} for d in data["embeddings"]]
         return data
 
     @classmethod
@@ -443,6 +457,7 @@ class GenerationRequest:
             variation_seed=None if data.get("variation_seed") is None else tuple(data["variation_seed"]),
             variation_strength=None if data.get("variation_strength") is None else tuple(data["variation_strength"]),
             loras=None if not data.get("loras") else _loras_from_json(data["loras"]),
+            embeddings=tuple(_embedding_from_json(d) for d in data.get("embeddings") or ()),
         )
 
     def key(self) -> str:
@@ -471,6 +486,8 @@ class GenerationRequest:
             params["variation_strength"] = self.variation_strength[i]
         if self.loras[i]:
             params["loras"] = [lora.describe() for lora in self.loras[i]]
+        if self.embeddings:
+            params["embeddings"] = [e.describe() for e in self.embeddings]
         for name in ("prompt", "negative_prompt"):  # prompt objects: text above, weighting here
             value = getattr(self, name)[i]
             if is_prompt_object(value):
@@ -504,6 +521,8 @@ class GenerationRequest:
         }
         if self.has_loras:  # the same LoRA files share a call; their weights are per image
             shared["lora_files"] = [lora.file.sha256 for lora in self.loras[0]]
+        if self.embeddings:
+            shared["embeddings"] = [(e.token, e.sha256) for e in self.embeddings]
         return json.dumps(shared, sort_keys=True, default=str)
 
     @staticmethod
@@ -541,6 +560,31 @@ def _prompt_from_json(value: Any) -> Any:
             raise ValueError(f"prompt weighting {value.get('weighting')!r} is unknown (import sdlab.prompts)")
         return factory(value["text"])
     raise ValueError(f"`prompt` must be a string or a weighted prompt's description, got {value!r}")
+
+
+def _resolve_embeddings(embeddings: Any) -> tuple:
+    if embeddings is None:
+        return ()
+    from .textual_inversion import resolve_embeddings
+
+    return resolve_embeddings(embeddings)
+
+
+def _embedding_from_json(d: Mapping[str, Any]):
+    """An embedding of a request's JSON form: at its recorded path if unchanged, else by hash in the embeddings folder."""
+    from pathlib import Path
+
+    from . import identity, textual_inversion
+
+    path = d.get("path")
+    if not (path and Path(path).is_file() and identity.file_sha256(path) == d["sha256"]):
+        path = textual_inversion.find_by_hash(d["sha256"])
+        if path is None:
+            raise ValueError(
+                f"embedding {d.get('name')!r} (sha256 {d['sha256'][:12]}) is not at {d.get('path')!r} "
+                f"nor in the embeddings folder"
+            )
+    return textual_inversion.Embedding(token=d["token"], name=d["name"], path=str(path), sha256=d["sha256"])
 
 
 def _loras_from_json(data: Any) -> tuple:

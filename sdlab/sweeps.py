@@ -51,6 +51,7 @@ from .identity import content_sha256
 from .metadata import save_png
 from .request import GenerationRequest, check_positive_int, describe_value, random_seed
 from .sweep_result import CORE_PARAMS, SweepCell, SweepResult, load_sweep
+from .textual_inversion import resolve_embeddings
 
 MANIFEST = "manifest.jsonl"
 DEFAULT_OUT_DIR = Path("runs") / "sweeps"
@@ -138,6 +139,8 @@ def _cell_params(base: dict[str, Any], axes: list[Axis], coords: dict[str, int])
             orders.append((axis, value))
         elif axis.kind == "model":
             params["model"] = value
+        elif axis.name == "embedding":  # textual inversion: which embedding(s), link= it with its trigger word
+            params["embeddings"] = value
         elif is_lora_axis(axis.name):  # sdlab.adapters: which LoRA files (first), then their weights
             lora_axes.append((axis.name != "lora", axis.name, value))
         elif axis.name in CORE_PARAMS:
@@ -214,6 +217,7 @@ def cell_request(params: dict[str, Any], defaults) -> GenerationRequest:
         variation_strength=(params.get("variation_strength") or 0.0,),
         # LoRAs: the prompt's <lora:name:w> tags (after S/R) and the sweep's `loras` / lora axes
         loras=(loras_for(params["prompt"], params.get("loras")),),
+        embeddings=resolve_embeddings(params.get("embeddings")),
     )
 
 
@@ -402,6 +406,7 @@ def sweep(
     variation_seed: int | None = None,
     variation_strength: float = 0.0,
     loras: Any = None,
+    embeddings: Any = None,
     title: str | None = None,
     verbose: bool = True,
     progress: Callable[[dict], None] | None = None,
@@ -434,6 +439,9 @@ def sweep(
             LoRAs, per value), `lora_weight` (the weight of every LoRA of the cell) and
             `lora:<name>` (that LoRA's weight) sweep them; cells that differ only in LoRA weights
             share one batched denoising loop, each LoRA layer scaled per image.
+        embeddings: textual inversion embeddings of every cell (as `generate` takes them); an
+            `embedding` axis sweeps them, e.g. linked with a `{trigger}` template axis:
+            `axes={"embedding": ["a.pt", "b.pt"], "trigger": ["a", "b"]}, link=[("embedding", "trigger")]`.
         seed: the seed of every cell without a seed axis; None or -1 draws one random seed,
             resolved once and recorded.
         progress: called with a dict (`step`, `total`, ...) after every denoising step; on Ray
@@ -475,6 +483,7 @@ def sweep(
         "variation_seed": variation_seed,
         "variation_strength": variation_strength,
         "loras": loras,
+        "embeddings": embeddings,
         "pipeline_kwargs": dict(pipeline_kwargs),
     }
     planned = plan_cells(base, axes_list, link, vary_seeds=vary_seeds)

@@ -205,19 +205,58 @@ def _only_parameters(path):
     return info
 
 
-def test_remote_backends_refuse_loras_by_name(lora_dir):
+def test_replicate_refuses_loras_by_name(lora_dir):
+    from sdlab.backends.replicate import ReplicateBackend
     from sdlab.request import Defaults
 
     request = GenerationRequest.create("a cat <lora:style:1>", defaults=Defaults(), seed=1)
-    assert request.has_loras
-    from sdlab.backends.comfyui import ComfyUIBackend
-
-    with pytest.raises(ValueError, match="style.*ComfyUI"):
-        ComfyUIBackend.validate(_Bare(), request)
+    with pytest.raises(ValueError, match="style.*Replicate"):
+        ReplicateBackend.validate(_Bare(), request)
 
 
 class _Bare:
     """validate's LoRA check runs before anything of the backend is read."""
+
+
+@pytest.fixture(scope="module")
+def comfy():
+    from fake_comfyui import FakeComfyUI
+
+    fake = FakeComfyUI()
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+def test_comfyui_loras_become_lora_loader_nodes_after_the_checkpoint(comfy, lora_dir):
+    from sdlab.backends import ComfyUIBackend
+
+    backend = ComfyUIBackend(comfy.url, poll_interval=0.05, timeout=20)
+    size = dict(width=64, height=64, num_inference_steps=2, seed=1)
+    plain = sdlab.generate(backend, "a cat", **size)
+    half = sdlab.generate(backend, "a cat <lora:style:0.5>", loras={"other": (1.0, 0.25)}, **size)
+    full = sdlab.generate(backend, "a cat <lora:style:1>", loras={"other": (1.0, 0.25)}, **size)
+    assert max_pixel_diff(plain.image, half.image) > 0 and max_pixel_diff(half.image, full.image) > 0
+    graph = next(p for p in comfy.prompts if p["prompt_id"] == half.records[0]["prompt_id"])["prompt"]
+    loaders = {nid: n for nid, n in graph.items() if n["class_type"] == "LoraLoader"}
+    assert [(n["inputs"]["lora_name"], n["inputs"]["strength_model"], n["inputs"]["strength_clip"])
+            for n in loaders.values()] == [("style.safetensors", 0.5, 0.5), ("other.safetensors", 1.0, 0.25)]  # fmt: skip
+    first, last = loaders
+    assert graph[first]["inputs"]["model"] == ["4", 0] and graph[last]["inputs"]["model"] == [first, 0]
+    assert graph["3"]["inputs"]["model"] == [last, 0] and graph["6"]["inputs"]["clip"] == [last, 1]
+    assert [d["name"] for d in half.records[0]["loras"]] == ["style", "other"]
+    # the workflow's own LoraLoader is used rather than a second one
+    own = backend.workflow.copy().graph
+    own["20"] = {"class_type": "LoraLoader", "inputs": {"model": ["4", 0], "clip": ["4", 1], "lora_name": "x",
+                                                         "strength_model": 1.0, "strength_clip": 1.0}}  # fmt: skip
+    for nid, name in (("3", "model"), ("6", "clip"), ("7", "clip")):
+        own[nid]["inputs"][name] = ["20", 0 if name == "model" else 1]
+    mine = ComfyUIBackend(comfy.url, workflow=own, poll_interval=0.05, timeout=20)
+    again = sdlab.generate(mine, "a cat", loras={"style": 0.5}, **size)
+    sent = next(p for p in comfy.prompts if p["prompt_id"] == again.records[0]["prompt_id"])["prompt"]
+    assert [n["inputs"]["lora_name"] for n in sent.values() if n["class_type"] == "LoraLoader"] == ["style.safetensors"]
+    with pytest.raises(ValueError, match="1 LoraLoader node.*2 LoRA"):
+        sdlab.generate(mine, "a cat", loras={"style": 0.5, "other": 1}, **size)
 
 
 # ------------------------------------------------------------------ sweeps

@@ -233,6 +233,7 @@ class DiffusersBackend:
         self._lock = threading.RLock()  # one call at a time on this pipeline (the backend is one per pipeline)
         self._call_params = set(inspect.signature(type(pipe).__call__).parameters) - {"self"}
         self._lora_call = None  # sdlab.adapters.LoraCall while a call with LoRAs runs
+        self._ti_key: tuple = ()  # (token, sha256) of the textual inversion embeddings of the running call
 
     # ------------------------------------------------------------ protocol properties
 
@@ -357,6 +358,7 @@ class DiffusersBackend:
                 p.validate(self.pipe, clip_skip=request.clip_skip)
         self._validate_a1111(request)
         self._validate_loras(request)
+        self._validate_embeddings(request)
 
     def _validate_loras(self, request: GenerationRequest) -> None:
         """LoRAs (sdlab.adapters): each file fits this pipeline; adapters loaded outside sdlab are refused."""
@@ -367,8 +369,15 @@ class DiffusersBackend:
             return
         if self.family not in ("sd1", "sd2", "sdxl"):
             raise ValueError(f"`loras` are applied to SD 1.x/2.x and SDXL UNets; this model is {self.family!r}")
-        for lora in request.loras[0]:
-            adapters.check_fits(self.pipe, lora.file)
+        with self._lock:  # the check loads each LoRA once and removes it: never during another thread's call
+            for lora in request.loras[0]:
+                adapters.check_fits(self.pipe, lora.file)
+
+    def _validate_embeddings(self, request: GenerationRequest) -> None:
+        if request.embeddings:  # textual inversion: each file read, its width and token checked
+            from ..textual_inversion import check_fits
+
+            check_fits(self.pipe, request.embeddings)
 
     def _text_loras(self, request: GenerationRequest, i: int) -> tuple:
         """(adapter, text encoder weight) of image i's LoRAs that change its text encoders (weight 0 changes nothing)."""
@@ -783,10 +792,14 @@ class DiffusersBackend:
             syntax = self._a1111(text)
         is_object = text is not None and not isinstance(text, str)
         key = (
-            (self.family, clip_skip, type(text).__name__, text.text)
-            if is_object
-            else (self.family, clip_skip, text, negative and text is None, syntax)
-        ) + ((lora,) if lora else ())
+            (
+                (self.family, clip_skip, type(text).__name__, text.text)
+                if is_object
+                else (self.family, clip_skip, text, negative and text is None, syntax)
+            )
+            + ((lora,) if lora else ())
+            + ((self._ti_key,) if self._ti_key else ())
+        )
         cached = self._embeddings.get(key)
         if cached is not None:
             self._embeddings.move_to_end(key)
@@ -884,18 +897,26 @@ class DiffusersBackend:
 
     @contextlib.contextmanager
     def _loras(self, request: GenerationRequest):
-        """The request's LoRAs in the pipeline for one call (sdlab.adapters.LoraCall), removed afterwards."""
-        if not request.has_loras:
-            yield None
-            return
-        from ..adapters import LoraCall
+        """The request's LoRAs (sdlab.adapters.LoraCall) and textual inversion tokens in the pipeline for
+        one call, removed afterwards."""
+        from ..textual_inversion import applied
 
-        with LoraCall(self.pipe, request.loras[0]) as lora_call:
-            self._lora_call = lora_call
+        with applied(self.pipe, request.embeddings):  # textual inversion tokens, for this call too
+            self._ti_key = tuple((e.token, e.sha256) for e in request.embeddings)
             try:
-                yield lora_call
+                if not request.has_loras:
+                    yield None
+                    return
+                from ..adapters import LoraCall
+
+                with LoraCall(self.pipe, request.loras[0]) as lora_call:
+                    self._lora_call = lora_call
+                    try:
+                        yield lora_call
+                    finally:
+                        self._lora_call = None
             finally:
-                self._lora_call = None
+                self._ti_key = ()
 
     @contextlib.contextmanager
     def _scheduler(self, name: str | None):

@@ -157,6 +157,11 @@ class ReplicateBackend:
             raise ValueError(
                 f"`loras` ({names}) need the local backend; the Replicate backend does not apply LoRAs yet"
             )
+        if request.embeddings:
+            tokens = ", ".join(e.token for e in request.embeddings)
+            raise ValueError(
+                f"`embeddings` ({tokens}) need the local backend; the Replicate backend does not load them"
+            )
         for i in range(len(request)):
             self.model_input(request, i)
         if len(set(request.guidance_scale)) > 1:
