@@ -344,3 +344,15 @@ def test_sweep_lora_axis_over_files_and_prompt_sr_over_tags(sd1_pipe, lora_dir, 
     ]
     same = sdlab.generate(sd1_pipe, "a cat", loras={"other": 0.5}, seed=1, num_inference_steps=2)
     assert max_pixel_diff(_cell_image(sr.cells[2]), same.image) == 0
+
+
+def test_load_sweep_keeps_the_sweeps_loras(sd1_pipe, lora_dir, tmp_path):
+    from sdlab.sweep_result import load_sweep
+
+    kw = dict(axes={"seed": [1, 2]}, out_dir=tmp_path / "run", num_inference_steps=2, verbose=False)
+    sdlab.sweep(sd1_pipe, "a cat", loras={"style": 0.5}, **kw)
+    (spec,) = (tmp_path / "run" / "sweeps").glob("*.json")
+    kwargs = load_sweep(spec)
+    assert kwargs["loras"] == {"style": 0.5}
+    again = sdlab.sweep(sd1_pipe, **{**kwargs, "verbose": False})
+    assert all(c.cached for c in again.cells)
