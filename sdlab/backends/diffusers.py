@@ -535,34 +535,37 @@ class DiffusersBackend:
 
         if progress is not None:  # step 0: the call starts (a server counts a crash from here on against the job)
             progress({"step": 0, "total": steps, "images": n})
-        with self._scheduler(request.scheduler) as scheduler_name, self._progress_bar(progress_bar):
+        with (
+            self._scheduler(request.scheduler) as scheduler_name,
+            self._progress_bar(progress_bar),
+            self._loras(request) as lora_call,  # LoRAs and embeddings in the pipeline for this call only
+        ):
             scheduler_class = type(pipe.scheduler).__name__
-            with self._loras(request) as lora_call:  # LoRAs in the pipeline for this call only (sdlab.adapters)
-                # 2. prompt embeddings (cached per distinct prompt and text-encoder LoRA weights) and the call
-                state = None
-                if self.supports_per_image_guidance() and not self._needs_native_guidance(kwargs):
-                    call, state = self._call_per_image_guidance(request, kwargs)
-                else:
-                    call = self._call_native(request, kwargs)
-                if lora_call is not None:  # each LoRA's UNet weight, per row where images differ
-                    lora_call.set_unet(self._unet_lora_scales(request, state))
-                if request.has_variation:  # A1111's seed variations: sdlab makes the initial noise
-                    call["latents"] = self._initial_latents(request, generators, call["prompt_embeds"].dtype)
-                if state is not None and state.prompt_steps is not None:
-                    inputs = ["latents", "prompt_embeds", "add_text_embeds"] if self.family == "sdxl" else None
-                    call["callback_on_step_end_tensor_inputs"] = inputs or ["latents", "prompt_embeds"]
-                # 3. the call; sdlab's guided UNet/ControlNet only for its duration
-                with self._guided_forward(state), torch.inference_mode():
-                    output = pipe(
-                        **call,
-                        width=request.width,
-                        height=request.height,
-                        num_inference_steps=steps,
-                        generator=generators,
-                        output_type="pil",
-                        callback_on_step_end=on_step_end,
-                        **kwargs,
-                    )
+            # 2. prompt embeddings (cached per distinct prompt and text-encoder LoRA weights) and the call
+            state = None
+            if self.supports_per_image_guidance() and not self._needs_native_guidance(kwargs):
+                call, state = self._call_per_image_guidance(request, kwargs)
+            else:
+                call = self._call_native(request, kwargs)
+            if lora_call is not None:  # each LoRA's UNet weight, per row where images differ
+                lora_call.set_unet(self._unet_lora_scales(request, state))
+            if request.has_variation:  # A1111's seed variations: sdlab makes the initial noise
+                call["latents"] = self._initial_latents(request, generators, call["prompt_embeds"].dtype)
+            if state is not None and state.prompt_steps is not None:
+                inputs = ["latents", "prompt_embeds", "add_text_embeds"] if self.family == "sdxl" else None
+                call["callback_on_step_end_tensor_inputs"] = inputs or ["latents", "prompt_embeds"]
+            # 3. the call; sdlab's guided UNet/ControlNet only for its duration
+            with self._guided_forward(state), torch.inference_mode():
+                output = pipe(
+                    **call,
+                    width=request.width,
+                    height=request.height,
+                    num_inference_steps=steps,
+                    generator=generators,
+                    output_type="pil",
+                    callback_on_step_end=on_step_end,
+                    **kwargs,
+                )
         seconds = time.perf_counter() - start
         images = list(output.images)
         if len(images) != n:
