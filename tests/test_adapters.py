@@ -356,3 +356,12 @@ def test_load_sweep_keeps_the_sweeps_loras(sd1_pipe, lora_dir, tmp_path):
     assert kwargs["loras"] == {"style": 0.5}
     again = sdlab.sweep(sd1_pipe, **{**kwargs, "verbose": False})
     assert all(c.cached for c in again.cells)
+
+
+def test_the_record_describes_the_prompt_encoded_without_its_tags(sd1_pipe, lora_dir):
+    words = " ".join(["red"] * 72)  # fits one 77-token window; with the tag's text it would not
+    tagged = sdlab.generate(sd1_pipe, f"{words} <lora:style:0.5>", **KW)
+    plain = sdlab.generate(sd1_pipe, words, loras={"style": 0.5}, **KW)
+    assert max_pixel_diff(tagged.image, plain.image) == 0
+    for key in ("prompt_encoding", "truncated_words"):
+        assert tagged.records[0].get(key) == plain.records[0].get(key)

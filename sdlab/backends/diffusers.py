@@ -587,11 +587,13 @@ class DiffusersBackend:
             record["controlnet"] = self.info.controlnet
         records = [dict(record) for _ in range(n)]
         # what the text encoders were given (sdlab.prompts): weights, the text sent, dropped words
+        from ..adapters import strip_tags
         from ..prompts.a1111 import describe_encoding
         from ..prompts.tokens import record_fields
 
         for i, r in enumerate(records):
-            r.update(record_fields(pipe, request.prompt[i], request.negative_prompt[i]))
+            prompt = strip_tags(request.prompt[i]) if isinstance(request.prompt[i], str) else request.prompt[i]
+            r.update(record_fields(pipe, prompt, request.negative_prompt[i]))  # what was encoded: no <lora:> tags
             r.update(describe_encoding(request.prompt[i], steps, a1111=self._a1111(request.prompt[i])))
             r.update(
                 describe_encoding(
@@ -757,6 +759,11 @@ class DiffusersBackend:
         if not isinstance(text, str) or self.family not in ("sd1", "sd2", "sdxl"):
             return False
         from ..prompts.a1111 import has_syntax
+
+        if "<lora:" in text:  # judged as encoded: without its LoRA tags
+            from ..adapters import strip_tags
+
+            text = strip_tags(text)
 
         if has_syntax(text):
             return True
