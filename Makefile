@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sdlab-installed
 
-.PHONY: demo test lab setup clean browser
+.PHONY: demo test lab setup clean browser notebooks
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,14 @@ test: $(STAMP) browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	CI=$${CI-1} $(PY) -m pytest -p no:cacheprovider tests notebooks --nbval-lax --sanitize-with tests/nbval_sanitize.cfg -q
+
+## Execute the notebooks at full scale and save them with widget state, then check them
+## (tools/run_notebooks.py; one thread each unless OMP_NUM_THREADS says otherwise).
+## `make notebooks NB=notebooks/04_controlnet.ipynb` runs only the notebooks named.
+NB ?=
+notebooks: $(STAMP)
+	$(PY) tools/run_notebooks.py $(NB)
+	SDLAB_NOTEBOOKS="$(NB)" $(PY) -m pytest -p no:cacheprovider tests/test_notebooks.py -q
 
 ## Open JupyterLab on notebooks/.
 lab: $(STAMP)

@@ -7,6 +7,7 @@ from . import (
     adapters,  # sdlab.adapters: LoRA files found, identified, applied for one call
     bench,
     controlnet,
+    metrics,  # sdlab.metrics: scores of images (judge, CLIP, statistics, similarity)
     prompts,  # sdlab.prompts: presets, token budget, weighting, wildcards
 )
 from .adapters import set_lora_dir
@@ -18,6 +19,7 @@ from .metadata import read_params
 from .presets import CONTROLNET_PRESETS, PRESETS
 from .request import GenerationRequest
 from .schedulers import scheduler_names, set_scheduler
+from .sweep_reading import load_sweep_result
 from .sweeps import SweepResult, load_sweep, prompt_matrix, prompt_order, prompt_sr, sweep
 
 __version__ = "0.2.0.dev0"
@@ -42,6 +44,8 @@ __all__ = [
     "generate",
     "load_pipeline",
     "load_sweep",
+    "load_sweep_result",
+    "metrics",
     "prompt_matrix",
     "prompt_order",
     "prompt_sr",

@@ -44,6 +44,7 @@ from .backends import as_backend, local_pipeline
 from .executors import Interrupted
 from .generation import build_request, run_request
 from .loading import pipeline_info
+from .metrics import image_distance  # the sweeps' similarity scorer: one implementation
 
 # Published FLOPs of one denoiser forward for one image, the pixel area they were counted at, and
 # the denoiser's parameter count (shared/reference/performance-figures.md; 1 MAC = 2 FLOP).
@@ -214,26 +215,6 @@ def _measure(backend, request, cuda: bool, on_step: Callable[[dict], None] | Non
         peak = memory.peak / 2**20
     has_vae = pipe is not None and getattr(pipe, "vae", None) is not None
     return _Call(seconds, sum(vae_times) if has_vae else None, evaluations, peak, result.images)
-
-
-# ------------------------------------------------------------------ convergence metrics
-
-
-def image_distance(image, reference) -> dict[str, float]:
-    """Mean absolute difference (0-255), PSNR (dB, inf if equal) and SSIM between two images."""
-    import numpy as np
-    from skimage.metrics import structural_similarity
-
-    a = np.asarray(image.convert("RGB"), dtype=np.float64)
-    b = np.asarray(reference.convert("RGB"), dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"image sizes differ: {a.shape} vs reference {b.shape}")
-    mse = float(np.mean((a - b) ** 2))
-    psnr = math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
-    win = min(7, a.shape[0], a.shape[1])
-    win -= 1 - win % 2  # odd
-    ssim = float(structural_similarity(a, b, data_range=255.0, channel_axis=2, win_size=max(win, 3)))
-    return {"mae": float(np.mean(np.abs(a - b))), "psnr": psnr, "ssim": ssim}
 
 
 # ------------------------------------------------------------------ the result

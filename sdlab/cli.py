@@ -16,7 +16,7 @@ from .axes import prompt_matrix, prompt_sr
 from .backends import open_model
 from .generation import generate
 from .presets import default_model
-from .sweeps import SweepResult, sweep
+from .sweeps import SweepResult, sweep, sweep_from_file
 
 # Modules that contribute sub-commands (each has register_cli(subparsers)).
 CLI_MODULES = ["sdlab.cli", "sdlab.server", "sdlab.backends.cli"]
@@ -195,6 +195,8 @@ def _parse_axis_arg(text: str) -> tuple[str, str]:
 
 
 def _cmd_sweep(args) -> int:
+    if args.config:
+        return _cmd_sweep_file(args)
     axes: dict[str, Any] = {}
     for text in args.axis or []:
         name, values = _parse_axis_arg(text)
@@ -219,6 +221,55 @@ def _cmd_sweep(args) -> int:
     path = result.save_grid(Path(args.out) / "grid.png" if args.out else None, x=args.x, y=args.y, z=args.z)
     failed = len(result.failed)
     print(f"grid: {path}" + (f" ({failed} failed cells)" if failed else ""))
+    if args.html is not None:
+        print(f"viewer: {result.save_html(args.html or None)}")
+    return 1 if failed == len(result) else 0
+
+
+def _cmd_sweep_file(args) -> int:
+    """`sdlab sweep --config sweep.yaml`: the file's sweep; --model, --out, --batch-size, -x/-y/-z
+    and --executor still apply, the file holds everything else."""
+    from .sweep_file import read_sweep_file
+
+    given = [
+        flag
+        for flag, value in (
+            ("a prompt", args.prompt),
+            ("--axis", args.axis),
+            ("--sr", args.sr),
+            ("--matrix", args.matrix),
+            ("--link", args.link),
+        )
+        if value
+    ]
+    if given:
+        raise ValueError(f"`--config` holds the sweep's prompt and axes; drop {', '.join(given)}")
+    file = read_sweep_file(args.config)
+    model = args.model or file.model
+    overrides: dict[str, Any] = {}
+    if args.out:
+        overrides["out_dir"] = args.out
+    if args.batch_size_given is not None:
+        overrides["batch_size"] = args.batch_size_given
+    executor = executor_from_args(args)
+    model_axis = "model" in file.kwargs.get("axes", {})
+    if model_axis:
+        pipe = None
+    elif executor is not None:
+        pipe = model or default_model()
+    else:
+        args.model = model
+        pipe = load_from_args(args)
+    try:
+        result = sweep_from_file(file, pipe, executor=executor, **overrides)
+    finally:
+        if executor is not None:
+            executor.close()
+    path = result.save_grid(result.out_dir / "grid.png", x=args.x, y=args.y, z=args.z)
+    failed = len(result.failed)
+    print(f"grid: {path}" + (f" ({failed} failed cells)" if failed else ""))
+    if args.html is not None:
+        print(f"viewer: {result.save_html(args.html or None)}")
     return 1 if failed == len(result) else 0
 
 
@@ -227,7 +278,7 @@ def _sweep_from_args(args, pipe, axes, link, executor) -> SweepResult:
         pipe,
         args.prompt,
         axes=axes,
-        batch_size=args.batch_size,
+        batch_size=8 if args.batch_size_given is None else args.batch_size_given,
         out_dir=args.out,
         link=link or None,
         vary_seeds=args.vary_seeds,
@@ -261,14 +312,54 @@ def _register_sweep(subparsers) -> None:
     p.add_argument("--link", action="append", metavar="A,B", help="axes that move together (zip), e.g. model,size")
     p.add_argument("--vary-seeds", action="store_true", help="add each cell's position to its seed")
     p.add_argument("--seed", type=int, default=0, help="seed of cells without a seed axis (-1: random, recorded)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=None, dest="batch_size_given")
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="a sweep file (.yaml or .toml: model, prompt, axes, link, parameters, metrics); see sdlab.sweep_file",
+    )
     p.add_argument("--out", default=None, help="run directory (default runs/sweeps); cached cells are reused")
     p.add_argument("--title", default=None)
     p.add_argument("-x", default=None, help="axis across the grid")
     p.add_argument("-y", default=None, help="axis down the grid")
     p.add_argument("-z", default=None, help="axis of sub-grids")
+    p.add_argument(
+        "--html",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="DIR",
+        help="also write the HTML viewer (default folder: RUN_DIR/viewer); see `sdlab view`",
+    )
     add_executor_arguments(p, "spread the batches over Ray workers, each loading --model itself")
     p.set_defaults(func=_cmd_sweep)
+
+
+def _cmd_view(args) -> int:
+    from .sweep_reading import load_sweep_result
+
+    result = load_sweep_result(args.path, spec=args.spec)
+    index = result.save_html(args.out, thumbnail_size=args.thumbnail_size, copy_images=not args.no_images)
+    made = sum(1 for c in result.cells if c.ok)
+    print(f"viewer: {index} ({len(result)} cells, {made} with images); open it in a browser, no server needed")
+    return 0
+
+
+def _register_view(subparsers) -> None:
+    p = subparsers.add_parser(
+        "view",
+        help="write the HTML viewer of a sweep's run directory (opens from disk, no server)",
+        description="Write a self-contained HTML viewer of a sweep (its run directory or grid PNG): any two "
+        "axes across and down, the rest stepped through, parameters and scores on hover, A1111 text copied.",
+        epilog="example: sdlab view runs/demo && xdg-open runs/demo/viewer/index.html",
+    )
+    p.add_argument("path", help="a sweep's run directory, or the grid PNG / spec JSON of one")
+    p.add_argument("--out", default=None, help="the viewer's folder (default: RUN_DIR/viewer)")
+    p.add_argument("--spec", default=None, help="which sweep of a directory that holds several (spec JSON or grid PNG)")
+    p.add_argument("--thumbnail-size", type=int, default=256, help="longest side of the thumbnails (default 256)")
+    p.add_argument("--no-images", action="store_true", help="thumbnails only, no copies of the full PNGs")
+    p.set_defaults(func=_cmd_view)
 
 
 def register_cli(subparsers) -> None:
@@ -292,6 +383,7 @@ def register_cli(subparsers) -> None:
     p.set_defaults(func=_cmd_generate)
 
     _register_sweep(subparsers)
+    _register_view(subparsers)
 
     p = subparsers.add_parser("demo", help="a labelled prompt x guidance grid with the embedded model, offline")
     p.add_argument("--model", default=None)

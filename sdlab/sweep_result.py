@@ -17,6 +17,7 @@ from .axes import Axis, prompt_sr
 from .grid import Label, fit_pixels, join_horizontally, labelled_grid
 from .metadata import PARAMETERS_KEY, add_infotext_params, infotext, parse_infotext, read_text_chunks, save_png
 from .request import GenerationRequest
+from .sweep_html import save_html
 from .xyz_plot import is_xyz_text, sweep_from_xyz, xyz_params
 
 SPEC_KEY = "sdlab_sweep"
@@ -51,6 +52,9 @@ class SweepCell:
     peak_memory_mb: float | None = None
     error: str | None = None
     cached: bool = False
+    metrics: dict[str, float | None] = field(default_factory=dict)  # flat score name -> number (None: n/a)
+    metric_errors: dict[str, str] = field(default_factory=dict)  # scorer name -> its error
+    metric_keys: dict[str, str] = field(default_factory=dict)  # scorer name -> its cache key
 
     @property
     def ok(self) -> bool:
@@ -101,7 +105,21 @@ class SweepResult:
 
     @property
     def table(self) -> list[dict[str, Any]]:
-        """One row a cell: axis values, seed, path, seconds, peak memory, error, cached."""
+        """One row a cell: axis values, seed, path, seconds, peak memory, error, cached, and scores.
+
+        Scores (`sweep(..., metrics=[...])`) are two plain fields of every row, the same in the
+        run directory's `manifest.jsonl` rows:
+
+        - `metrics`: a flat dict, score name -> number (float/int), or None where the score does
+          not apply (e.g. the judge's position for a prompt naming none) or is not finite. A
+          scorer returning a number gives one name (its own: "sharpness"); one returning a dict
+          gives "<scorer>.<key>" for each key ("judge.colour", "similarity.ssim").
+        - `metric_errors`: scorer name -> error text ("ValueError: ...") for scorers that failed
+          on this cell; their names are absent from `metrics`.
+
+        Rows of cells without scores have both as empty dicts. Manifest rows also carry
+        `metric_keys` (scorer name -> the cache key its scores were computed under). `to_pandas()` also spreads
+        `metrics` into `metric.<name>` columns."""
         rows = []
         for cell in self.cells:
             row: dict[str, Any] = {"index": cell.index}
@@ -120,10 +138,44 @@ class SweepResult:
                     "peak_memory_mb": cell.peak_memory_mb,
                     "error": cell.error,
                     "cached": cell.cached,
+                    "metrics": dict(cell.metrics),
+                    "metric_errors": dict(cell.metric_errors),
                 }
             )
             rows.append(row)
         return rows
+
+    @property
+    def metric_names(self) -> list[str]:
+        """The names of the scores the cells carry (`table` rows' `metrics` keys)."""
+        from .score_curves import metric_names
+
+        return metric_names(self)
+
+    def aggregate(
+        self, metric: str, *, over: str | Sequence[str] | None = "seed", filter: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """Mean, spread, min and max of a score over `over` (default the seeds), one row per
+        combination of the other axes (see `sdlab.score_curves.aggregate`)."""
+        from .score_curves import aggregate
+
+        return aggregate(self, metric, over=over, filter=filter)
+
+    def peaks(
+        self, metric: str, *, x: str, over: str | Sequence[str] | None = "seed", filter: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """Per combination of the other axes, the `x` value where the mean of `metric` over `over`
+        peaks (see `sdlab.score_curves.peaks`)."""
+        from .score_curves import peaks
+
+        return peaks(self, metric, x=x, over=over, filter=filter)
+
+    def plot(self, metric: str, *, x: str, hue: str | None = None, filter: dict[str, Any] | None = None, ax=None):
+        """A score against axis `x`, a line per `hue` value, mean and a one-sd band over the other
+        axes (matplotlib; returns the Axes)."""
+        from .score_curves import plot
+
+        return plot(self, metric, x=x, hue=hue, filter=filter, ax=ax)
 
     def to_pandas(self):
         """The table as a pandas DataFrame (needs pandas)."""
@@ -133,7 +185,13 @@ class SweepResult:
             from .errors import MissingDependencyError
 
             raise MissingDependencyError("pandas", "SweepResult.to_pandas()") from e
-        return pd.DataFrame(self.table)
+        rows = []
+        for row in self.table:
+            row = dict(row)
+            for name, value in row.get("metrics", {}).items():
+                row[f"metric.{name}"] = value
+            rows.append(row)
+        return pd.DataFrame(rows)
 
     @property
     def images(self) -> list[Image.Image | None]:
@@ -277,6 +335,13 @@ class SweepResult:
         extra = {SPEC_KEY: json.dumps(self.spec, default=str)}
         return save_png(image, path, record, extra_text=extra, parameters=parameters)
 
+    def save_config(self, path: str | Path | None = None) -> Path:
+        """Write the sweep file (YAML, or TOML for a .toml path; default `<run directory>/sweep.yaml`)
+        that rebuilds this sweep: `sdlab sweep --config <path>` runs it again from its cache."""
+        from .sweep_file import sweep_config, write_sweep_file
+
+        return write_sweep_file(Path(path) if path is not None else self.out_dir / "sweep.yaml", sweep_config(self))
+
     def figure(
         self, x: str | None = None, y: str | None = None, *, filter: dict[str, Any] | None = None, size: float = 2.0
     ):
@@ -318,6 +383,13 @@ class SweepResult:
         buf = io.BytesIO()
         self.grid(max_pixels=4_000_000).save(buf, format="PNG")
         return buf.getvalue()
+
+    def save_html(self, path: str | Path | None = None, **viewer_kwargs) -> Path:
+        """Write the sweep's viewer: a self-contained folder (HTML, JS, its data and images) that
+        opens from disk with no server (default `<run directory>/viewer`); returns its index.html.
+        Any two axes across and down, the rest stepped through, parameters and scores on hover, the
+        A1111 text copied, cells coloured or sorted by a score (`sdlab.sweep_html.save_html`)."""
+        return save_html(self, Path(path) if path is not None else self.out_dir / "viewer", **viewer_kwargs)
 
 
 def load_sweep(path: str | Path) -> dict[str, Any]:
@@ -369,6 +441,9 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
     kwargs.update(extra)
     if spec.get("out_dir") and Path(spec["out_dir"]).is_dir():
         kwargs["out_dir"] = spec["out_dir"]
+    configs = [m.get("config") for m in spec.get("metrics") or []]
+    if configs and all(c is not None for c in configs):  # built-in scorers, by the names a sweep file uses
+        kwargs["metrics"] = configs
     return kwargs
 
 

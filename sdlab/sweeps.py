@@ -48,7 +48,8 @@ from .axes import (
 from .backends import as_backend, model_facts
 from .executors import get_executor
 from .identity import content_sha256
-from .metadata import save_png
+from .metadata import read_params, save_png
+from .metrics import Reference, Scorer, resolve
 from .request import GenerationRequest, check_positive_int, describe_value, random_seed
 from .sweep_result import CORE_PARAMS, SweepCell, SweepResult, load_sweep
 from .textual_inversion import resolve_embeddings
@@ -56,7 +57,17 @@ from .textual_inversion import resolve_embeddings
 MANIFEST = "manifest.jsonl"
 DEFAULT_OUT_DIR = Path("runs") / "sweeps"
 
-__all__ = ["Axis", "SweepCell", "SweepResult", "prompt_matrix", "prompt_order", "prompt_sr", "sweep", "load_sweep"]
+__all__ = [
+    "Axis",
+    "SweepCell",
+    "SweepResult",
+    "prompt_matrix",
+    "prompt_order",
+    "prompt_sr",
+    "sweep",
+    "sweep_from_file",
+    "load_sweep",
+]
 
 
 # ------------------------------------------------------------------ planning
@@ -411,6 +422,7 @@ def sweep(
     verbose: bool = True,
     progress: Callable[[dict], None] | None = None,
     executor: Any = None,
+    metrics: Sequence[Any] | None = None,
     **pipeline_kwargs: Any,
 ) -> SweepResult:
     """Generate a grid of images over any parameters, batched, cached and resumable.
@@ -451,6 +463,12 @@ def sweep(
             `sdlab.executors.RayExecutor(num_workers=8, num_gpus_per_worker=1)`. The run
             directory, cache and manifest are the same either way: a sweep started on one
             resumes on the other.
+        metrics: scores of every image (`sdlab.metrics`): built-in names ("judge", "sharpness",
+            "colourfulness", "saturation", "clip_score"), `Scorer`s such as
+            `metrics.similarity(reference={"num_inference_steps": 50})`, or functions
+            `f(image, record)`. Scores land in `result.table` and the manifest, cached with the
+            cell: a re-run scores nothing again, a metric added later scores only itself, and a
+            scorer that fails on a cell records its error there and the sweep goes on.
         **pipeline_kwargs: fixed pipeline keywords for every cell.
     """
     # 1. the sweep's own arguments and axes, checked before anything loads
@@ -487,6 +505,11 @@ def sweep(
         "pipeline_kwargs": dict(pipeline_kwargs),
     }
     planned = plan_cells(base, axes_list, link, vary_seeds=vary_seeds)
+    scorers = resolve(metrics)
+    _check_references(scorers, axes_list)
+    for scorer in scorers:
+        if scorer.prepare is not None:  # e.g. CLIP from the cache: missing is an error now, not per cell
+            scorer.prepare()
 
     executor, own_executor = get_executor(executor)
     try:
@@ -517,6 +540,7 @@ def sweep(
             )
         if primary is not None:  # the backend's own checks (size multiple, keywords), one round trip
             primary.validate_many([c.request for c in cells])
+        scorers = [_bind(s, primary) if s.bind is not None else s for s in scorers]
     except BaseException:
         if own_executor:
             executor.close()
@@ -533,6 +557,9 @@ def sweep(
         else:
             todo.append(cell)
     spec = _spec(prompt, negative_prompt, axes_list, link, vary_seeds, base, title, model_values, run.root)
+    spec["metrics"] = [
+        {"name": s.name, "version": s.version, "reference": s.reference, "config": s.config} for s in scorers
+    ]
     (run.root / "sweeps").mkdir(exist_ok=True)
     spec_text = json.dumps(spec, sort_keys=True, default=str)
     spec_path = run.root / "sweeps" / f"{hashlib.sha256(spec_text.encode()).hexdigest()[:16]}.json"
@@ -559,6 +586,10 @@ def sweep(
                 _record(outcome, batches[outcome.batch], run, axes_list, lambda cell: bar.update(1))
             if primary is None and isinstance(model_values[m], (str, Path)):
                 executor.release(backend)
+        # 6. scores, each cached with its cell (image content, scorer name and version)
+        scored = _score(cells, scorers, run, axes_list)
+        if verbose and scored:
+            print(f"sweep: {scored} scores computed")
     except KeyboardInterrupt:
         done = sum(1 for c in cells if c.ok or c.error)
         print(
@@ -576,6 +607,133 @@ def sweep(
         failed = sum(1 for c in cells if c.error)
         print(f"sweep: done in {seconds:.1f}s" + (f", {failed} cells failed (see result.table)" if failed else ""))
     return result
+
+
+def sweep_from_file(path: str | Path, pipe: Any = None, **overrides: Any) -> SweepResult:
+    """The sweep a YAML or TOML sweep file describes (`sdlab.sweep_file`); `pipe` defaults to the
+    file's `model`, opened here, and `overrides` replace the file's keywords (e.g. `out_dir`). An
+    error about one of the file's keys names that key's line."""
+    from .sweep_file import SweepFile, read_sweep_file
+
+    file = path if isinstance(path, SweepFile) else read_sweep_file(path)
+    if pipe is None and "model" not in (file.kwargs.get("axes") or {}):
+        if not file.model:
+            raise ValueError(f"{file.path}: no `model`; name one in the file or pass `pipe`")
+        from .backends import open_model
+
+        pipe = open_model(file.model)
+    kwargs = {**file.kwargs, **overrides}
+    prompt = kwargs.pop("prompt", None)
+    try:
+        return sweep(pipe, prompt, **kwargs)
+    except ValueError as e:
+        raise ValueError(file.locate(str(e))) from e
+
+
+def _bind(scorer: Scorer, backend) -> Scorer:
+    """A scorer that needs the sweep's pipeline (e.g. its VAE), given it."""
+    from .backends import local_pipeline
+
+    pipe = local_pipeline(backend) if backend is not None else None
+    if pipe is None:
+        raise ValueError(
+            f"`metrics`: {scorer.name!r} needs the sweep's local pipeline (one model, run here); "
+            "pass what it needs itself (e.g. similarity(..., vae=pipe.vae))"
+        )
+    return scorer.bind(pipe)
+
+
+def _check_references(scorers: list[Scorer], axes: list[Axis]) -> None:
+    by_name = {a.name: a for a in axes}
+    for scorer in scorers:
+        for name, value in (scorer.reference or {}).items():
+            if name not in by_name:
+                raise ValueError(
+                    f"`metrics`: {scorer.name!r} takes its reference on axis {name!r}, which is not in `axes` "
+                    f"({', '.join(by_name) or 'none'})"
+                )
+            _value_index(by_name[name], value, f"`metrics`: {scorer.name!r}'s reference")
+
+
+def _value_index(axis: Axis, value: Any, what: str) -> int:
+    for i, (v, label) in enumerate(zip(axis.values, axis.labels)):
+        if (
+            v == value
+            or label == value
+            or (
+                isinstance(v, (int, float))
+                and isinstance(value, (int, float))
+                and abs(v - value) <= 1e-9 * max(1, abs(v))
+            )
+        ):
+            return i
+    raise ValueError(f"{what}: axis {axis.name!r} has no value {value!r}; values: {list(axis.labels)}")
+
+
+def _score(cells: list[SweepCell], scorers: list[Scorer], run: RunDirectory, axes: list[Axis]) -> int:
+    """Score every image, reusing the manifest's scores whose cache key still matches; returns how
+    many scores were computed. A scorer's exception becomes that cell's `metric_errors` entry."""
+    if not scorers:
+        return 0
+    by_name = {a.name: a for a in axes}
+    by_coords = {tuple(sorted(c.coords.items())): c for c in cells}
+    loaded: dict[str, tuple] = {}
+
+    def load(cell: SweepCell):
+        if cell.key not in loaded:
+            from PIL import Image
+
+            with Image.open(cell.path) as im:
+                im.load()
+                loaded[cell.key] = (im.convert("RGB"), read_params(cell.path))
+        return loaded[cell.key]
+
+    def image_key(cell: SweepCell) -> str:
+        return f"{cell.key}:{(run.rows.get(cell.key) or {}).get('sha256')}"
+
+    computed = 0
+    for cell in cells:
+        if not cell.ok:
+            continue
+        row = dict(run.rows.get(cell.key) or {})
+        stored = dict(row.get("metrics") or {})
+        errors = dict(row.get("metric_errors") or {})
+        keys = dict(row.get("metric_keys") or {})
+        cell.metrics, cell.metric_errors, cell.metric_keys = {}, {}, {}
+        changed = False
+        for scorer in scorers:
+            mine = sorted(n for n in stored if n == scorer.name or n.startswith(scorer.name + "."))
+            ref_cell = None
+            if scorer.reference:
+                coords = dict(cell.coords)
+                for name, value in scorer.reference.items():
+                    coords[name] = _value_index(by_name[name], value, "reference")
+                ref_cell = by_coords.get(tuple(sorted(coords.items())))
+            key = scorer.cache_key(image_key(cell), image_key(ref_cell) if ref_cell else None)
+            cell.metric_keys[scorer.name] = key
+            if keys.get(scorer.name) == key and scorer.name not in errors:
+                cell.metrics.update({n: stored[n] for n in mine})
+                continue
+            changed, computed = True, computed + 1
+            for n in mine:
+                stored.pop(n)
+            errors.pop(scorer.name, None)
+            keys[scorer.name] = key
+            try:
+                if scorer.reference and (ref_cell is None or not ref_cell.ok):
+                    raise ValueError(f"its reference cell {scorer.reference} has no image")
+                image, record = load(cell)
+                reference = Reference(*load(ref_cell)) if scorer.reference else None
+                values = scorer.score(image, record, reference)
+            except Exception as e:  # a scorer's failure is that score's, never the sweep's
+                errors[scorer.name] = cell.metric_errors[scorer.name] = f"{type(e).__name__}: {e}"
+            else:  # a scorer's names in sorted order, computed or cached alike (the manifest sorts them)
+                stored.update(values)
+                cell.metrics.update(sorted(values.items()))
+        if changed:
+            row.update(metrics=stored, metric_errors=errors, metric_keys=keys)
+            run.append(row)
+    return computed
 
 
 def _resolve_seed_axis(axis: Axis) -> Axis:

@@ -143,3 +143,26 @@ def test_the_token_warning_names_the_callers_line_not_sdlabs(sd1_pipe):
         sdlab.generate(sd1_pipe, verbatim("stack " * 100), seed=0, num_inference_steps=1)
     warned = [w for w in caught if issubclass(w.category, TokenLimitWarning)]
     assert warned and warned[0].filename == __file__
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_a_cut_prompt_is_reported_once_not_again_by_diffusers(family, request):
+    """sdlab's TokenLimitWarning names the dropped words; diffusers' own "The following part of your
+    input was truncated" log line for the same prompt would say it a second time (notebook 02)."""
+    import logging
+
+    pipe = request.getfixturevalue(f"{family}_pipe")
+    records = []
+    handler = logging.Handler(level=logging.DEBUG)
+    handler.emit = records.append
+    loggers = [logging.getLogger(c.__module__) for c in type(pipe).__mro__ if c.__module__.startswith("diffusers.")]
+    for log in loggers:
+        log.addHandler(handler)
+    try:
+        _, warned = generate_recording(pipe, verbatim(long_prompt(f"dup{family}")))
+    finally:
+        for log in loggers:
+            log.removeHandler(handler)
+    assert len(warned) == 1
+    assert not [r for r in records if "truncated" in r.getMessage()], [r.getMessage() for r in records]
+    assert all(log.level == logging.NOTSET or log.level < logging.ERROR for log in loggers)  # levels restored

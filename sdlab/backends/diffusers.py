@@ -820,11 +820,13 @@ class DiffusersBackend:
             self._lora_call.set_text({name: dict(lora).get(name, 0.0) for name in self._lora_call.names})
         elif lora:  # pragma: no cover - a bug, never a silent image without its LoRA
             raise BackendError("text-encoder LoRA weights asked outside a call with LoRAs", backend=self.name)
+        quiet = contextlib.nullcontext()
         if isinstance(text, str) and not syntax:  # once per distinct prompt: a TokenLimitWarning naming dropped words
-            from ..prompts.tokens import warn_if_truncated
+            from ..prompts.tokens import drops_words, quiet_truncation_log, warn_if_truncated
 
-            warn_if_truncated(pipe, as_given)
-        with torch.inference_mode():
+            if drops_words(warn_if_truncated(pipe, as_given)):
+                quiet = quiet_truncation_log(pipe)  # diffusers' own log line would say it again
+        with quiet, torch.inference_mode():
             if is_object:
                 value = text.encode(pipe, clip_skip=clip_skip)
             elif syntax:  # A1111 emphasis, BREAK and 77-token chunks (sdlab.prompts.a1111)

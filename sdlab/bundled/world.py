@@ -237,6 +237,39 @@ def caption(scene: Scene, seed: int | None = None, *, variant: bool = True) -> s
     return f"{article} {subject}{pos} on {scene.background}"
 
 
+def parse_caption(text: str) -> dict[str, str]:
+    """The attributes a caption names, read back the way ``caption`` writes them: ``shape``,
+    ``colour`` (the colour word before the shape), ``background`` (the colour word after it),
+    ``size`` and ``position`` (as in ``POSITIONS``), each only when the text names it.
+
+    ``parse_caption("a tiny red star in the upper left corner on a blue background")`` is
+    ``{"shape": "star", "colour": "red", "background": "blue", "size": "small", "position": "top left"}``."""
+    words = text.lower().replace(",", " ").split()
+    out: dict[str, str] = {}
+    at = next((i for i, w in enumerate(words) if w in SHAPES), None)
+    if at is None:
+        return out
+    out["shape"] = words[at]
+    before, after = words[:at], words[at + 1 :]
+    colour = next((w for w in reversed(before) if w in COLOURS), None)
+    if colour:
+        out["colour"] = colour
+    size = next((s for w in before for s, names in _SIZE_WORDS.items() if w in names), None)
+    if size:
+        out["size"] = size
+    bg_at = next((i for i, w in enumerate(after) if w in COLOURS), None)
+    if bg_at is not None:
+        out["background"] = after[bg_at]
+    phrase = after[:bg_at] if bg_at is not None else after
+    v = "top" if {"top", "upper"} & set(phrase) else "bottom" if {"bottom", "lower"} & set(phrase) else None
+    h = next((w for w in phrase if w in ("left", "right")), None)
+    if v or h:
+        out["position"] = f"{v or 'center'} {h or 'center'}"
+    elif {"center", "middle"} & set(phrase):
+        out["position"] = "center"
+    return out
+
+
 def _position_phrase_canonical(position: str) -> str:
     if position == "center":
         return "in the center"

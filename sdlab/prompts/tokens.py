@@ -14,6 +14,7 @@ the dropped words) and `record_fields` for every image's record.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import math
 import re
@@ -254,9 +255,31 @@ def warn_if_truncated(pipe: Any, prompt: Any) -> TokenBudget | None:
     if prompt is None or (isinstance(prompt, str) and not prompt):
         return None
     budget = token_budget(pipe, prompt)
-    if any(c.truncated and c.role == "sequence" for c in budget.counts):
+    if drops_words(budget):
         warnings.warn(budget.warning_message(), TokenLimitWarning, stacklevel=_caller_stacklevel())
     return budget
+
+
+def drops_words(budget: TokenBudget | None) -> bool:
+    """Whether an encoder the denoiser attends to drops words (what `warn_if_truncated` warns of)."""
+    return budget is not None and any(c.truncated and c.role == "sequence" for c in budget.counts)
+
+
+@contextlib.contextmanager
+def quiet_truncation_log(pipe: Any):
+    """Hide diffusers' "The following part of your input was truncated ..." log line while `pipe`
+    encodes a prompt that a TokenLimitWarning has already reported (it would say it again)."""
+    import logging
+
+    logs = {logging.getLogger(c.__module__) for c in type(pipe).__mro__ if c.__module__.startswith("diffusers.")}
+    levels = {log: log.level for log in logs}
+    for log in logs:
+        log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for log, level in levels.items():
+            log.setLevel(level)
 
 
 def _caller_stacklevel() -> int:

@@ -7,6 +7,9 @@
     explorer.pick["seed"].value = 1          # index of the value: the cell shown large
     explorer.tile_buttons[0].click()          # or click a tile's button: that cell shown large
     explorer.cell_params                      # what `sdlab.read_params` reads from its PNG
+    explorer.metric.value = "judge.colour_shape"  # a sweep with metrics: its curve beside the grid
+    explorer.curve_rows                       # the curve's points (`SweepResult.aggregate` rows)
+    explorer.cell_scores                      # the picked cell's scores
 
 Nothing is generated here: the grid is redrawn from the images on disk when a choice changes.
 """
@@ -35,6 +38,11 @@ class SweepExplorer(widgets.VBox):
     (the PIL grid on show), `grid_scale` (the whole number it is enlarged by), `tiles` (the cells
     on show, in the order of `tile_buttons`), `cell` (the picked `SweepCell`), `cell_params` (its
     parameters read from the PNG), `error`, `status`.
+
+    Scores (a sweep made with `metrics=`): `metric` (Dropdown of score names) and `hue` (axis of
+    the curve's lines, or "(none)") draw `SweepResult.plot` of the values shown against the grid's
+    x axis, beside the grid, redrawn whenever axes or filters change; `curve_rows` (its points),
+    `curve_image` (the PIL figure), `cell_scores` (the picked cell's scores and scorer errors).
     """
 
     def __init__(self, result, *, cell_width: str = "320px"):
@@ -80,6 +88,20 @@ class SweepExplorer(widgets.VBox):
                 description=axis.name,
                 layout=widgets.Layout(width="260px"),
             )
+        self.curve_rows: list[dict[str, Any]] = []
+        self.curve_image = None
+        self.cell_scores: dict[str, Any] = {}
+        metric_names = list(result.metric_names)
+        self.metric = widgets.Dropdown(
+            options=metric_names or [NONE], value=metric_names[0] if metric_names else NONE, description="score"
+        )
+        self.hue = widgets.Dropdown(options=[NONE] + names, value=NONE, description="lines by")
+        self.curve = widgets.Image(format="png")
+        self.curve.add_class("sdlab-curve")
+        self.curve_box = widgets.VBox(
+            [widgets.HBox([self.metric, self.hue]), self.curve],
+            layout=widgets.Layout(display=None if metric_names else "none"),
+        )
         self.status = widgets.HTML(value=status_html("ready"))
         self.status.add_class("sdlab-status")
         self.grid = widgets.Image(format="png")
@@ -91,7 +113,7 @@ class SweepExplorer(widgets.VBox):
         self.cell_info = widgets.HTML()
         self._cell_width = cell_width
 
-        for control in [self.x, self.y, self.z, *self.filters.values()]:
+        for control in [self.x, self.y, self.z, self.metric, self.hue, *self.filters.values()]:
             control.observe(lambda _change: self.refresh(), names="value")
         self._opening = False  # set while open_cell moves several `pick` dropdowns at once
         for control in self.pick.values():
@@ -109,7 +131,7 @@ class SweepExplorer(widgets.VBox):
                 widgets.HBox(list(self.filters.values()), layout=widgets.Layout(flex_flow="row wrap")),
                 widgets.HBox(list(self.sliders.values()), layout=widgets.Layout(flex_flow="row wrap")),
                 self.status,
-                self.grid_box,
+                widgets.HBox([self.grid_box, self.curve_box], layout=widgets.Layout(align_items="flex-start")),
                 widgets.HTML("<small>click a cell to see it large with its record</small>"),
                 self.tile_box,
                 widgets.HTML("<b>Cell</b>"),
@@ -193,6 +215,7 @@ class SweepExplorer(widgets.VBox):
         self.grid.layout.max_width = "none"
         self._show_tiles(subset, args)
         self._show_sliders()
+        self._show_curve(subset, args["x"])
         failed = sum(1 for c in self.result.cells if c.error)
         text = f"{image.width}x{image.height} grid of {len(subset.cells)} cells"
         self.status.value = status_html(
@@ -224,6 +247,33 @@ class SweepExplorer(widgets.VBox):
         self.tile_buttons = buttons
         self.tile_box.children = buttons
 
+    def _show_curve(self, subset, x: str | None) -> None:
+        """The chosen score against the grid's x axis, over the values shown (mean and one sd)."""
+        self.curve_rows, self.curve_image = [], None
+        if self.metric.value == NONE or x is None:
+            self.curve.value = b""
+            return
+        import io
+
+        from matplotlib.figure import Figure
+        from PIL import Image
+
+        hue = None if self.hue.value in (NONE, x) else self.hue.value
+        try:
+            keep = {x} | ({hue} if hue else set())
+            self.curve_rows = subset.aggregate(self.metric.value, over=[n for n in subset.axis_names if n not in keep])
+            figure = Figure(figsize=(4.8, 3.2), dpi=100)
+            subset.plot(self.metric.value, x=x, hue=hue, ax=figure.subplots())
+            figure.tight_layout()
+            buf = io.BytesIO()
+            figure.savefig(buf, format="png")
+        except Exception as e:  # noqa: BLE001 - shown in the widget
+            self.curve.value = b""
+            self.status.value = status_html(f"curve: {error_text(e)}", "error")
+            return
+        self.curve.value = buf.getvalue()
+        self.curve_image = Image.open(io.BytesIO(self.curve.value))
+
     def _original(self, view):
         """The result's own cell behind a cell of the filtered view."""
         return next((c for c in self.result.cells if c.index == view.index), None)
@@ -247,6 +297,7 @@ class SweepExplorer(widgets.VBox):
         wanted = {name: dropdown.value for name, dropdown in self.pick.items()}
         cell = next((c for c in self.result.cells if c.coords == wanted), None)
         self.cell, self.cell_params = cell, None
+        self.cell_scores = {}
         if cell is None:
             self.cell_image.children = []
             self.cell_info.value = status_html("no such cell", "error")
@@ -263,7 +314,27 @@ class SweepExplorer(widgets.VBox):
             self.cell_info.value = status_html(error_text(e), "error")
             return
         self.cell_image.children = [image_widget(image, width=self._cell_width, css_class="sdlab-cell")]
-        self.cell_info.value = params_html(self.cell_params) + f"<small>{_escape(str(cell.path))}</small>"
+        self.cell_scores = {**cell.metrics, **{f"{name} (failed)": e for name, e in cell.metric_errors.items()}}
+        self.cell_info.value = (
+            params_html(self.cell_params) + _scores_html(self.cell_scores) + f"<small>{_escape(str(cell.path))}</small>"
+        )
+
+
+def _scores_html(scores: dict[str, Any]) -> str:
+    if not scores:
+        return ""
+    rows = "".join(
+        f"<tr><td>{_escape(name)}</td><td>{_escape(_format_score(value))}</td></tr>" for name, value in scores.items()
+    )
+    return f"<b>Scores</b><table class='sdlab-scores'>{rows}</table>"
+
+
+def _format_score(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
 
 
 def _ordered(axis) -> bool:
