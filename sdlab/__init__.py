@@ -4,11 +4,13 @@ Importing sdlab touches no network, GPU or disk; heavy libraries load when first
 """
 
 from . import (
+    adapters,  # sdlab.adapters: LoRA files found, identified, applied for one call
     bench,
     controlnet,
     metrics,  # sdlab.metrics: scores of images (judge, CLIP, statistics, similarity)
     prompts,  # sdlab.prompts: presets, token budget, weighting, wildcards
 )
+from .adapters import set_lora_dir
 from .backends import Backend, BackendOutput, Defaults, as_backend
 from .errors import BackendError, MissingDependencyError, ModelLoadError, SdlabError
 from .generation import GenerationResult, generate, regenerate
@@ -35,6 +37,7 @@ __all__ = [
     "PRESETS",
     "SdlabError",
     "SweepResult",
+    "adapters",
     "as_backend",
     "bench",
     "controlnet",
@@ -50,6 +53,7 @@ __all__ = [
     "read_params",
     "regenerate",
     "scheduler_names",
+    "set_lora_dir",
     "set_scheduler",
     "sweep",
 ]

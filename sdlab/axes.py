@@ -149,6 +149,8 @@ def _expand_range(item: str, kind: str) -> list | None:
 
 
 def value_kind(name: str) -> str:
+    if name == "lora_weight" or name.startswith("lora:"):  # LoRA weights (sdlab.adapters)
+        return "float"
     if name in INT_PARAMS:
         return "int"
     if name in FLOAT_PARAMS:

@@ -153,6 +153,8 @@ def generate(
     clip_skip: int | None = None,
     variation_seed: int | Sequence[int] | None = None,
     variation_strength: float | Sequence[float] = 0.0,
+    loras: Any = None,
+    embeddings: Any = None,
     progress: ProgressCallback | None = None,
     **pipeline_kwargs: Any,
 ) -> GenerationResult:
@@ -182,6 +184,11 @@ def generate(
             hires_steps, hires_strength: A1111's hires fix (a second, img2img pass at the larger size).
         refiner, refiner_switch: an SDXL refiner (preset, hub id or folder) taking over at that
             fraction of the steps (A1111's "Refiner switch at", default 0.8).
+        loras: LoRAs for this call: name (in the LoRA folder, `sdlab.set_lora_dir`), file, folder or
+            cached hub id -> weight, or -> (unet weight, text encoder weight). `<lora:name:w>` in the
+            prompt does the same. Applied for this call only, recorded by content hash (sdlab.adapters).
+        embeddings: textual inversion tokens for this call: {token: file or name}, or [name] (the
+            token is the file's name, as in A1111); SD 1.x/2.x (sdlab.textual_inversion).
         progress: called with a dict (`step`, `total`, ...) after every denoising step.
         **pipeline_kwargs: other keywords of the pipeline (e.g. `image` and
             `controlnet_conditioning_scale` for ControlNet); unknown names are an error.
@@ -204,6 +211,8 @@ def generate(
         clip_skip=clip_skip,
         variation_seed=variation_seed,
         variation_strength=variation_strength,
+        loras=loras,
+        embeddings=embeddings,
         pipeline_kwargs=pipeline_kwargs,
     )
     return run_request(backend, request, progress=progress)
@@ -219,7 +228,7 @@ class RegenerateWarning(UserWarning):
 
 
 # A1111 keys that describe the run without changing pixels, or that regenerate checks itself
-_A1111_INFORMATIVE = {"Version", "Model", "User"}
+_A1111_INFORMATIVE = {"Version", "Model", "User", "Lora hashes", "TI hashes"}  # LoRAs: applied by hash (sdlab.adapters)
 # A1111's extra networks in a prompt (<lora:name:0.8>): A1111 takes them out of the text it encodes
 _RE_EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
 
@@ -230,8 +239,11 @@ def regenerate(path: str | Path, pipe: Any, **overrides: Any) -> GenerationResul
     Keyword arguments override recorded parameters (e.g. a different `num_inference_steps`).
     From A1111's text it applies the sampler and schedule type, clip skip, size, seed, variation
     seed and strength, DDIM's eta, and A1111's prompt weights (through `sdlab.prompts.weighted`);
-    it compares the `Model hash` with the loaded model's. Whatever else the text holds (hires fix,
-    GPU/NV noise, LoRAs, extensions' keys) is listed in ONE `RegenerateWarning`: the image may differ.
+    it compares the `Model hash` with the loaded model's, and applies hires fix and denoising
+    strength (an init image must be passed again). Whatever else the text holds (GPU/NV noise,
+    extensions' keys) is listed in ONE `RegenerateWarning`: the image may differ.
+    LoRAs are found by content hash in the LoRA folder (`sdlab.set_lora_dir`); missing ones are an
+    error naming them.
     """
     from .metadata import read_params
 
@@ -259,6 +271,14 @@ def regenerate(path: str | Path, pipe: Any, **overrides: Any) -> GenerationResul
         if params.get(key) is not None:
             kwargs[key] = params[key]
     prompt = params["prompt"]
+    if "<lora:" in prompt or params.get("loras"):  # the same LoRA files, found by hash (sdlab.adapters)
+        from .adapters import loras_to_regenerate, strip_tags
+
+        kwargs["loras"] = loras_to_regenerate(params, name)
+        prompt = strip_tags(prompt)
+    embeddings = _embeddings_to_regenerate(params, name)
+    if embeddings:
+        kwargs["embeddings"] = embeddings
     if params.get("source") == "a1111":  # A1111's prompt syntax is sdlab's default encoding: only extra networks go
         prompt, dropped = _without_extra_networks(prompt)
         unapplied += [f"prompt {tag}" for tag in dropped]
@@ -334,6 +354,33 @@ def _input_fields(params: dict[str, Any], overrides: dict[str, Any], name: str) 
             continue
         out[key] = value.get("name") if key == "refiner" and isinstance(value, dict) else value
     return out
+
+
+def _embeddings_to_regenerate(params: dict[str, Any], name: str) -> tuple:
+    """Textual inversion embeddings of a record (by SHA-256) or of A1111's `TI hashes`, found again."""
+    from .request import _embedding_from_json
+    from .textual_inversion import Embedding, find_by_hash
+
+    if params.get("embeddings"):
+        return tuple(_embedding_from_json(d) for d in params["embeddings"])
+    text = (params.get("extra") or {}).get("TI hashes")
+    if not text:
+        return ()
+    from . import identity
+
+    out, missing = [], []
+    for token, _, short in (p.strip().rpartition(":") for p in text.split(",") if ":" in p):
+        path = find_by_hash(short.strip())
+        if path is None:
+            missing.append(f"{token.strip()} ({short.strip()})")
+        else:
+            sha = identity.file_sha256(path)
+            out.append(Embedding(token=token.strip(), name=Path(path).stem, path=path, sha256=sha))
+    if missing:
+        raise ValueError(
+            f"{name} was made with textual inversion embedding(s) {', '.join(missing)}, not in the embeddings folder"
+        )
+    return tuple(out)
 
 
 def _check_model(params: dict[str, Any], backend: Backend, name: str) -> None:

@@ -82,7 +82,7 @@ def _a1111_prompt(record: dict[str, Any], name: str) -> str | None:
 
 def infotext(record: dict[str, Any]) -> str:
     """A1111's `parameters` text for one image record."""
-    lines = [_a1111_prompt(record, "prompt") or ""]
+    lines = [_with_lora_tags(_a1111_prompt(record, "prompt") or "", record.get("loras"))]
     negative = _a1111_prompt(record, "negative_prompt")
     if negative:
         lines.append(f"Negative prompt: {negative}")
@@ -103,6 +103,11 @@ def infotext(record: dict[str, Any]) -> str:
     from .inputs import infotext_params
 
     params += infotext_params(record)  # img2img, inpainting, hires fix, refiner: A1111's labels
+    if record.get("loras"):  # A1111's Lora hashes: "name: addnet hash, ..." (names without ':' and ',')
+        hashes = [f"{d['name'].replace(':', '').replace(',', '')}: {d['a1111_hash']}" for d in record["loras"]]
+        params.append(("Lora hashes", ", ".join(hashes)))
+    if record.get("embeddings"):  # A1111's TI hashes: "name: first 12 hex digits of the file's SHA-256"
+        params.append(("TI hashes", ", ".join(f"{d['token']}: {d['a1111_hash']}" for d in record["embeddings"])))
     for key, value in (record.get("pipeline_kwargs") or {}).items():
         if isinstance(value, (int, float, str, bool)) and value is not None:
             params.append((_pipeline_label(key, record), _format_number(value)))
@@ -113,6 +118,24 @@ def infotext(record: dict[str, Any]) -> str:
         params.append(("Version", f"sdlab {versions['sdlab']}"))
     lines.append(", ".join(f"{label}: {_quote(value)}" for label, value in params))
     return "\n".join(lines)
+
+
+def _with_lora_tags(prompt: str, loras: list | None) -> str:
+    """The prompt as A1111 writes it: a `<lora:name:w>` tag for every LoRA applied (those given as
+    `loras=` rather than in the prompt are appended, as A1111 appends its default LoRA)."""
+    if not loras:
+        return prompt
+    from .adapters import parse_tags
+
+    tagged = {name for name, _, _ in parse_tags(prompt)}
+    for d in loras:
+        if d["name"] not in tagged:
+            from .adapters import _number
+
+            te = d.get("text_encoder_weight")
+            w = _number(d["weight"])
+            prompt += f"<lora:{d['name']}:{w}>" if te is None else f"<lora:{d['name']}:{_number(te)}:{w}>"
+    return prompt
 
 
 def add_infotext_params(text: str, params: list[tuple[str, str]]) -> str:
@@ -183,6 +206,9 @@ def params_from_infotext(text: str) -> dict[str, Any]:
         params["variation_strength"] = float(raw.pop("Variation seed strength"))
         if "Variation seed" in raw:
             params["variation_seed"] = int(raw.pop("Variation seed"))
+    if "Lora hashes" in raw:  # name -> A1111's short hash of the LoRA file
+        pairs = [p.rpartition(":") for p in raw["Lora hashes"].split(",") if ":" in p]  # also kept in extra
+        params["lora_hashes"] = {name.strip(): value.strip() for name, _, value in pairs}
     if "Clip skip" in raw:  # A1111's "Clip skip: 2" skips one layer: diffusers' clip_skip=1
         params["clip_skip"] = int(raw.pop("Clip skip")) - 1 or None
     from .inputs import params_from_a1111

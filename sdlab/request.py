@@ -261,6 +261,10 @@ class GenerationRequest:
     hires_strength: float | None = None
     refiner: str | None = None
     refiner_switch: float | None = None
+    # LoRAs per image (sdlab.adapters.Lora: file by content hash, weights); the same files for every image
+    loras: tuple[tuple[Any, ...], ...] | None = None
+    # textual inversion tokens (sdlab.textual_inversion.Embedding), shared by the batch
+    embeddings: tuple[Any, ...] = ()
 
     def __post_init__(self):
         for name in ("prompt", "negative_prompt", "seed", "guidance_scale"):
@@ -295,6 +299,30 @@ class GenerationRequest:
 
         for name, value in inputs.check_request(self).items():
             set_(self, name, value)
+        self._check_loras(n)
+        if self.embeddings:
+            from .textual_inversion import check_embeddings
+
+            object.__setattr__(self, "embeddings", check_embeddings(self.embeddings))
+        else:
+            object.__setattr__(self, "embeddings", ())
+
+    def _check_loras(self, n: int) -> None:
+        loras = ((),) * n if self.loras is None else self.loras
+        if not isinstance(loras, tuple) or len(loras) != n or not all(isinstance(e, tuple) for e in loras):
+            raise ValueError(f"`loras` of a GenerationRequest is a tuple with one tuple of LoRAs per image ({n})")
+        if any(loras) or any(isinstance(p, str) and "<lora:" in p for p in self.prompt):
+            from .adapters import check_request_loras
+
+            check_request_loras(self.prompt, loras)
+        for p in self.negative_prompt:
+            if isinstance(p, str) and "<lora:" in p:
+                raise ValueError("`negative_prompt` has a <lora:...> tag: LoRAs are applied from the prompt only")
+        object.__setattr__(self, "loras", loras)
+
+    @property
+    def has_loras(self) -> bool:
+        return any(self.loras)
 
     def _check_variation(self, n: int) -> None:
         seeds = (None,) * n if self.variation_seed is None else self.variation_seed
@@ -340,6 +368,8 @@ class GenerationRequest:
         clip_skip: int | None = None,
         variation_seed: int | Sequence[int] | None = None,
         variation_strength: float | Sequence[float] = 0.0,
+        loras: Any = None,
+        embeddings: Any = None,
         pipeline_kwargs: Mapping[str, Any] | None = None,
         **image_fields: Any,
     ) -> GenerationRequest:
@@ -371,6 +401,11 @@ class GenerationRequest:
         width = defaults.width if width is None else width
         height = defaults.height if height is None else height
         image_fields = inputs.fit_fields(image_fields, count=count, width=width, height=height, per_prompt=num_images)
+        lora_sets = None
+        if loras is not None or any(isinstance(p, str) and "<lora:" in p for p in prompts):
+            from .adapters import loras_for  # `<lora:name:w>` tags in the prompt, then `loras`
+
+            lora_sets = tuple(loras_for(p, loras) for p in prompts for _ in range(num_images))
         return cls(
             prompt=tuple(p for p in prompts for _ in range(num_images)),
             negative_prompt=tuple(n for n in negatives for _ in range(num_images)),
@@ -385,6 +420,8 @@ class GenerationRequest:
             variation_seed=variation_seeds,
             variation_strength=variation_strengths,
             **image_fields,
+            loras=lora_sets,
+            embeddings=_resolve_embeddings(embeddings),
         )
 
     # ------------------------------------------------------------ the JSON form
@@ -411,6 +448,24 @@ class GenerationRequest:
         from . import inputs
 
         data.update(inputs.to_dict(self))  # written when set: a txt2img request keeps its old key
+        if self.has_loras:  # written when any (a request without LoRAs keeps its old key)
+            data["loras"] = [[lora.describe() for lora in entries] for entries in self.loras]
+        if self.embeddings:
+            data["embeddings"] = [e.describe() for e in self.embeddings]
+        return data
+
+    def identity_dict(self) -> dict[str, Any]:
+        """`to_dict` without where adapter files were found: what cache keys hash (content, not paths)."""
+        data = self.to_dict()
+        if "loras" in data:
+            data["loras"] = [
+                [{k: v for k, v in d.items() if k != "path"} for d in entries] for entries in data["loras"]
+            ]
+        if "embeddings" in data:
+            data["embeddings"] = [{k: v for k, v in d.items() if k != "path"} for d in data["embeddings"]]
+        refiner = data.get("refiner")
+        if isinstance(refiner, dict) and ({"sha256", "folder_sha256"} & set(refiner)):
+            data["refiner"] = {k: v for k, v in refiner.items() if k != "name"}  # a local refiner by content only
         return data
 
     @classmethod
@@ -440,11 +495,13 @@ class GenerationRequest:
             clip_skip=data.get("clip_skip"),
             variation_seed=None if data.get("variation_seed") is None else tuple(data["variation_seed"]),
             variation_strength=None if data.get("variation_strength") is None else tuple(data["variation_strength"]),
+            loras=None if not data.get("loras") else _loras_from_json(data["loras"]),
+            embeddings=tuple(_embedding_from_json(d) for d in data.get("embeddings") or ()),
         )
 
     def key(self) -> str:
         """A content hash of the whole request (what a cache keys on, with the model's identity)."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
+        return hashlib.sha256(json.dumps(self.identity_dict(), sort_keys=True, default=str).encode()).hexdigest()
 
     def __len__(self) -> int:
         return len(self.prompt)
@@ -466,6 +523,10 @@ class GenerationRequest:
         if self.variation_strength[i]:  # A1111 records no variation at strength 0 (it has no effect)
             params["variation_seed"] = self.variation_seed[i]
             params["variation_strength"] = self.variation_strength[i]
+        if self.loras[i]:
+            params["loras"] = [lora.describe() for lora in self.loras[i]]
+        if self.embeddings:
+            params["embeddings"] = [e.describe() for e in self.embeddings]
         for name in ("prompt", "negative_prompt"):  # prompt objects: text above, weighting here
             value = getattr(self, name)[i]
             if is_prompt_object(value):
@@ -489,6 +550,7 @@ class GenerationRequest:
             variation_strength=tuple(self.variation_strength[i] for i in indices),
             image=None if self.image is None else tuple(self.image[i] for i in indices),
             mask_image=None if self.mask_image is None else tuple(self.mask_image[i] for i in indices),
+            loras=tuple(self.loras[i] for i in indices),
         )
 
     def shared_key(self) -> str:
@@ -505,6 +567,10 @@ class GenerationRequest:
 
         shared.update(inputs.shared_dict(self))
         shared["img2img"] = (self.image is not None, self.mask_image is not None)  # one pipeline per call
+        if self.has_loras:  # the same LoRA files share a call; their weights are per image
+            shared["lora_files"] = [lora.file.sha256 for lora in self.loras[0]]
+        if self.embeddings:
+            shared["embeddings"] = [(e.token, e.sha256) for e in self.embeddings]
         return json.dumps(shared, sort_keys=True, default=str)
 
     @staticmethod
@@ -527,6 +593,7 @@ class GenerationRequest:
             variation_strength=sum((r.variation_strength for r in requests), ()),
             image=None if first.image is None else sum((r.image for r in requests), ()),
             mask_image=None if first.mask_image is None else sum((r.mask_image for r in requests), ()),
+            loras=sum((r.loras for r in requests), ()),
         )
 
 
@@ -543,6 +610,55 @@ def _prompt_from_json(value: Any) -> Any:
             raise ValueError(f"prompt weighting {value.get('weighting')!r} is unknown (import sdlab.prompts)")
         return factory(value["text"])
     raise ValueError(f"`prompt` must be a string or a weighted prompt's description, got {value!r}")
+
+
+def _resolve_embeddings(embeddings: Any) -> tuple:
+    if embeddings is None:
+        return ()
+    from .textual_inversion import resolve_embeddings
+
+    return resolve_embeddings(embeddings)
+
+
+def _embedding_from_json(d: Mapping[str, Any]):
+    """An embedding of a request's JSON form: at its recorded path if unchanged, else by hash in the embeddings folder."""
+    from pathlib import Path
+
+    from . import identity, textual_inversion
+
+    path = d.get("path")
+    if not (path and Path(path).is_file() and identity.file_sha256(path) == d["sha256"]):
+        path = textual_inversion.find_by_hash(d["sha256"])
+        if path is None:
+            raise ValueError(
+                f"embedding {d.get('name')!r} (sha256 {d['sha256'][:12]}) is not at {d.get('path')!r} "
+                f"nor in the embeddings folder"
+            )
+    return textual_inversion.Embedding(token=d["token"], name=d["name"], path=str(path), sha256=d["sha256"])
+
+
+def _loras_from_json(data: Any) -> tuple:
+    """LoRAs of a request's JSON form: each file at its recorded path if its content is unchanged, else
+    found by its hash in the LoRA folder; a file found nowhere is a ValueError naming it."""
+    from pathlib import Path
+
+    from . import adapters, identity
+
+    def one(d: Mapping[str, Any]):
+        file = None
+        path = d.get("path")
+        if path and Path(path).is_file() and identity.file_sha256(path) == d["sha256"]:
+            file = adapters.LoraFile(name=d["name"], path=str(path), sha256=d["sha256"])
+        if file is None:
+            found = adapters.find_by_hash(d["sha256"])
+            if found is None:
+                raise ValueError(
+                    f"LoRA {d.get('name')!r} (sha256 {d['sha256'][:12]}) is not at {path!r} nor in the LoRA folder"
+                )
+            file = adapters.LoraFile(name=d["name"], path=found.path, sha256=found.sha256)
+        return adapters.Lora(file, d["weight"], d.get("text_encoder_weight"))
+
+    return tuple(tuple(one(d) for d in entries) for entries in data)
 
 
 def describe_value(value: Any) -> Any:

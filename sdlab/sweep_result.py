@@ -437,6 +437,7 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
     fixed = dict(spec.get("fixed") or {})
     extra = fixed.pop("pipeline_kwargs", {}) or {}
     kwargs.update({k: v for k, v in fixed.items() if k in CORE_PARAMS})
+    kwargs.update({k: fixed[k] for k in ("loras", "embeddings") if fixed.get(k)})  # by name or path, found again
     kwargs.update(extra)
     if spec.get("out_dir") and Path(spec["out_dir"]).is_dir():
         kwargs["out_dir"] = spec["out_dir"]

@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .adapters import apply_lora_axis, is_lora_axis, loras_for
 from .axes import (
     Axis,
     apply_order,
@@ -51,6 +52,7 @@ from .metadata import read_params, save_png
 from .metrics import Reference, Scorer, resolve
 from .request import GenerationRequest, check_positive_int, describe_value, random_seed
 from .sweep_result import CORE_PARAMS, SweepCell, SweepResult, load_sweep
+from .textual_inversion import resolve_embeddings
 
 MANIFEST = "manifest.jsonl"
 DEFAULT_OUT_DIR = Path("runs") / "sweeps"
@@ -133,6 +135,7 @@ def _cell_params(base: dict[str, Any], axes: list[Axis], coords: dict[str, int])
     templates: dict[str, str] = {}
     replacements: dict[str, str] = {}
     orders: list[tuple[Axis, tuple]] = []
+    lora_axes: list[tuple[bool, str, Any]] = []
     for axis in axes:
         value = axis.values[coords[axis.name]]
         if axis.kind == "size":
@@ -147,10 +150,16 @@ def _cell_params(base: dict[str, Any], axes: list[Axis], coords: dict[str, int])
             orders.append((axis, value))
         elif axis.kind == "model":
             params["model"] = value
+        elif axis.name == "embedding":  # textual inversion: which embedding(s), link= it with its trigger word
+            params["embeddings"] = value
+        elif is_lora_axis(axis.name):  # sdlab.adapters: which LoRA files (first), then their weights
+            lora_axes.append((axis.name != "lora", axis.name, value))
         elif axis.name in CORE_PARAMS:
             params[axis.name] = value
         else:
             params["pipeline_kwargs"][axis.name] = value
+    for _, name, value in sorted(lora_axes, key=lambda t: t[0]):
+        params["loras"] = apply_lora_axis(params.get("loras"), name, value)
     for axis, order in orders:
         params["prompt"] = apply_order(params["prompt"], axis.parts, order)
     if templates:
@@ -230,6 +239,9 @@ def cell_request(
         variation_seed=(params.get("variation_seed") if params.get("variation_strength") else None,),
         variation_strength=(params.get("variation_strength") or 0.0,),
         **fields,
+        # LoRAs: the prompt's <lora:name:w> tags (after S/R) and the sweep's `loras` / lora axes
+        loras=(loras_for(params["prompt"], params.get("loras")),),
+        embeddings=resolve_embeddings(params.get("embeddings")),
     )
 
 
@@ -246,7 +258,7 @@ def cell_key(request: GenerationRequest, identity: dict[str, Any]) -> str:
     """The cache key: the whole request and the model's identity (weights' content, versions)."""
     from .generation import versions
 
-    payload = {"request": request.to_dict(), "model": identity, "versions": versions()}
+    payload = {"request": request.identity_dict(), "model": identity, "versions": versions()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -426,6 +438,8 @@ def sweep(
     clip_skip: int | None = None,
     variation_seed: int | None = None,
     variation_strength: float = 0.0,
+    loras: Any = None,
+    embeddings: Any = None,
     title: str | None = None,
     verbose: bool = True,
     progress: Callable[[dict], None] | None = None,
@@ -455,6 +469,13 @@ def sweep(
         variation_seed, variation_strength: A1111's seed variations for every cell (see `generate`);
             `variation_strength` and `variation_seed` axes explore near a good seed. None (or -1)
             with a strength draws one variation seed, resolved once and recorded.
+        loras: LoRAs of every cell (as `generate` takes them). Axes `lora` (a LoRA, or a list of
+            LoRAs, per value), `lora_weight` (the weight of every LoRA of the cell) and
+            `lora:<name>` (that LoRA's weight) sweep them; cells that differ only in LoRA weights
+            share one batched denoising loop, each LoRA layer scaled per image.
+        embeddings: textual inversion embeddings of every cell (as `generate` takes them); an
+            `embedding` axis sweeps them, e.g. linked with a `{trigger}` template axis:
+            `axes={"embedding": ["a.pt", "b.pt"], "trigger": ["a", "b"]}, link=[("embedding", "trigger")]`.
         seed: the seed of every cell without a seed axis; None or -1 draws one random seed,
             resolved once and recorded.
         progress: called with a dict (`step`, `total`, ...) after every denoising step; on Ray
@@ -501,6 +522,8 @@ def sweep(
         "clip_skip": clip_skip,
         "variation_seed": variation_seed,
         "variation_strength": variation_strength,
+        "loras": loras,
+        "embeddings": embeddings,
         "pipeline_kwargs": dict(pipeline_kwargs),
     }
     planned = plan_cells(base, axes_list, link, vary_seeds=vary_seeds)

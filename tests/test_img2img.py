@@ -429,3 +429,21 @@ def test_replicate_takes_image_where_the_model_does():
             sdlab.generate(schnell, "x", image=_init(), seed=1)
     finally:
         fake.stop()
+
+
+def test_a_local_refiner_keys_cells_by_content_not_by_path(sdxl_pipe, tmp_path):
+    import shutil
+
+    from sdlab.sweeps import cell_key
+
+    folder = save_tiny_refiner(tmp_path / "refiner")
+    copy = shutil.copytree(folder, tmp_path / "elsewhere" / "refiner-copy")
+    identity = {"model": "m"}
+    keys = [
+        cell_key(GenerationRequest.create("a red circle", seed=1, refiner=str(path), **SIZE), identity)
+        for path in (folder, copy)
+    ]
+    assert keys[0] == keys[1]
+    (copy / "unet" / "config.json").write_text((copy / "unet" / "config.json").read_text() + " ")
+    changed = GenerationRequest.create("a red circle", seed=1, refiner=str(copy), **SIZE)
+    assert cell_key(changed, identity) != keys[0]

@@ -549,14 +549,16 @@ def test_regenerate_an_a1111_png_applies_what_it_can_and_lists_the_rest_once(sd1
     path = a1111_png(
         tmp_path / "a.png", blank, "a (red:1.3) circle <lora:add_detail:0.8>", "blue", A1111_REGENERATE_PARAMS
     )
+    with pytest.raises(ValueError, match=r"LoRA\(s\) add_detail \(Lora hash 7c6bad76eb54\)"):  # found by hash or named
+        sdlab.regenerate(path, sd1_pipe)
+    params = {k: v for k, v in A1111_REGENERATE_PARAMS.items() if k != "Lora hashes"}
+    path = a1111_png(tmp_path / "b.png", blank, "a (red:1.3) circle ", "blue", params)
     with pytest.warns(RegenerateWarning) as caught:
         again = sdlab.regenerate(path, sd1_pipe)
     (warning,) = [w.message for w in caught if isinstance(w.message, RegenerateWarning)]  # once
     assert warning.unapplied == (
-        "Lora hashes: add_detail: 7c6bad76eb54",
         "RNG: GPU (A1111's default, not CPU noise)",
         "Model hash: 31e35c80fc (not checked: the loaded model has no single-file hash)",
-        "prompt <lora:add_detail:0.8>",
     )
     expected = sdlab.generate(
         sd1_pipe,

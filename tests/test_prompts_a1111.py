@@ -253,7 +253,7 @@ def test_a_when_axis_in_a_sweep(sd1_pipe, tmp_path):
     "prompt, match",
     [
         ("a cat AND a dog", "composable diffusion .`AND`"),
-        ("a cat <lora:pixel:0.8>", "extra network '<lora:pixel:0.8>'"),
+        ("a cat <lora:pixel:0.8>", "LoRA 'pixel' not found"),  # a LoRA tag is applied: its file must exist
         ("a cat <hypernet:anime:1>", "extra network '<hypernet:anime:1>'"),
     ],
 )
@@ -326,8 +326,10 @@ def test_remote_backends_refuse_syntax_they_would_read_as_text():
                 sdlab.generate(backend, prompt, **size)
         with pytest.raises(ValueError, match="BREAK"):
             sdlab.generate(backend, "a cat", negative_prompt="blurry BREAK noisy", **size)
-        with pytest.raises(ValueError, match="extra network"):
+        with pytest.raises(ValueError, match="LoRA 'pixel' not found"):
             sdlab.generate(backend, "a cat <lora:pixel:1>", **size)
+        with pytest.raises(ValueError, match="extra network"):
+            sdlab.generate(backend, "a cat <hypernet:pixel:1>", **size)
         sent_before = len(comfy.prompts)
         sdlab.generate(backend, verbatim("a [red] (cat:1.2)"), **size)  # escaped for ComfyUI
         assert comfy.prompts[sent_before]["prompt"]["6"]["inputs"]["text"] == r"a \[red\] \(cat:1.2\)"

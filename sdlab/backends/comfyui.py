@@ -141,6 +141,13 @@ class ComfyUIBackend:
         from . import comfyui_img2img
 
         comfyui_img2img.validate(request, default_workflow=self._is_default_workflow())
+        if request.has_loras:  # LoraLoader nodes: the workflow's own, or inserted after the checkpoint loader
+            from .comfyui_loras import check_workflow
+
+            check_workflow(self.workflow, len(request.loras[0]))
+        if request.embeddings:
+            tokens = ", ".join(e.token for e in request.embeddings)
+            raise ValueError(f"`embeddings` ({tokens}) need the local backend; the ComfyUI backend does not load them")
         check_size(request.width, request.height, self.size_multiple)
         if request.scheduler is not None:
             comfy_sampler(request.scheduler)
@@ -226,6 +233,10 @@ class ComfyUIBackend:
         unused = [
             u for u in unused if u != "batch_size" and not (u == "negative_prompt" and not request.negative_prompt[i])
         ]
+        if request.loras[i]:  # LoraLoader nodes with this image's weights (sdlab.backends.comfyui_loras)
+            from .comfyui_loras import with_loras
+
+            workflow = with_loras(workflow, request.loras[i])
         if image_name is not None:
             for nid in workflow.find("LoadImage"):
                 workflow._set(nid, "image", image_name)

@@ -232,6 +232,8 @@ class DiffusersBackend:
         self._long_texts: dict[str, bool] = {}
         self._lock = threading.RLock()  # one call at a time on this pipeline (the backend is one per pipeline)
         self._call_params = set(inspect.signature(type(pipe).__call__).parameters) - {"self"}
+        self._lora_call = None  # sdlab.adapters.LoraCall while a call with LoRAs runs
+        self._ti_key: tuple = ()  # (token, sha256) of the textual inversion embeddings of the running call
 
     # ------------------------------------------------------------ protocol properties
 
@@ -364,6 +366,54 @@ class DiffusersBackend:
 
         img2img.validate(self, request)
         passes.validate(self, request)
+        self._validate_loras(request)
+        self._validate_embeddings(request)
+
+    def _validate_loras(self, request: GenerationRequest) -> None:
+        """LoRAs (sdlab.adapters): each file fits this pipeline; adapters loaded outside sdlab are refused."""
+        from .. import adapters
+
+        if not request.has_loras:
+            adapters.check_no_foreign_adapters(self.pipe)
+            return
+        if self.family not in ("sd1", "sd2", "sdxl"):
+            raise ValueError(f"`loras` are applied to SD 1.x/2.x and SDXL UNets; this model is {self.family!r}")
+        with self._lock:  # the check loads each LoRA once and removes it: never during another thread's call
+            for lora in request.loras[0]:
+                adapters.check_fits(self.pipe, lora.file)
+
+    def _validate_embeddings(self, request: GenerationRequest) -> None:
+        if request.embeddings:  # textual inversion: each file read, its width and token checked
+            from ..textual_inversion import check_fits
+
+            check_fits(self.pipe, request.embeddings)
+
+    def _text_loras(self, request: GenerationRequest, i: int) -> tuple:
+        """(adapter, text encoder weight) of image i's LoRAs that change its text encoders (weight 0 changes nothing)."""
+        from .. import adapters
+
+        out = []
+        for lora in request.loras[i]:
+            parts = adapters.check_fits(self.pipe, lora.file)
+            if lora.te_weight and any(v for k, v in parts.items() if k.startswith("text_encoder")):
+                out.append((adapters.adapter_name(lora.file), lora.te_weight))
+        return tuple(out)
+
+    def _unet_lora_scales(self, request: GenerationRequest, state) -> dict:
+        """Each LoRA's UNet weight: one number when all images share it, else one per row of the UNet's
+        batch ([unconditional rows of the guided images; all rows], as the guided UNet lays it out)."""
+        from .. import adapters
+
+        scales = {}
+        for j, lora in enumerate(request.loras[0]):
+            weights = [entries[j].weight for entries in request.loras]
+            if len(set(weights)) == 1:
+                scales[adapters.adapter_name(lora.file)] = weights[0]
+                continue
+            w = torch.tensor(weights, dtype=torch.float32)
+            rows = state.rows.cpu() if state is not None else torch.zeros(0, dtype=torch.long)
+            scales[adapters.adapter_name(lora.file)] = torch.cat([w[rows], w]).to(self._device())
+        return scales
 
     def _validate_a1111(self, request: GenerationRequest) -> None:
         """Plain strings are read with A1111's syntax (sdlab.prompts.a1111): refuse what cannot be honoured."""
@@ -482,6 +532,20 @@ class DiffusersBackend:
                 output_type=output_type,
                 call_extra=call_extra,
             )
+        per_image = self.supports_per_image_guidance() and not self._needs_native_guidance(request.pipeline_kwargs)
+        if request.has_loras and not per_image:  # one UNet LoRA weight per call: group images by their weights
+            by_weights: dict[tuple, list[int]] = {}
+            for i, entries in enumerate(request.loras):
+                by_weights.setdefault(tuple(lora.weight for lora in entries), []).append(i)
+            if len(by_weights) > 1:
+                return self._run_groups(
+                    request,
+                    list(by_weights.values()),
+                    progress=progress,
+                    progress_bar=progress_bar,
+                    output_type=output_type,
+                    call_extra=call_extra,
+                )
         pipe = self.pipe
         n = len(request)
         start = time.perf_counter()
@@ -508,14 +572,20 @@ class DiffusersBackend:
 
         if progress is not None:  # step 0: the call starts (a server counts a crash from here on against the job)
             progress({"step": 0, "total": steps, "images": n})
-        with self._scheduler(request.scheduler) as scheduler_name, self._progress_bar(progress_bar):
+        with (
+            self._scheduler(request.scheduler) as scheduler_name,
+            self._progress_bar(progress_bar),
+            self._loras(request) as lora_call,  # LoRAs and embeddings in the pipeline for this call only
+        ):
             scheduler_class = type(pipe.scheduler).__name__
-            # 2. prompt embeddings (cached per distinct prompt) and the call
+            # 2. prompt embeddings (cached per distinct prompt and text-encoder LoRA weights) and the call
             state = None
             if self.supports_per_image_guidance() and not self._needs_native_guidance(kwargs):
                 call, state = self._call_per_image_guidance(request, kwargs)
             else:
                 call = self._call_native(request, kwargs)
+            if lora_call is not None:  # each LoRA's UNet weight, per row where images differ
+                lora_call.set_unet(self._unet_lora_scales(request, state))
             if request.has_variation:  # A1111's seed variations: sdlab makes the initial noise
                 call["latents"] = self._initial_latents(request, generators, call["prompt_embeds"].dtype)
             if state is not None and state.prompt_steps is not None:
@@ -556,11 +626,13 @@ class DiffusersBackend:
         record.update(task_record)
         records = [dict(record) for _ in range(n)]
         # what the text encoders were given (sdlab.prompts): weights, the text sent, dropped words
+        from ..adapters import strip_tags
         from ..prompts.a1111 import describe_encoding
         from ..prompts.tokens import record_fields
 
         for i, r in enumerate(records):
-            r.update(record_fields(pipe, request.prompt[i], request.negative_prompt[i]))
+            prompt = strip_tags(request.prompt[i]) if isinstance(request.prompt[i], str) else request.prompt[i]
+            r.update(record_fields(pipe, prompt, request.negative_prompt[i]))  # what was encoded: no <lora:> tags
             r.update(describe_encoding(request.prompt[i], steps, a1111=self._a1111(request.prompt[i])))
             r.update(
                 describe_encoding(
@@ -608,11 +680,20 @@ class DiffusersBackend:
         device = self._device()
         skip, steps = request.clip_skip, request.num_inference_steps
         # per image: [(end step, embeddings)], one entry unless A1111 prompt editing changes the text
-        positive_steps = [self._conditioning(p, negative=False, clip_skip=skip, steps=steps) for p in request.prompt]
+        positive_steps = [
+            self._conditioning(p, negative=False, clip_skip=skip, steps=steps, lora=self._text_loras(request, i))
+            for i, p in enumerate(request.prompt)
+        ]
         scales = torch.tensor(request.guidance_scale, dtype=torch.float32)
         rows = torch.nonzero(scales > 1.0).flatten()
         negative_steps = [
-            self._conditioning(request.negative_prompt[i], negative=True, clip_skip=skip, steps=steps)
+            self._conditioning(
+                request.negative_prompt[i],
+                negative=True,
+                clip_skip=skip,
+                steps=steps,
+                lora=self._text_loras(request, i),
+            )
             for i in rows.tolist()
         ]
         length = max(_max_length(s) for s in positive_steps + negative_steps)
@@ -649,17 +730,19 @@ class DiffusersBackend:
         embeds = self._cat_embeds([embeds], length, clip_skip).to(device)
         return embeds, pooled.to(device) if pooled is not None else None
 
-    def _conditioning(self, prompt, *, negative: bool, clip_skip: int | None, steps: int) -> list[tuple[int, Any]]:
+    def _conditioning(
+        self, prompt, *, negative: bool, clip_skip: int | None, steps: int, lora: tuple = ()
+    ) -> list[tuple[int, Any]]:
         """[(end step, (embeds, pooled))] of one prompt: a string with A1111 prompt editing or
         alternation has one entry per text of its schedule (sdlab.prompts.a1111), anything else one."""
         from ..prompts.a1111 import prompt_schedule
 
         if isinstance(prompt, str) and self._a1111(prompt):  # the texts A1111 encodes: brackets of editing resolved
             return [
-                (end, self._encode(text, negative=negative, clip_skip=clip_skip))
+                (end, self._encode(text, negative=negative, clip_skip=clip_skip, lora=lora))
                 for end, text in prompt_schedule(prompt, steps)
             ]
-        return [(steps, self._encode(prompt, negative=negative, clip_skip=clip_skip))]
+        return [(steps, self._encode(prompt, negative=negative, clip_skip=clip_skip, lora=lora))]
 
     def _call_native(self, request: GenerationRequest, kwargs: dict) -> dict[str, Any]:
         """The pipeline's own guidance (one scale for the call), embeddings from the cache."""
@@ -668,7 +751,10 @@ class DiffusersBackend:
         call: dict[str, Any] = {"guidance_scale": guidance}
         skip, steps = request.clip_skip, request.num_inference_steps
         # A1111 syntax without prompt editing (validate refuses editing here): one schedule entry
-        positive = [self._conditioning(p, negative=False, clip_skip=skip, steps=steps)[0][1] for p in request.prompt]
+        positive = [
+            self._conditioning(p, negative=False, clip_skip=skip, steps=steps, lora=self._text_loras(request, i))[0][1]
+            for i, p in enumerate(request.prompt)
+        ]
         if self.family == "flux":
             call["prompt_embeds"] = torch.cat([p[0] for p in positive]).to(device)
             call["pooled_prompt_embeds"] = torch.cat([p[1] for p in positive]).to(device)
@@ -678,7 +764,8 @@ class DiffusersBackend:
                 call["negative_pooled_prompt_embeds"] = torch.cat([e[1] for e in negatives]).to(device)
             return call
         negatives = [
-            self._conditioning(neg, negative=True, clip_skip=skip, steps=steps)[0][1] for neg in request.negative_prompt
+            self._conditioning(neg, negative=True, clip_skip=skip, steps=steps, lora=self._text_loras(request, i))[0][1]
+            for i, neg in enumerate(request.negative_prompt)
         ]
         length = max(e[0].shape[1] for e in positive + negatives)
         call["prompt_embeds"] = self._cat_embeds([p[0] for p in positive], length, skip).to(device)
@@ -712,6 +799,11 @@ class DiffusersBackend:
             return False
         from ..prompts.a1111 import has_syntax
 
+        if "<lora:" in text:  # judged as encoded: without its LoRA tags
+            from ..adapters import strip_tags
+
+            text = strip_tags(text)
+
         if has_syntax(text):
             return True
         long = self._long_texts.get(text)
@@ -732,11 +824,16 @@ class DiffusersBackend:
             self._embeddings.clear()
             self._encoders_stamp = stamp
 
-    def _encode(self, text: str | None, *, negative: bool, clip_skip: int | None = None):
+    def _encode(self, text: str | None, *, negative: bool, clip_skip: int | None = None, lora: tuple = ()):
         """(embeds, pooled-or-None) for one text, cached. A missing negative prompt is encoded as the
         pipeline would: "" for SD, zeros for SDXL models with `force_zeros_for_empty_prompt`.
         A prompt object (sdlab.prompts.WeightedPrompt: `.text`, `.encode(pipe)`) encodes itself.
-        `clip_skip` (diffusers' convention) is applied here, as the pipeline's encode_prompt does."""
+        `clip_skip` (diffusers' convention) is applied here, as the pipeline's encode_prompt does.
+        `lora`: (adapter, weight) of the text-encoder LoRAs of this image (sdlab.adapters), part of the key."""
+        if isinstance(text, str) and "<lora:" in text:  # A1111 encodes the prompt without its LoRA tags
+            from ..adapters import strip_tags
+
+            text = strip_tags(text)
         as_given = text
         if getattr(text, "weighting", None) == "verbatim":  # sdlab.prompts.verbatim: the text as it is
             text, syntax = text.text, False
@@ -744,9 +841,13 @@ class DiffusersBackend:
             syntax = self._a1111(text)
         is_object = text is not None and not isinstance(text, str)
         key = (
-            (self.family, clip_skip, type(text).__name__, text.text)
-            if is_object
-            else (self.family, clip_skip, text, negative and text is None, syntax)
+            (
+                (self.family, clip_skip, type(text).__name__, text.text)
+                if is_object
+                else (self.family, clip_skip, text, negative and text is None, syntax)
+            )
+            + ((lora,) if lora else ())
+            + ((self._ti_key,) if self._ti_key else ())
         )
         cached = self._embeddings.get(key)
         if cached is not None:
@@ -754,6 +855,10 @@ class DiffusersBackend:
             return cached
         pipe = self.pipe
         device = self._device()
+        if self._lora_call is not None:  # the text encoders' LoRA layers at this image's weights (others at 0)
+            self._lora_call.set_text({name: dict(lora).get(name, 0.0) for name in self._lora_call.names})
+        elif lora:  # pragma: no cover - a bug, never a silent image without its LoRA
+            raise BackendError("text-encoder LoRA weights asked outside a call with LoRAs", backend=self.name)
         quiet = contextlib.nullcontext()
         if isinstance(text, str) and not syntax:  # once per distinct prompt: a TokenLimitWarning naming dropped words
             from ..prompts.tokens import drops_words, quiet_truncation_log, warn_if_truncated
@@ -840,6 +945,29 @@ class DiffusersBackend:
                     del module.forward
                 else:
                     module.forward = previous
+
+    @contextlib.contextmanager
+    def _loras(self, request: GenerationRequest):
+        """The request's LoRAs (sdlab.adapters.LoraCall) and textual inversion tokens in the pipeline for
+        one call, removed afterwards."""
+        from ..textual_inversion import applied
+
+        with applied(self.pipe, request.embeddings):  # textual inversion tokens, for this call too
+            self._ti_key = tuple((e.token, e.sha256) for e in request.embeddings)
+            try:
+                if not request.has_loras:
+                    yield None
+                    return
+                from ..adapters import LoraCall
+
+                with LoraCall(self.pipe, request.loras[0]) as lora_call:
+                    self._lora_call = lora_call
+                    try:
+                        yield lora_call
+                    finally:
+                        self._lora_call = None
+            finally:
+                self._ti_key = ()
 
     @contextlib.contextmanager
     def _scheduler(self, name: str | None):

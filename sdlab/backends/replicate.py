@@ -155,6 +155,16 @@ class ReplicateBackend:
         from ..inputs import refuse_remote
 
         refuse_remote(request, "Replicate")
+        if request.has_loras:  # never a record of LoRAs the server did not apply
+            names = ", ".join(lora.file.name for lora in request.loras[0])
+            raise ValueError(
+                f"`loras` ({names}) need the local backend; the Replicate backend does not apply LoRAs yet"
+            )
+        if request.embeddings:
+            tokens = ", ".join(e.token for e in request.embeddings)
+            raise ValueError(
+                f"`embeddings` ({tokens}) need the local backend; the Replicate backend does not load them"
+            )
         for i in range(len(request)):
             self.model_input(request, i)
         if len(set(request.guidance_scale)) > 1:

@@ -15,7 +15,8 @@ denoising step s (counting from 0) uses the first entry whose end step is >= s.
 
 A string without any of this syntax is encoded exactly as the pipeline encodes it; send text
 verbatim (brackets as literal characters) with `verbatim("a (literal) bracket")`. Syntax sdlab
-cannot honour (composable diffusion's `AND`, extra networks such as `<lora:name:1>`) is an error.
+cannot honour (composable diffusion's `AND`, extra networks other than `<lora:name:w>`) is an error;
+`<lora:name:w>` tags apply LoRAs (sdlab.adapters) and are taken out of the text encoded.
 """
 
 from __future__ import annotations
@@ -52,12 +53,13 @@ def has_syntax(text: Any) -> bool:
 
 def check_supported(text: str, name: str = "prompt", *, negative: bool = False) -> None:
     """Raise `ValueError` naming the construct if `text` uses A1111 syntax sdlab cannot honour."""
-    m = _EXTRA_NETWORK.search(text)
+    # LoRA tags in a prompt are applied by sdlab.adapters (GenerationRequest.create); other extra networks are not
+    m = next((m for m in _EXTRA_NETWORK.finditer(text) if negative or m.group(1) != "lora"), None)
     if m:
         raise ValueError(
-            f"`{name}` uses A1111's extra network {m.group(0)!r} at position {m.start()}: sdlab does not load "
-            f"{m.group(1)} files from the prompt. Load it on the pipeline (e.g. pipe.load_lora_weights) and remove "
-            f"it from the prompt, or pass sdlab.prompts.verbatim(text) to send the text as it is"
+            f"`{name}` uses A1111's extra network {m.group(0)!r} at position {m.start()}: sdlab applies only "
+            f"<lora:name:weight> tags, in the prompt (or `loras=`); remove it, or pass "
+            f"sdlab.prompts.verbatim(text) to send the text as it is"
         )
     m = None if negative else _AND.search(text)  # A1111 reads AND in negative prompts as a word
     if m:

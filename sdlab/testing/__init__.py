@@ -3,6 +3,7 @@
 ``pipelines``      tiny random-weight pipelines of every family, and the ways they reach disk
 ``clip_tokenizer`` the small CLIP tokenizer shipped for them (``data/clip_tokenizer``)
 ``t5_tokenizer``   the small T5 tokenizer of the tiny FLUX pipelines (``data/t5_tokenizer``)
+``loras``          tiny random LoRAs fitting a pipeline (diffusers' and kohya's formats)
 ``fakes``          local stand-ins for ComfyUI and Replicate (``pip install 'sdlab[fakes]'``)
 
 The names of ``pipelines`` are handed on here (``testing.tiny_pipeline(...)``) when first used,
@@ -21,10 +22,15 @@ __all__ = [
     "save_tiny_controlnet",
     "fill_hf_cache",
     "save_single_file",
+    "save_tiny_lora",
 ]
 
 
 def __getattr__(name):
+    if name == "save_tiny_lora":
+        from .loras import save_tiny_lora
+
+        return save_tiny_lora
     if name in __all__:
         from . import pipelines
 

@@ -48,6 +48,8 @@ CHECKPOINTS = [
     "broken.safetensors",
 ]
 CONTROLNETS = ["control_v11p_sd15_canny.safetensors"]
+LORAS = ["style.safetensors", "other.safetensors"]
+STRENGTH = ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0})
 SAMPLERS = [
     "euler",
     "euler_ancestral",
@@ -143,6 +145,16 @@ NODES: dict[str, dict[str, Any]] = {
     },
     # two-conditioning nodes: outputs [positive, negative(, latent)] as slots 0, 1 (, 2)
     "ControlNetLoader": {"required": {"control_net_name": (CONTROLNETS, {})}, "output": ["CONTROL_NET"]},
+    "LoraLoader": {
+        "required": {
+            "model": ("MODEL", {}),
+            "clip": ("CLIP", {}),
+            "lora_name": (LORAS, {}),
+            "strength_model": STRENGTH,
+            "strength_clip": STRENGTH,
+        },
+        "output": ["MODEL", "CLIP"],
+    },
     "ControlNetApplyAdvanced": {
         "required": {
             "positive": ("CONDITIONING", {}),
@@ -1068,6 +1080,9 @@ class FakeComfyUI(ServerThread):
             return ({"text": g if g == local else f"{g} | {local}", "ckpt": inputs["clip"]["ckpt"]},), None
         if cls == "CLIPTextEncodeSDXLRefiner":
             return ({"text": inputs["text"], "ckpt": inputs["clip"]["ckpt"]},), None
+        if cls == "LoraLoader":  # the LoRA and its strengths become part of what the model and CLIP are
+            tag = f"+{inputs['lora_name']}@{float(inputs['strength_model'])}/{float(inputs['strength_clip'])}"
+            return ({"ckpt": inputs["model"]["ckpt"] + tag}, {"ckpt": inputs["clip"]["ckpt"] + tag}), None
         if cls == "ControlNetLoader":
             return ({"controlnet": inputs["control_net_name"]},), None
         if cls == "ControlNetApplyAdvanced":
