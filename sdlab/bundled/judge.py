@@ -19,7 +19,7 @@ from .world import ALL_SHAPES, COLOURS, HORIZONTAL, SHAPES, VERTICAL
 WORK_SIZE = 128  # images are resized to this before analysis
 LARGE_DIAMETER = 0.45  # enclosing-circle diameter / image side above which a shape is "large"
 STAR_SOLIDITY = 0.82  # area / convex-hull area below which a shape is a star
-HEXAGON_MARGIN = 0.0  # subtracted from the hexagon score (a circle's corners-free outline must win)
+HEXAGON_MIN_FILL = 0.9  # a hexagon fills its hexagon at least this well (renders: 0.95-0.99); blobs do not
 
 
 @dataclass
@@ -107,7 +107,8 @@ def classify_outline(contour) -> tuple[str, dict]:
     # its hexagon (1.0) and its circle at 0.83, while a circle fills its hexagon at 0.91.
     scores = {"circle": circle_fill / 1.0, "square": rect_fill / 1.0, "triangle": tri_fill / 1.0}
     scores["circle"] += 0.04  # blurred squares and triangles round off; circles never get corners
-    scores["hexagon"] = hex_fill - HEXAGON_MARGIN
+    if hex_fill >= HEXAGON_MIN_FILL:  # else a lumpy blob (a star with rounded points) would be called a hexagon
+        scores["hexagon"] = hex_fill
     return max(scores, key=scores.get), feats
 
 
