@@ -9,7 +9,10 @@ Prints:
    AND shape are both right, at the preset defaults and at guidance 1.0;
 3. ControlNet: the IoU of the generated shape's mask with the filled shape of the condition, on
    held-out scenes (Canny edges of the render, ``world.canny_edges``) and on the sample sketches
-   (``world.sketch_edges``: resized to 64x64, inverted, thresholded; no Canny);
+   (``world.sketch_edges``: resized to 64x64, inverted, thresholded; no Canny), once with prompts
+   that name the shape and once with shape-neutral prompts (``NEUTRAL_SKETCH_PROMPT`` for the
+   sketches, "a <colour> shape on a <background> background" for the scenes), where the edges
+   alone must give the shape;
 4. seconds per image at the defaults (one image, batch of one, median of 3).
 """
 
@@ -39,6 +42,14 @@ SKETCH_PROMPTS = {  # sketch file stem -> (prompt, shape the judge should find)
     "star": ("a large yellow star on a purple background", "star"),
     "small-circle-top-left": ("a small orange circle at the top left on a blue background", "circle"),
 }
+
+
+NEUTRAL_SKETCH_PROMPT = "a red shape on a white background"
+
+
+def neutral_prompt(scene) -> str:
+    """A prompt with the scene's colours that does not name its shape."""
+    return f"a {scene.colour} shape on a {scene.background} background"
 
 
 def load_pipelines(model_dir=MODEL_DIR, controlnet_dir=CONTROLNET_DIR):
@@ -94,12 +105,14 @@ def text_eval(pipe, seeds, *, guidance_scale: float, num_inference_steps: int) -
     return {k: v / len(seeds) for k, v in right.items()}, images
 
 
-def controlnet_eval(cn_pipe, seeds, *, guidance_scale: float, num_inference_steps: int) -> dict:
+def controlnet_eval(cn_pipe, seeds, *, guidance_scale: float, num_inference_steps: int, neutral: bool = False) -> dict:
+    """IoU of the generated shape with the condition's shape; with ``neutral`` the prompts do not
+    name the shape (``neutral_prompt``, ``NEUTRAL_SKETCH_PROMPT``)."""
     from PIL import Image
 
     # held-out scenes: Canny edges of the render, IoU with the scene's filled shape
     scenes = [world.sample_scene(s) for s in seeds]
-    prompts = [world.caption(sc, s) for sc, s in zip(scenes, seeds)]
+    prompts = [neutral_prompt(sc) if neutral else world.caption(sc, s) for sc, s in zip(scenes, seeds)]
     conds = [world.canny_edges(world.render(sc, SIZE)) for sc in scenes]
     images = []
     for i in range(0, len(seeds), 32):
@@ -124,7 +137,7 @@ def controlnet_eval(cn_pipe, seeds, *, guidance_scale: float, num_inference_step
         edges = world.sketch_edges(Image.open(path), SIZE)
         target = filled_mask(edges)
         img = cn_pipe(
-            prompt=prompt,
+            prompt=NEUTRAL_SKETCH_PROMPT if neutral else prompt,
             image=edges,
             generator=torch.Generator().manual_seed(0),
             height=SIZE,
@@ -167,6 +180,12 @@ def main():
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--controlnet", default=str(CONTROLNET_DIR), help="the ControlNet folder to evaluate")
+    p.add_argument(
+        "--controlnet-prompts",
+        default="full,neutral",
+        help="ControlNet prompts: full (name the shape), neutral, or both",
+    )
     p.add_argument(
         "--parts",
         default="judge,text,controlnet,speed",
@@ -193,7 +212,7 @@ def main():
         return
 
     # 2. text-to-image on held-out pairs, at the defaults and without guidance
-    pipe, cn_pipe = load_pipelines()
+    pipe, cn_pipe = load_pipelines(controlnet_dir=args.controlnet)
     seeds = world.held_out_seeds(args.pairs)
     defaults = dict(num_inference_steps=args.steps)
     for g in (args.guidance, 1.0) if "text" in parts else ():
@@ -211,23 +230,23 @@ def main():
     elif cn_pipe is None:
         print(f"no ControlNet at {CONTROLNET_DIR}")
     else:
-        cn = controlnet_eval(
-            cn_pipe,
-            world.held_out_seeds(args.controlnet_pairs, start=world.EVAL_SEED_START + 5_000_000),
-            guidance_scale=args.guidance,
-            **defaults,
-        )
-        print(
-            f"ControlNet, held-out scenes ({args.controlnet_pairs}), Canny edges: mean IoU {cn['scene_iou']:.3f}",
-            flush=True,
-        )
-        print(
-            f"ControlNet, sample sketches: mean IoU {cn['sketch_mean_iou']:.3f} | "
-            + ", ".join(
-                f"{k} {v:.2f}{'' if cn['sketch_shape_right'][k] else ' (shape wrong)'}"
-                for k, v in cn["sketch_iou"].items()
+        cn_seeds = world.held_out_seeds(args.controlnet_pairs, start=world.EVAL_SEED_START + 5_000_000)
+        for neutral in [m == "neutral" for m in args.controlnet_prompts.split(",")]:
+            cn = controlnet_eval(cn_pipe, cn_seeds, guidance_scale=args.guidance, neutral=neutral, **defaults)
+            how = "shape-neutral prompts" if neutral else "full prompts"
+            print(
+                f"ControlNet, {how}, held-out scenes ({args.controlnet_pairs}), Canny edges: "
+                f"mean IoU {cn['scene_iou']:.3f}",
+                flush=True,
             )
-        )
+            print(
+                f"ControlNet, {how}, sample sketches: mean IoU {cn['sketch_mean_iou']:.3f} | "
+                + ", ".join(
+                    f"{k} {v:.2f}{'' if cn['sketch_shape_right'][k] else ' (shape wrong)'}"
+                    for k, v in cn["sketch_iou"].items()
+                ),
+                flush=True,
+            )
 
     # 4. speed
     if "speed" not in parts:

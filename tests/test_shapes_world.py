@@ -94,3 +94,16 @@ def test_edge_maps():
     edges = np.asarray(world.canny_edges(world.render(s)))
     assert edges.shape == (64, 64, 3) and set(np.unique(edges)) <= {0, 255}
     assert (edges > 0).sum() > 40  # red on blue: nearly equal in grey, found per channel
+
+
+def test_hexagon_is_rendered_but_never_drawn_for_the_base_world():
+    assert "hexagon" not in world.SHAPES and "hexagon" in world.ALL_SHAPES
+    assert all(world.sample_scene(s).shape in world.SHAPES for s in range(500))
+    scene = world.sample_scene(3, shape="hexagon", colour="red", background="blue", size="large")
+    assert len(world.shape_polygon(scene, 64)) == 6
+    mask = world.shape_mask(scene, 64)
+    # a regular hexagon fills 3 sqrt(3) / (2 pi) = 0.83 of its circumscribed circle
+    assert abs(mask.sum() / (np.pi * (scene.radius * 64) ** 2) - 0.827) < 0.03
+    assert "hexagon" in world.caption(scene, 0)
+    with pytest.raises(ValueError, match="shape"):
+        world.sample_scene(0, shape="pentagon")

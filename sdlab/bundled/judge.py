@@ -4,7 +4,7 @@
 shape from it (distance in CIELAB from the background colour, Otsu threshold, largest connected
 component, holes filled), names both colours (nearest named colour in CIELAB), classifies the
 outline (solidity for stars; for the rest, how well the shape fills its minimum enclosing circle,
-rectangle and triangle), and reports position (centroid, in thirds of the image) and size (the
+rectangle, triangle and regular hexagon), and reports position (centroid, in thirds of the image) and size (the
 enclosing circle's diameter against the image side). It never looks at how an image was made.
 """
 
@@ -14,16 +14,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .world import COLOURS, HORIZONTAL, SHAPES, VERTICAL
+from .world import ALL_SHAPES, COLOURS, HORIZONTAL, SHAPES, VERTICAL
 
 WORK_SIZE = 128  # images are resized to this before analysis
 LARGE_DIAMETER = 0.45  # enclosing-circle diameter / image side above which a shape is "large"
 STAR_SOLIDITY = 0.82  # area / convex-hull area below which a shape is a star
+HEXAGON_MIN_FILL = 0.9  # a hexagon fills its hexagon at least this well (renders: 0.95-0.99); blobs do not
 
 
 @dataclass
 class Judgement:
-    shape: str | None  # one of SHAPES, or None when no shape stands out from the background
+    shape: str | None  # one of world.ALL_SHAPES (SHAPES or a hexagon), or None when no shape stands out
     colour: str | None
     background: str
     position: str | None  # "center", "top left", "center right", ... as in world.POSITIONS
@@ -65,6 +66,19 @@ def _position(cx: float, cy: float) -> str:
     return "center" if (v, h) == ("center", "center") else f"{v} {h}"
 
 
+def hexagon_fill(hull) -> float:
+    """How well a convex outline fills the smallest regular hexagon around it, over rotations: the
+    hexagon's width (between opposite sides) is the outline's largest width along the three side
+    normals, its area sqrt(3)/2 width^2. A regular hexagon scores about 1, a circle pi/(2 sqrt 3)
+    = 0.91, a square 0.62, an equilateral triangle 0.67."""
+    pts = np.asarray(hull, dtype=np.float64).reshape(-1, 2)
+    area = 0.5 * abs(np.dot(pts[:, 0], np.roll(pts[:, 1], 1)) - np.dot(pts[:, 1], np.roll(pts[:, 0], 1)))
+    theta = np.radians(np.arange(0.0, 60.0, 1.0))[:, None] + np.radians([0.0, 60.0, 120.0])[None, :]
+    proj = pts[:, 0, None, None] * np.cos(theta) + pts[:, 1, None, None] * np.sin(theta)  # points x angles x 3
+    width = (proj.max(axis=0) - proj.min(axis=0)).max(axis=1).min()
+    return float(area / (np.sqrt(3) / 2 * width**2 + 1e-6))
+
+
 def classify_outline(contour) -> tuple[str, dict]:
     """The shape class of one outline (an OpenCV contour) and the features behind it."""
     import cv2
@@ -78,18 +92,23 @@ def classify_outline(contour) -> tuple[str, dict]:
     rect_fill = area / (w * h + 1e-6)
     tri_area, _ = cv2.minEnclosingTriangle(hull)
     tri_fill = area / (tri_area + 1e-6)
+    hex_fill = hexagon_fill(hull)
     feats = {
         "solidity": round(solidity, 3),
         "circle_fill": round(circle_fill, 3),
         "rect_fill": round(rect_fill, 3),
         "triangle_fill": round(tri_fill, 3),
+        "hexagon_fill": round(hex_fill, 3),
     }
     if solidity < STAR_SOLIDITY:
         return "star", feats
     # A circle fills its enclosing circle (1.0) and its rectangle at pi/4; a square its rectangle
-    # (1.0) and its circle at 2/pi; a triangle its triangle (1.0) and its rectangle at 1/2.
+    # (1.0) and its circle at 2/pi; a triangle its triangle (1.0) and its rectangle at 1/2; a hexagon
+    # its hexagon (1.0) and its circle at 0.83, while a circle fills its hexagon at 0.91.
     scores = {"circle": circle_fill / 1.0, "square": rect_fill / 1.0, "triangle": tri_fill / 1.0}
     scores["circle"] += 0.04  # blurred squares and triangles round off; circles never get corners
+    if hex_fill >= HEXAGON_MIN_FILL:  # else a lumpy blob (a star with rounded points) would be called a hexagon
+        scores["hexagon"] = hex_fill
     return max(scores, key=scores.get), feats
 
 
@@ -171,4 +190,4 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
-__all__ = ["Judgement", "SHAPES", "filled_mask", "iou", "judge", "nearest_colour"]
+__all__ = ["ALL_SHAPES", "Judgement", "SHAPES", "filled_mask", "iou", "judge", "nearest_colour"]

@@ -14,7 +14,11 @@ import math
 import random
 from dataclasses import asdict, dataclass
 
-SHAPES = ("circle", "square", "triangle", "star")
+SHAPES = ("circle", "square", "triangle", "star")  # the base model's shapes (what `sample_scene` draws from)
+# Shapes the world can render and the judge can read but the base model never saw: the LoRA of
+# training/train_lora.py teaches `hexagon` (a word the tokenizer has). Fixed by keyword only.
+LORA_SHAPES = ("hexagon",)
+ALL_SHAPES = SHAPES + LORA_SHAPES
 
 # Named colours (sRGB). Well apart from each other so that a judge can name them back.
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -88,6 +92,8 @@ def sample_scene(
     position: str | None = None,
 ) -> Scene:
     """A scene drawn from ``seed``; any attribute may be fixed by keyword."""
+    if shape is not None and shape not in ALL_SHAPES:
+        raise ValueError(f"`shape` must be one of {ALL_SHAPES}, not {shape!r}")
     rng = random.Random(f"shapes-scene-{seed}")
     shape = shape or rng.choice(SHAPES)
     colour = colour or rng.choice(list(COLOURS))
@@ -115,6 +121,7 @@ def sample_scene(
         "square": rng.uniform(-12, 12),
         "triangle": rng.uniform(-10, 10),
         "star": rng.uniform(-15, 15),
+        "hexagon": rng.uniform(-15, 15),
     }[shape]
     return Scene(
         shape,
@@ -159,8 +166,12 @@ def shape_polygon(scene: Scene, side: float) -> list[tuple[float, float]] | None
             rr = r if k % 2 == 0 else 0.4 * r
             a = a0 - math.pi / 2 + k * math.pi / 5
             pts.append((rr * math.cos(a), rr * math.sin(a) + 0.05 * r))
+    elif scene.shape == "hexagon":
+        # regular, flat top and bottom (vertices left and right); it fills its circle as the
+        # rendered circle does (0.83 vs 0.85), so no scaling
+        pts = [(r * math.cos(a0 + k * math.pi / 3), r * math.sin(a0 + k * math.pi / 3)) for k in range(6)]
     else:
-        raise ValueError(f"unknown shape {scene.shape!r}; expected one of {SHAPES}")
+        raise ValueError(f"unknown shape {scene.shape!r}; expected one of {ALL_SHAPES}")
     return [(cx + x, cy + y) for x, y in pts]
 
 
