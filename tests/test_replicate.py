@@ -423,3 +423,20 @@ def test_a_lora_file_changed_after_it_was_resolved_is_not_sent(fake, tmp_path):
     with pytest.raises(ValueError, match="'style' .* changed since it was resolved"):
         make(fake, DEV_LORA).run(request)
     assert fake.requests[before:] == []
+
+
+def test_per_image_lora_weights_in_one_run_each_reach_their_prediction(fake, tmp_path):
+    from sdlab.request import GenerationRequest
+
+    path = lora_file(tmp_path / "style.safetensors", FLUX_KEYS)
+    backend = make(fake, DEV_LORA)
+    parts = [
+        GenerationRequest.create("a fox", defaults=backend.defaults, seed=4, width=512, height=512, loras={path: w})
+        for w in (0.25, 1.0, -0.5)
+    ]
+    uploads = len(fake.uploads)
+    output = backend.run(GenerationRequest.concat(parts))  # one run, as a lora_weight sweep batches it
+    assert len(fake.uploads) - uploads == 1
+    sent = [fake.predictions[r["prediction_id"]].input["lora_scale"] for r in output.records]
+    recorded = [r["replicate_loras"][0]["lora_scale"] for r in output.records]
+    assert sent == recorded == [0.25, 1.0, -0.5]

@@ -286,11 +286,11 @@ class FakeReplicate(ServerThread):
             self._plans.append(o)
 
     def throttle(self, kind: str = "create", retry_after: int = 1) -> None:
-        """The next request of `kind` ("create", "get", "file") is answered 429 with Retry-After."""
+        """The next request of `kind` ("create", "get", "file", "upload") is answered 429 with Retry-After."""
         self._throttles.append((kind, int(retry_after)))
 
     def http_error(self, kind: str = "create", status: int = 503) -> None:
-        """The next request of `kind` ("create", "get", "cancel", "file") is answered `status` once."""
+        """The next request of `kind` ("create", "get", "cancel", "file", "upload") is answered `status` once."""
         self._errors.append((kind, int(status)))
 
     def count(self, method: str, prefix: str) -> int:
