@@ -210,12 +210,9 @@ def test_replicate_refuses_loras_by_name(lora_dir):
     from sdlab.request import Defaults
 
     request = GenerationRequest.create("a cat <lora:style:1>", defaults=Defaults(), seed=1)
-    with pytest.raises(ValueError, match="style.*Replicate"):
-        ReplicateBackend.validate(_Bare(), request)
-
-
-class _Bare:
-    """validate's LoRA check runs before anything of the backend is read."""
+    backend = ReplicateBackend("black-forest-labs/flux-schnell", api_token="t", base_url="http://127.0.0.1:9")
+    with pytest.raises(ValueError, match="style.*flux-schnell takes no LoRA inputs on Replicate"):
+        backend.validate(request)  # nothing is sent: the base_url has no server
 
 
 @pytest.fixture(scope="module")

@@ -300,3 +300,143 @@ def test_seed_variations_are_refused_by_name_before_anything_is_sent(fake):
         sdlab.generate(make(fake), "x", seed=1, variation_seed=2, variation_strength=0.5)
     assert len(fake.predictions) == before
     sdlab.generate(make(fake), "x", seed=1, variation_seed=2, variation_strength=0.0)  # strength 0: no variation
+
+
+# ------------------------------------------------------------------ LoRAs
+
+DEV_LORA = "black-forest-labs/flux-dev-lora"
+
+
+def lora_file(path, keys, seed=0):
+    """A small LoRA safetensors file with these tensor names (FLUX's or a UNet's)."""
+    import torch
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    save_file({k: torch.randn(4, 4, generator=g) for k in keys}, str(path))
+    return str(path)
+
+
+FLUX_KEYS = [
+    "transformer.single_transformer_blocks.0.attn.to_k.lora_A.weight",
+    "transformer.single_transformer_blocks.0.attn.to_k.lora_B.weight",
+]
+SD_KEYS = [
+    "unet.down_blocks.0.attentions.0.proj_in.lora_A.weight",
+    "unet.down_blocks.0.attentions.0.proj_in.lora_B.weight",
+]
+
+
+def test_a_flux_lora_is_uploaded_once_and_arrives_with_its_scale_as_recorded(fake, tmp_path):
+    import hashlib
+
+    path = lora_file(tmp_path / "style.safetensors", FLUX_KEYS)
+    sha = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    backend = make(fake, DEV_LORA)
+    uploads = len(fake.uploads)
+    result = sdlab.generate(backend, "a red fox", loras={path: 0.75}, seed=[1, 2], width=512, height=512)
+    assert len(fake.uploads) - uploads == 1  # one upload for the images of the run
+    for r in result.records:
+        sent = fake.predictions[r["prediction_id"]]
+        assert sent.received == {"lora_weights": sha}  # the server read back this file
+        assert sent.input["lora_scale"] == 0.75 and sent.input["lora_weights"] == r["replicate_input"]["lora_weights"]
+        assert [(d["sha256"], d["weight"]) for d in r["loras"]] == [(sha, 0.75)]
+        (applied,) = r["replicate_loras"]
+        assert (applied["sha256"], applied["lora_scale"], applied["lora_weights"]) == (
+            sha,
+            0.75,
+            sent.input["lora_weights"],
+        )
+    half = sdlab.generate(backend, "a red fox", loras={path: 0.5}, seed=1, width=512, height=512)
+    plain = sdlab.generate(backend, "a red fox", seed=1, width=512, height=512)
+    assert fake.predictions[half.records[0]["prediction_id"]].input["lora_scale"] == 0.5
+    assert "lora_weights" not in fake.predictions[plain.records[0]["prediction_id"]].input
+    assert "replicate_loras" not in plain.records[0] and "loras" not in plain.records[0]
+    assert max_pixel_diff(half.image, result.images[0]) > 0 and max_pixel_diff(plain.image, half.image) > 0
+    sdlab.set_lora_dir(tmp_path)  # an A1111 tag: applied through the LoRA inputs, not sent as text
+    try:
+        tagged = sdlab.generate(backend, "a red fox <lora:style:0.5>", seed=1, width=512, height=512)
+    finally:
+        sdlab.set_lora_dir(None)
+    tagged_sent = fake.predictions[tagged.records[0]["prediction_id"]]
+    assert (tagged_sent.input["prompt"], tagged_sent.input["lora_scale"]) == ("a red fox ", 0.5)  # as A1111 encodes it
+    assert tagged_sent.received == fake.predictions[half.records[0]["prediction_id"]].received == {"lora_weights": sha}
+    assert tagged.records[0]["prompt"] == "a red fox <lora:style:0.5>"
+
+
+def test_two_loras_go_to_a_models_declared_lora_inputs(fake, tmp_path):
+    from fake_replicate import TRAINED_VERSION
+
+    a = lora_file(tmp_path / "a.safetensors", FLUX_KEYS, seed=1)
+    b = lora_file(tmp_path / "b.safetensors", FLUX_KEYS, seed=2)
+    backend = make(
+        fake,
+        f"sdlab/fake-flux-lora:{TRAINED_VERSION}",
+        lora_inputs=[("lora_weights", "lora_scale"), ("extra_lora", "extra_lora_scale")],
+    )
+    r = sdlab.generate(backend, "a fox", loras={a: 1.0, b: 0.25}, seed=3).records[0]
+    sent = fake.predictions[r["prediction_id"]]
+    assert sent.received == {"lora_weights": r["loras"][0]["sha256"], "extra_lora": r["loras"][1]["sha256"]}
+    assert (sent.input["lora_scale"], sent.input["extra_lora_scale"]) == (1.0, 0.25)
+    assert [(d["name"], d.get("lora_scale", d.get("extra_lora_scale"))) for d in r["replicate_loras"]] == [
+        ("a", 1.0),
+        ("b", 0.25),
+    ]
+    assert backend.identity()["lora_inputs"] == [["lora_weights", "lora_scale"], ["extra_lora", "extra_lora_scale"]]
+
+
+def test_loras_a_model_cannot_take_are_refused_by_name_before_any_call(fake, tmp_path):
+    flux = lora_file(tmp_path / "flux-style.safetensors", FLUX_KEYS)
+    other = lora_file(tmp_path / "other.safetensors", FLUX_KEYS, seed=5)
+    sd = lora_file(tmp_path / "sd-style.safetensors", SD_KEYS)
+    pt = tmp_path / "old.pt"
+    pt.write_bytes(b"\x80\x02not a safetensors file")
+    before = len(fake.requests)
+    cases = [
+        (make(fake), {flux: 1.0}, r"flux-style.*flux-schnell takes no LoRA inputs"),
+        (make(fake, DEV_LORA), {flux: 1.0, other: 0.5}, r"flux-style, other.*takes 1 LoRA\(s\) \(lora_weights\)"),
+        (
+            make(fake, DEV_LORA),
+            {flux: (1.0, 0.5)},
+            r"'flux-style': text-encoder weight 0.5 differs .* one `lora_scale`",
+        ),
+        (make(fake, DEV_LORA), {flux: 4.0}, r"'flux-style' weight 4 is outside -1..3"),
+        (make(fake, DEV_LORA), {sd: 1.0}, r"'sd-style' .* is not a FLUX LoRA"),
+        (make(fake, DEV_LORA), {str(pt): 1.0}, r"'old' .* is not a safetensors file"),
+    ]
+    for backend, loras, message in cases:
+        with pytest.raises(ValueError, match=message):
+            sdlab.generate(backend, "x", loras=loras, seed=1, width=512, height=512)
+    with pytest.raises(ValueError, match="`lora_scale` is given as an input and by `loras`"):
+        sdlab.generate(make(fake, DEV_LORA, inputs={"lora_scale": 1.0}), "x", loras={flux: 1.0}, seed=1)
+    assert fake.requests[before:] == []  # nothing was uploaded or created
+
+
+def test_a_lora_file_changed_after_it_was_resolved_is_not_sent(fake, tmp_path):
+    from sdlab.adapters import Lora, resolve_lora
+    from sdlab.request import GenerationRequest
+
+    path = lora_file(tmp_path / "style.safetensors", FLUX_KEYS)
+    request = GenerationRequest.create("a fox", seed=1, width=512, height=512, loras=[Lora(resolve_lora(path), 1.0)])
+    lora_file(path, FLUX_KEYS, seed=9)  # saved over after the request was made
+    before = len(fake.requests)
+    with pytest.raises(ValueError, match="'style' .* changed since it was resolved"):
+        make(fake, DEV_LORA).run(request)
+    assert fake.requests[before:] == []
+
+
+def test_per_image_lora_weights_in_one_run_each_reach_their_prediction(fake, tmp_path):
+    from sdlab.request import GenerationRequest
+
+    path = lora_file(tmp_path / "style.safetensors", FLUX_KEYS)
+    backend = make(fake, DEV_LORA)
+    parts = [
+        GenerationRequest.create("a fox", defaults=backend.defaults, seed=4, width=512, height=512, loras={path: w})
+        for w in (0.25, 1.0, -0.5)
+    ]
+    uploads = len(fake.uploads)
+    output = backend.run(GenerationRequest.concat(parts))  # one run, as a lora_weight sweep batches it
+    assert len(fake.uploads) - uploads == 1
+    sent = [fake.predictions[r["prediction_id"]].input["lora_scale"] for r in output.records]
+    recorded = [r["replicate_loras"][0]["lora_scale"] for r in output.records]
+    assert sent == recorded == [0.25, 1.0, -0.5]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from ..request import GenerationRequest
@@ -52,6 +53,9 @@ class ReplicateBackend:
         max_concurrency: predictions in flight at once (one `run` carries up to this many images).
         max_retries: retries of a call answered 429 or 5xx (or lost), with exponential backoff.
         client: a `replicate.Client` (default: one built from `api_token` and `base_url`).
+        lora_inputs: (file input, scale input) name pairs, one per LoRA the model takes, for models
+            outside the table, e.g. [("lora_weights", "lora_scale"), ("extra_lora", "extra_lora_scale")].
+            A request's `loras` are uploaded through the files API and sent there (sdlab.backends.replicate_loras).
 
     The HTTP work (predictions, retries, downloads, the thread pool) is `ReplicateClient`'s
     (`self.http`); the model table and input mapping are in `replicate_models`.
@@ -79,9 +83,10 @@ class ReplicateBackend:
         backoff: float = 0.5,
         max_retry_wait: float = 60.0,
         client: Any = None,
+        lora_inputs: Any = None,
     ):
         self.model, self.version = parse_model(model)
-        self.spec = spec = model_spec(self.model, input_names=input_names, defaults=defaults)
+        self.spec = spec = model_spec(self.model, input_names=input_names, defaults=defaults, lora_inputs=lora_inputs)
         fmt = output_format.lower() if isinstance(output_format, str) else output_format
         if fmt is not None and fmt not in PIL_FORMATS:
             raise ValueError(f"`output_format` must be one of png, jpg, webp (or None), got {output_format!r}")
@@ -137,7 +142,7 @@ class ReplicateBackend:
         return False
 
     def identity(self) -> dict[str, Any]:
-        return {
+        out = {
             "backend": self.name,
             "model": self.model,
             "version": self.version,  # None: the model's current version (official models)
@@ -145,6 +150,9 @@ class ReplicateBackend:
             "output_format": self.output_format,
             "output_quality": self.output_quality,
         }
+        if self.spec.loras:  # where LoRAs go (written only for models that take them)
+            out["lora_inputs"] = [list(pair) for pair in self.spec.loras]
+        return out
 
     def validate(self, request: GenerationRequest) -> None:
         if request.has_variation:
@@ -155,11 +163,11 @@ class ReplicateBackend:
         from ..inputs import refuse_remote
 
         refuse_remote(request, "Replicate")
-        if request.has_loras:  # never a record of LoRAs the server did not apply
-            names = ", ".join(lora.file.name for lora in request.loras[0])
-            raise ValueError(
-                f"`loras` ({names}) need the local backend; the Replicate backend does not apply LoRAs yet"
-            )
+        if request.has_loras:  # only to a model's LoRA inputs, one file per input, one weight per LoRA
+            from .replicate_loras import check_loras
+
+            for entries in request.loras:
+                check_loras(self.spec, self.model, entries)
         if request.embeddings:
             tokens = ", ".join(e.token for e in request.embeddings)
             raise ValueError(
@@ -174,8 +182,11 @@ class ReplicateBackend:
 
     # ------------------------------------------------------------ inputs
 
-    def model_input(self, request: GenerationRequest, i: int) -> tuple[dict[str, Any], list[str]]:
-        """The prediction input of image `i` and the sdlab parameters the model does not take.
+    def model_input(
+        self, request: GenerationRequest, i: int, lora_urls: Mapping[str, str] | None = None
+    ) -> tuple[dict[str, Any], list[str]]:
+        """The prediction input of image `i` and the sdlab parameters the model does not take
+        (`lora_urls`: each LoRA file's uploaded URL by sha256).
 
         Raises ValueError (naming the argument) for values the model cannot take."""
         return prediction_input(
@@ -186,7 +197,24 @@ class ReplicateBackend:
             inputs=self.inputs,
             output_format=self.output_format,
             output_quality=self.output_quality,
+            lora_urls=lora_urls,
         )
+
+    def upload_loras(self, request: GenerationRequest) -> dict[str, dict[str, Any]]:
+        """The request's LoRA files uploaded once each: sha256 -> {"id", "url", "sha256"}. The bytes
+        sent are hashed as they are read: a file changed since it was resolved is refused."""
+        import hashlib
+
+        uploads: dict[str, dict[str, Any]] = {}
+        for lora in {lora.file.sha256: lora for entries in request.loras for lora in entries}.values():
+            data = Path(lora.file.path).read_bytes()
+            if hashlib.sha256(data).hexdigest() != lora.file.sha256:
+                raise ValueError(
+                    f"LoRA {lora.file.name!r} ({lora.file.path}) changed since it was resolved "
+                    f"(sha256 {lora.file.sha256[:12]}...); resolve it again"
+                )
+            uploads[lora.file.sha256] = self.http.upload(data, Path(lora.file.path).name, lora.file.sha256)
+        return uploads
 
     # ------------------------------------------------------------ running
 
@@ -198,7 +226,9 @@ class ReplicateBackend:
         self, request: GenerationRequest, *, progress: ProgressCallback | None = None, progress_bar: bool | None = None
     ) -> BackendOutput:  # progress_bar: a remote job shows no local bar
         self.validate(request)
-        inputs = [self.model_input(request, i) for i in range(len(request))]
+        uploads = self.upload_loras(request) if request.has_loras else {}
+        urls = {sha: up["url"] for sha, up in uploads.items()}
+        inputs = [self.model_input(request, i, urls) for i in range(len(request))]
         start = time.perf_counter()
         results = self.http.run_all([data for data, _ in inputs], max_workers=self.max_concurrency, progress=progress)
         images, records = [], []
@@ -208,6 +238,17 @@ class ReplicateBackend:
                 for name in unused:
                     record[name] = None
             record["replicate_input"] = {k: describe_input(v) for k, v in data.items()}
+            if request.loras[len(images)]:  # what each LoRA input was sent: the file (by hash) and the scale
+                record["replicate_loras"] = [
+                    {
+                        "name": lora.file.name,
+                        "sha256": lora.file.sha256,
+                        file_input: uploads[lora.file.sha256]["url"],
+                        "file_id": uploads[lora.file.sha256]["id"],
+                        scale_input: data[scale_input],
+                    }
+                    for lora, (file_input, scale_input) in zip(request.loras[len(images)], self.spec.loras)
+                ]
             images.append(image)
             records.append(record)
         return BackendOutput(

@@ -69,6 +69,24 @@ class ReplicateClient:
     def model_ref(self) -> str:
         return f"{self.model}:{self.version}" if self.version else self.model
 
+    # ------------------------------------------------------------ files
+
+    def upload(self, data: bytes, filename: str, sha256: str) -> dict[str, Any]:
+        """`data` uploaded through Replicate's files API: {"id", "url", "sha256"}. The server's
+        checksum must be `sha256` (what the record says was sent)."""
+        file = self._call(
+            f"upload {filename}",
+            lambda: self.client.files.create(io.BytesIO(data), filename=filename),
+            idempotent=False,
+        )
+        got = (getattr(file, "checksums", None) or {}).get("sha256")
+        if got is not None and got != sha256:
+            raise BackendError(
+                f"Replicate stored {filename} with sha256 {got[:12]}..., not the {sha256[:12]}... sent",
+                backend=self.name,
+            )
+        return {"id": file.id, "url": file.urls["get"], "sha256": sha256}
+
     # ------------------------------------------------------------ predictions
 
     def run_all(

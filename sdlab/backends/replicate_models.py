@@ -50,6 +50,9 @@ class ReplicateModel:
     num_outputs: str | None = None  # the batch input, always sent as 1 (per-image seeds)
     output_formats: tuple[str, ...] = ()  # () when the model has no output_format input
     inputs: tuple[str, ...] | None = None  # other inputs it takes; None: pass anything through
+    # (LoRA file input, its scale input) per LoRA it takes, e.g. (("lora_weights", "lora_scale"),)
+    loras: tuple[tuple[str, str], ...] = ()
+    lora_scale_range: tuple[float, float] | None = None
     defaults: Defaults = field(default_factory=lambda: Defaults(1024, 1024, 30, 7.5))
 
 
@@ -119,6 +122,58 @@ KNOWN_MODELS: dict[str, ReplicateModel] = {
         inputs=("aspect_ratio", "go_fast", "megapixels", "disable_safety_checker", "output_quality"),
         defaults=Defaults(1024, 1024, 4, 0.0),
     ),
+    # flux-dev / flux-schnell with one LoRA: `lora_weights` (a .safetensors URL) scaled by `lora_scale`
+    "black-forest-labs/flux-dev-lora": ReplicateModel(
+        size="aspect_ratio",
+        aspect_ratios=FLUX_RATIOS,
+        size_multiple=16,
+        negative_prompt=None,
+        num_inference_steps="num_inference_steps",
+        steps_range=(1, 50),
+        guidance_scale="guidance",
+        guidance_range=(0.0, 10.0),
+        scheduler=None,
+        num_outputs="num_outputs",
+        output_formats=("webp", "jpg", "png"),
+        inputs=(
+            "aspect_ratio",
+            "image",
+            "prompt_strength",
+            "go_fast",
+            "megapixels",
+            "disable_safety_checker",
+            "output_quality",
+            "lora_weights",
+            "lora_scale",
+        ),
+        loras=(("lora_weights", "lora_scale"),),
+        lora_scale_range=(-1.0, 3.0),
+        defaults=Defaults(1024, 1024, 28, 3.0),
+    ),
+    "black-forest-labs/flux-schnell-lora": ReplicateModel(
+        size="aspect_ratio",
+        aspect_ratios=FLUX_RATIOS,
+        size_multiple=16,
+        negative_prompt=None,
+        num_inference_steps="num_inference_steps",
+        steps_range=(1, 4),
+        guidance_scale=None,
+        scheduler=None,
+        num_outputs="num_outputs",
+        output_formats=("webp", "jpg", "png"),
+        inputs=(
+            "aspect_ratio",
+            "go_fast",
+            "megapixels",
+            "disable_safety_checker",
+            "output_quality",
+            "lora_weights",
+            "lora_scale",
+        ),
+        loras=(("lora_weights", "lora_scale"),),
+        lora_scale_range=(-1.0, 3.0),
+        defaults=Defaults(1024, 1024, 4, 0.0),
+    ),
     "stability-ai/sdxl": ReplicateModel(
         size="width_height",
         size_multiple=8,
@@ -141,11 +196,24 @@ def parse_model(ref: str) -> tuple[str, str | None]:
 
 
 def model_spec(
-    model: str, *, input_names: Mapping[str, str | None] | None = None, defaults: Defaults | None = None
+    model: str,
+    *,
+    input_names: Mapping[str, str | None] | None = None,
+    defaults: Defaults | None = None,
+    lora_inputs: Any = None,
 ) -> ReplicateModel:
-    """The mapping of `model` ('owner/name'): its known entry or the generic one, with `input_names`
-    and `defaults` overridden."""
+    """The mapping of `model` ('owner/name'): its known entry or the generic one, with `input_names`,
+    `defaults` and `lora_inputs` ((file input, scale input) pairs, one per LoRA) overridden."""
     spec = KNOWN_MODELS.get(model, ReplicateModel())
+    if lora_inputs is not None:
+        pairs = tuple(tuple(p) for p in lora_inputs) if isinstance(lora_inputs, (list, tuple)) else None
+        if pairs is None or not all(len(p) == 2 and all(isinstance(x, str) and x for x in p) for p in pairs):
+            raise ValueError(
+                f"`lora_inputs` is a list of (file input, scale input) name pairs, e.g. "
+                f"[('lora_weights', 'lora_scale'), ('extra_lora', 'extra_lora_scale')], got {lora_inputs!r}"
+            )
+        extra = tuple(x for p in pairs for x in p if spec.inputs is not None and x not in spec.inputs)
+        spec = replace(spec, loras=pairs, inputs=None if spec.inputs is None else spec.inputs + extra)
     if input_names:
         bad = sorted(set(input_names) - set(RENAMABLE))
         if bad:
@@ -167,11 +235,13 @@ def prediction_input(
     inputs: Mapping[str, Any],
     output_format: str | None,
     output_quality: int | None,
+    lora_urls: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """The prediction input of image `i` for `model` and the sdlab parameters it does not take.
 
     `inputs` are sent with every prediction; `output_format`/`output_quality` are the backend's
-    choices. Raises ValueError (naming the argument) for values the model cannot take."""
+    choices; `lora_urls` maps each LoRA file's sha256 to where it was uploaded (None while
+    validating). Raises ValueError (naming the argument) for values the model cannot take."""
     check_size(request.width, request.height, spec.size_multiple)
     kwargs = {**inputs, **request.pipeline_kwargs}
     if spec.inputs is not None:
@@ -179,7 +249,12 @@ def prediction_input(
         unknown = sorted(set(kwargs) - allowed)
         if unknown:
             raise ValueError(f"unknown argument(s) {unknown} for {model}; it takes: {', '.join(sorted(allowed))}")
-    data: dict[str, Any] = {"prompt": plain_prompt(request.prompt[i], "prompt", model), "seed": int(request.seed[i])}
+    prompt = request.prompt[i]
+    if isinstance(prompt, str) and "<lora:" in prompt:  # applied through the LoRA inputs, not read as text
+        from ..adapters import strip_tags
+
+        prompt = strip_tags(prompt)
+    data: dict[str, Any] = {"prompt": plain_prompt(prompt, "prompt", model), "seed": int(request.seed[i])}
     if data["seed"] >= 2**63:
         raise ValueError(f"`seed`={data['seed']} is too large for Replicate's integer inputs (use < 2**63)")
     unused: list[str] = []
@@ -220,6 +295,10 @@ def prediction_input(
         data["output_quality"] = output_quality
     for key, value in kwargs.items():
         data[key] = jsonable_input(value, key)
+    if request.loras[i]:
+        from .replicate_loras import lora_input
+
+        data.update(lora_input(spec, model, request.loras[i], lora_urls, kwargs))
     return data, unused
 
 

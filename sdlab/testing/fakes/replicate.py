@@ -2,7 +2,10 @@
 
 Routes as Replicate documents them: POST /v1/models/{owner}/{name}/predictions (official models),
 POST /v1/predictions with `version`, GET /v1/predictions/{id}, POST /v1/predictions/{id}/cancel,
-GET /v1/models/{owner}/{name}; outputs are served from /files/. Bearer-token auth, 201 on create,
+GET /v1/models/{owner}/{name}, POST /v1/files (multipart `content`, the files API) and
+GET /v1/files/{id}; outputs are served from /files/. The FLUX LoRA models take `lora_weights`
+(a URL: one of the files uploaded here is read back, `received` records its sha256) and
+`lora_scale`; an uploaded file that does not exist fails the prediction as a download would. Bearer-token auth, 201 on create,
 422 "Input validation failed" for inputs outside a known model's schema, RFC 7807 error bodies.
 
 A prediction moves one state per GET: starting -> processing -> succeeded (with output). Plans
@@ -13,7 +16,9 @@ the next requests (`throttle(retry_after)` -> 429 with Retry-After; `http_error(
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import math
 import secrets
 import string
@@ -28,6 +33,7 @@ RATIOS = ("1:1", "16:9", "21:9", "3:2", "2:3", "4:5", "5:4", "3:4", "4:3", "9:16
 PRO_RATIOS = ("custom", "1:1", "16:9", "3:2", "2:3", "4:5", "5:4", "9:16", "3:4", "4:3")
 FORMATS = ("webp", "jpg", "png")
 SDXL_VERSION = "7762fd07cf82c948538e41f63f77d685e02b063e37e496e96eefd46c929f9bdc"
+TRAINED_VERSION = "26dce37af90b9d997eeb970d92e47de3064d46c300504ae376c75bef6a9022d2"
 GENERIC_VERSION = "5c7d5dc6dd8bf75c1acaa8565735e7986bc5b66206b55cca93cb72c9bf15ccaa"
 
 
@@ -113,6 +119,45 @@ MODELS: dict[str, FakeModel] = {
         single_output=False,
         sizing="aspect_ratio",
     ),
+    "black-forest-labs/flux-dev-lora": FakeModel(
+        {
+            "prompt": ("str",),
+            "aspect_ratio": ("enum", RATIOS),
+            "num_outputs": ("int", 1, 4),
+            "num_inference_steps": ("int", 1, 50),
+            "guidance": ("float", 0, 10),
+            "seed": ("int", None, None),
+            "output_format": ("enum", FORMATS),
+            "output_quality": ("int", 0, 100),
+            "disable_safety_checker": ("bool",),
+            "go_fast": ("bool",),
+            "megapixels": ("enum", ("1", "0.25")),
+            "image": ("str",),
+            "prompt_strength": ("float", 0, 1),
+            "lora_weights": ("uri",),
+            "lora_scale": ("float", -1, 3),
+        },
+        single_output=False,
+        sizing="aspect_ratio",
+    ),
+    "black-forest-labs/flux-schnell-lora": FakeModel(
+        {
+            "prompt": ("str",),
+            "aspect_ratio": ("enum", RATIOS),
+            "num_outputs": ("int", 1, 4),
+            "num_inference_steps": ("int", 1, 4),
+            "seed": ("int", None, None),
+            "output_format": ("enum", FORMATS),
+            "output_quality": ("int", 0, 100),
+            "disable_safety_checker": ("bool",),
+            "go_fast": ("bool",),
+            "megapixels": ("enum", ("1", "0.25")),
+            "lora_weights": ("uri",),
+            "lora_scale": ("float", -1, 3),
+        },
+        single_output=False,
+        sizing="aspect_ratio",
+    ),
     "stability-ai/sdxl": FakeModel(
         {
             "prompt": ("str",),
@@ -129,6 +174,26 @@ MODELS: dict[str, FakeModel] = {
         sizing="width_height",
         official=False,
         versions=(SDXL_VERSION,),
+    ),
+    # a community FLUX model taking a LoRA and an extra LoRA (as some do: extra_lora/extra_lora_scale)
+    "sdlab/fake-flux-lora": FakeModel(
+        {
+            "prompt": ("str",),
+            "aspect_ratio": ("enum", RATIOS),
+            "num_outputs": ("int", 1, 4),
+            "num_inference_steps": ("int", 1, 50),
+            "guidance_scale": ("float", 0, 10),
+            "seed": ("int", None, None),
+            "output_format": ("enum", FORMATS),
+            "lora_weights": ("uri",),
+            "lora_scale": ("float", -1, 3),
+            "extra_lora": ("uri",),
+            "extra_lora_scale": ("float", -1, 3),
+        },
+        single_output=False,
+        sizing="aspect_ratio",
+        official=False,
+        versions=(TRAINED_VERSION,),
     ),
     "sdlab/fake-diffusion": FakeModel(
         {
@@ -176,6 +241,7 @@ class _Prediction:
     started_at: str | None = None
     completed_at: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    received: dict[str, str] = field(default_factory=dict)  # uri input -> sha256 of the file it named
 
 
 class FakeReplicate(ServerThread):
@@ -203,6 +269,7 @@ class FakeReplicate(ServerThread):
         self.size_scale = float(size_scale)
         self.predictions: dict[str, _Prediction] = {}
         self.files: dict[str, tuple[bytes, str]] = {}  # path -> (bytes, content type)
+        self.uploads: dict[str, dict[str, Any]] = {}  # files API id -> {"content", "name", "content_type"}
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status)
         self._plans: deque[str] = deque()
         self._throttles: deque[tuple[str, int]] = deque()  # (request kind, retry-after seconds)
@@ -219,11 +286,11 @@ class FakeReplicate(ServerThread):
             self._plans.append(o)
 
     def throttle(self, kind: str = "create", retry_after: int = 1) -> None:
-        """The next request of `kind` ("create", "get", "file") is answered 429 with Retry-After."""
+        """The next request of `kind` ("create", "get", "file", "upload") is answered 429 with Retry-After."""
         self._throttles.append((kind, int(retry_after)))
 
     def http_error(self, kind: str = "create", status: int = 503) -> None:
-        """The next request of `kind` ("create", "get", "cancel", "file") is answered `status` once."""
+        """The next request of `kind` ("create", "get", "cancel", "file", "upload") is answered `status` once."""
         self._errors.append((kind, int(status)))
 
     def count(self, method: str, prefix: str) -> int:
@@ -247,6 +314,8 @@ class FakeReplicate(ServerThread):
         app.router.add_post("/v1/predictions/{id}/cancel", self._cancel)
         app.router.add_get("/v1/models/{owner}/{name}", self._get_model)
         app.router.add_get("/files/{id}/{filename}", self._file)
+        app.router.add_post("/v1/files", self._upload)
+        app.router.add_get("/v1/files/{id}", self._get_upload)
         return app
 
     def _kind(self, request) -> str:
@@ -257,6 +326,8 @@ class FakeReplicate(ServerThread):
             return "cancel"
         if request.method == "POST" and path.endswith("/predictions"):
             return "create"
+        if request.method == "POST" and path == "/v1/files":
+            return "upload"
         return "get"
 
     async def _guard(self, request, handler):
@@ -338,6 +409,15 @@ class FakeReplicate(ServerThread):
             )
         plan = self._plans.popleft() if self._plans else "succeed"
         prediction = _Prediction(_new_id(), model, version, dict(data), plan=plan)
+        for key, value in data.items():  # the model downloads each file input when it starts
+            if spec.schema.get(key, ("",))[0] != "uri":
+                continue
+            upload = self.uploads.get(str(value).rsplit("/", 1)[-1]) if self._is_upload_url(value) else None
+            if upload is None:
+                prediction.plan = "fail"
+                prediction.error = f"could not download {key}: {str(value)[:100]}"
+            else:
+                prediction.received[key] = hashlib.sha256(upload["content"]).hexdigest()
         self.predictions[prediction.id] = prediction
         return web.json_response(self._json(prediction), status=201)
 
@@ -383,6 +463,51 @@ class FakeReplicate(ServerThread):
             }
         )
 
+    # ------------------------------------------------------------ the files API
+
+    def _is_upload_url(self, value: Any) -> bool:
+        return isinstance(value, str) and value.startswith(f"http://{self.host}:{self.port}/v1/files/")
+
+    def _upload_json(self, file_id: str) -> dict[str, Any]:
+        u = self.uploads[file_id]
+        return {
+            "id": file_id,
+            "name": u["name"],
+            "content_type": u["content_type"],
+            "size": len(u["content"]),
+            "etag": hashlib.md5(u["content"]).hexdigest(),  # noqa: S324 - as Replicate's etag
+            "checksums": {
+                "sha256": hashlib.sha256(u["content"]).hexdigest(),
+                "md5": hashlib.md5(u["content"]).hexdigest(),  # noqa: S324
+            },
+            "metadata": u["metadata"],
+            "created_at": u["created_at"],
+            "expires_at": None,
+            "urls": {"get": f"http://{self.host}:{self.port}/v1/files/{file_id}"},
+        }
+
+    async def _upload(self, request):
+        web = aiohttp_web()
+        form = await request.post()
+        content = form.get("content")
+        if content is None or not hasattr(content, "file"):
+            return self._problem(400, "Bad request", "content: a file is required")
+        metadata = form.get("metadata")
+        file_id = _new_id()
+        self.uploads[file_id] = {
+            "content": content.file.read(),
+            "name": content.filename,
+            "content_type": content.content_type,
+            "metadata": json.loads(metadata) if metadata else {},
+            "created_at": _now(),
+        }
+        return web.json_response(self._upload_json(file_id), status=201)
+
+    async def _get_upload(self, request):
+        if request.match_info["id"] not in self.uploads:
+            return self._problem(404, "Not found", "The requested resource could not be found.")
+        return aiohttp_web().json_response(self._upload_json(request.match_info["id"]))
+
     async def _file(self, request):
         web = aiohttp_web()
         entry = self.files.get(f"{request.match_info['id']}/{request.match_info['filename']}")
@@ -426,7 +551,8 @@ class FakeReplicate(ServerThread):
             return
         p.completed_at = _now()
         if p.plan == "fail":
-            p.status, p.error = "failed", "NSFW content detected. Try running it again, or try a different prompt."
+            p.status = "failed"
+            p.error = p.error or "NSFW content detected. Try running it again, or try a different prompt."
             return
         if p.plan == "cancel":
             p.status = "canceled"
@@ -440,8 +566,12 @@ class FakeReplicate(ServerThread):
         spec = MODELS[p.model]
         width, height = _size(spec, p.input, self.size_scale)
         fmt = p.input.get("output_format", "webp" if spec.sizing != "width_height" else "png")
-        detail = repr(
-            sorted((k, v) for k, v in p.input.items() if k not in ("prompt", "seed", "output_format", "output_quality"))
+        detail = repr(  # a file input counts by its content (the file it named), not its URL
+            sorted(
+                (k, p.received.get(k, v))
+                for k, v in p.input.items()
+                if k not in ("prompt", "seed", "output_format", "output_quality")
+            )
         )
         urls = []
         for i in range(int(p.input.get("num_outputs", 1) or 1)):
@@ -491,7 +621,7 @@ def _validate(spec: FakeModel, data: dict[str, Any]) -> list[tuple[str, str]]:
                 problems.append((key, f"Must be less than or equal to {hi}"))
         elif kind == "bool" and not isinstance(value, bool):
             problems.append((key, f"Invalid type. Expected: boolean, given: {type(value).__name__}"))
-        elif kind == "str" and not isinstance(value, str):
+        elif kind in ("str", "uri") and not isinstance(value, str):
             problems.append((key, f"Invalid type. Expected: string, given: {type(value).__name__}"))
     return problems
 
@@ -510,4 +640,4 @@ def _size(spec: FakeModel, data: dict[str, Any], scale: float) -> tuple[int, int
     return max(8, int(w * scale)), max(8, int(h * scale))
 
 
-__all__ = ["FakeReplicate", "MODELS", "SDXL_VERSION", "GENERIC_VERSION"]
+__all__ = ["FakeReplicate", "MODELS", "SDXL_VERSION", "GENERIC_VERSION", "TRAINED_VERSION"]
