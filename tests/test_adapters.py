@@ -242,6 +242,9 @@ def test_comfyui_loras_become_lora_loader_nodes_after_the_checkpoint(comfy, lora
     assert graph[first]["inputs"]["model"] == ["4", 0] and graph[last]["inputs"]["model"] == [first, 0]
     assert graph["3"]["inputs"]["model"] == [last, 0] and graph["6"]["inputs"]["clip"] == [last, 1]
     assert [d["name"] for d in half.records[0]["loras"]] == ["style", "other"]
+    assert (
+        graph["6"]["inputs"]["text"] == "a cat "
+    )  # as A1111 encodes it: the tag is applied as a LoraLoader, never read as words
     # the workflow's own LoraLoader is used rather than a second one
     own = backend.workflow.copy().graph
     own["20"] = {"class_type": "LoraLoader", "inputs": {"model": ["4", 0], "clip": ["4", 1], "lora_name": "x",

@@ -403,4 +403,8 @@ def comfy_prompt(value: Any) -> str | None:
     (sdlab.prompts.weighted) in A1111 syntax, ``(text:1.2)``, which ComfyUI weights the same way."""
     if is_prompt_object(value):
         return value.as_a1111() if hasattr(value, "as_a1111") else prompt_text(value)
+    if isinstance(value, str) and "<lora:" in value:  # applied as LoraLoader nodes, never read as words
+        from ..adapters import strip_tags
+
+        return strip_tags(value)
     return value
