@@ -28,6 +28,7 @@ from typing import Any
 
 from PIL import Image
 
+from .inputs import FIELDS as INPUT_FIELDS
 from .metadata import PARAMETERS_KEY, SDLAB_KEY, read_text_chunks
 
 ASSETS = ("index.html", "viewer.js", "viewer.css")
@@ -206,9 +207,26 @@ def _shown_params(record: dict[str, Any]) -> dict[str, Any]:
         "model",
     )
     shown = {n: record[n] for n in names if record.get(n) not in (None, "", {})}
+    loras = record.get("loras")
+    if isinstance(loras, list) and loras and isinstance(loras[0], dict):  # a record: the LoRAs applied, with their weights
+        shown["loras"] = ", ".join(_lora_text(d) for d in loras)
+    for name in INPUT_FIELDS:  # img2img, inpainting, hires fix, refiner (sdlab.inputs)
+        value = record.get(name)
+        if value in (None, "", {}) or (name == "mask_blur" and not value):
+            continue
+        if isinstance(value, dict):  # an input image (by file name, else content) or the refiner
+            value = value.get("file") or value.get("name") or f"sha256 {str(value.get('sha256'))[:12]}"
+        shown[name] = value
     for key, value in (record.get("pipeline_kwargs") or {}).items():
         shown[key] = value
     return shown
+
+
+def _lora_text(lora: dict[str, Any]) -> str:
+    text = f"{lora.get('name')}: {lora.get('weight'):g}"
+    if lora.get("text_encoder_weight") is not None:
+        text += f" (text encoder {lora['text_encoder_weight']:g})"
+    return text
 
 
 def _write_images(source: Path, images_dir: Path, thumbs_dir: Path, size: int, copy_images: bool) -> dict[str, Any]:

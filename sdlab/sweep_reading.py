@@ -24,7 +24,7 @@ from typing import Any
 from .axes import Axis
 from .metadata import read_text_chunks
 from .request import Defaults
-from .sweep_result import CORE_PARAMS, SPEC_KEY, SweepCell, SweepResult, load_sweep
+from .sweep_result import CORE_PARAMS, SPEC_KEY, SweepCell, SweepResult, load_sweep, manifest_rows
 from .sweeps import MANIFEST, _normalise_axes, cell_request, plan_cells
 
 
@@ -62,7 +62,7 @@ def load_sweep_result(path: str | Path, *, spec: str | Path | None = None) -> Sw
 
     # 2. each cell's manifest row: same position, same request
     rows_at: dict[int, list[dict]] = {}
-    for row in _manifest_rows(run_dir / MANIFEST):
+    for row in manifest_rows(run_dir / MANIFEST):
         if isinstance(row.get("index"), int) and isinstance(row.get("request"), dict):
             rows_at.setdefault(row["index"], []).append(row)
     matched = [next((r for r in reversed(rows_at.get(i, [])) if _ran(p, r)), None) for i, (_, p) in enumerate(planned)]
@@ -110,22 +110,6 @@ def _with_spec_labels(axis: Axis, spec_axis: dict[str, Any]) -> Axis:
     if len(labels) != len(axis) or labels == axis.labels:
         return axis
     return Axis(axis.name, axis.values, labels, axis.kind, axis.search, axis.parts)
-
-
-def _manifest_rows(path: Path) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a crash: that cell reads as not run
-            if isinstance(row, dict) and "key" in row:
-                rows.append(row)
-    return rows
 
 
 def _ran(params: dict[str, Any], row: dict[str, Any]) -> bool:

@@ -456,3 +456,21 @@ def _load_xyz(path: Path, chunks: dict[str, str]) -> dict[str, Any]:
             "in its parameters)"
         )
     return sweep_from_xyz(text, source=str(path))
+
+
+def manifest_rows(path: Path) -> list[dict]:
+    """The rows of a sweep's `manifest.jsonl` in file order; a line cut short by a crash is skipped
+    (its cell reads as not run, and a sweep simply makes it again)."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and "key" in row:
+                rows.append(row)
+    return rows

@@ -51,7 +51,7 @@ from .identity import content_sha256
 from .metadata import read_params, save_png
 from .metrics import Reference, Scorer, resolve
 from .request import GenerationRequest, check_positive_int, describe_value, random_seed
-from .sweep_result import CORE_PARAMS, SweepCell, SweepResult, load_sweep
+from .sweep_result import CORE_PARAMS, SweepCell, SweepResult, load_sweep, manifest_rows
 from .textual_inversion import resolve_embeddings
 
 MANIFEST = "manifest.jsonl"
@@ -294,17 +294,8 @@ class RunDirectory:
     def _load(self) -> None:
         if not self.manifest_path.exists():
             return
-        with open(self.manifest_path, encoding="utf-8") as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short by a crash: that cell is simply redone
-                if isinstance(row, dict) and "key" in row:
-                    self.rows[row["key"]] = row
+        for row in manifest_rows(self.manifest_path):
+            self.rows[row["key"]] = row
 
     def lookup(self, key: str) -> dict | None:
         """The manifest row of an intact cached image, or None (missing, corrupt or failed)."""

@@ -404,3 +404,28 @@ def test_one_axis_and_no_axis(tmp_path):
             assert not errors, errors
         finally:
             browser.close()
+
+
+def test_the_hover_shows_lora_weights_and_img2img_strength(sd1_pipe, tmp_path):
+    """Cells of a LoRA-weight x strength sweep differ only in those: the tooltip must say them, or
+    every cell reads the same."""
+    from sdlab.testing import save_tiny_lora
+
+    lora = save_tiny_lora(sd1_pipe, tmp_path / "style.safetensors", seed=1)
+    init = Image.new("RGB", (64, 64), (200, 30, 30))
+    result = sdlab.sweep(
+        sd1_pipe,
+        "a red circle",
+        axes={"lora_weight": [0.0, 0.5], "strength": [0.5, 1.0]},
+        loras={str(lora): 1.0},
+        image=init,
+        num_inference_steps=2,
+        width=64,
+        height=64,
+        out_dir=tmp_path / "run",
+        verbose=False,
+    )
+    data = read_data(result.save_html(tmp_path / "v").parent)
+    shown = [(c["params"]["loras"], c["params"]["strength"]) for c in data["cells"]]
+    assert shown == [("style: 0", 0.5), ("style: 0.5", 0.5), ("style: 0", 1.0), ("style: 0.5", 1.0)]
+    assert all(c["params"]["image"].startswith("sha256 ") for c in data["cells"])
