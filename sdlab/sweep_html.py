@@ -208,7 +208,9 @@ def _shown_params(record: dict[str, Any]) -> dict[str, Any]:
     )
     shown = {n: record[n] for n in names if record.get(n) not in (None, "", {})}
     loras = record.get("loras")
-    if isinstance(loras, list) and loras and isinstance(loras[0], dict):  # a record: the LoRAs applied, with their weights
+    if (
+        isinstance(loras, list) and loras and isinstance(loras[0], dict)
+    ):  # a record: the LoRAs applied, with their weights
         shown["loras"] = ", ".join(_lora_text(d) for d in loras)
     for name in INPUT_FIELDS:  # img2img, inpainting, hires fix, refiner (sdlab.inputs)
         value = record.get(name)
