@@ -293,6 +293,28 @@ def test_sdxl_refiner_takes_over_at_the_switch(sdxl_pipe, tmp_path):
     assert max_pixel_diff(swept.images[0], result.images[0]) <= 2 and max_pixel_diff(swept.images[1], later.image) <= 2
 
 
+def test_refiner_by_preset_name_from_the_hub_cache_offline(sdxl_pipe, tmp_path, monkeypatch):
+    """`refiner="sdxl-refiner"` is the SDXL refiner 1.0 by its hub id, found offline in the cache,
+    and makes the same image as the same weights given as a folder; the record names the hub id."""
+    import huggingface_hub
+
+    from sdlab import testing
+    from sdlab.presets import PRESETS
+
+    preset = PRESETS["sdxl-refiner"]
+    assert preset.source == "stabilityai/stable-diffusion-xl-refiner-1.0" and preset.family == "sdxl"
+    folder = save_tiny_refiner(tmp_path / "refiner")
+    cache = tmp_path / "hub"
+    testing.fill_hf_cache(folder, preset.source, cache)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    kw = dict(seed=1, refiner_switch=0.6, **SIZE)
+    by_name = sdlab.generate(sdxl_pipe, "a red circle", refiner="sdxl-refiner", **kw)
+    by_folder = sdlab.generate(sdxl_pipe, "a red circle", refiner=str(folder), **kw)
+    assert max_pixel_diff(by_name.image, by_folder.image) == 0
+    assert by_name.records[0]["refiner_model"] == preset.source
+
+
 # ------------------------------------------------------------------ sweeps
 
 

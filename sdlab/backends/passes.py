@@ -226,9 +226,13 @@ def _run_refiner(backend: Any, request: GenerationRequest, *, progress, progress
             progress({"step": step + 1, "total": steps, "timestep": float(timestep), "pass": "refiner"})
         return callback_kwargs
 
-    previous = refiner.scheduler
-    if request.scheduler is not None:  # the call's scheduler, as the base pass used it
-        refiner.scheduler = make_scheduler(request.scheduler, previous.config)
+    # The refiner denoises with the scheduler the base pass used (the one the record names), built
+    # from the base's config: never its own default, which a preset or a folder may set otherwise
+    previous, base = refiner.scheduler, backend.pipe.scheduler
+    if request.scheduler is not None:
+        refiner.scheduler = make_scheduler(request.scheduler, base.config)
+    else:
+        refiner.scheduler = type(base).from_config(base.config)
     try:
         by_guidance: dict[float, list[int]] = {}  # the refiner runs its own CFG: one scale per call
         for i, g in enumerate(request.guidance_scale):
