@@ -1,8 +1,8 @@
 """Adapters: LoRA files found, identified by content, checked against a pipeline, applied for one call.
 
     sdlab.set_lora_dir("loras/")
-    sdlab.generate(pipe, "a hexagon", loras={"shapes-hexagon": 0.8})
-    sdlab.generate(pipe, "a hexagon <lora:shapes-hexagon:0.8>")      # A1111's syntax, same request
+    sdlab.generate(pipe, "a red outlined circle", loras={"outlined": 0.8})
+    sdlab.generate(pipe, "a red outlined circle <lora:outlined:0.8>")  # A1111's syntax, same request
 
 A LoRA is named by a file path, a folder (diffusers' `pytorch_lora_weights.safetensors`), a name in
 the LoRA folder (`set_lora_dir`, or $SDLAB_LORA_DIR: the file's name with or without its suffix),
@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from . import identity
+from .library_bars import loading_bars
 
 LORA_SUFFIXES = (".safetensors", ".bin")
 MAX_LORA_WEIGHT = 100.0
@@ -420,10 +421,12 @@ def check_fits(pipe, file: LoraFile) -> dict[str, bool]:
 
         previous = dlogging.get_verbosity()
         dlogging.set_verbosity(logging.ERROR)  # a family mismatch is reported below, not as warnings
+        bars = loading_bars(False)  # transformers' "Loading weights" bar, once per LoRA: not the user's load
         try:
             pipe.load_lora_weights(dict(state), adapter_name=name)
         finally:
             dlogging.set_verbosity(previous)
+            loading_bars(bars)
         parts = {n: len(_lora_layers(m, name)) for n, m in _components(pipe).items()}
     except Exception as e:
         _unload(pipe)
@@ -466,10 +469,14 @@ class LoraCall:
     def __enter__(self) -> LoraCall:
         check_no_foreign_adapters(self.pipe)
         try:
-            with warnings.catch_warnings():  # PEFT warns of "multiple adapters": sdlab means it
-                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-                for file, name in zip(self.files, self.names):
-                    self.pipe.load_lora_weights(dict(read_state(file)), adapter_name=name)
+            bars = loading_bars(False)  # transformers' "Loading weights" bar at every call: not the user's load
+            try:
+                with warnings.catch_warnings():  # PEFT warns of "multiple adapters": sdlab means it
+                    warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                    for file, name in zip(self.files, self.names):
+                        self.pipe.load_lora_weights(dict(read_state(file)), adapter_name=name)
+            finally:
+                loading_bars(bars)
             if len(self.names) > 1:
                 self.pipe.set_adapters(self.names, adapter_weights=[1.0] * len(self.names))
             for component_name, component in _components(self.pipe).items():

@@ -14,6 +14,7 @@ from typing import Any
 
 from . import identity
 from .errors import MissingDependencyError, ModelLoadError
+from .library_bars import loading_bars
 from .model_files import (
     CONFIG_PATTERNS,
     bad_files,
@@ -580,7 +581,7 @@ def load_pipeline(
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     if cn_model is not None:
         kwargs["controlnet"] = cn_model
-    bars = _loading_bars(None if progress_bar else False)  # diffusers' and transformers' bars: off for this load only
+    bars = loading_bars(None if progress_bar else False)  # diffusers' and transformers' bars: off for this load only
     try:
         if source.kind == "builtin":
             pipe = builtin_pipe
@@ -618,7 +619,7 @@ def load_pipeline(
             raise
         raise ModelLoadError(f"could not load {source.name!r} ({source.kind} {source.location}): {e}") from e
     finally:
-        _loading_bars(bars)
+        loading_bars(bars)
 
     # 4. memory and speed options; offload manages devices itself, so never also .to(device)
     if vae_tiling:
@@ -727,20 +728,6 @@ def _single_file_config_command(source: ModelSource, cache_dir) -> tuple[str, st
     except Exception:  # pragma: no cover - diffusers internals
         repo = next(p.source for p in PRESETS.values() if p.family == source.family and "/" in p.source)
     return repo, download_command(repo, patterns=CONFIG_PATTERNS, cache_dir=cache_dir)
-
-
-def _loading_bars(enabled: tuple | bool | None):
-    """Set diffusers' and transformers' loading progress bars (None: leave them); returns how they were."""
-    import diffusers.utils
-    import transformers.utils
-
-    modules = (diffusers.utils.logging, transformers.utils.logging)
-    before = tuple(m.is_progress_bar_enabled() for m in modules)
-    if enabled is not None:
-        wanted = enabled if isinstance(enabled, tuple) else (enabled,) * len(modules)
-        for module, on in zip(modules, wanted):
-            module.enable_progress_bar() if on else module.disable_progress_bar()
-    return before
 
 
 def dtype_kwarg(dtype) -> dict[str, Any]:

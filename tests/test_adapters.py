@@ -365,3 +365,35 @@ def test_the_record_describes_the_prompt_encoded_without_its_tags(sd1_pipe, lora
     assert max_pixel_diff(tagged.image, plain.image) == 0
     for key in ("prompt_encoding", "truncated_words"):
         assert tagged.records[0].get(key) == plain.records[0].get(key)
+
+
+def test_a_call_with_loras_prints_no_loading_bars_and_leaves_them_as_they_were(sd1_pipe, lora_dir, capfd):
+    """Finding: every call with a LoRA printed transformers' "Loading weights" bar (the text
+    encoder's LoRA going in), a bar per image in a notebook; the user's bar settings stay."""
+    import transformers.utils
+
+    transformers.utils.logging.enable_progress_bar()
+    capfd.readouterr()
+    sdlab.generate(sd1_pipe, "a cat", loras={"style": 0.5}, **KW)
+    assert "Loading weights" not in capfd.readouterr().err
+    assert transformers.utils.logging.is_progress_bar_enabled()
+
+
+def test_a_lora_that_loads_only_in_part_is_refused_by_name(sd1_pipe, tmp_path):
+    """A file whose layers diffusers applies only in part (here half of it in diffusers' older
+    `.lora.down/.lora.up` keys, as `convert_state_dict_to_diffusers` writes for attention layers:
+    diffusers drops those without an error) would be recorded at its weight but half applied."""
+    from safetensors.torch import load_file, save_file
+
+    path = save_tiny_lora(sd1_pipe, tmp_path / "whole.safetensors", seed=5)
+    state = load_file(str(path))
+    mixed = {}
+    for key, value in state.items():
+        if key.startswith("unet.") and ".to_q." in key:
+            key = key.replace("lora_A.weight", "lora.down.weight").replace("lora_B.weight", "lora.up.weight")
+        mixed[key] = value
+    save_file(mixed, str(tmp_path / "part.safetensors"))
+    sdlab.generate(sd1_pipe, "a cat", loras={path: 1.0}, **KW)  # the whole file is fine
+    with pytest.raises(ValueError, match=r"part.safetensors.*does not fit.*of its \d+ layers"):
+        sdlab.generate(sd1_pipe, "a cat", loras={tmp_path / "part.safetensors": 1.0}, **KW)
+    assert adapters.foreign_adapters(sd1_pipe) == []
