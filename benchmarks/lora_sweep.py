@@ -3,8 +3,8 @@ sdlab's sweep (every weight and seed in one batched denoising loop, LoRA layers 
 in one process.
 
 Workload: 8 LoRA weights x 4 seeds (32 cells), one prompt, on the bundled `shapes` model. The LoRA
-is the trained `shapes-hexagon-lora` when it is installed (its last epoch), otherwise a random
-LoRA made here (the ratio measures speed, not the concept).
+is the bundled `outlined` LoRA (`sdlab/models/shapes-outlined-lora/outlined.safetensors`), or a
+random LoRA made here when it is missing (the ratio measures speed, not the concept).
 
     OMP_NUM_THREADS=1 python benchmarks/lora_sweep.py [--steps 20] [--repeats 1]
 """
@@ -20,17 +20,16 @@ from pathlib import Path
 import torch
 
 import sdlab
-from sdlab.presets import SHAPES_DIR
+from sdlab.presets import SHAPES_LORA_DIR
 
-PROMPT = "a hexagon"
+PROMPT = "a large red outlined circle on a blue background"
 WEIGHTS = [0.0, 0.15, 0.3, 0.45, 0.6, 0.75, 0.9, 1.0]
 SEEDS = [1, 2, 3, 4]
 
 
 def the_lora(pipe) -> Path:
-    trained = sorted((SHAPES_DIR.parent / "shapes-hexagon-lora").glob("*.safetensors"))
-    if trained:
-        return trained[-1]
+    if (SHAPES_LORA_DIR / "outlined.safetensors").exists():
+        return SHAPES_LORA_DIR / "outlined.safetensors"
     from sdlab.testing import save_tiny_lora
 
     return save_tiny_lora(pipe, Path(tempfile.mkdtemp()) / "random-lora.safetensors", seed=0, rank=4, scale=0.2)

@@ -172,6 +172,8 @@ def _judge(image, record) -> dict[str, float | None]:
     for attribute in ("colour", "shape", "background", "size", "position"):
         want = wanted.get(attribute)
         scores[attribute] = None if want is None else float(getattr(seen, attribute) == want)
+    if wanted.get("style") == "outlined":  # only when the prompt asks for it (the bundled LoRA's style)
+        scores["outlined"] = float(bool(seen.outlined))
     pair = [scores[a] for a in ("colour", "shape") if scores[a] is not None]
     scores["colour_shape"] = sum(pair) / len(pair) if pair else None
     named = [v for v in scores.values() if v is not None]
@@ -182,7 +184,8 @@ def _judge(image, record) -> dict[str, float | None]:
 def judge() -> Scorer:
     """The `shapes` judge against the prompt: per attribute the prompt names (colour, shape,
     background, size, position) 1.0 if the image shows it, 0.0 if not, None if the prompt names
-    none; `colour_shape` their mean over colour and shape, `all` 1.0 when every named one holds."""
+    none; `outlined` only for prompts that ask for outlined shapes (the bundled LoRA's style);
+    `colour_shape` their mean over colour and shape, `all` 1.0 when every named one holds."""
     from .bundled import judge as judge_module
     from .bundled import world
 

@@ -11,6 +11,7 @@ from .request import Defaults
 MODELS_DIR = Path(__file__).parent / "models"
 SHAPES_DIR = MODELS_DIR / "shapes"
 SHAPES_CONTROLNET_DIR = MODELS_DIR / "shapes-controlnet"
+SHAPES_LORA_DIR = MODELS_DIR / "shapes-outlined-lora"  # the `outlined` style LoRA and its epochs
 
 FAMILIES = ("sd1", "sd2", "sdxl", "flux")
 
@@ -59,6 +60,13 @@ PRESETS: dict[str, Preset] = {
             "sdxl",
             Defaults(1024, 1024, 30, 7.0, scheduler="DPM++ 2M Karras"),
             "Stable Diffusion XL base 1.0 (1024x1024)",
+        ),
+        Preset(
+            "sdxl-refiner",
+            "stabilityai/stable-diffusion-xl-refiner-1.0",
+            "sdxl",
+            Defaults(1024, 1024, 30, 7.0, scheduler="DPM++ 2M Karras"),
+            "Stable Diffusion XL refiner 1.0: an img2img model, for `refiner=` after an SDXL base",
         ),
         Preset(
             "sd-turbo",

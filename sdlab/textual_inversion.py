@@ -1,6 +1,6 @@
 """Textual inversion embeddings: a token whose vectors come from a file, for one call.
 
-    sdlab.generate(pipe, "a <hexagon-style> shape", embeddings={"<hexagon-style>": "learned_embeds.safetensors"})
+    sdlab.generate(pipe, "a <my-style> shape", embeddings={"<my-style>": "learned_embeds.safetensors"})
     sdlab.generate(pipe, "a cat, easynegative", embeddings=["easynegative"])   # A1111: the file's name is the token
 
 Files: A1111's `.pt` (`string_to_param`) and `.safetensors` (`emb_params`), and diffusers'

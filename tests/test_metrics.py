@@ -187,6 +187,18 @@ def test_judge_scores_rendered_scenes_against_their_prompts():
     wrong = scorer.score(image, {"prompt": f"a {other} {scene.shape}"})
     assert wrong["judge.colour"] == 0.0 and wrong["judge.shape"] == 1.0 and wrong["judge.colour_shape"] == 0.5
     assert wrong["judge.background"] is None and wrong["judge.all"] == 0.0
+    assert "judge.outlined" not in right  # only a prompt that asks for outlines scores them
+
+
+def test_judge_scores_outlines_only_when_the_prompt_asks_for_them():
+    scorer = metrics.judge()
+    scene = sample_scene(3, outlined=True)
+    prompt = caption(scene, variant=False)
+    assert "outlined" in prompt
+    drawn = scorer.score(render(scene, 64), {"prompt": prompt})
+    assert drawn["judge.outlined"] == drawn["judge.colour_shape"] == drawn["judge.all"] == 1.0
+    filled = scorer.score(render(sample_scene(3), 64), {"prompt": prompt})
+    assert filled["judge.outlined"] == 0.0 and filled["judge.colour_shape"] == 1.0 and filled["judge.all"] == 0.0
 
 
 def test_scores_must_be_numbers():

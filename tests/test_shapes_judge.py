@@ -61,3 +61,18 @@ def test_hexagon_and_circle_are_told_apart():
     for shape in world.SHAPES:  # no base shape is ever read as a hexagon
         judged = {judge(world.render(world.sample_scene(s, shape=shape), 64)).shape for s in range(40)}
         assert judged == {shape}
+
+
+def test_outlined_and_filled_are_told_apart():
+    """The LoRA's style: every outlined render the world can outline is read as outlined with its
+    shape and colour, sharp or softened, and no filled render is."""
+    for seed in range(40_000_000, 40_000_000 + 80):
+        for outlined in (True, False):
+            scene = world.sample_scene(seed, outlined=outlined)
+            if outlined and not world.can_outline(scene):
+                continue
+            img = world.render(scene, 64)
+            if seed % 2:
+                img = img.filter(ImageFilter.GaussianBlur(0.6))
+            j = judge(img)
+            assert (j.outlined, j.shape, j.colour) == (outlined, scene.shape, scene.colour), (seed, j.as_dict())

@@ -107,3 +107,35 @@ def test_hexagon_is_rendered_but_never_drawn_for_the_base_world():
     assert "hexagon" in world.caption(scene, 0)
     with pytest.raises(ValueError, match="shape"):
         world.sample_scene(0, shape="pentagon")
+
+
+def test_outlined_scenes_are_the_same_scene_drawn_as_a_band():
+    """The LoRA's style: the same seed gives the same scene, drawn as a band of its colour of
+    OUTLINE_WIDTH x its diameter, with the background inside; captions and parsing name it."""
+    filled, outlined = world.sample_scene(7), world.sample_scene(7, outlined=True)
+    assert (outlined.shape, outlined.colour, outlined.cx, outlined.radius) == (
+        filled.shape,
+        filled.colour,
+        filled.cx,
+        filled.radius,
+    )
+    assert not filled.outlined and outlined.outlined and not any(world.sample_scene(s).outlined for s in range(200))
+    scene = world.sample_scene(3, shape="circle", colour="red", background="blue", size="large", outlined=True)
+    img = np.asarray(world.render(scene, 64)).astype(int)
+    cx, cy, r = scene.cx * 64, scene.cy * 64, scene.radius * 64 * 0.92
+    assert np.abs(img[round(cy), round(cx)] - scene.bg_rgb).max() < 10  # the inside is the background
+    band = img[round(cy), round(cx + r - 0.05 * 2 * scene.radius * 64)]  # halfway into the band
+    assert np.abs(band - scene.fg_rgb).max() < 30
+    assert world.caption(scene, variant=False) == "a large red outlined circle on a blue background"
+    assert world.parse_caption(world.caption(scene, 11)) | {"size": "large"} == {
+        "shape": "circle",
+        "colour": "red",
+        "background": "blue",
+        "size": "large",
+        "style": "outlined",
+    }
+    assert "style" not in world.parse_caption(world.caption(world.sample_scene(3), 11))
+    texts = {world.training_caption(scene, s) for s in range(300)}
+    assert all("outlined circle" in t for t in texts) and "an outlined circle" in texts
+    assert any(" red outlined circle" in t for t in texts) and any(" large outlined circle" in t for t in texts)
+    assert world.can_outline(scene) and not world.can_outline(world.sample_scene(0, shape="star", size="small"))

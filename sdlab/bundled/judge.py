@@ -4,8 +4,9 @@
 shape from it (distance in CIELAB from the background colour, Otsu threshold, largest connected
 component, holes filled), names both colours (nearest named colour in CIELAB), classifies the
 outline (solidity for stars; for the rest, how well the shape fills its minimum enclosing circle,
-rectangle, triangle and regular hexagon), and reports position (centroid, in thirds of the image) and size (the
-enclosing circle's diameter against the image side). It never looks at how an image was made.
+rectangle, triangle and regular hexagon), and reports position (centroid, in thirds of the image), size (the
+enclosing circle's diameter against the image side) and whether the shape is outlined (its colour
+covers less than ``OUTLINED_MAX_SOLID`` of its core, the part farthest from its edge). It never looks at how an image was made.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ WORK_SIZE = 128  # images are resized to this before analysis
 LARGE_DIAMETER = 0.45  # enclosing-circle diameter / image side above which a shape is "large"
 STAR_SOLIDITY = 0.82  # area / convex-hull area below which a shape is a star
 HEXAGON_MIN_FILL = 0.9  # a hexagon fills its hexagon at least this well (renders: 0.95-0.99); blobs do not
+OUTLINED_CORE = 0.6  # the core of a shape: pixels deeper inside than this x its deepest point
+OUTLINED_MAX_SOLID = 0.5  # an outlined shape's colour covers less than this of its core
 
 
 @dataclass
@@ -31,6 +34,7 @@ class Judgement:
     size: str | None  # "large" or "small"
     mask: np.ndarray = field(repr=False)  # the shape's filled mask at the input image's size
     features: dict = field(default_factory=dict)
+    outlined: bool | None = None  # drawn as an outline (its colour a band around the background)
 
     def as_dict(self) -> dict:
         return {
@@ -39,6 +43,7 @@ class Judgement:
             "background": self.background,
             "position": self.position,
             "size": self.size,
+            "outlined": self.outlined,
             **self.features,
         }
 
@@ -141,15 +146,21 @@ def judge(image) -> Judgement:
     if n <= 1 or stats[1:, cv2.CC_STAT_AREA].max() < (WORK_SIZE / 64) ** 2 * 6:
         return Judgement(None, None, background, None, None, empty, {"found": False})
     biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    mask = (labels == biggest).astype(np.uint8)
-    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    solid = (labels == biggest).astype(np.uint8)
+    contours, _ = cv2.findContours(solid, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     contour = max(contours, key=cv2.contourArea)
-    mask = np.zeros_like(mask)
+    mask = np.zeros_like(solid)
     cv2.drawContours(mask, [contour], -1, 1, thickness=cv2.FILLED)
 
-    # 3. the shape's colour: the median of its interior
-    inner = cv2.erode(mask, np.ones((3, 3), np.uint8), iterations=max(1, WORK_SIZE // 64))
-    pixels = work[inner.astype(bool)] if inner.sum() >= 4 else work[mask.astype(bool)]
+    # 3. filled or outlined (does the shape's colour cover its core, the pixels farthest from its
+    # edge?), and the shape's colour: the median of its interior, or of its band when outlined
+    depth = cv2.distanceTransform(mask, cv2.DIST_L2, 3)
+    core = depth >= OUTLINED_CORE * depth.max()
+    core_solid = float(solid[core].mean())
+    outlined = core_solid < OUTLINED_MAX_SOLID
+    body = solid if outlined else mask
+    inner = cv2.erode(body, np.ones((3, 3), np.uint8), iterations=1 if outlined else max(1, WORK_SIZE // 64))
+    pixels = work[inner.astype(bool)] if inner.sum() >= 4 else work[body.astype(bool)]
     colour = nearest_colour(np.median(pixels, axis=0))
 
     # 4. outline, size and position
@@ -159,12 +170,16 @@ def judge(image) -> Judgement:
     m = cv2.moments(mask, binaryImage=True)
     cx, cy = m["m10"] / m["m00"] / WORK_SIZE, m["m01"] / m["m00"] / WORK_SIZE
     feats.update(
-        found=True, diameter=round(diameter, 3), cx=round(cx, 3), cy=round(cy, 3), area=round(float(mask.mean()), 4)
+        found=True,
+        diameter=round(diameter, 3),
+        cx=round(cx, 3),
+        cy=round(cy, 3),
+        area=round(float(mask.mean()), 4),
+        core_solid=round(core_solid, 3),
     )
     full = cv2.resize(mask, (in_w, in_h), interpolation=cv2.INTER_NEAREST).astype(bool)
-    return Judgement(
-        shape, colour, background, _position(cx, cy), "large" if diameter > LARGE_DIAMETER else "small", full, feats
-    )
+    size = "large" if diameter > LARGE_DIAMETER else "small"
+    return Judgement(shape, colour, background, _position(cx, cy), size, full, feats, outlined)
 
 
 def filled_mask(edges) -> np.ndarray:

@@ -19,6 +19,11 @@ SHAPES = ("circle", "square", "triangle", "star")  # the base model's shapes (wh
 # training/train_lora.py teaches `hexagon` (a word the tokenizer has). Fixed by keyword only.
 LORA_SHAPES = ("hexagon",)
 ALL_SHAPES = SHAPES + LORA_SHAPES
+# A style the base model never saw, taught by the bundled LoRA (training/train_lora.py): the
+# shape drawn as an outline of its own colour around the background, "a red outlined circle".
+OUTLINE_WORD = "outlined"
+OUTLINE_WIDTH = 0.1  # the outline's width as a fraction of the shape's diameter
+
 
 # Named colours (sRGB). Well apart from each other so that a judge can name them back.
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -60,12 +65,19 @@ class Scene:
     angle: float  # rotation in degrees
     fg_rgb: tuple[int, int, int]
     bg_rgb: tuple[int, int, int]
+    outlined: bool = False  # drawn as an outline (the LoRA's style), not filled
 
     def combination(self) -> tuple[str, str, str, str, str]:
         return (self.shape, self.colour, self.background, self.size, self.position)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def can_outline(scene: Scene) -> bool:
+    """Whether the scene's shape shows as an outline at 64 px: every shape but a small star, whose
+    hole is a few pixels that the bundled VAE fills in (measured by a round trip)."""
+    return scene.size == "large" or scene.shape != "star"
 
 
 def combination_is_held_out(combination: tuple[str, ...]) -> bool:
@@ -90,8 +102,10 @@ def sample_scene(
     background: str | None = None,
     size: str | None = None,
     position: str | None = None,
+    outlined: bool = False,
 ) -> Scene:
-    """A scene drawn from ``seed``; any attribute may be fixed by keyword."""
+    """A scene drawn from ``seed``; any attribute may be fixed by keyword. ``outlined`` draws the
+    shape as an outline (the same seed gives the same scene otherwise)."""
     if shape is not None and shape not in ALL_SHAPES:
         raise ValueError(f"`shape` must be one of {ALL_SHAPES}, not {shape!r}")
     rng = random.Random(f"shapes-scene-{seed}")
@@ -135,6 +149,7 @@ def sample_scene(
         angle,
         _jitter(COLOURS[colour], rng),
         _jitter(COLOURS[background], rng),
+        outlined,
     )
 
 
@@ -175,19 +190,35 @@ def shape_polygon(scene: Scene, side: float) -> list[tuple[float, float]] | None
     return [(cx + x, cy + y) for x, y in pts]
 
 
+def _draw_filled(draw, scene: Scene, side: int, fill) -> None:
+    poly = shape_polygon(scene, side)
+    if poly is None:
+        cx, cy, r = scene.cx * side, scene.cy * side, scene.radius * side * 0.92  # a circle of equal visual weight
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    else:
+        draw.polygon(poly, fill=fill)
+
+
 def render(scene: Scene, size: int = 64, *, supersample: int = 4):
-    """The scene as an RGB ``PIL.Image`` of ``size`` x ``size``, antialiased by supersampling."""
-    from PIL import Image, ImageDraw
+    """The scene as an RGB ``PIL.Image`` of ``size`` x ``size``, antialiased by supersampling. An
+    outlined scene keeps the band of the filled shape within ``OUTLINE_WIDTH`` x its diameter of
+    the edge (the filled shape eroded), the inside shows the background."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFilter
 
     big = size * supersample
     img = Image.new("RGB", (big, big), scene.bg_rgb)
-    draw = ImageDraw.Draw(img)
-    poly = shape_polygon(scene, big)
-    if poly is None:
-        cx, cy, r = scene.cx * big, scene.cy * big, scene.radius * big * 0.92  # a circle of equal visual weight
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=scene.fg_rgb)
-    else:
-        draw.polygon(poly, fill=scene.fg_rgb)
+    if not scene.outlined:
+        _draw_filled(ImageDraw.Draw(img), scene, big, scene.fg_rgb)
+        return img.resize((size, size), Image.Resampling.BOX)
+    shape = Image.new("L", (big, big), 0)
+    _draw_filled(ImageDraw.Draw(shape), scene, big, 255)
+    width = max(1, round(OUTLINE_WIDTH * 2 * scene.radius * big))
+    inside = shape
+    for _ in range(width):  # a 3x3 erosion per pixel of width: a round inner edge, corners kept
+        inside = inside.filter(ImageFilter.MinFilter(3))
+    band = Image.fromarray(((np.asarray(shape) > 0) & (np.asarray(inside) == 0)).astype("uint8") * 255)
+    img.paste(scene.fg_rgb, mask=band)
     return img.resize((size, size), Image.Resampling.BOX)
 
 
@@ -223,6 +254,12 @@ def _position_phrase(position: str, rng: random.Random) -> str:
     return rng.choice((f"at the {word} {h}", f"in the {word} {h} corner", f"at the {v} {h}"))
 
 
+def _subject(scene: Scene, colour: str | None) -> str:
+    """ "red circle", or "red outlined circle" for an outlined scene (no colour: "outlined circle")."""
+    words = [colour, OUTLINE_WORD if scene.outlined else None, scene.shape]
+    return " ".join(w for w in words if w)
+
+
 def caption(scene: Scene, seed: int | None = None, *, variant: bool = True) -> str:
     """A caption of the scene. With ``variant`` the wording varies with ``seed``; without it
     the canonical form, e.g. "a small yellow star at the top left on a black background"."""
@@ -232,10 +269,10 @@ def caption(scene: Scene, seed: int | None = None, *, variant: bool = True) -> s
             if scene.position == "center" or scene.size == "large"
             else " " + _position_phrase_canonical(scene.position)
         )
-        return f"a {scene.size} {scene.colour} {scene.shape}{pos} on a {scene.background} background"
+        return f"a {scene.size} {_subject(scene, scene.colour)}{pos} on a {scene.background} background"
     rng = random.Random(f"shapes-caption-{seed}")
     size_word = rng.choice(_SIZE_WORDS[scene.size])
-    subject = f"{size_word} {scene.colour} {scene.shape}"
+    subject = f"{size_word} {_subject(scene, scene.colour)}"
     article = "a"  # every size word starts with a consonant
     pos = ""
     if scene.size == "small" and (scene.position != "center" or rng.random() < 0.5):
@@ -251,7 +288,8 @@ def caption(scene: Scene, seed: int | None = None, *, variant: bool = True) -> s
 def parse_caption(text: str) -> dict[str, str]:
     """The attributes a caption names, read back the way ``caption`` writes them: ``shape``,
     ``colour`` (the colour word before the shape), ``background`` (the colour word after it),
-    ``size`` and ``position`` (as in ``POSITIONS``), each only when the text names it.
+    ``size``, ``position`` (as in ``POSITIONS``) and ``style`` ("outlined"), each only when the
+    text names it.
 
     ``parse_caption("a tiny red star in the upper left corner on a blue background")`` is
     ``{"shape": "star", "colour": "red", "background": "blue", "size": "small", "position": "top left"}``."""
@@ -261,6 +299,8 @@ def parse_caption(text: str) -> dict[str, str]:
     if at is None:
         return out
     out["shape"] = words[at]
+    if OUTLINE_WORD in words[:at]:
+        out["style"] = OUTLINE_WORD
     before, after = words[:at], words[at + 1 :]
     colour = next((w for w in reversed(before) if w in COLOURS), None)
     if colour:
@@ -307,9 +347,9 @@ def training_caption(scene: Scene, seed: int) -> str:
         ):
             text = text.replace(tail, "")
     elif roll < 0.14:  # no colour
-        text = text.replace(f" {scene.colour} {scene.shape}", f" {scene.shape}")
+        text = text.replace(f" {_subject(scene, scene.colour)}", f" {_subject(scene, None)}")
     elif roll < 0.18:  # the shape alone
-        text = f"a {scene.shape}"
+        text = f"an {_subject(scene, None)}" if scene.outlined else f"a {scene.shape}"
     return text
 
 
