@@ -379,6 +379,7 @@ def test_a_call_with_loras_prints_no_loading_bars_and_leaves_them_as_they_were(s
     assert transformers.utils.logging.is_progress_bar_enabled()
 
 
+@pytest.mark.filterwarnings("ignore:While injecting the PEFT adapters:RuntimeWarning")  # what the file provokes
 def test_a_lora_that_loads_only_in_part_is_refused_by_name(sd1_pipe, tmp_path):
     """A file whose layers diffusers applies only in part (here half of it in diffusers' older
     `.lora.down/.lora.up` keys, as `convert_state_dict_to_diffusers` writes for attention layers:
